@@ -1,0 +1,25 @@
+"""The bus: one protocol, a NATS implementation and an in-memory twin with the same semantics."""
+
+from voiceplatform.bus.base import (
+    Bus,
+    BusError,
+    Envelope,
+    Handler,
+    KeyValue,
+    KvConflict,
+    NoResponders,
+    RequestTimeout,
+    Subscription,
+)
+
+__all__ = [
+    "Bus",
+    "BusError",
+    "Envelope",
+    "Handler",
+    "KeyValue",
+    "KvConflict",
+    "NoResponders",
+    "RequestTimeout",
+    "Subscription",
+]

@@ -1,0 +1,92 @@
+"""Bus protocol and the delivery logic both implementations share.
+
+Semantics (identical for NATS and the in-memory twin):
+- ``publish`` is fire-and-forget, at most once; subjects are literal, subscriptions may use ``*``/``>``.
+- Each subscription delivers its messages one at a time, in order, to its handler. A handler that
+  does long work must hand it to a task of its own (see ``runtime.tasks``).
+- A subscription with ``queue`` shares messages with the other members of that group: each message
+  goes to exactly one of them.
+- Bytes that do not decode into a known message are counted and logged, never raised to handlers.
+- A handler may return a message: it is sent as the reply when the sender used ``request``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from voiceplatform import metrics
+from voiceplatform.wire import Message, WireError, decode
+
+log = structlog.get_logger("voiceplatform.bus")
+
+
+class BusError(Exception):
+    pass
+
+
+class RequestTimeout(BusError):
+    pass
+
+
+class NoResponders(BusError):
+    pass
+
+
+class KvConflict(BusError):
+    """Compare-and-set lost: the key changed (or exists) since it was read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    subject: str
+    message: Message
+
+
+Handler = Callable[[Envelope], Awaitable[Message | None]]
+
+
+class Subscription(Protocol):
+    async def unsubscribe(self) -> None: ...
+
+
+class KeyValue(Protocol):
+    async def get(self, key: str) -> tuple[bytes, int] | None: ...
+    async def create(self, key: str, value: bytes) -> int: ...
+    async def update(self, key: str, value: bytes, last: int) -> int: ...
+    async def put(self, key: str, value: bytes) -> int: ...
+    async def delete(self, key: str) -> None: ...
+
+
+class Bus(Protocol):
+    service: str
+
+    async def publish(self, subject: str, msg: Message) -> None: ...
+    async def publish_bytes(self, subject: str, data: bytes) -> None: ...
+    async def subscribe(self, subject: str, handler: Handler, queue: str | None = None) -> Subscription: ...
+    async def request(self, subject: str, msg: Message, timeout: float = 1.0) -> Message: ...
+    async def key_value(self, bucket: str, ttl_s: float = 0) -> KeyValue: ...
+    async def drain(self) -> None: ...
+    async def close(self) -> None: ...
+    @property
+    def connected(self) -> bool: ...
+
+
+async def dispatch(service: str, subject: str, data: bytes, handler: Handler) -> Message | None:
+    """Decode, call the handler, contain its failures. Returns the handler's reply, if any."""
+    stage = metrics.stage_of(subject)
+    try:
+        msg = decode(data)
+    except WireError as exc:
+        metrics.MESSAGES_DROPPED.labels(service, stage, exc.reason).inc()
+        log.warning("bus.message_dropped", subject=subject, reason=exc.reason, detail=exc.detail[:200])
+        return None
+    try:
+        return await handler(Envelope(subject, msg))
+    except Exception:
+        metrics.HANDLER_ERRORS.labels(service, stage).inc()
+        log.exception("bus.handler_failed", subject=subject, type=msg.type_name, call_id=msg.call_id)
+        return None

@@ -1,0 +1,160 @@
+"""The bus over a real NATS server (nats-py), with JetStream KV for shared per-call state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js.kv import KeyValue as NatsKv
+
+from voiceplatform.bus.base import (
+    BusError,
+    Handler,
+    KvConflict,
+    NoResponders,
+    RequestTimeout,
+    dispatch,
+)
+from voiceplatform.wire import Message, decode, encode
+
+log = structlog.get_logger("voiceplatform.bus")
+
+
+class _NatsSubscription:
+    def __init__(self, sub: NatsSubscription) -> None:
+        self._sub = sub
+
+    async def unsubscribe(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except nats.errors.ConnectionClosedError:
+            pass
+        except nats.errors.BadSubscriptionError:
+            pass
+
+
+class _NatsKeyValue:
+    def __init__(self, kv: NatsKv) -> None:
+        self._kv = kv
+
+    async def get(self, key: str) -> tuple[bytes, int] | None:
+        try:
+            entry = await self._kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        return (entry.value or b"", entry.revision or 0)
+
+    async def create(self, key: str, value: bytes) -> int:
+        try:
+            return int(await self._kv.create(key, value))
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError) as exc:
+            raise KvConflict(key) from exc
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        try:
+            return int(await self._kv.update(key, value, last=last))
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError) as exc:
+            raise KvConflict(key) from exc
+
+    async def put(self, key: str, value: bytes) -> int:
+        return int(await self._kv.put(key, value))
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._kv.delete(key)
+        except nats.js.errors.KeyNotFoundError:
+            pass
+
+
+class NatsBus:
+    def __init__(self, nc: Client, service: str) -> None:
+        self._nc = nc
+        self.service = service
+        self._kvs: dict[str, _NatsKeyValue] = {}
+
+    @classmethod
+    async def connect(cls, url: str, service: str, **options: Any) -> NatsBus:
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats.error", error=type(exc).__name__, detail=str(exc)[:200])
+
+        async def on_disconnect() -> None:
+            log.warning("nats.disconnected")
+
+        async def on_reconnect() -> None:
+            log.info("nats.reconnected")
+
+        nc = await nats.connect(
+            servers=[u.strip() for u in url.split(",")],
+            name=service,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            **options,
+        )
+        return cls(nc, service)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._nc.is_connected)
+
+    async def publish(self, subject: str, msg: Message) -> None:
+        await self._nc.publish(subject, encode(msg))
+
+    async def publish_bytes(self, subject: str, data: bytes) -> None:
+        await self._nc.publish(subject, data)
+
+    async def subscribe(self, subject: str, handler: Handler, queue: str | None = None) -> _NatsSubscription:
+        async def callback(raw: Msg) -> None:
+            reply = await dispatch(self.service, raw.subject, raw.data, handler)
+            if reply is not None and raw.reply:
+                await self._nc.publish(raw.reply, encode(reply))
+
+        sub = await self._nc.subscribe(subject, queue=queue or "", cb=callback)
+        return _NatsSubscription(sub)
+
+    async def request(self, subject: str, msg: Message, timeout: float = 1.0) -> Message:
+        try:
+            raw = await self._nc.request(subject, encode(msg), timeout=timeout)
+        except nats.errors.NoRespondersError as exc:
+            raise NoResponders(subject) from exc
+        except nats.errors.TimeoutError as exc:
+            raise RequestTimeout(subject) from exc
+        return decode(raw.data)
+
+    async def key_value(self, bucket: str, ttl_s: float = 0) -> _NatsKeyValue:
+        if bucket in self._kvs:
+            return self._kvs[bucket]
+        js = self._nc.jetstream()
+        try:
+            kv = await js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                kv = await js.create_key_value(bucket=bucket, history=1, ttl=ttl_s or None)
+            except nats.js.errors.APIError as exc:
+                # another instance created it between our look-up and create
+                try:
+                    kv = await js.key_value(bucket)
+                except nats.js.errors.BucketNotFoundError:
+                    raise BusError(f"cannot create KV bucket {bucket}") from exc
+        wrapped = _NatsKeyValue(kv)
+        self._kvs[bucket] = wrapped
+        return wrapped
+
+    async def drain(self) -> None:
+        if not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except nats.errors.ConnectionClosedError:
+                pass
+
+    async def close(self) -> None:
+        if not self._nc.is_closed:
+            await self._nc.close()

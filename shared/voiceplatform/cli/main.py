@@ -1,0 +1,48 @@
+"""`vp` entry point."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vp", description="voice-platform command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start infrastructure (embedded when no URLs are set) and every service")
+    up.add_argument("--robots", type=Path, default=Path("robots"), help="robots folder")
+    up.add_argument("--workdir", type=Path, default=Path(".vp"), help="data and logs of embedded servers")
+    up.add_argument("--port", type=int, default=8000, help="gateway-web port")
+    up.add_argument(
+        "--scale", action="append", default=[], metavar="SERVICE=N", help="instances of a worker, e.g. asr=2"
+    )
+    up.add_argument("--demo", action="store_true", help="once ready, play a recorded Russian caller and print turns")
+    up.add_argument("--exit-after-demo", action="store_true", help="stop everything after the demo call")
+    up.add_argument("--ready-timeout", type=float, default=180.0)
+
+    call = sub.add_parser("call", help="play a recorded caller (WAV) into a robot exactly as a browser would")
+    call.add_argument("--robot", required=True, help="robot folder, e.g. robots/pipeline_russian")
+    call.add_argument("--wav", required=True, type=Path, help="caller audio, 16-bit PCM WAV, any rate")
+    call.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="gateway-web WebSocket URL")
+    call.add_argument("--out", type=Path, default=None, help="where to save the robot's audio (WAV)")
+    call.add_argument("--json", action="store_true", help="print the result as JSON")
+    call.add_argument("--tail-s", type=float, default=20.0, help="max seconds to wait for replies after the WAV")
+    call.add_argument("--phone", action="store_true", help="call through gateway-fs (not available yet)")
+
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        from voiceplatform.cli.up import run_up
+
+        return run_up(args)
+    if args.phone:
+        print("vp call --phone: gateway-fs is not implemented yet (its own issue)", file=sys.stderr)
+        return 2
+    from voiceplatform.cli.call import run_call
+
+    return run_call(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

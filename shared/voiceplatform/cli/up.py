@@ -1,0 +1,195 @@
+"""`vp up`: infrastructure (the configured servers, or embedded ones) and every service, supervised."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+SERVICES: tuple[tuple[str, str], ...] = (
+    ("recorder", "vp_recorder"),
+    ("prompt-router", "vp_router"),
+    ("llm", "vp_llm"),
+    ("tts", "vp_tts"),
+    ("asr", "vp_asr"),
+    ("vad", "vp_vad"),
+    ("gateway-web", "vp_gateway_web"),
+)
+FIRST_WORKER_PORT = 8101
+MAX_RESTARTS = 3
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    module: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    log_file: Any = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.log_file = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module], env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT
+        )
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Infra:
+    """Servers for the platform: URLs from the environment, else embedded ones started here."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._servers: list[Any] = []
+        self.env: dict[str, str] = {}
+
+    def start(self) -> None:
+        from voiceplatform import devinfra
+
+        if os.environ.get("NATS_URL"):
+            self.env["NATS_URL"] = os.environ["NATS_URL"]
+        else:
+            nats = devinfra.EmbeddedNats.start(self.workdir / "nats")
+            self._servers.append(nats)
+            self.env["NATS_URL"] = nats.url
+        if os.environ.get("POSTGRES_DSN"):
+            self.env["POSTGRES_DSN"] = os.environ["POSTGRES_DSN"]
+        else:
+            pg = devinfra.EmbeddedPostgres.start(self.workdir / "postgres")
+            self._servers.append(pg)
+            self.env["POSTGRES_DSN"] = pg.dsn
+        if os.environ.get("REDIS_URL"):
+            self.env["REDIS_URL"] = os.environ["REDIS_URL"]
+        else:
+            redis = devinfra.EmbeddedRedis.start(self.workdir / "redis")
+            self._servers.append(redis)
+            self.env["REDIS_URL"] = redis.url
+
+    def stop(self) -> None:
+        for server in reversed(self._servers):
+            with contextlib.suppress(Exception):
+                server.stop()
+
+
+def _scale(args: argparse.Namespace) -> dict[str, int]:
+    counts = {name: 1 for name, _ in SERVICES}
+    for item in args.scale:
+        name, _, n = item.partition("=")
+        if name not in counts or not n.isdigit():
+            raise SystemExit(f"--scale expects SERVICE=N with SERVICE one of {sorted(counts)}")
+        counts[name] = int(n)
+    return counts
+
+
+def wait_ready(url: str, timeout: float, procs: list[ServiceProcess]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return True
+        for p in procs:
+            if p.proc is not None and p.proc.poll() is not None:
+                print(f"service {p.name} exited with {p.proc.returncode}:\n{p.tail()}", file=sys.stderr)
+                return False
+        time.sleep(0.5)
+    return False
+
+
+def run_up(args: argparse.Namespace) -> int:
+    workdir: Path = args.workdir.resolve()
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    infra = Infra(workdir)
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    procs: list[ServiceProcess] = []
+    try:
+        print("starting infrastructure (embedded servers where no URL is set)…", flush=True)
+        infra.start()
+        base_env = {
+            **os.environ,
+            **infra.env,
+            "ROBOTS_DIR": str(args.robots.resolve()),
+            "VP_LOG_FORMAT": "json",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        port = FIRST_WORKER_PORT
+        for name, module in SERVICES:
+            for i in range(_scale(args)[name]):
+                env = dict(base_env)
+                env["VP_HTTP_PORT"] = str(args.port if name == "gateway-web" else port)
+                if name != "gateway-web":
+                    port += 1
+                procs.append(ServiceProcess(f"{name}-{i + 1}", module, env, logs / f"{name}-{i + 1}.log"))
+        for p in procs:
+            p.start()
+        print(f"started {len(procs)} service processes; logs in {logs}", flush=True)
+        health = f"http://127.0.0.1:{args.port}/health"
+        if not wait_ready(health, args.ready_timeout, procs):
+            print(f"the pipeline did not become ready ({health}); see the logs in {logs}", file=sys.stderr)
+            return 1
+        print(f"ready: open http://127.0.0.1:{args.port} to talk to a robot from the browser", flush=True)
+        print("or: vp call --robot robots/pipeline_russian --wav caller.wav", flush=True)
+        if args.demo:
+            from voiceplatform.cli.call import run_call
+            from voiceplatform.cli.demo import demo_caller_wav
+
+            wav = demo_caller_wav(workdir / "demo_caller.wav")
+            demo_args = argparse.Namespace(
+                robot="robots/pipeline_russian", wav=wav, url=f"ws://127.0.0.1:{args.port}/ws",
+                out=workdir / "demo_reply.wav", json=False, tail_s=20.0, phone=False,
+            )
+            print(f"\ndemo call with {wav}:", flush=True)
+            run_call(demo_args)
+            if args.exit_after_demo:
+                return 0
+        print("\nrunning; Ctrl-C to stop", flush=True)
+        while not stopping:
+            time.sleep(0.5)
+            for p in procs:
+                if p.proc is not None and p.proc.poll() is not None and not stopping:
+                    if p.restarts >= MAX_RESTARTS:
+                        print(f"{p.name} keeps failing:\n{p.tail()}", file=sys.stderr)
+                        return 1
+                    p.restarts += 1
+                    print(f"{p.name} exited ({p.proc.returncode}); restarting", file=sys.stderr)
+                    p.start()
+        return 0
+    finally:
+        print("stopping services (draining)…", flush=True)
+        for p in reversed(procs):
+            if p.proc is not None and p.proc.poll() is None:
+                p.proc.send_signal(signal.SIGTERM)
+        for p in procs:
+            if p.proc is not None:
+                try:
+                    p.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.proc.kill()
+            if p.log_file is not None:
+                p.log_file.close()
+        infra.stop()

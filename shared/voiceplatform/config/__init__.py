@@ -1,0 +1,29 @@
+"""Process settings (env) and robot configuration (robot folder, priority chain)."""
+
+from voiceplatform.config.robot import (
+    AsrConfig,
+    BargeInConfig,
+    LlmConfig,
+    RobotConfig,
+    RobotConfigError,
+    RobotRegistry,
+    RouterConfig,
+    TtsConfig,
+    VadConfig,
+    load_robot,
+)
+from voiceplatform.config.settings import ServiceSettings
+
+__all__ = [
+    "AsrConfig",
+    "BargeInConfig",
+    "LlmConfig",
+    "RobotConfig",
+    "RobotConfigError",
+    "RobotRegistry",
+    "RouterConfig",
+    "ServiceSettings",
+    "TtsConfig",
+    "VadConfig",
+    "load_robot",
+]

@@ -1,0 +1,265 @@
+"""Robot configuration: one folder per robot, validated at load with clear errors.
+
+Priority chain (highest first): the robot's ``config.json`` → the robot's ``.env`` → the process
+environment → the root ``.env`` → defaults below. Env layers set config fields through
+``ROBOT_<SECTION>__<FIELD>`` keys (``ROBOT_TTS__VOICE=jane``) and carry secrets by name
+(``robot.secret("YANDEX_API_KEY")``); secrets never enter config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+_ROBOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ENV_PREFIX = "ROBOT_"
+
+
+class RobotConfigError(ValueError):
+    def __init__(self, robot: str, problems: list[str]) -> None:
+        super().__init__(f"robot {robot!r}: " + "; ".join(problems))
+        self.robot = robot
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AsrConfig(_Section):
+    provider: str = "whisper"
+    language: str = "ru-RU"
+    # whisper: beam size 1 and temperature 0 (fallback temperatures hallucinate), capped output
+    beam_size: int = Field(default=1, ge=1, le=10)
+    max_new_tokens: int = Field(default=96, ge=8, le=440)
+    fallback: list[str] = Field(default_factory=list)
+
+
+class LlmConfig(_Section):
+    provider: str = "script"
+    model: str = ""
+    base_url: str = ""
+    temperature: float = Field(default=0.5, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=80, ge=1, le=4096)
+    timeout_s: float = Field(default=20.0, gt=0)
+    fallback: list[str] = Field(default_factory=list)
+
+
+class TtsConfig(_Section):
+    provider: str = "festival"
+    voice: str = ""
+    # rate the provider synthesizes at; audio is resampled to the call's rate (8k phone, 16k web)
+    sample_rate: int = Field(default=16000, ge=8000, le=48000)
+    fallback: list[str] = Field(default_factory=list)
+
+
+class VadConfig(_Section):
+    enabled: bool = True
+    provider: Literal["energy", "silero"] = "energy"
+    energy_threshold: float = Field(default=200.0, ge=0)
+    # silero speech probability thresholds (hysteresis)
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    silence_frames: int = Field(default=25, ge=1, le=500)
+    min_speech_frames: int = Field(default=5, ge=1, le=500)
+    pre_roll_ms: int = Field(default=200, ge=0, le=2000)
+
+
+class BargeInConfig(_Section):
+    enabled: bool = True
+    # caller speech shorter than this (after VAD confirmation) does not interrupt the robot
+    min_speech_ms: int = Field(default=0, ge=0, le=5000)
+
+
+class RouteRule(_Section):
+    prompt: str
+    keywords: list[str]
+
+
+class RouterConfig(_Section):
+    """Topic-driven prompts (seed 004): keywords switch the system prompt on every user message."""
+
+    default_prompt: str = "default"
+    # prompt id -> file name in the robot folder (prompts/<id>.txt); "default" may be prompt.txt
+    prompts: dict[str, str] = Field(default_factory=dict)
+    rules: list[RouteRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rules_name_known_prompts(self) -> RouterConfig:
+        known = set(self.prompts) | {self.default_prompt}
+        unknown = sorted({r.prompt for r in self.rules} - known)
+        if unknown:
+            raise ValueError(f"router rules name unknown prompts: {', '.join(unknown)}")
+        return self
+
+
+class RobotSettings(_Section):
+    name: str = ""
+    ws_port: int | None = None
+    mode: Literal["pipeline", "realtime", "llm_script"] = "pipeline"
+    language: str = "ru"
+    greeting_text: str = ""
+    asr: AsrConfig = Field(default_factory=AsrConfig)
+    llm: LlmConfig = Field(default_factory=LlmConfig)
+    tts: TtsConfig = Field(default_factory=TtsConfig)
+    vad: VadConfig = Field(default_factory=VadConfig)
+    barge_in: BargeInConfig = Field(default_factory=BargeInConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    # file (in the robot folder) of the deterministic dialogue script used by llm.provider=script
+    dialog_file: str = "dialog.json"
+    max_call_s: int = Field(default=900, ge=10)
+
+
+@dataclass(frozen=True)
+class RobotConfig:
+    """A loaded robot: validated settings, its folder, its prompts and its secrets."""
+
+    name: str
+    path: Path
+    settings: RobotSettings
+    system_prompt: str
+    prompts: dict[str, str]
+    env: dict[str, str] = field(repr=False)
+
+    def secret(self, name: str) -> str | None:
+        value = self.env.get(name)
+        return value or None
+
+    def prompt_text(self, prompt_id: str) -> str:
+        return self.prompts.get(prompt_id, self.system_prompt)
+
+    @property
+    def greeting_wav(self) -> Path | None:
+        p = self.path / "greeting.wav"
+        return p if p.is_file() else None
+
+    @property
+    def dialog_path(self) -> Path:
+        return self.path / self.settings.dialog_file
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_to_config(env: dict[str, str]) -> dict[str, Any]:
+    """``ROBOT_TTS__VOICE=jane`` → ``{"tts": {"voice": "jane"}}`` (values parsed as JSON if they can be)."""
+    out: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        try:
+            value: Any = json.loads(raw)
+        except (json.JSONDecodeError, TypeError):
+            value = raw
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        problems.append(f"{where}: {err['msg']}")
+    return problems
+
+
+def load_robot(path: Path | str, root_env: Path | None = None) -> RobotConfig:
+    """Load and validate a robot folder; raise ``RobotConfigError`` listing every problem."""
+    folder = Path(path)
+    name = folder.name
+    if not folder.is_dir():
+        raise RobotConfigError(name, [f"no robot folder at {folder}"])
+    cfg_file = folder / "config.json"
+    try:
+        config_json = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RobotConfigError(name, ["config.json is missing"]) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RobotConfigError(name, [f"config.json is not valid JSON: {exc}"]) from None
+    if not isinstance(config_json, dict):
+        raise RobotConfigError(name, ["config.json must hold a JSON object"])
+
+    root_env_file = root_env if root_env is not None else folder.parent.parent / ".env"
+    env = {**_read_env_file(root_env_file), **os.environ, **_read_env_file(folder / ".env")}
+    data = _deep_merge(_env_to_config(env), config_json)
+    data.setdefault("name", name)
+    try:
+        settings = RobotSettings.model_validate(data)
+    except ValidationError as exc:
+        raise RobotConfigError(name, _format_errors(exc)) from None
+
+    problems: list[str] = []
+    prompt_file = folder / "prompt.txt"
+    system_prompt = prompt_file.read_text(encoding="utf-8").strip() if prompt_file.is_file() else ""
+    prompts: dict[str, str] = {settings.router.default_prompt: system_prompt}
+    for prompt_id, file_name in settings.router.prompts.items():
+        p = folder / file_name
+        if not p.is_file():
+            problems.append(f"router.prompts.{prompt_id}: file {file_name} not found")
+            continue
+        prompts[prompt_id] = p.read_text(encoding="utf-8").strip()
+    if settings.llm.provider == "script" and not (folder / settings.dialog_file).is_file():
+        problems.append(f"llm.provider is 'script' but {settings.dialog_file} is missing")
+    if problems:
+        raise RobotConfigError(name, problems)
+    return RobotConfig(
+        name=settings.name or name,
+        path=folder,
+        settings=settings,
+        system_prompt=system_prompt,
+        prompts=prompts,
+        env=env,
+    )
+
+
+class RobotRegistry:
+    """Robots by name from one folder, reloaded when their config.json changes."""
+
+    def __init__(self, robots_dir: Path | str) -> None:
+        self.robots_dir = Path(robots_dir)
+        self._cache: dict[str, tuple[float, RobotConfig]] = {}
+
+    def get(self, name: str) -> RobotConfig:
+        if not _ROBOT_NAME.match(name):
+            raise RobotConfigError(name, ["invalid robot name"])
+        folder = self.robots_dir / name
+        try:
+            mtime = (folder / "config.json").stat().st_mtime
+        except FileNotFoundError:
+            raise RobotConfigError(name, [f"no robot {name!r} in {self.robots_dir}"]) from None
+        cached = self._cache.get(name)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        robot = load_robot(folder)
+        self._cache[name] = (mtime, robot)
+        return robot
+
+    def names(self) -> list[str]:
+        if not self.robots_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.robots_dir.iterdir() if (p / "config.json").is_file())

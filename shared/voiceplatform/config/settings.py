@@ -1,0 +1,39 @@
+"""Process settings, read once at start from the environment and the root ``.env``.
+
+Each service subclasses ``ServiceSettings`` to add its own fields. Secrets are ``SecretStr`` so they
+never print.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VP_", env_file=".env", extra="ignore")
+
+    nats_url: str = Field(default="nats://127.0.0.1:4222", validation_alias="NATS_URL")
+    robots_dir: Path = Field(default=Path("robots"), validation_alias="ROBOTS_DIR")
+    postgres_dsn: SecretStr = Field(
+        default=SecretStr("postgresql://postgres@127.0.0.1:5432/postgres"), validation_alias="POSTGRES_DSN"
+    )
+    redis_url: SecretStr = Field(default=SecretStr("redis://127.0.0.1:6379/0"), validation_alias="REDIS_URL")
+    mongo_uri: SecretStr | None = Field(default=None, validation_alias="MONGO_URI")
+    # health + metrics HTTP port; 0 picks a free port (printed in the start-up log line)
+    http_port: int = 0
+    http_host: str = "127.0.0.1"
+    instance_id: str = Field(default_factory=_default_instance_id)
+    # calls one instance of a stateful stage accepts before it rejects assignments
+    max_calls: int = 50
+    drain_timeout_s: float = 10.0
+    log_level: str = "INFO"

@@ -1,0 +1,476 @@
+"""One call as a gateway sees it. Transport-agnostic: gateways adapt their socket to ``AudioSink``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+import structlog
+from prometheus_client import Counter, Histogram
+
+from voiceplatform import metrics, subjects
+from voiceplatform.audio import read_wav, resample
+from voiceplatform.bus import Bus, Envelope, NoResponders, RequestTimeout, Subscription
+from voiceplatform.clock import now_ms
+from voiceplatform.config import RobotConfig
+from voiceplatform.gateway.owners import STREAMING_ROLES, GatewayDirectory
+from voiceplatform.gateway.playout import Playout
+from voiceplatform.gateway.turns import TurnClock, metrics_event
+from voiceplatform.logging import bind_call
+from voiceplatform.runtime.tasks import TaskRegistry
+from voiceplatform.wire import (
+    AsrFinal,
+    AssignReply,
+    AssignRequest,
+    AudioChunk,
+    CallEnded,
+    CallStarted,
+    ControlHangup,
+    ControlInterrupt,
+    LlmDone,
+    LlmSentence,
+    Message,
+    PlaybackStarted,
+    StageError,
+    TtsAudio,
+    VadSpeechEnded,
+    VadSpeechStarted,
+    frame_bytes,
+)
+
+log = structlog.get_logger("voiceplatform.gateway")
+
+STALE_AUDIO = Counter("vp_gateway_stale_audio_dropped_total", "TTS chunks of interrupted/unknown turns dropped")
+BARGE_INS = Counter("vp_gateway_barge_ins_total", "Bot turns interrupted by the caller")
+GREETING_LATENCY = Histogram(
+    "vp_gateway_greeting_first_audio_ms", "Call start → first greeting frame sent", buckets=metrics.LATENCY_BUCKETS_MS
+)
+VOICE_TO_VOICE = Histogram(
+    "vp_gateway_voice_to_voice_ms", "Speech end → first bot frame sent", buckets=metrics.LATENCY_BUCKETS_MS
+)
+
+FRAME_S = 0.02
+_greeting_cache: dict[tuple[str, int, float], bytes] = {}
+
+
+class AudioSink(Protocol):
+    """The caller's side of a transport."""
+
+    async def send_audio(self, pcm: bytes) -> None: ...
+    async def send_event(self, event: dict[str, Any]) -> None: ...
+    async def flush(self, turn_id: str) -> None: ...
+    async def close(self, reason: str) -> None: ...
+
+
+def new_call_id(channel: str) -> str:
+    return f"{channel}-{uuid.uuid4().hex[:12]}"
+
+
+def greeting_pcm(robot: RobotConfig, rate: int) -> bytes | None:
+    path = robot.greeting_wav
+    if path is None:
+        return None
+    key = (str(path), rate, path.stat().st_mtime)
+    cached = _greeting_cache.get(key)
+    if cached is None:
+        samples, wav_rate = read_wav(path)
+        cached = resample(samples, wav_rate, rate).astype("<i2").tobytes()
+        _greeting_cache[key] = cached
+    return cached
+
+
+class CallSession:
+    def __init__(
+        self,
+        bus: Bus,
+        robot: RobotConfig,
+        *,
+        channel: str,
+        sample_rate: int,
+        sink: AudioSink,
+        directory: GatewayDirectory | None = None,
+        call_id: str | None = None,
+        caller: str = "",
+        gateway_id: str = "",
+        lead_frames: int = 3,
+    ) -> None:
+        self.bus = bus
+        self.robot = robot
+        self.channel = channel
+        self.sample_rate = sample_rate
+        self.sink = sink
+        self.directory = directory
+        self.call_id = subjects.check_token(call_id or new_call_id(channel))
+        self.caller = caller
+        self.gateway_id = gateway_id
+        self.lead_frames = lead_frames
+        self.owners: dict[str, str] = {}
+        self.owner_seen: dict[str, float] = {}
+        self.playout = Playout(frame_bytes(sample_rate))
+        self.greeting_turn = f"{self.call_id}-greeting"
+        self.ended = False
+        self.end_reason = ""
+        self.turns_completed = 0
+        self._seq = 0
+        self._clocks: dict[str, TurnClock] = {}
+        self._interrupted: set[str] = set()
+        self._speaking_turn = ""  # caller utterance in progress
+        self._hangup_after: str | None = None
+        self._audio_ready = asyncio.Event()
+        self._subs: list[Subscription] = []
+        self._tasks = TaskRegistry()
+        self._assigning: set[str] = set()
+        self._started_mono = time.monotonic()
+        self._started_ms = now_ms()
+        self.closed = asyncio.Event()
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        with bind_call(call_id=self.call_id):
+            subscriptions = [
+                (subjects.vad(self.call_id), self._on_vad),
+                (subjects.asr(self.call_id), self._on_asr),
+                (subjects.llm_sentence(self.call_id), self._on_sentence),
+                (subjects.llm_done(self.call_id), self._on_llm_done),
+                (subjects.tts_audio(self.call_id), self._on_tts_audio),
+                (subjects.control(self.call_id), self._on_control),
+                (subjects.lifecycle(self.call_id), self._on_lifecycle),
+            ]
+            for subject, handler in subscriptions:
+                self._subs.append(await self.bus.subscribe(subject, handler))
+            if self.directory is not None:
+                self.directory.register(self)
+            await self.bus.publish(
+                subjects.lifecycle(self.call_id),
+                CallStarted(
+                    call_id=self.call_id, robot=self.robot.name, channel="phone" if self.channel == "phone" else "web",
+                    sample_rate=self.sample_rate, caller=self.caller, mode=self.robot.settings.mode,
+                    gateway_id=self.gateway_id,
+                ),
+            )
+            log.info("call.started", robot=self.robot.name, channel=self.channel, rate=self.sample_rate)
+            await self._start_greeting()
+            self._spawn(self._playout_loop(), "playout")
+            for role in STREAMING_ROLES:
+                self.request_reassign(role, "call_start")
+            self._spawn(self._max_duration(), "max-duration")
+            await self.sink.send_event(
+                {"type": "call.started", "call_id": self.call_id, "sample_rate": self.sample_rate,
+                 "robot": self.robot.name}
+            )
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        self._tasks.spawn(coro, key=name, name=f"{self.call_id}-{name}")
+
+    async def end(self, reason: str) -> None:
+        """End the call once: publish call.ended, stop everything, close the transport."""
+        if self.ended:
+            return
+        self.ended = True
+        self.end_reason = reason
+        with bind_call(call_id=self.call_id):
+            for turn_id, clock in list(self._clocks.items()):
+                if clock.expects_reply and not clock.completed:
+                    await self._interrupt(turn_id, reason="call_ended")
+            duration = int((time.monotonic() - self._started_mono) * 1000)
+            with contextlib.suppress(Exception):
+                await self.bus.publish(
+                    subjects.lifecycle(self.call_id),
+                    CallEnded(call_id=self.call_id, reason=reason, duration_ms=duration, turns=self.turns_completed),
+                )
+            log.info("call.ended", reason=reason, duration_ms=duration, turns=self.turns_completed)
+            if self.directory is not None:
+                self.directory.unregister(self.call_id)
+            for sub in self._subs:
+                await sub.unsubscribe()
+            self._subs.clear()
+            current = asyncio.current_task()
+            for task in [t for key in self._tasks.keys() for t in self._tasks.tasks_for(key)]:
+                if task is not current:
+                    task.cancel()
+            with contextlib.suppress(Exception):
+                await self.sink.send_event({"type": "call.ended", "reason": reason})
+                await self.sink.close(reason)
+            self.closed.set()
+
+    async def _max_duration(self) -> None:
+        await asyncio.sleep(self.robot.settings.max_call_s)
+        await self.end("max_duration")
+
+    # ---- caller audio -----------------------------------------------------------------------
+    async def push_audio(self, frame: bytes) -> None:
+        """One 20 ms frame of caller audio at the call's rate."""
+        if self.ended:
+            return
+        chunk = AudioChunk(call_id=self.call_id, seq=self._seq, sample_rate=self.sample_rate, pcm=frame)
+        self._seq += 1
+        await self.bus.publish(subjects.audio_in(self.call_id), chunk)
+
+    # ---- ownership ----------------------------------------------------------------------------
+    def request_reassign(self, role: str, reason: str) -> None:
+        if self.ended or role in self._assigning:
+            return
+        self._assigning.add(role)
+        self.owners.pop(role, None)
+        self._spawn(self._assign(role, reason), f"assign-{role}")
+
+    async def _assign(self, role: str, reason: str) -> None:
+        delay = 0.05
+        warned = False
+        try:
+            with bind_call(call_id=self.call_id):
+                while not self.ended:
+                    request = AssignRequest(
+                        call_id=self.call_id, role=role, robot=self.robot.name, sample_rate=self.sample_rate,
+                        channel=self.channel,
+                    )
+                    why = ""
+                    try:
+                        reply = await self.bus.request(subjects.assign(role), request, timeout=1.0)
+                        if isinstance(reply, AssignReply) and reply.accepted:
+                            self.owners[role] = reply.instance_id
+                            self.owner_seen[role] = time.monotonic()
+                            log.info("call.assigned", role=role, instance=reply.instance_id, reason=reason)
+                            return
+                        why = reply.reason if isinstance(reply, AssignReply) else "bad_reply"
+                    except NoResponders:
+                        why = "no_responders"
+                    except RequestTimeout:
+                        why = "timeout"
+                    if not warned:
+                        warned = True
+                        log.warning("call.assign_retry", role=role, why=why)
+                        await self._publish_error(role, "unassigned", why)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+        finally:
+            self._assigning.discard(role)
+
+    async def _publish_error(self, stage: str, kind: str, detail: str, turn_id: str = "") -> None:
+        await self.bus.publish(
+            subjects.lifecycle(self.call_id),
+            StageError(call_id=self.call_id, stage=stage, kind=kind, detail=detail, turn_id=turn_id),
+        )
+
+    # ---- greeting -------------------------------------------------------------------------------
+    async def _start_greeting(self) -> None:
+        text = self.robot.settings.greeting_text
+        pcm = greeting_pcm(self.robot, self.sample_rate)
+        if pcm is not None:
+            self.playout.add_audio(self.greeting_turn, 0, pcm, last=True, text=text)
+            self.playout.set_expected(self.greeting_turn, 1)
+            self._audio_ready.set()
+        elif text:
+            # no recorded greeting: synthesize it through the normal TTS path
+            self.playout.turn(self.greeting_turn)
+            self.playout.set_expected(self.greeting_turn, 1)
+            await self.bus.publish(
+                subjects.llm_sentence(self.call_id),
+                LlmSentence(
+                    call_id=self.call_id, turn_id=self.greeting_turn, index=0, text=text, robot=self.robot.name,
+                    sample_rate=self.sample_rate, last=True,
+                ),
+            )
+
+    # ---- playout -----------------------------------------------------------------------------------
+    async def _playout_loop(self) -> None:
+        next_t: float | None = None
+        playing: str | None = None
+        with bind_call(call_id=self.call_id):
+            while not self.ended:
+                item = self.playout.next_frame()
+                await self._complete_finished()
+                if item is None:
+                    next_t = None
+                    playing = None
+                    if self._hangup_after is not None and self.playout.idle:
+                        await self.end("robot_hangup")
+                        return
+                    self._audio_ready.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._audio_ready.wait(), timeout=0.1)
+                    continue
+                turn_id, frame = item
+                if turn_id != playing:
+                    playing = turn_id
+                    await self._first_frame(turn_id)
+                await self.sink.send_audio(frame)
+                now = time.monotonic()
+                if next_t is None:
+                    next_t = now - self.lead_frames * FRAME_S
+                next_t += FRAME_S
+                if next_t > now:
+                    await asyncio.sleep(next_t - now)
+
+    async def _first_frame(self, turn_id: str) -> None:
+        clock = self._clocks.get(turn_id)
+        ts = now_ms()
+        if clock is not None and not clock.first_played_ts_ms:
+            clock.first_played_ts_ms = ts
+            if clock.speech_end_ts_ms:
+                VOICE_TO_VOICE.observe(ts - clock.speech_end_ts_ms)
+        if turn_id == self.greeting_turn:
+            GREETING_LATENCY.observe(ts - self._started_ms)
+            log.info("call.greeting_started", after_ms=ts - self._started_ms)
+        await self.bus.publish(subjects.lifecycle(self.call_id), PlaybackStarted(call_id=self.call_id, turn_id=turn_id))
+
+    async def _complete_finished(self) -> None:
+        for turn in self.playout.pop_finished():
+            clock = self._clocks.get(turn.turn_id)
+            if clock is not None and not clock.completed:
+                await self._complete(clock)
+            if self._hangup_after == turn.turn_id:
+                self._hangup_after = turn.turn_id  # playout loop ends the call once idle
+
+    async def _complete(self, clock: TurnClock) -> None:
+        clock.completed = True
+        self.turns_completed += 1
+        m = clock.metrics(self.call_id)
+        await self.bus.publish(subjects.lifecycle(self.call_id), m)
+        await self.sink.send_event(metrics_event(m))
+        self._clocks.pop(clock.turn_id, None)
+
+    # ---- barge-in -----------------------------------------------------------------------------------
+    def _active_bot_turns(self) -> list[str]:
+        active = [t for t, c in self._clocks.items() if c.expects_reply and not c.completed]
+        if self.playout.has(self.greeting_turn):
+            active.append(self.greeting_turn)
+        return active
+
+    async def _barge_in(self, by_turn_id: str) -> None:
+        min_ms = self.robot.settings.barge_in.min_speech_ms
+        if min_ms:
+            await asyncio.sleep(min_ms / 1000)
+            if self._speaking_turn != by_turn_id:
+                return  # the caller stopped before it counted as an interruption
+        for turn_id in self._active_bot_turns():
+            await self._interrupt(turn_id, by_turn_id=by_turn_id)
+
+    async def _interrupt(self, turn_id: str, by_turn_id: str = "", reason: str = "barge_in") -> None:
+        if turn_id in self._interrupted:
+            return
+        self._interrupted.add(turn_id)
+        turn_audio = self.playout.drop(turn_id)
+        played_text = turn_audio.played_text() if turn_audio else ""
+        played_ms = int(turn_audio.played_bytes / 2 / self.sample_rate * 1000) if turn_audio else 0
+        await self.bus.publish(
+            subjects.control(self.call_id),
+            ControlInterrupt(
+                call_id=self.call_id, turn_id=turn_id, by_turn_id=by_turn_id, played_ms=played_ms,
+                played_text=played_text,
+            ),
+        )
+        if reason == "barge_in":
+            BARGE_INS.inc()
+            with contextlib.suppress(Exception):
+                await self.sink.flush(turn_id)
+        log.info("call.interrupted", turn_id=turn_id, by=by_turn_id, played_ms=played_ms, reason=reason)
+        clock = self._clocks.get(turn_id)
+        if clock is not None and not clock.completed:
+            clock.interrupted = True
+            clock.played_text = played_text
+            await self._complete(clock)
+
+    # ---- bus handlers (each subscription delivers in order; handlers never block) -------------------
+    async def _on_vad(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if isinstance(msg, VadSpeechStarted):
+            self._speaking_turn = msg.turn_id
+            self._clocks[msg.turn_id] = TurnClock(msg.turn_id)
+            await self.sink.send_event({"type": "vad.speech_started", "turn_id": msg.turn_id})
+            if self.robot.settings.barge_in.enabled and self._active_bot_turns():
+                self._spawn(self._barge_in(msg.turn_id), f"barge-{msg.turn_id}")
+        elif isinstance(msg, VadSpeechEnded):
+            if self._speaking_turn == msg.turn_id:
+                self._speaking_turn = ""
+            clock = self._clocks.setdefault(msg.turn_id, TurnClock(msg.turn_id))
+            clock.speech_end_ts_ms = msg.ts_ms
+        return None
+
+    async def _on_asr(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if not isinstance(msg, AsrFinal):
+            return None
+        clock = self._clocks.setdefault(msg.turn_id, TurnClock(msg.turn_id))
+        clock.asr_final_ts_ms = msg.ts_ms
+        clock.speech_end_ts_ms = clock.speech_end_ts_ms or msg.speech_end_ts_ms
+        clock.user_text = msg.text
+        await self.sink.send_event({"type": "asr.final", "turn_id": msg.turn_id, "text": msg.text})
+        if msg.text.strip():
+            clock.expects_reply = True
+        else:
+            self._clocks.pop(msg.turn_id, None)  # nothing recognized: no bot turn follows
+        return None
+
+    async def _on_sentence(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if not isinstance(msg, LlmSentence) or msg.turn_id in self._interrupted:
+            return None
+        clock = self._clocks.get(msg.turn_id)
+        if clock is not None:
+            clock.first_sentence_ts_ms = clock.first_sentence_ts_ms or msg.ts_ms
+            clock.sentences[msg.index] = msg.text
+        if clock is not None or msg.turn_id == self.greeting_turn:
+            self.playout.turn(msg.turn_id).sentence(msg.index).text = msg.text
+            await self.sink.send_event(
+                {"type": "bot.sentence", "turn_id": msg.turn_id, "index": msg.index, "text": msg.text}
+            )
+        return None
+
+    async def _on_llm_done(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if not isinstance(msg, LlmDone) or msg.turn_id in self._interrupted or msg.interrupted:
+            return None
+        clock = self._clocks.get(msg.turn_id)
+        if clock is None:
+            return None
+        self.playout.set_expected(msg.turn_id, msg.sentences)
+        if msg.hangup:
+            self._hangup_after = msg.turn_id
+        self._audio_ready.set()
+        return None
+
+    async def _on_tts_audio(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if not isinstance(msg, TtsAudio):
+            return None
+        live = msg.turn_id == self.greeting_turn and self.playout.has(msg.turn_id)
+        clock = self._clocks.get(msg.turn_id)
+        if msg.turn_id in self._interrupted or not (live or (clock is not None and clock.expects_reply)):
+            STALE_AUDIO.inc()
+            return None
+        if msg.sample_rate != self.sample_rate:
+            metrics.MESSAGES_DROPPED.labels("gateway", "tts.audio", "wrong_sample_rate").inc()
+            log.warning("call.tts_wrong_rate", turn_id=msg.turn_id, rate=msg.sample_rate)
+            msg.pcm = b""
+        if clock is not None and not clock.first_audio_ts_ms and msg.pcm:
+            clock.first_audio_ts_ms = msg.ts_ms
+        self.playout.add_audio(msg.turn_id, msg.index, msg.pcm, msg.last, msg.text)
+        self._audio_ready.set()
+        return None
+
+    async def _on_control(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if isinstance(msg, ControlHangup):
+            if msg.graceful and not self.playout.idle:
+                current = self.playout.current
+                self._hangup_after = current.turn_id if current else ""
+            else:
+                self._spawn(self.end(f"hangup:{msg.reason}"), "hangup")
+        return None
+
+    async def _on_lifecycle(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if isinstance(msg, StageError):
+            await self.sink.send_event(
+                {"type": "error", "stage": msg.stage, "kind": msg.kind, "turn_id": msg.turn_id}
+            )
+            clock = self._clocks.get(msg.turn_id) if msg.turn_id else None
+            if clock is not None and msg.stage in ("llm", "prompt-router", "router") and not clock.completed:
+                self.playout.set_expected(msg.turn_id, len(clock.sentences))
+                self._audio_ready.set()
+        return None

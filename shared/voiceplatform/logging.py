@@ -1,0 +1,97 @@
+"""structlog JSON logging with call_id/turn_id context, secret masking and PII suppression.
+
+- ``bind_call(call_id=..., turn_id=...)`` puts ids into contextvars; every line in that task has them.
+- Keys named ``pii_*`` (transcripts, phone numbers, prompts) are dropped unless VP_LOG_PII=1.
+- Values of registered secrets are masked wherever they appear, and so is any value whose key looks
+  like a credential (``*key``, ``*token``, ``*secret``, ``*password``, ``authorization``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+
+_SECRET_KEY = re.compile(r"(api_?key|token|secret|password|passwd|authorization|dsn)$", re.IGNORECASE)
+_secrets: set[str] = set()
+MASK = "***"
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret value so it is masked in every log line (values under 4 chars are ignored)."""
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def mask_secrets(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _mask_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_secrets(value)
+    return value
+
+
+def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    keep_pii = os.environ.get("VP_LOG_PII", "") == "1"
+    for key in list(event.keys()):
+        if key.startswith("pii_") and not keep_pii:
+            del event[key]
+        elif _SECRET_KEY.search(key) and event[key]:
+            event[key] = MASK
+        else:
+            event[key] = _mask_value(event[key])
+    return event
+
+
+def _mask_rendered(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # exception text is rendered late: mask it too
+    exc = event.get("exception")
+    if isinstance(exc, str):
+        event["exception"] = mask_secrets(exc)
+    return event
+
+
+def configure_logging(service: str, level: str = "INFO", json: bool | None = None) -> None:
+    """Configure structlog and stdlib logging once per process."""
+    if json is None:
+        json = os.environ.get("VP_LOG_FORMAT", "json") == "json" or not sys.stderr.isatty()
+    renderer: Any = structlog.processors.JSONRenderer(ensure_ascii=False) if json else (
+        structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _scrub,
+            structlog.processors.format_exc_info,
+            _mask_rendered,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+
+
+@contextmanager
+def bind_call(**ids: str) -> Iterator[None]:
+    """Bind call_id / turn_id (or any ids) for the duration of a block in this task."""
+    tokens = structlog.contextvars.bind_contextvars(**{k: v for k, v in ids.items() if v})
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)

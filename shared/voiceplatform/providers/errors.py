@@ -1,0 +1,54 @@
+"""One error tree for every provider, mapped at the provider boundary.
+
+``retryable`` tells the single retry/fallback layer whether another attempt (same provider, next key,
+or next provider in the chain) may help. Messages must never contain secrets: build them from
+status codes and vendor error codes, not from raw SDK exception text.
+"""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    kind = "error"
+
+    def __init__(self, provider: str, message: str, *, retryable: bool) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+        self.retryable = retryable
+
+
+class ProviderStatusError(ProviderError):
+    kind = "status"
+
+    def __init__(self, provider: str, status: int, message: str = "", *, retryable: bool) -> None:
+        super().__init__(provider, f"HTTP {status} {message}".strip(), retryable=retryable)
+        self.status = status
+
+
+class ProviderConnectionError(ProviderError):
+    kind = "connection"
+
+    def __init__(self, provider: str, message: str = "connection failed") -> None:
+        super().__init__(provider, message, retryable=True)
+
+
+class ProviderTimeoutError(ProviderError):
+    kind = "timeout"
+
+    def __init__(self, provider: str, message: str = "timed out") -> None:
+        super().__init__(provider, message, retryable=True)
+
+
+class ProviderProtocolError(ProviderError):
+    """The provider answered something we cannot parse (malformed JSON, wrong audio format)."""
+
+    kind = "protocol"
+
+    def __init__(self, provider: str, message: str) -> None:
+        super().__init__(provider, message, retryable=True)
+
+
+def error_from_status(provider: str, status: int, message: str = "") -> ProviderStatusError:
+    """401/403 and other 4xx: not retryable (bad key, bad request); 408/409/429 and 5xx: retryable."""
+    retryable = status in (408, 409, 425, 429) or status >= 500
+    return ProviderStatusError(provider, status, message, retryable=retryable)

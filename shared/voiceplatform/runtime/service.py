@@ -1,0 +1,136 @@
+"""The service runner: connect the bus, serve /health and /metrics, start, and drain on SIGTERM.
+
+A service implements ``Service``; ``run_service`` does the rest, the same way for every worker.
+SIGTERM (or SIGINT) → ``service.drain()`` (stop taking new work, finish in-flight turns up to the
+drain timeout) → ``bus.drain()`` → HTTP server stops → exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Generator
+from typing import Any, Protocol
+
+import structlog
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from voiceplatform import subjects
+from voiceplatform.bus import Bus
+from voiceplatform.bus.nats import NatsBus
+from voiceplatform.config.settings import ServiceSettings
+from voiceplatform.logging import configure_logging, register_secret
+from voiceplatform.wire import WorkerHeartbeat
+
+log = structlog.get_logger("voiceplatform.runtime")
+
+
+class Service(Protocol):
+    name: str
+
+    async def start(self, bus: Bus) -> None: ...
+    async def drain(self, timeout: float) -> None: ...
+    def ready(self) -> bool: ...
+    def health(self) -> dict[str, Any]: ...
+    def asgi_app(self) -> Starlette | None: ...
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the runner owns SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def build_http_app(service: Service, bus_ref: list[Bus], state: dict[str, str]) -> Starlette:
+    app = service.asgi_app() or Starlette()
+
+    async def health(_: Request) -> Response:
+        bus_ok = bool(bus_ref) and bus_ref[0].connected
+        ready = state["phase"] == "running" and bus_ok and service.ready()
+        body = {
+            "service": service.name,
+            "status": "ok" if ready else state["phase"],
+            "bus_connected": bus_ok,
+            **service.health(),
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_route("/health", health, methods=["GET"])
+    app.add_route("/metrics", metrics, methods=["GET"])
+    return app
+
+
+async def run_service(
+    service: Service,
+    settings: ServiceSettings,
+    bus: Bus | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain gracefully."""
+    for secret in (settings.postgres_dsn, settings.redis_url, settings.mongo_uri):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    state = {"phase": "starting"}
+    bus_ref: list[Bus] = []
+    app = build_http_app(service, bus_ref, state)
+    config = uvicorn.Config(
+        app, host=settings.http_host, port=settings.http_port, log_level="warning", lifespan="off"
+    )
+    server = _QuietServer(config)
+    http_task = asyncio.create_task(server.serve(), name="http")
+    while not server.started and not http_task.done():
+        await asyncio.sleep(0.01)
+    if http_task.done():
+        await http_task  # re-raise the bind error
+    port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.http_port
+
+    try:
+        if bus is None:
+            bus = await NatsBus.connect(settings.nats_url, service.name)
+        bus_ref.append(bus)
+        await service.start(bus)
+        state["phase"] = "running"
+        presence_task = asyncio.create_task(_announce(bus, service, settings), name="presence")
+        log.info("service.started", http_port=port, instance_id=settings.instance_id)
+        await stop.wait()
+        state["phase"] = "draining"
+        presence_task.cancel()
+        log.info("service.draining", timeout_s=settings.drain_timeout_s)
+        await service.drain(settings.drain_timeout_s)
+        await bus.drain()
+    finally:
+        server.should_exit = True
+        await http_task
+        log.info("service.stopped")
+
+
+async def _announce(bus: Bus, service: Service, settings: ServiceSettings) -> None:
+    beat = WorkerHeartbeat(call_id="", role=service.name, instance_id=settings.instance_id)
+    while True:
+        if service.ready():
+            with contextlib.suppress(Exception):
+                await bus.publish(subjects.presence(service.name), beat)
+        await asyncio.sleep(1.0)
+
+
+def service_main(factory: Callable[[], tuple[Service, ServiceSettings]]) -> None:
+    """Console entry point helper: build the service, configure logs, run it."""
+    service, settings = factory()
+    configure_logging(service.name, settings.log_level)
+    asyncio.run(run_service(service, settings))

@@ -1,0 +1,133 @@
+"""Every NATS subject string the platform uses is built here, and only here.
+
+Internal per-call subjects: ``vp.call.<call_id>.<stage>``. Service control: ``vp.svc.<role>.<verb>``.
+Public contract for other systems: ``call_events.<type>`` (see docs/call_events.md).
+"""
+
+from __future__ import annotations
+
+import re
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+PREFIX = "vp"
+
+
+class SubjectError(ValueError):
+    pass
+
+
+def check_token(value: str) -> str:
+    """Reject ids that would break subject tokenization (dots, wildcards, spaces)."""
+    if not _TOKEN.match(value):
+        raise SubjectError(f"not a valid subject token: {value!r}")
+    return value
+
+
+def _call(call_id: str, stage: str) -> str:
+    return f"{PREFIX}.call.{check_token(call_id)}.{stage}"
+
+
+# ---- per call ------------------------------------------------------------------------------------
+def audio_in(call_id: str) -> str:
+    return _call(call_id, "audio.in")
+
+
+def vad(call_id: str) -> str:
+    return _call(call_id, "vad")
+
+
+def asr(call_id: str) -> str:
+    return _call(call_id, "asr")
+
+
+def llm_request(call_id: str) -> str:
+    return _call(call_id, "llm.request")
+
+
+def llm_sentence(call_id: str) -> str:
+    return _call(call_id, "llm.sentence")
+
+
+def llm_done(call_id: str) -> str:
+    return _call(call_id, "llm.done")
+
+
+def tts_audio(call_id: str) -> str:
+    return _call(call_id, "tts.audio")
+
+
+def control(call_id: str) -> str:
+    """Barge-in and hangup: a separate subscription everywhere, so control never waits behind data."""
+    return _call(call_id, "control")
+
+
+def lifecycle(call_id: str) -> str:
+    """call.started / call.ended / turn.metrics / prompt.switched / playback / stage.error."""
+    return _call(call_id, "lifecycle")
+
+
+# ---- wildcards over all calls (for queue-group consumers and the recorder) ----------------------
+def any_call(stage: str) -> str:
+    return f"{PREFIX}.call.*.{stage}"
+
+
+ALL_CALLS = f"{PREFIX}.call.>"
+ANY_AUDIO_IN = any_call("audio.in")
+ANY_ASR = any_call("asr")
+ANY_LLM_REQUEST = any_call("llm.request")
+ANY_LLM_SENTENCE = any_call("llm.sentence")
+ANY_LLM_DONE = any_call("llm.done")
+ANY_CONTROL = any_call("control")
+ANY_LIFECYCLE = any_call("lifecycle")
+
+
+def call_id_of(subject: str) -> str:
+    """The call id token of a per-call subject."""
+    parts = subject.split(".")
+    if len(parts) < 4 or parts[0] != PREFIX or parts[1] != "call":
+        raise SubjectError(f"not a per-call subject: {subject!r}")
+    return parts[2]
+
+
+# ---- services ------------------------------------------------------------------------------------
+def assign(role: str) -> str:
+    """Request/reply to the role's queue group: exactly one instance takes the call."""
+    return f"{PREFIX}.svc.{check_token(role)}.assign"
+
+
+def heartbeat(role: str) -> str:
+    return f"{PREFIX}.svc.{check_token(role)}.heartbeat"
+
+
+def released(role: str) -> str:
+    return f"{PREFIX}.svc.{check_token(role)}.released"
+
+
+def presence(service: str) -> str:
+    """Every service instance announces itself here each second (the gateway's /health reads it)."""
+    return f"{PREFIX}.svc.{check_token(service)}.presence"
+
+
+ANY_PRESENCE = f"{PREFIX}.svc.*.presence"
+
+
+def queue_group(role: str) -> str:
+    return check_token(role)
+
+
+# ---- public contract -----------------------------------------------------------------------------
+CALL_EVENTS_PREFIX = "call_events"
+
+
+def call_event(event_type: str) -> str:
+    """``call_events.call.started`` etc.; the event type may contain dots (they become tokens)."""
+    for token in event_type.split("."):
+        check_token(token)
+    return f"{CALL_EVENTS_PREFIX}.{event_type}"
+
+
+ALL_CALL_EVENTS = f"{CALL_EVENTS_PREFIX}.>"
+
+# JetStream KV bucket holding per-call dialogue state (history, current prompt, script state), so
+# the stateless router and LLM workers can be restarted or scaled at any time.
+DIALOG_BUCKET = "vp_dialog"

@@ -1,0 +1,264 @@
+"""Typed wire messages.
+
+Every message is a msgpack map with readable keys: ``type`` (stable dotted name), ``v`` (version of
+that type), ``call_id``, ``ts_ms`` (wall clock of creation) and, on everything produced for one
+utterance or bot reply, ``turn_id``. Evolution rules: adding a field with a default keeps ``v``;
+removing or re-typing one bumps it. Decoders ignore unknown keys and reject a ``v`` newer than they
+know (see ``codec``). Audio is msgpack bin, little-endian signed 16-bit mono PCM.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import msgspec
+
+from voiceplatform.clock import now_ms
+
+FRAME_MS = 20
+SUPPORTED_SAMPLE_RATES = (8000, 16000)
+
+
+def frame_bytes(sample_rate: int, frame_ms: int = FRAME_MS) -> int:
+    """Size in bytes of one mono 16-bit PCM frame."""
+    return sample_rate * frame_ms // 1000 * 2
+
+
+class Message(msgspec.Struct, kw_only=True, tag_field="type"):
+    """Base of every wire message. ``VERSION`` is the newest version this code understands."""
+
+    VERSION: ClassVar[int] = 1
+
+    call_id: str
+    v: int = 1
+    ts_ms: int = msgspec.field(default_factory=now_ms)
+
+    @property
+    def type_name(self) -> str:
+        tag = type(self).__struct_config__.tag
+        return str(tag)
+
+
+# ---- call lifecycle ---------------------------------------------------------------------------
+
+
+class CallStarted(Message, tag="call.started"):
+    robot: str
+    channel: Literal["web", "phone"]
+    sample_rate: int
+    caller: str = ""
+    mode: str = "pipeline"
+    gateway_id: str = ""
+
+
+class CallEnded(Message, tag="call.ended"):
+    reason: str
+    duration_ms: int = 0
+    turns: int = 0
+
+
+class ControlHangup(Message, tag="control.hangup"):
+    """Ask the gateway to end the call; ``graceful`` finishes what is queued for playout first."""
+
+    reason: str = "robot"
+    graceful: bool = True
+
+
+# ---- per-call ownership of streaming stages -----------------------------------------------------
+
+
+class AssignRequest(Message, tag="assign.request"):
+    role: str
+    robot: str
+    sample_rate: int
+    channel: str = "web"
+
+
+class AssignReply(Message, tag="assign.reply"):
+    role: str
+    accepted: bool
+    instance_id: str
+    reason: str = ""
+
+
+class OwnerReleased(Message, tag="assign.released"):
+    """A stateful worker gives a call back (drain on SIGTERM); the gateway re-assigns at once."""
+
+    role: str
+    instance_id: str
+    reason: str = "draining"
+
+
+class WorkerHeartbeat(Message, tag="worker.heartbeat"):
+    """Liveness of one worker instance and the calls it owns. ``call_id`` is unused (empty)."""
+
+    role: str
+    instance_id: str
+    calls: list[str] = msgspec.field(default_factory=list)
+    capacity: int = 0
+
+
+# ---- audio ----------------------------------------------------------------------------------------
+
+
+class AudioChunk(Message, tag="audio.chunk"):
+    """One 20 ms frame of caller audio from a gateway."""
+
+    seq: int
+    sample_rate: int
+    pcm: bytes
+
+    def problem(self, expected_rate: int) -> str | None:
+        """Why this frame must be dropped, as a metric label, or None when it is good."""
+        if self.sample_rate != expected_rate:
+            return "wrong_sample_rate"
+        if len(self.pcm) != frame_bytes(expected_rate):
+            return "wrong_frame_size"
+        return None
+
+
+class TtsAudio(Message, tag="tts.audio"):
+    """Synthesized robot audio for sentence ``index`` of bot turn ``turn_id``, at the call's rate.
+
+    ``last`` closes the sentence; a sentence may arrive as any number of chunks.
+    """
+
+    turn_id: str
+    index: int
+    seq: int
+    sample_rate: int
+    pcm: bytes
+    last: bool = False
+    text: str = ""
+    provider: str = ""
+
+
+class PlaybackStarted(Message, tag="playback.started"):
+    """The gateway started playing a bot turn (first audio frame sent to the caller)."""
+
+    turn_id: str
+
+
+# ---- speech detection and recognition -------------------------------------------------------------
+
+
+class VadSpeechStarted(Message, tag="vad.speech_started"):
+    """Caller speech confirmed. ``turn_id`` names the new utterance; downstream work carries it."""
+
+    turn_id: str
+    audio_offset_ms: int
+
+
+class VadSpeechEnded(Message, tag="vad.speech_ended"):
+    turn_id: str
+    audio_offset_ms: int
+    speech_ms: int
+
+
+class AsrPartial(Message, tag="asr.partial"):
+    turn_id: str
+    text: str
+
+
+class AsrFinal(Message, tag="asr.final"):
+    turn_id: str
+    text: str
+    language: str = "ru"
+    audio_ms: int = 0
+    speech_end_ts_ms: int = 0
+    processing_ms: int = 0
+    provider: str = ""
+
+
+# ---- dialogue ------------------------------------------------------------------------------------
+
+
+class ChatMessage(msgspec.Struct, kw_only=True):
+    role: Literal["system", "user", "assistant"]
+    content: str
+    turn_id: str = ""
+    interrupted: bool = False
+
+
+class PromptSwitched(Message, tag="prompt.switched"):
+    turn_id: str
+    from_prompt: str
+    to_prompt: str
+    matched: str = ""
+
+
+class LlmRequest(Message, tag="llm.request"):
+    """One bot turn to generate, published by the prompt-router to the LLM queue group."""
+
+    turn_id: str
+    robot: str
+    prompt_id: str
+    system_prompt: str
+    history: list[ChatMessage]
+    user_text: str
+    sample_rate: int
+    speech_end_ts_ms: int = 0
+    dialog_state: str = ""
+
+
+class LlmSentence(Message, tag="llm.sentence"):
+    """A complete sentence of the bot reply, ready for TTS (sentence-streaming)."""
+
+    turn_id: str
+    index: int
+    text: str
+    robot: str
+    sample_rate: int
+    last: bool = False
+
+
+class LlmDone(Message, tag="llm.done"):
+    turn_id: str
+    text: str
+    sentences: int
+    interrupted: bool = False
+    provider: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    dialog_state: str = ""
+    hangup: bool = False
+
+
+class ControlInterrupt(Message, tag="control.interrupt"):
+    """Barge-in: stop bot turn ``turn_id`` now. ``played_text`` is what the caller actually heard."""
+
+    turn_id: str
+    by_turn_id: str = ""
+    played_ms: int = 0
+    played_text: str = ""
+
+
+# ---- metrics and errors --------------------------------------------------------------------------
+
+
+class TurnMetrics(Message, tag="turn.metrics"):
+    """Per-turn timestamps measured once (at the gateway, where the turn is heard) and stored as-is.
+
+    Every ``*_ts_ms`` is wall clock; 0 means the stage did not happen (for example no audio played).
+    """
+
+    turn_id: str
+    user_text: str = ""
+    bot_text: str = ""
+    speech_end_ts_ms: int = 0
+    asr_final_ts_ms: int = 0
+    first_sentence_ts_ms: int = 0
+    first_audio_ts_ms: int = 0
+    first_played_ts_ms: int = 0
+    interrupted: bool = False
+    played_text: str = ""
+
+
+class StageError(Message, tag="stage.error"):
+    """A stage failed a turn; the call goes on. ``retryable`` mirrors the provider error tree."""
+
+    stage: str
+    kind: str
+    detail: str
+    turn_id: str = ""
+    retryable: bool = False

@@ -1,0 +1,35 @@
+import json
+
+import structlog
+
+from voiceplatform.logging import bind_call, configure_logging, register_secret
+
+
+def test_json_logs_carry_call_ids_mask_secrets_and_drop_pii(capsys, monkeypatch):
+    monkeypatch.delenv("VP_LOG_PII", raising=False)
+    configure_logging("test-svc", json=True)
+    register_secret("sk-very-secret-value")
+    log = structlog.get_logger("t")
+    with bind_call(call_id="web-1", turn_id="t-1"):
+        log.info("asr.final", pii_text="у меня собака", api_key="abc123", detail="auth sk-very-secret-value failed")
+    log.info("outside")
+    lines = [json.loads(x) for x in capsys.readouterr().err.strip().splitlines()]
+    first, second = lines[-2], lines[-1]
+    assert first["event"] == "asr.final"
+    assert first["call_id"] == "web-1" and first["turn_id"] == "t-1" and first["service"] == "test-svc"
+    assert "pii_text" not in first
+    assert first["api_key"] == "***"
+    assert "sk-very-secret-value" not in json.dumps(first) and "***" in first["detail"]
+    assert "call_id" not in second
+
+
+def test_exceptions_are_masked_too(capsys):
+    configure_logging("test-svc", json=True)
+    register_secret("tok-ABCDEF-123")
+    log = structlog.get_logger("t")
+    try:
+        raise RuntimeError("request with tok-ABCDEF-123 refused")
+    except RuntimeError:
+        log.exception("provider.failed")
+    out = capsys.readouterr().err
+    assert "tok-ABCDEF-123" not in out and "provider.failed" in out
