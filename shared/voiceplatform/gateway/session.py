@@ -341,14 +341,16 @@ class CallSession:
             active.append(self.greeting_turn)
         return active
 
-    async def _barge_in(self, by_turn_id: str) -> None:
+    async def _barge_in(self, by_turn_id: str, targets: list[str]) -> None:
+        """Interrupt the bot turns that were active when the caller started speaking (``targets``)."""
         min_ms = self.robot.settings.barge_in.min_speech_ms
         if min_ms:
             await asyncio.sleep(min_ms / 1000)
             if self._speaking_turn != by_turn_id:
                 return  # the caller stopped before it counted as an interruption
-        for turn_id in self._active_bot_turns():
-            await self._interrupt(turn_id, by_turn_id=by_turn_id)
+        for turn_id in targets:
+            if turn_id != by_turn_id:
+                await self._interrupt(turn_id, by_turn_id=by_turn_id)
 
     async def _interrupt(self, turn_id: str, by_turn_id: str = "", reason: str = "barge_in") -> None:
         if turn_id in self._interrupted:
@@ -380,10 +382,14 @@ class CallSession:
         msg = env.message
         if isinstance(msg, VadSpeechStarted):
             self._speaking_turn = msg.turn_id
+            targets = self._active_bot_turns()
             self._clocks[msg.turn_id] = TurnClock(msg.turn_id)
+            if self.robot.settings.barge_in.enabled and targets:
+                if self.robot.settings.barge_in.min_speech_ms:
+                    self._spawn(self._barge_in(msg.turn_id, targets), f"barge-{msg.turn_id}")
+                else:
+                    await self._barge_in(msg.turn_id, targets)  # at once: no task hop
             await self.sink.send_event({"type": "vad.speech_started", "turn_id": msg.turn_id})
-            if self.robot.settings.barge_in.enabled and self._active_bot_turns():
-                self._spawn(self._barge_in(msg.turn_id), f"barge-{msg.turn_id}")
         elif isinstance(msg, VadSpeechEnded):
             if self._speaking_turn == msg.turn_id:
                 self._speaking_turn = ""
