@@ -33,10 +33,10 @@ def resample(samples: Int16Array, from_rate: int, to_rate: int) -> Int16Array:
         return samples
     x: npt.NDArray[np.floating[Any]] = samples.astype(np.float32)
     if to_rate < from_rate:
-        width = int(round(from_rate / to_rate))
+        width = round(from_rate / to_rate)
         if width > 1:
             x = np.convolve(x, np.ones(width, dtype=np.float32) / width, mode="same")
-    n_out = int(round(samples.size * to_rate / from_rate))
+    n_out = round(samples.size * to_rate / from_rate)
     positions = np.arange(n_out, dtype=np.float64) * (from_rate / to_rate)
     out = np.interp(positions, np.arange(samples.size), x)
     result: Int16Array = np.clip(np.round(out), -32768, 32767).astype(np.int16)

@@ -62,12 +62,17 @@ def _mask_rendered(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
+def _stderr_logger(*_: Any) -> structlog.PrintLogger:
+    # resolve sys.stderr at use, not at configure time (it may be replaced after start-up)
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging(service: str, level: str = "INFO", json: bool | None = None) -> None:
     """Configure structlog and stdlib logging once per process."""
     if json is None:
         json = os.environ.get("VP_LOG_FORMAT", "json") == "json" or not sys.stderr.isatty()
-    renderer: Any = structlog.processors.JSONRenderer(ensure_ascii=False) if json else (
-        structlog.dev.ConsoleRenderer()
+    renderer: Any = (
+        structlog.processors.JSONRenderer(ensure_ascii=False) if json else (structlog.dev.ConsoleRenderer())
     )
     structlog.configure(
         processors=[
@@ -80,7 +85,7 @@ def configure_logging(service: str, level: str = "INFO", json: bool | None = Non
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.bind_contextvars(service=service)

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from voiceplatform import subjects
 from voiceplatform.audio import write_wav
 from voiceplatform.bus import Envelope
@@ -56,7 +55,9 @@ class RecordingSink:
 def robot(tmp_path):
     folder = tmp_path / "robots" / "bot"
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"llm": {"provider": "openai"}, "greeting_text": "Здравствуйте!"}))
+    (folder / "config.json").write_text(
+        json.dumps({"llm": {"provider": "openai"}, "greeting_text": "Здравствуйте!"})
+    )
     write_wav(folder / "greeting.wav", (np.ones(RATE // 5) * 1000).astype(np.int16), RATE)  # 200 ms
     return load_robot(folder)
 
@@ -74,7 +75,9 @@ async def start_call(broker, robot):
     seen: list[Any] = []
 
     async def assign(env: Envelope):
-        return AssignReply(call_id=env.message.call_id, role=env.message.role, accepted=True, instance_id="w1")
+        return AssignReply(
+            call_id=env.message.call_id, role=env.message.role, accepted=True, instance_id="w1"
+        )
 
     async def record(env: Envelope):
         seen.append(env.message)
@@ -89,7 +92,7 @@ async def start_call(broker, robot):
 
 
 async def test_greeting_assignment_and_caller_audio(broker, robot):
-    session, sink, workers, seen = await start_call(broker, robot)
+    session, sink, _workers, seen = await start_call(broker, robot)
     await wait_for(lambda: session.owners == {"vad": "w1", "asr": "w1"})
     await wait_for(lambda: len(sink.audio) >= 10)  # greeting: 200 ms = 10 frames
     assert all(len(pcm) == FRAME for _, pcm in sink.audio)
@@ -102,8 +105,12 @@ async def test_greeting_assignment_and_caller_audio(broker, robot):
 
 
 async def reply(workers, call_id, turn, sentences, chunk_frames=25):
-    await workers.publish(subjects.vad(call_id), VadSpeechEnded(call_id=call_id, turn_id=turn, audio_offset_ms=0, speech_ms=900))
-    await workers.publish(subjects.asr(call_id), AsrFinal(call_id=call_id, turn_id=turn, text="у меня собака"))
+    await workers.publish(
+        subjects.vad(call_id), VadSpeechEnded(call_id=call_id, turn_id=turn, audio_offset_ms=0, speech_ms=900)
+    )
+    await workers.publish(
+        subjects.asr(call_id), AsrFinal(call_id=call_id, turn_id=turn, text="у меня собака")
+    )
     for i, text in enumerate(sentences):
         await workers.publish(
             subjects.llm_sentence(call_id),
@@ -111,10 +118,21 @@ async def reply(workers, call_id, turn, sentences, chunk_frames=25):
         )
         await workers.publish(
             subjects.tts_audio(call_id),
-            TtsAudio(call_id=call_id, turn_id=turn, index=i, seq=0, sample_rate=RATE,
-                     pcm=b"\x01\x00" * (FRAME // 2) * chunk_frames, last=True, text=text),
+            TtsAudio(
+                call_id=call_id,
+                turn_id=turn,
+                index=i,
+                seq=0,
+                sample_rate=RATE,
+                pcm=b"\x01\x00" * (FRAME // 2) * chunk_frames,
+                last=True,
+                text=text,
+            ),
         )
-    await workers.publish(subjects.llm_done(call_id), LlmDone(call_id=call_id, turn_id=turn, text=" ".join(sentences), sentences=len(sentences)))
+    await workers.publish(
+        subjects.llm_done(call_id),
+        LlmDone(call_id=call_id, turn_id=turn, text=" ".join(sentences), sentences=len(sentences)),
+    )
 
 
 async def test_turn_plays_and_reports_metrics(broker, robot):
@@ -136,13 +154,18 @@ async def test_barge_in_flushes_at_once_and_drops_stale_audio(broker, robot):
     session, sink, workers, seen = await start_call(broker, robot)
     call = session.call_id
     await workers.publish(subjects.vad(call), VadSpeechStarted(call_id=call, turn_id="u1", audio_offset_ms=0))
-    await reply(workers, call, "u1", ["Первое предложение ответа.", "Второе предложение ответа."], chunk_frames=50)
+    await reply(
+        workers, call, "u1", ["Первое предложение ответа.", "Второе предложение ответа."], chunk_frames=50
+    )
     await wait_for(lambda: any(e.get("type") == "bot.sentence" for e in sink.events))
     await asyncio.sleep(0.3)  # the robot is speaking
     frames_before = len(sink.audio)
     loop = asyncio.get_running_loop()
     t_speech = loop.time()
-    await workers.publish(subjects.vad(call), VadSpeechStarted(call_id=call, turn_id="u2", audio_offset_ms=5000))
+    await workers.publish(
+        subjects.vad(call), VadSpeechStarted(call_id=call, turn_id="u2", audio_offset_ms=5000)
+    )
+
     def u1_interrupt():
         return next((m for m in seen if isinstance(m, ControlInterrupt) and m.turn_id == "u1"), None)
 
@@ -156,7 +179,9 @@ async def test_barge_in_flushes_at_once_and_drops_stale_audio(broker, robot):
     # late audio of the interrupted turn (already in flight) is dropped, nothing more is played
     await workers.publish(
         subjects.tts_audio(call),
-        TtsAudio(call_id=call, turn_id="u1", index=2, seq=0, sample_rate=RATE, pcm=b"\x05\x00" * 8000, last=True),
+        TtsAudio(
+            call_id=call, turn_id="u1", index=2, seq=0, sample_rate=RATE, pcm=b"\x05\x00" * 8000, last=True
+        ),
     )
     await asyncio.sleep(0.2)
     after = sink.audio[frames_before:]
@@ -168,12 +193,13 @@ async def test_barge_in_flushes_at_once_and_drops_stale_audio(broker, robot):
 
 
 async def test_robot_hangup_ends_call_after_goodbye_is_played(broker, robot):
-    session, sink, workers, seen = await start_call(broker, robot)
+    session, _sink, workers, seen = await start_call(broker, robot)
     call = session.call_id
     await workers.publish(subjects.vad(call), VadSpeechStarted(call_id=call, turn_id="u1", audio_offset_ms=0))
     await reply(workers, call, "u1", ["До свидания!"], chunk_frames=5)
     await workers.publish(
-        subjects.llm_done(call), LlmDone(call_id=call, turn_id="u1", text="До свидания!", sentences=1, hangup=True)
+        subjects.llm_done(call),
+        LlmDone(call_id=call, turn_id="u1", text="До свидания!", sentences=1, hangup=True),
     )
     await asyncio.wait_for(session.closed.wait(), 5)
     assert session.end_reason == "robot_hangup"
@@ -188,14 +214,18 @@ async def test_owner_released_triggers_reassignment(broker, robot):
     answers = iter(["w1", "w2", "w3", "w4"])
 
     async def assign(env: Envelope):
-        return AssignReply(call_id=env.message.call_id, role=env.message.role, accepted=True, instance_id=next(answers))
+        return AssignReply(
+            call_id=env.message.call_id, role=env.message.role, accepted=True, instance_id=next(answers)
+        )
 
     await workers.subscribe(subjects.assign("vad"), assign, queue="vad")
     await workers.subscribe(subjects.assign("asr"), assign, queue="asr")
     gw = broker.bus("gateway")
     directory = GatewayDirectory(gw)
     await directory.start()
-    session = CallSession(gw, robot, channel="web", sample_rate=RATE, sink=RecordingSink(), directory=directory)
+    session = CallSession(
+        gw, robot, channel="web", sample_rate=RATE, sink=RecordingSink(), directory=directory
+    )
     await session.start()
     await wait_for(lambda: len(session.owners) == 2)
     vad_owner = session.owners["vad"]

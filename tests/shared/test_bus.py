@@ -4,7 +4,6 @@ import asyncio
 import uuid
 
 import pytest
-
 from voiceplatform import metrics
 from voiceplatform.bus import Envelope, KvConflict, NoResponders
 from voiceplatform.bus.memory import MemoryBroker
@@ -89,7 +88,9 @@ async def test_request_reply_and_no_responders(buses):
         await a.request(subject, AssignRequest(call_id="c", role="vad", robot="r", sample_rate=8000), 0.5)
     await b.subscribe(subject, handler, queue="vad")
     await asyncio.sleep(0.05)
-    reply = await a.request(subject, AssignRequest(call_id="c9", role="vad", robot="r", sample_rate=8000), 1.0)
+    reply = await a.request(
+        subject, AssignRequest(call_id="c9", role="vad", robot="r", sample_rate=8000), 1.0
+    )
     assert isinstance(reply, AssignReply) and reply.accepted and reply.call_id == "c9"
 
 

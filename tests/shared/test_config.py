@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 from voiceplatform.config import RobotConfigError, RobotRegistry, load_robot
 
 
@@ -65,10 +64,13 @@ def test_router_rules_must_name_known_prompts_and_files_must_exist(tmp_path):
         tmp_path,
         config={
             "llm": {"provider": "openai"},
-            "router": {"prompts": {"pets": "prompts/pets.txt"}, "rules": [{"prompt": "pets", "keywords": ["собака"]}]},
+            "router": {
+                "prompts": {"pets": "prompts/pets.txt"},
+                "rules": [{"prompt": "pets", "keywords": ["собака"]}],
+            },
         },
     )
-    with pytest.raises(RobotConfigError, match="prompts/pets.txt"):
+    with pytest.raises(RobotConfigError, match=r"prompts/pets\.txt"):
         load_robot(folder)
     (folder / "prompts").mkdir()
     (folder / "prompts" / "pets.txt").write_text("Товары для собак")
@@ -77,7 +79,7 @@ def test_router_rules_must_name_known_prompts_and_files_must_exist(tmp_path):
 
 def test_script_provider_needs_its_dialog_file(tmp_path):
     folder = make_robot(tmp_path, config={"llm": {"provider": "script"}})
-    with pytest.raises(RobotConfigError, match="dialog.json"):
+    with pytest.raises(RobotConfigError, match=r"dialog\.json"):
         load_robot(folder)
 
 

@@ -1,7 +1,6 @@
 import json
 
 import structlog
-
 from voiceplatform.logging import bind_call, configure_logging, register_secret
 
 
@@ -11,7 +10,9 @@ def test_json_logs_carry_call_ids_mask_secrets_and_drop_pii(capsys, monkeypatch)
     register_secret("sk-very-secret-value")
     log = structlog.get_logger("t")
     with bind_call(call_id="web-1", turn_id="t-1"):
-        log.info("asr.final", pii_text="у меня собака", api_key="abc123", detail="auth sk-very-secret-value failed")
+        log.info(
+            "asr.final", pii_text="у меня собака", api_key="abc123", detail="auth sk-very-secret-value failed"
+        )
     log.info("outside")
     lines = [json.loads(x) for x in capsys.readouterr().err.strip().splitlines()]
     first, second = lines[-2], lines[-1]

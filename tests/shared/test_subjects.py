@@ -1,5 +1,4 @@
 import pytest
-
 from voiceplatform import subjects
 from voiceplatform.bus.memory import subject_matches
 

@@ -1,6 +1,5 @@
 import msgpack
 import pytest
-
 from voiceplatform.wire import (
     AsrFinal,
     AudioChunk,
@@ -16,8 +15,13 @@ from voiceplatform.wire.codec import TYPES_BY_NAME, decode_as
 
 def test_roundtrip_every_field_survives():
     msg = LlmRequest(
-        call_id="web-1", turn_id="t1", robot="r", prompt_id="pets", system_prompt="Ты помощник",
-        history=[ChatMessage(role="user", content="привет", turn_id="t0")], user_text="собака",
+        call_id="web-1",
+        turn_id="t1",
+        robot="r",
+        prompt_id="pets",
+        system_prompt="Ты помощник",
+        history=[ChatMessage(role="user", content="привет", turn_id="t0")],
+        user_text="собака",
         sample_rate=16000,
     )
     assert decode(encode(msg)) == msg
@@ -45,8 +49,10 @@ def test_unknown_keys_are_ignored_for_additive_evolution():
         (msgpack.packb({"type": "no.such", "call_id": "c"}), "unknown_type"),
         (msgpack.packb({"type": "audio.chunk", "call_id": "c"}), "invalid"),
         (msgpack.packb({"type": "asr.final", "call_id": "c", "turn_id": 5, "text": "x"}), "invalid"),
-        (msgpack.packb({"type": "asr.final", "v": 7, "call_id": "c", "turn_id": "t", "text": "x"}),
-         "unsupported_version"),
+        (
+            msgpack.packb({"type": "asr.final", "v": 7, "call_id": "c", "turn_id": "t", "text": "x"}),
+            "unsupported_version",
+        ),
         (msgpack.packb([1, 2, 3]), "invalid"),
     ],
 )
@@ -69,7 +75,9 @@ def test_frame_validation():
     good = AudioChunk(call_id="c", seq=0, sample_rate=8000, pcm=b"\0" * 320)
     assert good.problem(8000) is None
     assert good.problem(16000) == "wrong_sample_rate"
-    assert AudioChunk(call_id="c", seq=0, sample_rate=8000, pcm=b"\0" * 100).problem(8000) == "wrong_frame_size"
+    assert (
+        AudioChunk(call_id="c", seq=0, sample_rate=8000, pcm=b"\0" * 100).problem(8000) == "wrong_frame_size"
+    )
 
 
 def test_type_names_are_unique_and_dotted():

@@ -21,13 +21,13 @@ import structlog
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse
 from prometheus_client import Counter
-
 from voiceplatform import metrics
 from voiceplatform.bus import Bus
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfigError, RobotRegistry
 from voiceplatform.gateway import CallSession, FrameAssembler, GatewayDirectory
 from voiceplatform.logging import bind_call
+
 from vp_gateway_web.settings import GatewayWebSettings
 from vp_gateway_web.sink import WebSocketSink
 
@@ -121,8 +121,14 @@ class GatewayWeb:
             await ws.close(code=1008, reason="bad start")
             return
         session = CallSession(
-            self.bus, robot, channel="web", sample_rate=CALL_RATE, sink=sink, directory=self.directory,
-            caller=str(start.get("caller", ""))[:64], gateway_id=self.settings.instance_id,
+            self.bus,
+            robot,
+            channel="web",
+            sample_rate=CALL_RATE,
+            sink=sink,
+            directory=self.directory,
+            caller=str(start.get("caller", ""))[:64],
+            gateway_id=self.settings.instance_id,
         )
         self.sessions[session.call_id] = session
         with bind_call(call_id=session.call_id):
@@ -158,7 +164,9 @@ class GatewayWeb:
                 continue
             event = self._parse_json(message.get("text") or "")
             if event is None:
-                await session.sink.send_event({"type": "error", "message": "text frames must be JSON objects"})
+                await session.sink.send_event(
+                    {"type": "error", "message": "text frames must be JSON objects"}
+                )
                 continue
             kind = event.get("type")
             if kind == "heartbeat":

@@ -163,7 +163,9 @@ class MemoryBus:
     async def publish_bytes(self, subject: str, data: bytes) -> None:
         self._broker.deliver(subject, data, None)
 
-    async def subscribe(self, subject: str, handler: Handler, queue: str | None = None) -> _MemorySubscription:
+    async def subscribe(
+        self, subject: str, handler: Handler, queue: str | None = None
+    ) -> _MemorySubscription:
         sub = _MemorySubscription(self._broker, subject, queue or None, handler, self.service)
         sub.start()
         self._broker.add(sub)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import nats
@@ -66,10 +67,8 @@ class _NatsKeyValue:
         return int(await self._kv.put(key, value))
 
     async def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
             await self._kv.delete(key)
-        except nats.js.errors.KeyNotFoundError:
-            pass
 
 
 class NatsBus:
@@ -150,10 +149,8 @@ class NatsBus:
 
     async def drain(self) -> None:
         if not self._nc.is_closed:
-            try:
+            with contextlib.suppress(nats.errors.ConnectionClosedError):
                 await self._nc.drain()
-            except nats.errors.ConnectionClosedError:
-                pass
 
     async def close(self) -> None:
         if not self._nc.is_closed:

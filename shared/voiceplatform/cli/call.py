@@ -168,8 +168,12 @@ def run_call(args: argparse.Namespace) -> int:
         print(
             "  speech end → ASR final {asr_ms} ms, → first LLM sentence {llm_first_sentence_ms} ms, "
             "→ first TTS audio {tts_first_audio_ms} ms, → first audio sent (voice-to-voice) "
-            "{voice_to_voice_ms} ms".format(**{k: turn.get(k) for k in (
-                "asr_ms", "llm_first_sentence_ms", "tts_first_audio_ms", "voice_to_voice_ms")})
+            "{voice_to_voice_ms} ms".format(
+                **{
+                    k: turn.get(k)
+                    for k in ("asr_ms", "llm_first_sentence_ms", "tts_first_audio_ms", "voice_to_voice_ms")
+                }
+            )
         )
     print(f"\nclient-measured voice-to-voice per utterance (incl. VAD hang-over): {v2v} ms")
     print(f"robot audio saved to {out}; call ended: {result.end_reason or 'by caller'}")

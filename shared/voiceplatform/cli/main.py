@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--scale", action="append", default=[], metavar="SERVICE=N", help="instances of a worker, e.g. asr=2"
     )
-    up.add_argument("--demo", action="store_true", help="once ready, play a recorded Russian caller and print turns")
+    up.add_argument(
+        "--demo", action="store_true", help="once ready, play a recorded Russian caller and print turns"
+    )
     up.add_argument("--exit-after-demo", action="store_true", help="stop everything after the demo call")
     up.add_argument("--ready-timeout", type=float, default=180.0)
 
@@ -28,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="gateway-web WebSocket URL")
     call.add_argument("--out", type=Path, default=None, help="where to save the robot's audio (WAV)")
     call.add_argument("--json", action="store_true", help="print the result as JSON")
-    call.add_argument("--tail-s", type=float, default=20.0, help="max seconds to wait for replies after the WAV")
+    call.add_argument(
+        "--tail-s", type=float, default=20.0, help="max seconds to wait for replies after the WAV"
+    )
     call.add_argument("--phone", action="store_true", help="call through gateway-fs (not available yet)")
 
     args = parser.parse_args(argv)

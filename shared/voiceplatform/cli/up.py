@@ -97,13 +97,53 @@ def _scale(args: argparse.Namespace) -> dict[str, int]:
     return counts
 
 
+def start_services(
+    env: dict[str, str],
+    logs: Path,
+    gateway_port: int,
+    scale: dict[str, int] | None = None,
+    first_port: int = FIRST_WORKER_PORT,
+) -> list[ServiceProcess]:
+    """Start every service as its own process (``python -m vp_<name>``), logs to ``logs``."""
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: list[ServiceProcess] = []
+    port = first_port
+    for name, module in SERVICES:
+        for i in range((scale or {}).get(name, 1)):
+            service_env = dict(env)
+            if name == "gateway-web":
+                service_env["VP_HTTP_PORT"] = str(gateway_port)
+            else:
+                service_env["VP_HTTP_PORT"] = str(port)
+                port += 1
+            procs.append(ServiceProcess(f"{name}-{i + 1}", module, service_env, logs / f"{name}-{i + 1}.log"))
+    for p in procs:
+        p.start()
+    return procs
+
+
+def stop_services(procs: list[ServiceProcess], timeout: float = 20.0) -> None:
+    """SIGTERM (drain) every service, wait, kill what does not stop."""
+    for p in reversed(procs):
+        if p.proc is not None and p.proc.poll() is None:
+            p.proc.send_signal(signal.SIGTERM)
+    for p in procs:
+        if p.proc is not None:
+            try:
+                p.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.proc.kill()
+                p.proc.wait()
+        if p.log_file is not None:
+            p.log_file.close()
+
+
 def wait_ready(url: str, timeout: float, procs: list[ServiceProcess]) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return True
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+            if response.status == 200:
+                return True
         for p in procs:
             if p.proc is not None and p.proc.poll() is not None:
                 print(f"service {p.name} exited with {p.proc.returncode}:\n{p.tail()}", file=sys.stderr)
@@ -137,16 +177,7 @@ def run_up(args: argparse.Namespace) -> int:
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }
-        port = FIRST_WORKER_PORT
-        for name, module in SERVICES:
-            for i in range(_scale(args)[name]):
-                env = dict(base_env)
-                env["VP_HTTP_PORT"] = str(args.port if name == "gateway-web" else port)
-                if name != "gateway-web":
-                    port += 1
-                procs.append(ServiceProcess(f"{name}-{i + 1}", module, env, logs / f"{name}-{i + 1}.log"))
-        for p in procs:
-            p.start()
+        procs = start_services(base_env, logs, args.port, _scale(args))
         print(f"started {len(procs)} service processes; logs in {logs}", flush=True)
         health = f"http://127.0.0.1:{args.port}/health"
         if not wait_ready(health, args.ready_timeout, procs):
@@ -160,8 +191,13 @@ def run_up(args: argparse.Namespace) -> int:
 
             wav = demo_caller_wav(workdir / "demo_caller.wav")
             demo_args = argparse.Namespace(
-                robot="robots/pipeline_russian", wav=wav, url=f"ws://127.0.0.1:{args.port}/ws",
-                out=workdir / "demo_reply.wav", json=False, tail_s=20.0, phone=False,
+                robot="robots/pipeline_russian",
+                wav=wav,
+                url=f"ws://127.0.0.1:{args.port}/ws",
+                out=workdir / "demo_reply.wav",
+                json=False,
+                tail_s=20.0,
+                phone=False,
             )
             print(f"\ndemo call with {wav}:", flush=True)
             run_call(demo_args)
@@ -181,15 +217,5 @@ def run_up(args: argparse.Namespace) -> int:
         return 0
     finally:
         print("stopping services (draining)…", flush=True)
-        for p in reversed(procs):
-            if p.proc is not None and p.proc.poll() is None:
-                p.proc.send_signal(signal.SIGTERM)
-        for p in procs:
-            if p.proc is not None:
-                try:
-                    p.proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.proc.kill()
-            if p.log_file is not None:
-                p.log_file.close()
+        stop_services(procs)
         infra.stop()

@@ -44,10 +44,14 @@ from voiceplatform.wire import (
 
 log = structlog.get_logger("voiceplatform.gateway")
 
-STALE_AUDIO = Counter("vp_gateway_stale_audio_dropped_total", "TTS chunks of interrupted/unknown turns dropped")
+STALE_AUDIO = Counter(
+    "vp_gateway_stale_audio_dropped_total", "TTS chunks of interrupted/unknown turns dropped"
+)
 BARGE_INS = Counter("vp_gateway_barge_ins_total", "Bot turns interrupted by the caller")
 GREETING_LATENCY = Histogram(
-    "vp_gateway_greeting_first_audio_ms", "Call start → first greeting frame sent", buckets=metrics.LATENCY_BUCKETS_MS
+    "vp_gateway_greeting_first_audio_ms",
+    "Call start → first greeting frame sent",
+    buckets=metrics.LATENCY_BUCKETS_MS,
 )
 VOICE_TO_VOICE = Histogram(
     "vp_gateway_voice_to_voice_ms", "Speech end → first bot frame sent", buckets=metrics.LATENCY_BUCKETS_MS
@@ -147,8 +151,12 @@ class CallSession:
             await self.bus.publish(
                 subjects.lifecycle(self.call_id),
                 CallStarted(
-                    call_id=self.call_id, robot=self.robot.name, channel="phone" if self.channel == "phone" else "web",
-                    sample_rate=self.sample_rate, caller=self.caller, mode=self.robot.settings.mode,
+                    call_id=self.call_id,
+                    robot=self.robot.name,
+                    channel="phone" if self.channel == "phone" else "web",
+                    sample_rate=self.sample_rate,
+                    caller=self.caller,
+                    mode=self.robot.settings.mode,
                     gateway_id=self.gateway_id,
                 ),
             )
@@ -159,8 +167,12 @@ class CallSession:
                 self.request_reassign(role, "call_start")
             self._spawn(self._max_duration(), "max-duration")
             await self.sink.send_event(
-                {"type": "call.started", "call_id": self.call_id, "sample_rate": self.sample_rate,
-                 "robot": self.robot.name}
+                {
+                    "type": "call.started",
+                    "call_id": self.call_id,
+                    "sample_rate": self.sample_rate,
+                    "robot": self.robot.name,
+                }
             )
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -180,7 +192,9 @@ class CallSession:
             with contextlib.suppress(Exception):
                 await self.bus.publish(
                     subjects.lifecycle(self.call_id),
-                    CallEnded(call_id=self.call_id, reason=reason, duration_ms=duration, turns=self.turns_completed),
+                    CallEnded(
+                        call_id=self.call_id, reason=reason, duration_ms=duration, turns=self.turns_completed
+                    ),
                 )
             log.info("call.ended", reason=reason, duration_ms=duration, turns=self.turns_completed)
             if self.directory is not None:
@@ -189,7 +203,7 @@ class CallSession:
                 await sub.unsubscribe()
             self._subs.clear()
             current = asyncio.current_task()
-            for task in [t for key in self._tasks.keys() for t in self._tasks.tasks_for(key)]:
+            for task in self._tasks.all_tasks():
                 if task is not current:
                     task.cancel()
             with contextlib.suppress(Exception):
@@ -225,7 +239,10 @@ class CallSession:
             with bind_call(call_id=self.call_id):
                 while not self.ended:
                     request = AssignRequest(
-                        call_id=self.call_id, role=role, robot=self.robot.name, sample_rate=self.sample_rate,
+                        call_id=self.call_id,
+                        role=role,
+                        robot=self.robot.name,
+                        sample_rate=self.sample_rate,
                         channel=self.channel,
                     )
                     why = ""
@@ -271,8 +288,13 @@ class CallSession:
             await self.bus.publish(
                 subjects.llm_sentence(self.call_id),
                 LlmSentence(
-                    call_id=self.call_id, turn_id=self.greeting_turn, index=0, text=text, robot=self.robot.name,
-                    sample_rate=self.sample_rate, last=True,
+                    call_id=self.call_id,
+                    turn_id=self.greeting_turn,
+                    index=0,
+                    text=text,
+                    robot=self.robot.name,
+                    sample_rate=self.sample_rate,
+                    last=True,
                 ),
             )
 
@@ -316,7 +338,9 @@ class CallSession:
         if turn_id == self.greeting_turn:
             GREETING_LATENCY.observe(ts - self._started_ms)
             log.info("call.greeting_started", after_ms=ts - self._started_ms)
-        await self.bus.publish(subjects.lifecycle(self.call_id), PlaybackStarted(call_id=self.call_id, turn_id=turn_id))
+        await self.bus.publish(
+            subjects.lifecycle(self.call_id), PlaybackStarted(call_id=self.call_id, turn_id=turn_id)
+        )
 
     async def _complete_finished(self) -> None:
         for turn in self.playout.pop_finished():
@@ -362,7 +386,10 @@ class CallSession:
         await self.bus.publish(
             subjects.control(self.call_id),
             ControlInterrupt(
-                call_id=self.call_id, turn_id=turn_id, by_turn_id=by_turn_id, played_ms=played_ms,
+                call_id=self.call_id,
+                turn_id=turn_id,
+                by_turn_id=by_turn_id,
+                played_ms=played_ms,
                 played_text=played_text,
             ),
         )

@@ -58,7 +58,9 @@ class LlmChunk:
 class LlmProvider(Protocol):
     name: str
 
-    def stream_complete(self, messages: Sequence[ChatMessage], options: LlmOptions) -> AsyncIterator[LlmChunk]:
+    def stream_complete(
+        self, messages: Sequence[ChatMessage], options: LlmOptions
+    ) -> AsyncIterator[LlmChunk]:
         """Yield text deltas of the assistant reply."""
         ...
 

@@ -54,14 +54,22 @@ class CallOwnership:
             return None
         if not self.accepting:
             return AssignReply(
-                call_id=req.call_id, role=self.role, accepted=False, instance_id=self.instance_id,
+                call_id=req.call_id,
+                role=self.role,
+                accepted=False,
+                instance_id=self.instance_id,
                 reason="draining",
             )
         if req.call_id in self.calls:
-            return AssignReply(call_id=req.call_id, role=self.role, accepted=True, instance_id=self.instance_id)
+            return AssignReply(
+                call_id=req.call_id, role=self.role, accepted=True, instance_id=self.instance_id
+            )
         if len(self.calls) >= self.max_calls:
             return AssignReply(
-                call_id=req.call_id, role=self.role, accepted=False, instance_id=self.instance_id,
+                call_id=req.call_id,
+                role=self.role,
+                accepted=False,
+                instance_id=self.instance_id,
                 reason="at_capacity",
             )
         self.calls.add(req.call_id)
@@ -71,7 +79,10 @@ class CallOwnership:
             self.calls.discard(req.call_id)
             log.exception("ownership.accept_failed", call_id=req.call_id)
             return AssignReply(
-                call_id=req.call_id, role=self.role, accepted=False, instance_id=self.instance_id,
+                call_id=req.call_id,
+                role=self.role,
+                accepted=False,
+                instance_id=self.instance_id,
                 reason=f"error:{type(exc).__name__}",
             )
         log.info("ownership.accepted", call_id=req.call_id, robot=req.robot, calls=len(self.calls))
@@ -92,7 +103,10 @@ class CallOwnership:
         await self.bus.publish(
             subjects.heartbeat(self.role),
             WorkerHeartbeat(
-                call_id="", role=self.role, instance_id=self.instance_id, calls=sorted(self.calls),
+                call_id="",
+                role=self.role,
+                instance_id=self.instance_id,
+                calls=sorted(self.calls),
                 capacity=self.max_calls,
             ),
         )

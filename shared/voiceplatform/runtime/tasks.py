@@ -44,6 +44,9 @@ class TaskRegistry:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    def all_tasks(self) -> list[asyncio.Task[Any]]:
+        return list(self._tasks)
+
     def tasks_for(self, key: str) -> list[asyncio.Task[Any]]:
         return [t for t, k in self._tasks.items() if k == key]
 

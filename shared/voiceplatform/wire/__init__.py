@@ -4,10 +4,10 @@ from voiceplatform.wire.codec import WireError, decode, encode
 from voiceplatform.wire.messages import (
     FRAME_MS,
     SUPPORTED_SAMPLE_RATES,
-    AssignReply,
-    AssignRequest,
     AsrFinal,
     AsrPartial,
+    AssignReply,
+    AssignRequest,
     AudioChunk,
     CallEnded,
     CallStarted,

