@@ -1,0 +1,139 @@
+"""The VAD service: takes calls by assignment, runs one ``VadSession`` per owned call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from voiceplatform import metrics
+from voiceplatform.bus import Bus
+from voiceplatform.config import RobotRegistry
+from voiceplatform.logging import bind_call
+from voiceplatform.providers.interfaces import VadModel
+from voiceplatform.runtime import TaskRegistry
+from voiceplatform.runtime.ownership import CallOwnership
+from voiceplatform.wire import AssignRequest
+from voiceplatform.wire.messages import SUPPORTED_SAMPLE_RATES
+
+from .metrics import SERVICE
+from .providers import build_model
+from .session import VadSession
+from .settings import VadSettings
+
+log = structlog.get_logger("vp_vad.app")
+
+IDLE_CHECK_INTERVAL_S = 5.0
+
+
+class VadService:
+    name = SERVICE
+
+    def __init__(self, settings: VadSettings) -> None:
+        self.settings = settings
+        self.robots = RobotRegistry(settings.robots_dir)
+        self.sessions: dict[str, VadSession] = {}
+        self.tasks = TaskRegistry()
+        self._bus: Bus | None = None
+        self._ownership: CallOwnership | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._drained = False
+
+    @property
+    def ownership(self) -> CallOwnership:
+        if self._ownership is None:
+            raise RuntimeError("service not started")
+        return self._ownership
+
+    async def start(self, bus: Bus) -> None:
+        self._bus = bus
+        # expose the series at 0 from the start rather than only after the first call
+        metrics.ACTIVE_CALLS.labels(SERVICE)
+        metrics.FRAMES_IN.labels(SERVICE)
+        if self.settings.preload_silero:
+            await self._preload_silero()
+        self._ownership = CallOwnership(
+            bus, "vad", self.settings.instance_id, self.settings.max_calls, self._accept
+        )
+        await self._ownership.start()
+        self._reaper = asyncio.create_task(self._reap_idle(), name="vad-idle-reaper")
+
+    async def _preload_silero(self) -> None:
+        from .providers.silero import SileroModelMissing, load_shared_session
+
+        try:
+            await load_shared_session(self.settings.silero_model_path)
+        except (SileroModelMissing, OSError, RuntimeError) as exc:
+            # energy robots still work; a silero robot's assignment will be rejected with the reason
+            log.warning("vad.silero_unavailable", error=str(exc)[:200])
+
+    async def _accept(self, req: AssignRequest) -> None:
+        assert self._bus is not None
+        if req.sample_rate not in SUPPORTED_SAMPLE_RATES:
+            raise ValueError(f"unsupported sample rate {req.sample_rate}")
+        cfg = self.robots.get(req.robot).settings.vad
+        model: VadModel | None = None
+        if cfg.enabled:
+            model = await build_model(cfg, self.settings.silero_model_path)
+        session = VadSession(self._bus, req.call_id, req.sample_rate, cfg, model, self._call_ended)
+        await session.start()
+        self.sessions[req.call_id] = session
+        metrics.ACTIVE_CALLS.labels(SERVICE).inc()
+
+    async def _call_ended(self, call_id: str) -> None:
+        self.tasks.spawn(self.close_call(call_id, "call_ended"), key=call_id, name=f"vad-close-{call_id}")
+
+    async def close_call(self, call_id: str, reason: str) -> None:
+        session = self.sessions.pop(call_id, None)
+        if self._ownership is not None:
+            self._ownership.forget(call_id)
+        if session is None:
+            return
+        metrics.ACTIVE_CALLS.labels(SERVICE).dec()
+        await session.close(reason)
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_CHECK_INTERVAL_S)
+            now = time.monotonic()
+            for call_id, session in list(self.sessions.items()):
+                if now - session.last_activity > self.settings.idle_timeout_s:
+                    with bind_call(call_id=call_id):
+                        log.warning("vad.call_idle", idle_s=round(now - session.last_activity, 1))
+                    await self.close_call(call_id, "idle")
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (the Service protocol)
+        """Stop taking calls, hand every owned call back (the gateway re-assigns it at once)."""
+        if self._ownership is None or self._drained:
+            return
+        self._drained = True
+        await self._ownership.stop_accepting()
+        for call_id in list(self.sessions):
+            # close first so this instance and the next owner never both emit for the same audio
+            await self.close_call(call_id, "draining")
+            await self._ownership.release(call_id)
+        await self.tasks.wait_all(timeout)
+        await self.tasks.cancel_all()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await self._ownership.stop()
+        log.info("vad.drained")
+
+    def ready(self) -> bool:
+        return self._ownership is not None and self._ownership.accepting
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.settings.instance_id,
+            "calls": len(self.sessions),
+            "max_calls": self.settings.max_calls,
+            "accepting": self.ready(),
+        }
+
+    def asgi_app(self) -> Starlette | None:
+        return None

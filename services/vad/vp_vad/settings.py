@@ -1,0 +1,16 @@
+"""VAD process settings (env prefix ``VP_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from voiceplatform.config import ServiceSettings
+
+
+class VadSettings(ServiceSettings):
+    # another silero ONNX file instead of the one shipped in the silero-vad wheel
+    silero_model_path: Path | None = None
+    # a call that sent no audio for this long is dropped (its gateway vanished without call.ended)
+    idle_timeout_s: float = 120.0
+    # load the silero session at start so the first silero call does not wait for it
+    preload_silero: bool = True
