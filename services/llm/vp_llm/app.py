@@ -1,0 +1,247 @@
+"""LLM service: llm.request (queue group "llm") → llm.sentence … → llm.done, cancellable by barge-in.
+
+Every instance listens to the control subject (no queue group), so whichever instance runs a turn
+sees its interrupt. Interrupted turn ids are remembered for a while: a request that arrives after
+its interrupt (possible across instances) is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from prometheus_client import Counter
+from voiceplatform import metrics, subjects
+from voiceplatform.bus import Bus, Envelope, Subscription
+from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
+from voiceplatform.logging import bind_call
+from voiceplatform.providers import LlmOptions, LlmProvider, ProviderError, ProviderRegistry
+from voiceplatform.runtime import TaskRegistry
+from voiceplatform.wire import ControlInterrupt, LlmRequest, Message, StageError
+
+from vp_llm.settings import LlmSettings
+from vp_llm.turn import SERVICE, TurnOutput, build_messages
+
+log = structlog.get_logger("vp_llm")
+
+PROVIDERS = ProviderRegistry(
+    "llm",
+    {
+        "script": "vp_llm.providers.script:ScriptDialog",
+        "openai": "vp_llm.providers.openai_compat:OpenAICompatible",
+    },
+)
+REQUESTS_IGNORED = Counter(
+    "vp_llm_requests_ignored_total", "llm.request messages not turned into a turn", ["reason"]
+)
+TURN_LATENCY = metrics.STAGE_LATENCY.labels(SERVICE, "llm_turn")
+
+ProviderFactory = Callable[[str, RobotConfig], LlmProvider]
+
+
+def registry_factory(name: str, robot: RobotConfig) -> LlmProvider:
+    provider: LlmProvider = PROVIDERS.load(name)(robot)
+    return provider
+
+
+class LlmService:
+    name = SERVICE
+
+    def __init__(
+        self,
+        settings: LlmSettings,
+        robots: RobotRegistry | None = None,
+        provider_factory: ProviderFactory = registry_factory,
+    ) -> None:
+        self.settings = settings
+        self.robots = robots or RobotRegistry(settings.robots_dir)
+        self._factory = provider_factory
+        self._bus: Bus | None = None
+        self._turns = TaskRegistry()
+        self._interrupted: dict[str, float] = {}  # turn id -> monotonic time of the interrupt
+        self._providers: dict[tuple[str, str], tuple[RobotConfig, LlmProvider]] = {}
+        self._retired: list[LlmProvider] = []
+        self._request_sub: Subscription | None = None
+        self._control_sub: Subscription | None = None
+        self._draining = False
+
+    # ---- Service ------------------------------------------------------------------------------
+    async def start(self, bus: Bus) -> None:
+        self._bus = bus
+        self._control_sub = await bus.subscribe(subjects.ANY_CONTROL, self._on_control)
+        self._request_sub = await bus.subscribe(
+            subjects.ANY_LLM_REQUEST, self._on_request, queue=subjects.queue_group("llm")
+        )
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (the Service protocol)
+        self._draining = True
+        if self._request_sub is not None:
+            await self._request_sub.unsubscribe()
+            self._request_sub = None
+        if not await self._turns.wait_all(timeout):
+            log.warning("llm.drain_cancelling", turns=len(self._turns))
+            await self._turns.cancel_all(self.settings.cancel_timeout_s)
+        if self._control_sub is not None:
+            await self._control_sub.unsubscribe()
+            self._control_sub = None
+        await self.close_providers()
+
+    def ready(self) -> bool:
+        return self._bus is not None and not self._draining
+
+    def health(self) -> dict[str, Any]:
+        return {"turns_in_flight": len(self._turns), "providers": sorted({n for _, n in self._providers})}
+
+    def asgi_app(self) -> None:
+        return None
+
+    async def close_providers(self) -> None:
+        providers = [p for _, p in self._providers.values()] + self._retired
+        self._providers.clear()
+        self._retired.clear()
+        for provider in providers:
+            closer = getattr(provider, "aclose", None)
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception:
+                    log.warning("llm.provider_close_failed", provider=provider.name)
+
+    # ---- handlers -----------------------------------------------------------------------------
+    def was_interrupted(self, turn_id: str) -> bool:
+        return turn_id in self._interrupted
+
+    def _remember_interrupt(self, turn_id: str) -> None:
+        now = time.monotonic()
+        horizon = now - self.settings.interrupt_memory_s
+        for old in [t for t, at in self._interrupted.items() if at < horizon]:
+            del self._interrupted[old]
+        self._interrupted[turn_id] = now
+
+    async def _on_control(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if isinstance(msg, ControlInterrupt) and msg.turn_id:
+            self._remember_interrupt(msg.turn_id)
+            cancelled = await self._turns.cancel(msg.turn_id, self.settings.cancel_timeout_s)
+            if cancelled:
+                log.info("llm.turn_cancelled", call_id=msg.call_id, turn_id=msg.turn_id)
+        return None
+
+    async def _on_request(self, env: Envelope) -> Message | None:
+        req = env.message
+        if not isinstance(req, LlmRequest):
+            return None
+        if self._draining:
+            REQUESTS_IGNORED.labels("draining").inc()
+            return None
+        if self.was_interrupted(req.turn_id):
+            REQUESTS_IGNORED.labels("interrupted").inc()
+            log.info("llm.request_ignored", call_id=req.call_id, turn_id=req.turn_id, reason="interrupted")
+            return None
+        if self._turns.tasks_for(req.turn_id):
+            REQUESTS_IGNORED.labels("duplicate").inc()
+            return None
+        self._turns.spawn(self._run_turn(req, time.monotonic()), key=req.turn_id, name=f"llm-{req.turn_id}")
+        return None
+
+    # ---- one turn -----------------------------------------------------------------------------
+    def _provider(self, robot: RobotConfig, name: str) -> LlmProvider:
+        key = (robot.name, name)
+        cached = self._providers.get(key)
+        if cached is not None and cached[0] is robot:
+            return cached[1]
+        provider = self._factory(name, robot)
+        if cached is not None:
+            self._retired.append(cached[1])  # config reloaded; in-flight turns may still use it
+        self._providers[key] = (robot, provider)
+        return provider
+
+    async def _stage_error(self, req: LlmRequest, kind: str, detail: str, retryable: bool) -> None:
+        assert self._bus is not None
+        await self._bus.publish(
+            subjects.lifecycle(req.call_id),
+            StageError(
+                call_id=req.call_id,
+                stage="llm",
+                kind=kind,
+                detail=detail[:300],
+                turn_id=req.turn_id,
+                retryable=retryable,
+            ),
+        )
+
+    async def _run_turn(self, req: LlmRequest, started: float) -> None:
+        assert self._bus is not None
+        with bind_call(call_id=req.call_id, turn_id=req.turn_id):
+            out = TurnOutput(self._bus, req, self.settings.clause_chars, started)
+            try:
+                outcome = await self._generate(req, out)
+            except asyncio.CancelledError:
+                # barge-in (or drain): tell the router what had been generated, then stop
+                await out.publish_done(interrupted=True)
+                metrics.TURNS.labels(SERVICE, "interrupted").inc()
+                log.info("llm.turn_interrupted", sentences=out.published, chars=len(out.text))
+                raise
+            await out.publish_done()
+            metrics.TURNS.labels(SERVICE, outcome).inc()
+            TURN_LATENCY.observe((time.monotonic() - started) * 1000)
+            log.info(
+                "llm.turn_done",
+                outcome=outcome,
+                provider=out.provider,
+                sentences=out.published,
+                hangup=out.end_call,
+                ms=round((time.monotonic() - started) * 1000, 1),
+                pii_text=out.text,
+            )
+
+    async def _generate(self, req: LlmRequest, out: TurnOutput) -> str:
+        """Run the provider chain; returns the outcome label."""
+        try:
+            robot = self.robots.get(req.robot)
+        except RobotConfigError as exc:
+            log.error("llm.robot_unavailable", robot=req.robot, problems=exc.problems)
+            await self._stage_error(req, "robot_config", str(exc), retryable=False)
+            return "failed"
+        cfg = robot.settings.llm
+        options = LlmOptions(
+            temperature=cfg.temperature,
+            max_tokens=cfg.max_tokens,
+            model=cfg.model,
+            dialog_state=req.dialog_state,
+        )
+        messages = build_messages(req)
+        log.info("llm.turn_started", provider=cfg.provider, pii_user_text=req.user_text)
+        for name in [cfg.provider, *cfg.fallback]:
+            if out.published:
+                break  # never retry after text went out: the caller may already hear it
+            out.reset()
+            try:
+                provider = self._provider(robot, name)
+                await out.stream(provider, messages, options)
+                return "ok"
+            except ProviderError as exc:
+                metrics.PROVIDER_ERRORS.labels(SERVICE, name, exc.kind).inc()
+                log.warning(
+                    "llm.provider_failed",
+                    provider=name,
+                    kind=exc.kind,
+                    retryable=exc.retryable,
+                    detail=str(exc)[:300],
+                    published=out.published,
+                )
+                await self._stage_error(req, exc.kind, str(exc), exc.retryable)
+            except Exception as exc:
+                # unknown provider name, broken dialog.json, a provider bug: fail the turn, not us
+                metrics.PROVIDER_ERRORS.labels(SERVICE, name, "setup").inc()
+                log.exception("llm.provider_unusable", provider=name)
+                await self._stage_error(req, "setup", f"{name}: {type(exc).__name__}: {exc}", False)
+        return "failed"
+
+
+def build() -> tuple[LlmService, LlmSettings]:
+    settings = LlmSettings()
+    return LlmService(settings), settings

@@ -1,0 +1,1 @@
+"""LLM providers, loaded lazily by name (see ``vp_llm.app.PROVIDERS``)."""

@@ -1,0 +1,109 @@
+"""One bot turn: stream a provider's deltas, cut them into sentences, publish each as it completes."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+from typing import cast
+
+from voiceplatform import metrics, subjects
+from voiceplatform.bus import Bus
+from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider
+from voiceplatform.wire import ChatMessage, LlmDone, LlmRequest, LlmSentence
+
+from vp_llm.sentences import SentenceSplitter
+
+SERVICE = "llm"
+FIRST_SENTENCE = metrics.STAGE_LATENCY.labels(SERVICE, "llm_first_sentence")
+
+
+def build_messages(req: LlmRequest) -> list[ChatMessage]:
+    """[system prompt] + history + [the user's new message]; empty history entries are skipped."""
+    messages: list[ChatMessage] = []
+    if req.system_prompt:
+        messages.append(ChatMessage(role="system", content=req.system_prompt))
+    messages.extend(m for m in req.history if m.content)
+    messages.append(ChatMessage(role="user", content=req.user_text, turn_id=req.turn_id))
+    return messages
+
+
+class TurnOutput:
+    """What one turn has generated and published so far."""
+
+    def __init__(self, bus: Bus, req: LlmRequest, clause_chars: int, started: float) -> None:
+        self.bus = bus
+        self.req = req
+        self.clause_chars = clause_chars
+        self.started = started
+        self.published = 0
+        self.provider = ""
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget an attempt that published nothing (before trying a fallback provider)."""
+        self.splitter = SentenceSplitter(clause_chars=self.clause_chars)
+        self.parts: list[str] = []
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.dialog_state = self.req.dialog_state
+        self.end_call = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts).strip()
+
+    async def stream(self, provider: LlmProvider, messages: list[ChatMessage], options: LlmOptions) -> None:
+        """Run one provider to the end; ProviderError and CancelledError propagate."""
+        self.provider = provider.name
+        # providers are async generators (the interface promises aclose() aborts the request)
+        stream = cast(AsyncGenerator[LlmChunk, None], provider.stream_complete(messages, options))
+        async with contextlib.aclosing(stream) as chunks:
+            async for chunk in chunks:
+                if chunk.text:
+                    self.parts.append(chunk.text)
+                    for sentence in self.splitter.feed(chunk.text):
+                        await self._publish(sentence, last=False)
+                self.prompt_tokens = max(self.prompt_tokens, chunk.prompt_tokens)
+                self.completion_tokens = max(self.completion_tokens, chunk.completion_tokens)
+                if chunk.dialog_state is not None:
+                    self.dialog_state = chunk.dialog_state
+                self.end_call = self.end_call or chunk.end_call
+        for sentence in self.splitter.flush():
+            await self._publish(sentence, last=True)
+
+    async def _publish(self, sentence: str, last: bool) -> None:
+        if self.published == 0:
+            FIRST_SENTENCE.observe((time.monotonic() - self.started) * 1000)
+        req = self.req
+        await self.bus.publish(
+            subjects.llm_sentence(req.call_id),
+            LlmSentence(
+                call_id=req.call_id,
+                turn_id=req.turn_id,
+                index=self.published,
+                text=sentence,
+                robot=req.robot,
+                sample_rate=req.sample_rate,
+                last=last,
+            ),
+        )
+        self.published += 1
+
+    async def publish_done(self, interrupted: bool = False) -> None:
+        req = self.req
+        await self.bus.publish(
+            subjects.llm_done(req.call_id),
+            LlmDone(
+                call_id=req.call_id,
+                turn_id=req.turn_id,
+                text=self.text,
+                sentences=self.published,
+                interrupted=interrupted,
+                provider=self.provider,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                dialog_state=self.dialog_state,
+                hangup=self.end_call and not interrupted,
+            ),
+        )

@@ -1,0 +1,322 @@
+"""Prompt-router: asr.final → (keywords → prompt) → llm.request, keeping dialogue state in NATS KV.
+
+Stateless: every subscription is in the "prompt-router" queue group and all state lives in the
+``vp_dialog`` KV bucket, changed by compare-and-set. Handlers hand work to a per-call queue, so a
+subscription never waits on KV round trips of another call, while one call's events keep their
+order within an instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from prometheus_client import Counter
+from voiceplatform import metrics, subjects
+from voiceplatform.bus import Bus, Envelope, Subscription
+from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
+from voiceplatform.logging import bind_call
+from voiceplatform.runtime import TaskRegistry
+from voiceplatform.wire import (
+    AsrFinal,
+    CallEnded,
+    CallStarted,
+    ChatMessage,
+    ControlInterrupt,
+    LlmDone,
+    LlmRequest,
+    Message,
+    PromptSwitched,
+    StageError,
+)
+
+from vp_router.dialog_state import DialogConflict, DialogState, DialogStateError, DialogStore
+from vp_router.routing import Route, RouteCache, with_prompt
+from vp_router.settings import RouterSettings
+
+log = structlog.get_logger("vp_router")
+
+SERVICE = "prompt-router"
+ROUTE_LATENCY = metrics.STAGE_LATENCY.labels(SERVICE, "router")
+PROMPT_SWITCHES = Counter("vp_router_prompt_switches_total", "Prompt switches by robot", ["robot"])
+ROUTER_DROPS = Counter("vp_router_dropped_total", "Router inputs not acted on, by reason", ["reason"])
+MAX_PENDING_INTERRUPTS = 16
+# call.started may be handled by another instance a moment after the first asr.final reaches us
+MISSING_STATE_RETRY_S = 0.05
+
+
+class CallQueue:
+    """Work items of one call run one after another; different calls run concurrently."""
+
+    def __init__(self, tasks: TaskRegistry) -> None:
+        self._tasks = tasks
+        self._tails: dict[str, asyncio.Task[Any]] = {}
+
+    def submit(self, call_id: str, work: Callable[[], Awaitable[None]]) -> None:
+        previous = self._tails.get(call_id)
+
+        async def run() -> None:
+            if previous is not None and not previous.done():
+                await asyncio.wait({previous})
+            await work()
+
+        task = self._tasks.spawn(run(), key=call_id, name=f"router-{call_id}")
+        self._tails[call_id] = task
+        task.add_done_callback(lambda t: self._forget(call_id, t))
+
+    def _forget(self, call_id: str, task: asyncio.Task[Any]) -> None:
+        if self._tails.get(call_id) is task:
+            del self._tails[call_id]
+
+
+class RouterService:
+    name = SERVICE
+
+    def __init__(self, settings: RouterSettings, robots: RobotRegistry | None = None) -> None:
+        self.settings = settings
+        self.robots = robots or RobotRegistry(settings.robots_dir)
+        self.routes = RouteCache()
+        self._bus: Bus | None = None
+        self._store: DialogStore | None = None
+        self._tasks = TaskRegistry()
+        self._queue = CallQueue(self._tasks)
+        self._subs: list[Subscription] = []
+        self._draining = False
+
+    # ---- Service ------------------------------------------------------------------------------
+    async def start(self, bus: Bus) -> None:
+        self._bus = bus
+        self._store = await DialogStore.open(bus, self.settings.dialog_ttl_s, self.settings.stored_history)
+        group = subjects.queue_group(SERVICE)
+        for subject, handler in (
+            (subjects.ANY_LIFECYCLE, self._on_lifecycle),
+            (subjects.ANY_CONTROL, self._on_control),
+            (subjects.ANY_LLM_DONE, self._on_llm_done),
+            (subjects.ANY_ASR, self._on_asr),
+        ):
+            self._subs.append(await bus.subscribe(subject, handler, queue=group))
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (the Service protocol)
+        self._draining = True
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()
+        if not await self._tasks.wait_all(timeout):
+            await self._tasks.cancel_all()
+
+    def ready(self) -> bool:
+        return self._store is not None and not self._draining
+
+    def health(self) -> dict[str, Any]:
+        return {"tasks_in_flight": len(self._tasks)}
+
+    def asgi_app(self) -> None:
+        return None
+
+    @property
+    def store(self) -> DialogStore:
+        assert self._store is not None, "service not started"
+        return self._store
+
+    async def _publish(self, subject: str, msg: Message) -> None:
+        assert self._bus is not None
+        await self._bus.publish(subject, msg)
+
+    async def _stage_error(self, call_id: str, turn_id: str, kind: str, detail: str, retryable: bool) -> None:
+        ROUTER_DROPS.labels(kind).inc()
+        log.warning("router.stage_error", kind=kind, detail=detail[:300])
+        await self._publish(
+            subjects.lifecycle(call_id),
+            StageError(
+                call_id=call_id,
+                stage="router",
+                kind=kind,
+                detail=detail[:300],
+                turn_id=turn_id,
+                retryable=retryable,
+            ),
+        )
+
+    # ---- subscriptions: hand the work to the call's queue ---------------------------------------
+    async def _on_lifecycle(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if isinstance(msg, CallStarted):
+            self._queue.submit(msg.call_id, lambda: self._call_started(msg))
+        elif isinstance(msg, CallEnded):
+            self._queue.submit(msg.call_id, lambda: self._call_ended(msg))
+        return None
+
+    async def _on_asr(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if isinstance(msg, AsrFinal):
+            if not msg.text.strip():
+                ROUTER_DROPS.labels("empty_text").inc()
+                return None
+            received = time.perf_counter()
+            self._queue.submit(msg.call_id, lambda: self._user_said(msg, received))
+        return None
+
+    async def _on_llm_done(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if isinstance(msg, LlmDone):
+            self._queue.submit(msg.call_id, lambda: self._bot_said(msg))
+        return None
+
+    async def _on_control(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if isinstance(msg, ControlInterrupt):
+            self._queue.submit(msg.call_id, lambda: self._interrupted(msg))
+        return None
+
+    # ---- work ---------------------------------------------------------------------------------
+    async def _call_started(self, msg: CallStarted) -> None:
+        with bind_call(call_id=msg.call_id):
+            try:
+                robot = self.robots.get(msg.robot)
+            except RobotConfigError as exc:
+                await self._stage_error(msg.call_id, "", "robot_config", str(exc), False)
+                return
+            state = DialogState(
+                call_id=msg.call_id,
+                robot=robot.name,
+                channel=msg.channel,
+                sample_rate=msg.sample_rate,
+                prompt_id=robot.settings.router.default_prompt,
+            )
+            created = await self.store.create(state)
+            log.info("router.call_started", robot=robot.name, prompt_id=state.prompt_id, created=created)
+
+    async def _call_ended(self, msg: CallEnded) -> None:
+        await self.store.delete(msg.call_id)
+        log.info("router.call_ended", call_id=msg.call_id)
+
+    async def _user_said(self, msg: AsrFinal, received: float) -> None:
+        with bind_call(call_id=msg.call_id, turn_id=msg.turn_id):
+            found: dict[str, RobotConfig] = {}
+
+            def change(state: DialogState) -> tuple[Route, str, list[ChatMessage]]:
+                robot = found.get(state.robot) or self.robots.get(state.robot)
+                found[state.robot] = robot
+                route = self.routes.get(robot).route(state.prompt_id, msg.text)
+                previous_prompt = state.prompt_id
+                history = [m for m in state.history if m.content][-self.settings.history_limit :]
+                state.prompt_id = route.prompt_id
+                state.history.append(ChatMessage(role="user", content=msg.text, turn_id=msg.turn_id))
+                return route, previous_prompt, history
+
+            try:
+                saved = await self.store.mutate(msg.call_id, change)
+                if saved is None:
+                    await asyncio.sleep(MISSING_STATE_RETRY_S)
+                    saved = await self.store.mutate(msg.call_id, change)
+            except RobotConfigError as exc:
+                await self._stage_error(msg.call_id, msg.turn_id, "robot_config", str(exc), False)
+                return
+            except DialogConflict as exc:
+                await self._stage_error(msg.call_id, msg.turn_id, "state_conflict", str(exc), True)
+                return
+            except DialogStateError as exc:
+                await self._stage_error(msg.call_id, msg.turn_id, "bad_dialog_state", str(exc), False)
+                return
+            if saved is None:
+                await self._stage_error(msg.call_id, msg.turn_id, "no_dialog_state", "no call.started", False)
+                return
+            state, (route, previous_prompt, history) = saved
+            robot = found[state.robot]
+            if route.switched_from(previous_prompt):
+                PROMPT_SWITCHES.labels(robot.name).inc()
+                await self._publish(
+                    subjects.lifecycle(msg.call_id),
+                    PromptSwitched(
+                        call_id=msg.call_id,
+                        turn_id=msg.turn_id,
+                        from_prompt=previous_prompt,
+                        to_prompt=route.prompt_id,
+                        matched=route.matched,
+                    ),
+                )
+            await self._publish(
+                subjects.llm_request(msg.call_id),
+                LlmRequest(
+                    call_id=msg.call_id,
+                    turn_id=msg.turn_id,
+                    robot=robot.name,
+                    prompt_id=state.prompt_id,
+                    system_prompt=robot.prompt_text(state.prompt_id),
+                    history=history,
+                    user_text=msg.text,
+                    sample_rate=state.sample_rate,
+                    speech_end_ts_ms=msg.speech_end_ts_ms,
+                    dialog_state=with_prompt(state.script_state, state.prompt_id),
+                ),
+            )
+            elapsed_ms = (time.perf_counter() - received) * 1000
+            ROUTE_LATENCY.observe(elapsed_ms)
+            log.info(
+                "router.routed",
+                prompt_id=state.prompt_id,
+                switched=route.switched_from(previous_prompt),
+                matched=route.matched,
+                ms=round(elapsed_ms, 2),
+                pii_text=msg.text,
+            )
+
+    async def _bot_said(self, msg: LlmDone) -> None:
+        def change(state: DialogState) -> bool:
+            if any(m.role == "assistant" and m.turn_id == msg.turn_id for m in state.history):
+                return False  # a repeated llm.done
+            played = state.pending_interrupts.pop(msg.turn_id, None)
+            interrupted = played is not None or msg.interrupted
+            content = played if played is not None else msg.text
+            if content or interrupted:
+                state.history.append(
+                    ChatMessage(
+                        role="assistant", content=content, turn_id=msg.turn_id, interrupted=interrupted
+                    )
+                )
+            if msg.dialog_state:
+                state.script_state = msg.dialog_state
+            state.turns += 1
+            return True
+
+        await self._mutate_quietly(msg.call_id, msg.turn_id, change, "router.bot_said")
+
+    async def _interrupted(self, msg: ControlInterrupt) -> None:
+        def change(state: DialogState) -> str:
+            for m in reversed(state.history):
+                if m.role == "assistant" and m.turn_id == msg.turn_id:
+                    m.content = msg.played_text
+                    m.interrupted = True
+                    return "applied"
+            state.pending_interrupts[msg.turn_id] = msg.played_text
+            while len(state.pending_interrupts) > MAX_PENDING_INTERRUPTS:
+                del state.pending_interrupts[next(iter(state.pending_interrupts))]
+            return "pending"
+
+        await self._mutate_quietly(msg.call_id, msg.turn_id, change, "router.interrupt_recorded")
+
+    async def _mutate_quietly(
+        self, call_id: str, turn_id: str, change: Callable[[DialogState], object], event: str
+    ) -> None:
+        with bind_call(call_id=call_id, turn_id=turn_id):
+            try:
+                saved = await self.store.mutate(call_id, change)
+            except DialogConflict as exc:
+                await self._stage_error(call_id, turn_id, "state_conflict", str(exc), True)
+                return
+            except DialogStateError as exc:
+                await self._stage_error(call_id, turn_id, "bad_dialog_state", str(exc), False)
+                return
+            if saved is None:
+                ROUTER_DROPS.labels("no_dialog_state").inc()
+                log.info("router.no_dialog_state", on=event)
+                return
+            log.info(event, outcome=saved[1], turns=saved[0].turns)
+
+
+def build() -> tuple[RouterService, RouterSettings]:
+    settings = RouterSettings()
+    return RouterService(settings), settings

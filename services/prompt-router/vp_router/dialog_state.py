@@ -1,0 +1,107 @@
+"""Per-call dialogue state in the JetStream KV bucket ``vp_dialog`` (key = call id).
+
+Router instances are stateless and share calls through a queue group, so every change is a
+compare-and-set: read (value, revision) → apply a pure function → ``update(last=revision)``; on a
+conflict (another instance changed the key meanwhile) read again and re-apply, up to 5 times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar, TypeVar
+
+import msgspec
+from voiceplatform import subjects
+from voiceplatform.bus import Bus, KeyValue, KvConflict
+from voiceplatform.wire import ChatMessage
+
+T = TypeVar("T")
+CAS_ATTEMPTS = 5
+
+
+class DialogState(msgspec.Struct, kw_only=True):
+    VERSION: ClassVar[int] = 1
+
+    v: int = 1
+    call_id: str
+    robot: str
+    channel: str
+    sample_rate: int
+    prompt_id: str
+    history: list[ChatMessage] = msgspec.field(default_factory=list)
+    # opaque state of the dialogue engine (script provider), as returned in llm.done
+    script_state: str = ""
+    turns: int = 0
+    # turn id -> played text, for interrupts that arrive before that turn's llm.done
+    pending_interrupts: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class DialogStateError(Exception):
+    pass
+
+
+class DialogConflict(DialogStateError):
+    """Compare-and-set kept losing: too many writers on one call."""
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(DialogState)
+
+
+def encode_state(state: DialogState) -> bytes:
+    return _encoder.encode(state)
+
+
+def decode_state(data: bytes) -> DialogState:
+    try:
+        state = _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise DialogStateError(f"undecodable dialog state: {exc}") from None
+    if state.v > DialogState.VERSION:
+        raise DialogStateError(f"dialog state v{state.v} is newer than v{DialogState.VERSION}")
+    return state
+
+
+class DialogStore:
+    def __init__(self, kv: KeyValue, max_history: int = 100) -> None:
+        self.kv = kv
+        self.max_history = max_history
+
+    @classmethod
+    async def open(cls, bus: Bus, ttl_s: float = 0, max_history: int = 100) -> DialogStore:
+        return cls(await bus.key_value(subjects.DIALOG_BUCKET, ttl_s=ttl_s), max_history)
+
+    async def create(self, state: DialogState) -> bool:
+        """False when the call already has state (a repeated call.started)."""
+        try:
+            await self.kv.create(state.call_id, encode_state(state))
+        except KvConflict:
+            return False
+        return True
+
+    async def load(self, call_id: str) -> DialogState | None:
+        entry = await self.kv.get(call_id)
+        return decode_state(entry[0]) if entry is not None and entry[0] else None
+
+    async def delete(self, call_id: str) -> None:
+        await self.kv.delete(call_id)
+
+    async def mutate(self, call_id: str, change: Callable[[DialogState], T]) -> tuple[DialogState, T] | None:
+        """Apply ``change`` (which edits the state in place and may be run again) with CAS.
+
+        Returns the saved state and what ``change`` returned, or None when the call has no state.
+        """
+        for _ in range(CAS_ATTEMPTS):
+            entry = await self.kv.get(call_id)
+            if entry is None or not entry[0]:
+                return None
+            state = decode_state(entry[0])
+            result = change(state)
+            if len(state.history) > self.max_history:
+                state.history = state.history[-self.max_history :]
+            try:
+                await self.kv.update(call_id, encode_state(state), last=entry[1])
+            except KvConflict:
+                continue
+            return state, result
+        raise DialogConflict(f"{CAS_ATTEMPTS} compare-and-set attempts lost on {call_id}")

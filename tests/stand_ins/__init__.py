@@ -1,0 +1,1 @@
+"""Stand-in servers speaking real wire protocols, for tests."""
