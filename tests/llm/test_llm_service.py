@@ -9,16 +9,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+
+from tests.llm.conftest import API_KEY
+from tests.llm.helpers import Collector, settle
+from tests.stand_ins.openai_server import OpenAIStandIn
 from voiceplatform import metrics, subjects
 from voiceplatform.bus.memory import MemoryBroker
 from voiceplatform.config import RobotRegistry
 from voiceplatform.wire import ChatMessage, ControlInterrupt, LlmDone, LlmRequest, LlmSentence, StageError
 from vp_llm.app import LlmService
 from vp_llm.settings import LlmSettings
-
-from tests.llm.conftest import API_KEY
-from tests.llm.helpers import Collector, settle
-from tests.stand_ins.openai_server import OpenAIStandIn
 
 CALL = "call-l1"
 

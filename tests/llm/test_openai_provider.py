@@ -10,6 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.llm.conftest import API_KEY
+from tests.stand_ins.openai_server import OpenAIStandIn
 from voiceplatform.config import load_robot
 from voiceplatform.providers import (
     LlmChunk,
@@ -21,9 +24,6 @@ from voiceplatform.providers import (
 )
 from voiceplatform.wire import ChatMessage
 from vp_llm.providers.openai_compat import OpenAICompatible
-
-from tests.llm.conftest import API_KEY
-from tests.stand_ins.openai_server import OpenAIStandIn
 
 REPO_ROBOTS = Path(__file__).resolve().parents[2] / "robots"
 MESSAGES = [ChatMessage(role="system", content="Будь краток."), ChatMessage(role="user", content="Привет")]

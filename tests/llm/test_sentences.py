@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from vp_llm.sentences import SentenceSplitter, split_text
 
 TEXTS = [

@@ -7,6 +7,7 @@ import wave
 from pathlib import Path
 
 import pytest
+
 from voiceplatform.config import load_robot
 from vp_llm.script_engine import DialogScript, DialogScriptError
 from vp_router.routing import PromptRoutes

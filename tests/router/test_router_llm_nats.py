@@ -7,6 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
+from tests.llm.helpers import Collector
 from voiceplatform import subjects
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.wire import (
@@ -23,8 +24,6 @@ from vp_llm.settings import LlmSettings
 from vp_router.app import RouterService
 from vp_router.dialog_state import DialogState, DialogStore
 from vp_router.settings import RouterSettings
-
-from tests.llm.helpers import Collector
 
 ROBOTS = Path(__file__).resolve().parents[2] / "robots"
 

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+
+from tests.llm.helpers import Collector, settle
 from voiceplatform import subjects
 from voiceplatform.bus.memory import MemoryBroker
 from voiceplatform.config import load_robot
@@ -25,8 +27,6 @@ from voiceplatform.wire import (
 from vp_router.app import RouterService
 from vp_router.dialog_state import DialogState, DialogStore
 from vp_router.settings import RouterSettings
-
-from tests.llm.helpers import Collector, settle
 
 ROBOTS = Path(__file__).resolve().parents[2] / "robots"
 ROBOT = "topic_prompts_russian"

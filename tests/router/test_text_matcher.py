@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from voiceplatform.text import Keyword, KeywordMatcher, matches_any, normalize, stem, tokenize
 
 

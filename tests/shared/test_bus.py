@@ -4,6 +4,7 @@ import asyncio
 import uuid
 
 import pytest
+
 from voiceplatform import metrics
 from voiceplatform.bus import Envelope, KvConflict, NoResponders
 from voiceplatform.bus.memory import MemoryBroker

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from voiceplatform.config import RobotConfigError, RobotRegistry, load_robot
 
 

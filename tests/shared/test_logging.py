@@ -1,6 +1,7 @@
 import json
 
 import structlog
+
 from voiceplatform.logging import bind_call, configure_logging, register_secret
 
 

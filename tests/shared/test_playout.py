@@ -1,4 +1,5 @@
 import numpy as np
+
 from voiceplatform.gateway import FrameAssembler, Playout
 
 FRAME = 640  # 20 ms at 16 kHz

@@ -1,4 +1,5 @@
 import pytest
+
 from voiceplatform import subjects
 from voiceplatform.bus.memory import subject_matches
 

@@ -1,5 +1,6 @@
 import msgpack
 import pytest
+
 from voiceplatform.wire import (
     AsrFinal,
     AudioChunk,

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from voiceplatform import subjects
 from voiceplatform.audio import array_to_pcm, frames, read_wav, resample
 from voiceplatform.bus import Bus, Envelope

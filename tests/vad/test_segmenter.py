@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from tests.vad.helpers import Pcm, silence, tone, white_noise
 from voiceplatform.audio import frames
 from voiceplatform.config import VadConfig
 from vp_vad.providers import hysteresis
 from vp_vad.providers.energy import EnergyVad
 from vp_vad.segmenter import FrameScorer, Segmenter, SegmentEvent, SpeechEnd, SpeechStart
-
-from tests.vad.helpers import Pcm, silence, tone, white_noise
 
 FRAME_MS = 20
 

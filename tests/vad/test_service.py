@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
+
+from tests.vad.helpers import Pcm, chunks, collect, make_robot, silence, stream, tone
 from voiceplatform import subjects
 from voiceplatform.bus import Bus, NoResponders
 from voiceplatform.bus.memory import MemoryBroker
@@ -29,8 +31,6 @@ from voiceplatform.wire import (
 from vp_vad import app as vad_app
 from vp_vad.app import VadService
 from vp_vad.settings import VadSettings
-
-from tests.vad.helpers import Pcm, chunks, collect, make_robot, silence, stream, tone
 
 StartService = Callable[..., Awaitable[VadService]]
 

@@ -7,15 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from voiceplatform import subjects
-from voiceplatform.audio import frames, resample, rms
-from voiceplatform.bus.memory import MemoryBroker
-from voiceplatform.config import VadConfig
-from voiceplatform.wire import AssignReply, AssignRequest, VadSpeechEnded, VadSpeechStarted
-from vp_vad.app import VadService
-from vp_vad.providers import build_model, hysteresis
-from vp_vad.segmenter import FrameScorer, Segmenter, SegmentEvent, SpeechEnd, SpeechStart
-from vp_vad.settings import VadSettings
 
 from tests.vad.helpers import (
     Pcm,
@@ -27,6 +18,15 @@ from tests.vad.helpers import (
     synthesize_russian,
     white_noise,
 )
+from voiceplatform import subjects
+from voiceplatform.audio import frames, resample, rms
+from voiceplatform.bus.memory import MemoryBroker
+from voiceplatform.config import VadConfig
+from voiceplatform.wire import AssignReply, AssignRequest, VadSpeechEnded, VadSpeechStarted
+from vp_vad.app import VadService
+from vp_vad.providers import build_model, hysteresis
+from vp_vad.segmenter import FrameScorer, Segmenter, SegmentEvent, SpeechEnd, SpeechStart
+from vp_vad.settings import VadSettings
 
 pytestmark = [
     pytest.mark.slow,

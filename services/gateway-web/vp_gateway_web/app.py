@@ -21,13 +21,13 @@ import structlog
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse
 from prometheus_client import Counter
+
 from voiceplatform import metrics
 from voiceplatform.bus import Bus
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfigError, RobotRegistry
 from voiceplatform.gateway import CallSession, FrameAssembler, GatewayDirectory
 from voiceplatform.logging import bind_call
-
 from vp_gateway_web.settings import GatewayWebSettings
 from vp_gateway_web.sink import WebSocketSink
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from voiceplatform.runtime import service_main
-
 from vp_llm.app import build
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter
+
 from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
@@ -21,7 +22,6 @@ from voiceplatform.logging import bind_call
 from voiceplatform.providers import LlmOptions, LlmProvider, ProviderError, ProviderRegistry
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.wire import ControlInterrupt, LlmRequest, Message, StageError
-
 from vp_llm.settings import LlmSettings
 from vp_llm.turn import SERVICE, TurnOutput, build_messages
 
@@ -76,7 +76,7 @@ class LlmService:
             subjects.ANY_LLM_REQUEST, self._on_request, queue=subjects.queue_group("llm")
         )
 
-    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (the Service protocol)
+    async def drain(self, timeout: float) -> None:
         self._draining = True
         if self._request_sub is not None:
             await self._request_sub.unsubscribe()

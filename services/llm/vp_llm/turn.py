@@ -11,7 +11,6 @@ from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus
 from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider
 from voiceplatform.wire import ChatMessage, LlmDone, LlmRequest, LlmSentence
-
 from vp_llm.sentences import SentenceSplitter
 
 SERVICE = "llm"

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter
+
 from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
@@ -32,7 +33,6 @@ from voiceplatform.wire import (
     PromptSwitched,
     StageError,
 )
-
 from vp_router.dialog_state import DialogConflict, DialogState, DialogStateError, DialogStore
 from vp_router.routing import Route, RouteCache, with_prompt
 from vp_router.settings import RouterSettings
@@ -99,7 +99,7 @@ class RouterService:
         ):
             self._subs.append(await bus.subscribe(subject, handler, queue=group))
 
-    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (the Service protocol)
+    async def drain(self, timeout: float) -> None:
         self._draining = True
         for sub in self._subs:
             await sub.unsubscribe()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import ClassVar, TypeVar
 
 import msgspec
+
 from voiceplatform import subjects
 from voiceplatform.bus import Bus, KeyValue, KvConflict
 from voiceplatform.wire import ChatMessage

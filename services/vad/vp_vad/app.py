@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 from starlette.applications import Starlette
+
 from voiceplatform import metrics
 from voiceplatform.bus import Bus
 from voiceplatform.config import RobotRegistry
@@ -105,7 +106,7 @@ class VadService:
                         log.warning("vad.call_idle", idle_s=round(now - session.last_activity, 1))
                     await self.close_call(call_id, "idle")
 
-    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (the Service protocol)
+    async def drain(self, timeout: float) -> None:
         """Stop taking calls, hand every owned call back (the gateway re-assigns it at once)."""
         if self._ownership is None or self._drained:
             return

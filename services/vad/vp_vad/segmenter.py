@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from voiceplatform.providers.interfaces import VadModel
 from voiceplatform.wire.messages import FRAME_MS
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import structlog
+
 from voiceplatform import metrics, subjects
 from voiceplatform.audio import pcm_to_array
 from voiceplatform.bus import Bus, Envelope, Subscription

@@ -117,6 +117,7 @@ class NatsBus:
                 await self._nc.publish(raw.reply, encode(reply))
 
         sub = await self._nc.subscribe(subject, queue=queue or "", cb=callback)
+        await self._nc.flush()  # the server knows the subscription before we return
         return _NatsSubscription(sub)
 
     async def request(self, subject: str, msg: Message, timeout: float = 1.0) -> Message:

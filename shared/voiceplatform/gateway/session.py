@@ -503,7 +503,11 @@ class CallSession:
                 {"type": "error", "stage": msg.stage, "kind": msg.kind, "turn_id": msg.turn_id}
             )
             clock = self._clocks.get(msg.turn_id) if msg.turn_id else None
-            if clock is not None and msg.stage in ("llm", "prompt-router", "router") and not clock.completed:
+            if clock is not None and msg.stage == "asr" and not clock.expects_reply:
+                self._clocks.pop(msg.turn_id, None)  # nothing recognized: no bot turn follows
+            elif (
+                clock is not None and msg.stage in ("llm", "prompt-router", "router") and not clock.completed
+            ):
                 self.playout.set_expected(msg.turn_id, len(clock.sentences))
                 self._audio_ready.set()
         return None

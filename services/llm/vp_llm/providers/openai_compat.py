@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
+
 from voiceplatform.config import RobotConfig
 from voiceplatform.logging import mask_secrets, register_secret
 from voiceplatform.providers import (

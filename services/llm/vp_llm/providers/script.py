@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Sequence
 from voiceplatform.config import RobotConfig
 from voiceplatform.providers import LlmChunk, LlmOptions
 from voiceplatform.wire import ChatMessage
-
 from vp_llm.script_engine import DialogScript, ScriptState
 
 

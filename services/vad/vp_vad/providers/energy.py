@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+
 from voiceplatform.audio import rms
 from voiceplatform.wire.messages import FRAME_MS
 
