@@ -1,0 +1,101 @@
+"""Pure translations from wire messages: public call events (JSON) and per-turn latencies.
+
+The public event shape is a contract for other systems (docs/call_events.md):
+``{"type": ..., "v": 1, "call_id": ..., "ts_ms": ..., "data": {...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from voiceplatform.wire import CallEnded, CallStarted, ControlInterrupt, Message, PromptSwitched, TurnMetrics
+
+PUBLIC_EVENT_VERSION = 1
+REDIS_CHANNEL = "call_events"
+
+
+def ms_to_datetime(ts_ms: int) -> datetime | None:
+    """Wall-clock milliseconds → aware UTC datetime; 0 (the stage did not happen) → None."""
+    if ts_ms <= 0:
+        return None
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+
+
+def turn_latencies(m: TurnMetrics) -> dict[str, int | None]:
+    """Each stage's time from the end of the caller's speech, None when the stage did not happen."""
+
+    def since_speech_end(ts_ms: int) -> int | None:
+        if m.speech_end_ts_ms <= 0 or ts_ms <= 0:
+            return None
+        return ts_ms - m.speech_end_ts_ms
+
+    return {
+        "asr_ms": since_speech_end(m.asr_final_ts_ms),
+        "llm_first_sentence_ms": since_speech_end(m.first_sentence_ts_ms),
+        "tts_first_audio_ms": since_speech_end(m.first_audio_ts_ms),
+        "voice_to_voice_ms": since_speech_end(m.first_played_ts_ms),
+    }
+
+
+def _data(msg: Message) -> tuple[str, dict[str, Any]] | None:
+    match msg:
+        case CallStarted():
+            return "call.started", {
+                "robot": msg.robot,
+                "channel": msg.channel,
+                "caller": msg.caller,
+                "mode": msg.mode,
+                "sample_rate": msg.sample_rate,
+            }
+        case TurnMetrics():
+            return "turn.completed", {
+                "turn_id": msg.turn_id,
+                "user_text": msg.user_text,
+                "bot_text": msg.bot_text,
+                "interrupted": msg.interrupted,
+                "played_text": msg.played_text,
+                "speech_end_ts_ms": msg.speech_end_ts_ms or None,
+                "latency": turn_latencies(msg),
+            }
+        case PromptSwitched():
+            return "prompt.switched", {
+                "turn_id": msg.turn_id,
+                "from_prompt": msg.from_prompt,
+                "to_prompt": msg.to_prompt,
+                "matched": msg.matched,
+            }
+        case ControlInterrupt():
+            return "barge_in", {
+                "turn_id": msg.turn_id,
+                "by_turn_id": msg.by_turn_id,
+                "played_ms": msg.played_ms,
+                "played_text": msg.played_text,
+            }
+        case CallEnded():
+            return "call.ended", {
+                "reason": msg.reason,
+                "duration_ms": msg.duration_ms,
+                "turns": msg.turns,
+            }
+    return None
+
+
+def public_event(msg: Message) -> dict[str, Any] | None:
+    """The public event for a wire message, or None when the message has none."""
+    found = _data(msg)
+    if found is None:
+        return None
+    event_type, data = found
+    return {
+        "type": event_type,
+        "v": PUBLIC_EVENT_VERSION,
+        "call_id": msg.call_id,
+        "ts_ms": msg.ts_ms,
+        "data": data,
+    }
+
+
+def encode_public(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
