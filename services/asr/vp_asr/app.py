@@ -1,0 +1,169 @@
+"""The ASR service: owns calls by assignment, one ``AsrSession`` per call.
+
+Providers are chosen per robot (``asr.provider``) through a lazy registry. A provider class is built
+as ``cls(asr_config)``; it may offer ``preload()`` (blocking, run in a thread at start so the model is
+loaded once per process, before the instance takes calls) and ``is_loaded()`` for health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+
+from voiceplatform import metrics
+from voiceplatform.bus import Bus
+from voiceplatform.config import AsrConfig, RobotConfigError, RobotRegistry
+from voiceplatform.providers import AsrProvider, ProviderRegistry
+from voiceplatform.providers.registry import UnknownProvider
+from voiceplatform.runtime import TaskRegistry
+from voiceplatform.runtime.ownership import CallOwnership
+from voiceplatform.wire import SUPPORTED_SAMPLE_RATES, AssignRequest
+from vp_asr.metrics import MODEL_LOAD_SECONDS, SERVICE
+from vp_asr.session import AsrSession, SessionOptions
+from vp_asr.settings import AsrSettings
+
+log = structlog.get_logger("vp_asr.app")
+
+ROLE = "asr"
+ASR_PROVIDERS = ProviderRegistry("asr", {"whisper": "vp_asr.providers.whisper:WhisperAsr"})
+
+
+class AsrService:
+    name = SERVICE
+
+    def __init__(self, settings: AsrSettings, providers: ProviderRegistry = ASR_PROVIDERS) -> None:
+        self.settings = settings
+        self.providers = providers
+        self.robots = RobotRegistry(settings.robots_dir)
+        self.sessions: dict[str, AsrSession] = {}
+        self.tasks = TaskRegistry()
+        self.ownership: CallOwnership | None = None
+        self.bus: Bus | None = None
+        self._preloaded: dict[str, type[Any]] = {}
+        self._draining = False
+
+    # ---- Service protocol -------------------------------------------------------------------
+    async def start(self, bus: Bus) -> None:
+        self.bus = bus
+        for name in self.settings.preload_providers:
+            await self._preload(name)
+        self.ownership = CallOwnership(
+            bus, ROLE, self.settings.instance_id, self.settings.max_calls, self._accept
+        )
+        await self.ownership.start()
+
+    async def _preload(self, name: str) -> None:
+        cls = self.providers.load(name)
+        preload = getattr(cls, "preload", None)
+        if preload is not None:
+            started = time.monotonic()
+            await asyncio.to_thread(preload)
+            seconds = time.monotonic() - started
+            MODEL_LOAD_SECONDS.labels(name).set(seconds)
+            log.info("asr.provider_preloaded", provider=name, seconds=round(seconds, 2))
+        self._preloaded[name] = cls
+
+    def models_loaded(self) -> bool:
+        return all(getattr(cls, "is_loaded", lambda: True)() for cls in self._preloaded.values()) and (
+            set(self._preloaded) >= set(self.settings.preload_providers)
+        )
+
+    def ready(self) -> bool:
+        return self.models_loaded() and self.ownership is not None and self.ownership.accepting
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "model_loaded": self.models_loaded(),
+            "providers_loaded": sorted(self._preloaded),
+            "calls": len(self.sessions),
+            "recognitions_in_flight": len(self.tasks),
+            "draining": self._draining,
+        }
+
+    def asgi_app(self) -> Starlette | None:
+        return None
+
+    async def drain(self, timeout: float) -> None:
+        self._draining = True
+        if self.ownership is not None:
+            await self.ownership.stop_accepting()
+        if not await self.tasks.wait_all(timeout):
+            log.warning("asr.drain_timeout", still_running=len(self.tasks))
+            await self.tasks.cancel_all()
+        for call_id in list(self.sessions):
+            if self.ownership is not None:
+                await self.ownership.release(call_id)
+            await self._close_call(call_id)
+        if self.ownership is not None:
+            await self.ownership.stop()
+        log.info("asr.drained")
+
+    # ---- calls -------------------------------------------------------------------------------
+    async def _accept(self, req: AssignRequest) -> None:
+        assert self.bus is not None
+        if req.sample_rate not in SUPPORTED_SAMPLE_RATES:
+            raise ValueError(f"unsupported sample rate {req.sample_rate}")
+        problems: list[tuple[str, str]] = []
+        asr_config, pre_roll_ms = AsrConfig(), 200
+        try:
+            robot = self.robots.get(req.robot)
+            asr_config, pre_roll_ms = robot.settings.asr, robot.settings.vad.pre_roll_ms
+        except RobotConfigError as exc:
+            problems.append(("robot_config", str(exc)))
+        provider, provider_problem = self._make_provider(asr_config)
+        if provider_problem:
+            problems.append(("provider_unavailable", provider_problem))
+        options = SessionOptions(
+            sample_rate=req.sample_rate,
+            language=asr_config.language,
+            pre_roll_ms=pre_roll_ms,
+            tail_wait_ms=self.settings.tail_wait_ms,
+            buffer_ms=self.settings.buffer_ms,
+            min_speech_ms=self.settings.min_speech_ms,
+        )
+        session = AsrSession(
+            self.bus, req.call_id, options, provider, self.tasks, self._call_ended, provider_problem
+        )
+        await session.open()
+        self.sessions[req.call_id] = session
+        metrics.ACTIVE_CALLS.labels(SERVICE).inc()
+        log.info(
+            "asr.call_accepted",
+            call_id=req.call_id,
+            robot=req.robot,
+            provider=session.provider_name,
+            sample_rate=req.sample_rate,
+        )
+        for kind, detail in problems:
+            log.warning("asr.call_problem", call_id=req.call_id, kind=kind, detail=detail[:300])
+            await session.publish_problem(kind, detail)
+
+    def _make_provider(self, config: AsrConfig) -> tuple[AsrProvider | None, str]:
+        try:
+            cls = self._preloaded.get(config.provider) or self.providers.load(config.provider)
+            provider: AsrProvider = cls(config)
+        except UnknownProvider as exc:
+            return None, str(exc.args[0])
+        except Exception as exc:
+            metrics.PROVIDER_ERRORS.labels(SERVICE, config.provider, "construct").inc()
+            log.exception("asr.provider_construct_failed", provider=config.provider)
+            return None, f"{config.provider}: {type(exc).__name__}"
+        return provider, ""
+
+    def _call_ended(self, call_id: str) -> None:
+        # closing unsubscribes the handler that saw call.ended, so it must run in a task of its own
+        self.tasks.spawn(self._close_call(call_id), key=f"close:{call_id}", name=f"asr-close-{call_id}")
+
+    async def _close_call(self, call_id: str) -> None:
+        session = self.sessions.pop(call_id, None)
+        if self.ownership is not None:
+            self.ownership.forget(call_id)
+        if session is None:
+            return
+        await session.close()
+        metrics.ACTIVE_CALLS.labels(SERVICE).dec()
+        log.info("asr.call_closed", call_id=call_id)

@@ -1,0 +1,172 @@
+"""Offline Whisper-base (faster-whisper, int8 CPU) over VAD-bounded segments.
+
+Whisper is not streaming: the provider collects the segment, then yields one final transcript.
+Decoding runs in a worker thread behind a per-loop semaphore of one (2 cores: two parallel decodes
+would each take twice as long). A cancelled caller gets ``CancelledError`` at once; the thread cannot
+be interrupted, so it keeps the semaphore until it ends and its result is thrown away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import weakref
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from voiceplatform.audio import pcm_to_array, resample
+from voiceplatform.config import AsrConfig
+from voiceplatform.providers import ProviderError, ProviderProtocolError, Transcript
+from vp_asr.metrics import HALLUCINATIONS_DROPPED
+from vp_asr.providers import whisper_model
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+log = structlog.get_logger("vp_asr.whisper")
+
+WHISPER_RATE = 16000
+COMPRESSION_RATIO_LIMIT = 2.4
+_WORD = re.compile(r"\w+")
+
+_decode_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _decode_slot() -> asyncio.Semaphore:
+    """One decode at a time per event loop (the model is shared by every call in the process)."""
+    loop = asyncio.get_running_loop()
+    slot = _decode_slots.get(loop)
+    if slot is None:
+        slot = _decode_slots[loop] = asyncio.Semaphore(1)
+    return slot
+
+
+def whisper_language(language: str) -> str:
+    """``ru-RU`` → ``ru``; Whisper takes bare ISO 639-1 codes."""
+    return (language or "ru").replace("_", "-").split("-")[0].lower()
+
+
+def is_repeat_loop(text: str) -> bool:
+    """A run of one n-gram (n ≤ 4) repeated ≥ 4 times over ≥ 8 words: the decoder got stuck."""
+    words = _WORD.findall(text.lower())
+    for n in range(1, 5):
+        for i in range(len(words) - 2 * n + 1):
+            gram = words[i : i + n]
+            count, j = 1, i + n
+            while words[j : j + n] == gram:
+                count += 1
+                j += n
+            if count >= 4 and count * n >= 8:
+                return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    text: str
+    dropped: str = ""  # why the text was discarded, empty when it was not
+
+
+class WhisperAsr:
+    """``AsrProvider`` over the process-wide Whisper-base model."""
+
+    name = "whisper"
+    sample_rates = (8000, 16000)
+
+    def __init__(self, config: AsrConfig | None = None, model: WhisperModel | None = None) -> None:
+        cfg = config or AsrConfig()
+        self.beam_size = cfg.beam_size
+        self.max_new_tokens = cfg.max_new_tokens
+        self._model = model
+
+    @classmethod
+    def preload(cls) -> None:
+        """Assemble and load the shared model (blocking; the service calls it in a thread at start)."""
+        whisper_model.shared_model()
+
+    @classmethod
+    def is_loaded(cls) -> bool:
+        return bool(whisper_model.model_loaded())
+
+    async def stream_recognize(
+        self, audio: AsyncIterable[bytes], sample_rate: int, language: str
+    ) -> AsyncIterator[Transcript]:
+        if sample_rate not in self.sample_rates:
+            raise ProviderProtocolError(self.name, f"unsupported sample rate {sample_rate}")
+        pcm = b"".join([chunk async for chunk in audio])
+        if len(pcm) % 2:
+            raise ProviderProtocolError(self.name, "odd PCM byte count")
+        samples = resample(pcm_to_array(pcm), sample_rate, WHISPER_RATE)
+        lang = whisper_language(language)
+        decoded = await self._transcribe(samples.astype(np.float32) / 32768.0, lang)
+        if decoded.dropped:
+            HALLUCINATIONS_DROPPED.labels(self.name, decoded.dropped).inc()
+            log.info("asr.hallucination_dropped", reason=decoded.dropped, pii_text=decoded.text)
+        yield Transcript(text="" if decoded.dropped else decoded.text, is_final=True, language=lang)
+
+    async def _transcribe(self, audio: npt.NDArray[np.float32], language: str) -> _Decoded:
+        model = self._model or await asyncio.to_thread(whisper_model.shared_model)
+        cancelled = threading.Event()
+        slot = _decode_slot()
+        await slot.acquire()
+        try:
+            work = asyncio.ensure_future(asyncio.to_thread(self._decode, model, audio, language, cancelled))
+        except BaseException:
+            slot.release()
+            raise
+
+        def _finished(done: asyncio.Future[_Decoded]) -> None:
+            slot.release()
+            if not done.cancelled():
+                done.exception()  # retrieved here so an abandoned failure is not reported as unhandled
+
+        work.add_done_callback(_finished)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise ProviderError(
+                self.name, f"transcription failed: {type(exc).__name__}", retryable=False
+            ) from exc
+
+    def _decode(
+        self, model: WhisperModel, audio: npt.NDArray[np.float32], language: str, cancelled: threading.Event
+    ) -> _Decoded:
+        if cancelled.is_set():
+            return _Decoded("", "cancelled")
+        options: dict[str, Any] = {
+            "language": language,
+            "beam_size": self.beam_size,
+            # a single temperature: the default fallback tuple re-decodes doubtful audio up to 6
+            # times and then hallucinates
+            "temperature": 0.0,
+            "condition_on_previous_text": False,
+            "max_new_tokens": self.max_new_tokens,
+            "vad_filter": False,  # our VAD already bounded the segment
+            "without_timestamps": True,
+        }
+        segments, _info = model.transcribe(audio, **options)
+        texts: list[str] = []
+        for segment in segments:  # decoding happens lazily while iterating
+            if cancelled.is_set():
+                return _Decoded("", "cancelled")
+            if segment.compression_ratio > COMPRESSION_RATIO_LIMIT:
+                return _Decoded(segment.text.strip(), "compression_ratio")
+            if segment.text.strip():
+                texts.append(segment.text.strip())
+        text = " ".join(texts)
+        if is_repeat_loop(text):
+            return _Decoded(text, "repeat_loop")
+        return _Decoded(text)
