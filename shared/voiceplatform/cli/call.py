@@ -55,7 +55,7 @@ async def place_call(url: str, robot: str, samples: Int16Array, tail_s: float = 
     """Run one call; the caller's audio is paced at real time like a microphone."""
     result = CallResult()
     pending_utterances = 0
-    last_audio_at = 0.0
+    last_audio_at = -1.0  # seconds into the call of the last robot frame; <0: none yet
     t0 = time.monotonic()
     async with connect(url, max_size=2**22) as ws:
         await ws.send(json.dumps({"type": "start", "robot": robot, "sample_rate": RATE, "caller": "vp-call"}))
