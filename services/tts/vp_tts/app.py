@@ -1,0 +1,312 @@
+"""TTS service: llm.sentence (queue group "tts") → tts.audio chunks, cancellable by barge-in.
+
+Every instance also listens to the control subject without a queue group, so whichever instance
+synthesizes a turn's sentence sees its interrupt. Interrupted turn ids are remembered for a while:
+a sentence that arrives after its interrupt is dropped. Providers are tried in the robot's order
+(``tts.provider`` then ``tts.fallback``) until one gives audio; once audio went out for a sentence
+the voice never changes mid-sentence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+from typing import Any, cast
+
+import structlog
+
+from voiceplatform import metrics, subjects
+from voiceplatform.bus import Bus, Envelope, Subscription
+from voiceplatform.config import RobotConfigError, RobotRegistry, TtsConfig
+from voiceplatform.logging import bind_call
+from voiceplatform.providers import ProviderError, ProviderRegistry, TtsProvider
+from voiceplatform.providers.registry import UnknownProvider
+from voiceplatform.runtime import TaskRegistry
+from voiceplatform.wire import SUPPORTED_SAMPLE_RATES, ControlInterrupt, LlmSentence, Message, StageError
+
+from .metrics import (
+    CHARS,
+    FALLBACKS,
+    ROBOT_CONFIG_ERRORS,
+    SENTENCES,
+    SENTENCES_DROPPED,
+    SERVICE,
+)
+from .output import SentenceOutput
+from .resampling import StreamResampler
+from .settings import TtsSettings
+from .text import normalize_text
+
+log = structlog.get_logger("vp_tts")
+
+PROVIDER_ENTRIES = {
+    "festival": "vp_tts.providers.festival:FestivalTts",
+    "espeak": "vp_tts.providers.espeak:EspeakTts",
+}
+PROVIDERS = ProviderRegistry("tts", PROVIDER_ENTRIES)
+PRELOADED = "festival"
+
+
+class _ChainFailed(Exception):
+    def __init__(self, kind: str, detail: str, retryable: bool) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.retryable = retryable
+
+
+class TtsService:
+    name = SERVICE
+
+    def __init__(
+        self,
+        settings: TtsSettings,
+        robots: RobotRegistry | None = None,
+        registry: ProviderRegistry = PROVIDERS,
+    ) -> None:
+        self.settings = settings
+        self.robots = robots or RobotRegistry(settings.robots_dir)
+        self.registry = registry
+        self._bus: Bus | None = None
+        self._tasks = TaskRegistry()
+        self._interrupted: dict[str, float] = {}  # turn id -> monotonic time of the interrupt
+        self._providers: dict[str, TtsProvider] = {}
+        self._sentence_sub: Subscription | None = None
+        self._control_sub: Subscription | None = None
+        self._draining = False
+
+    # ---- Service ------------------------------------------------------------------------------
+    async def start(self, bus: Bus) -> None:
+        self._bus = bus
+        for reason in ("interrupted", "draining", "bad_sample_rate"):
+            SENTENCES_DROPPED.labels(reason)  # series exist at 0 from the start
+        if self.settings.festival_preload and PRELOADED in self.registry.names():
+            try:
+                await self._start_provider(self.provider(PRELOADED))
+            except ProviderError as exc:
+                # sentences still go to the fallback chain; /health says not ready
+                log.error("tts.preload_failed", provider=PRELOADED, error=str(exc)[:200])
+        self._control_sub = await bus.subscribe(subjects.ANY_CONTROL, self._on_control)
+        self._sentence_sub = await bus.subscribe(
+            subjects.ANY_LLM_SENTENCE, self._on_sentence, queue=subjects.queue_group("tts")
+        )
+        log.info("tts.started", providers=sorted(self._providers), ready=self.ready())
+
+    async def drain(self, timeout: float) -> None:
+        self._draining = True
+        if self._sentence_sub is not None:
+            await self._sentence_sub.unsubscribe()
+            self._sentence_sub = None
+        if not await self._tasks.wait_all(timeout):
+            log.warning("tts.drain_cancelling", sentences=len(self._tasks))
+            await self._tasks.cancel_all(self.settings.cancel_timeout_s)
+        if self._control_sub is not None:
+            await self._control_sub.unsubscribe()
+            self._control_sub = None
+        await self.close_providers()
+        log.info("tts.drained")
+
+    def ready(self) -> bool:
+        if self._bus is None or self._draining:
+            return False
+        if self.settings.festival_preload and PRELOADED in self.registry.names():
+            return self._provider_ready(self._providers.get(PRELOADED))
+        return True
+
+    def health(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "instance_id": self.settings.instance_id,
+            "sentences_in_flight": len(self._tasks),
+            "providers": sorted(self._providers),
+        }
+        for name, provider in self._providers.items():
+            reporter = getattr(provider, "health", None)
+            if reporter is not None:
+                info[name] = reporter()
+        return info
+
+    def asgi_app(self) -> None:
+        return None
+
+    # ---- providers ----------------------------------------------------------------------------
+    def provider(self, name: str) -> TtsProvider:
+        """The process-wide instance of provider ``name`` (built on first use)."""
+        found = self._providers.get(name)
+        if found is None:
+            found = self.registry.load(name)(self.settings)
+            self._providers[name] = found
+        return found
+
+    @staticmethod
+    async def _start_provider(provider: TtsProvider) -> None:
+        starter = getattr(provider, "start", None)
+        if starter is not None:
+            await starter()
+
+    @staticmethod
+    def _provider_ready(provider: TtsProvider | None) -> bool:
+        if provider is None:
+            return False
+        check = getattr(provider, "ready", None)
+        return bool(check()) if check is not None else True
+
+    async def close_providers(self) -> None:
+        providers, self._providers = list(self._providers.values()), {}
+        for provider in providers:
+            closer = getattr(provider, "aclose", None)
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception:
+                    log.warning("tts.provider_close_failed", provider=provider.name)
+
+    # ---- handlers -----------------------------------------------------------------------------
+    def was_interrupted(self, turn_id: str) -> bool:
+        return turn_id in self._interrupted
+
+    def _remember_interrupt(self, turn_id: str) -> None:
+        now = time.monotonic()
+        horizon = now - self.settings.interrupt_memory_s
+        for old in [t for t, at in self._interrupted.items() if at < horizon]:
+            del self._interrupted[old]
+        self._interrupted[turn_id] = now
+
+    async def _on_control(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if isinstance(msg, ControlInterrupt) and msg.turn_id:
+            self._remember_interrupt(msg.turn_id)
+            cancelled = await self._tasks.cancel(msg.turn_id, self.settings.cancel_timeout_s)
+            if cancelled:
+                SENTENCES.labels("interrupted").inc(cancelled)
+                log.info("tts.turn_cancelled", call_id=msg.call_id, turn_id=msg.turn_id, sentences=cancelled)
+        return None
+
+    async def _on_sentence(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if not isinstance(msg, LlmSentence):
+            return None
+        received_at = time.monotonic()
+        reason = ""
+        if self._draining:
+            reason = "draining"
+        elif self.was_interrupted(msg.turn_id):
+            reason = "interrupted"
+        elif msg.sample_rate not in SUPPORTED_SAMPLE_RATES:
+            reason = "bad_sample_rate"
+        if reason:
+            SENTENCES_DROPPED.labels(reason).inc()
+            log.info(
+                "tts.sentence_dropped",
+                call_id=msg.call_id,
+                turn_id=msg.turn_id,
+                index=msg.index,
+                reason=reason,
+            )
+            if reason == "bad_sample_rate":
+                # the gateway waits for this sentence: close it and say why
+                await self._reject_bad_rate(msg)
+            return None
+        self._tasks.spawn(
+            self._run_sentence(msg, received_at), key=msg.turn_id, name=f"tts-{msg.turn_id}-{msg.index}"
+        )
+        return None
+
+    async def _reject_bad_rate(self, msg: LlmSentence) -> None:
+        assert self._bus is not None
+        await self._stage_error(msg, "bad_sample_rate", f"unsupported sample rate {msg.sample_rate}", False)
+        await SentenceOutput(self._bus, msg, self.settings.chunk_ms, time.monotonic()).finish()
+
+    async def _stage_error(self, msg: LlmSentence, kind: str, detail: str, retryable: bool) -> None:
+        assert self._bus is not None
+        await self._bus.publish(
+            subjects.lifecycle(msg.call_id),
+            StageError(
+                call_id=msg.call_id,
+                stage="tts",
+                kind=kind,
+                detail=detail[:300],
+                turn_id=msg.turn_id,
+                retryable=retryable,
+            ),
+        )
+
+    # ---- one sentence -------------------------------------------------------------------------
+    def _tts_config(self, robot: str) -> TtsConfig:
+        try:
+            return self.robots.get(robot).settings.tts
+        except RobotConfigError as exc:
+            ROBOT_CONFIG_ERRORS.inc()
+            log.warning("tts.robot_config_failed", robot=robot, error=str(exc)[:200])
+            return TtsConfig(fallback=["espeak"])
+
+    async def _run_sentence(self, msg: LlmSentence, received_at: float) -> None:
+        assert self._bus is not None
+        with bind_call(call_id=msg.call_id, turn_id=msg.turn_id):
+            out = SentenceOutput(self._bus, msg, self.settings.chunk_ms, received_at)
+            text = normalize_text(msg.text)
+            if not text:
+                await out.finish()
+                SENTENCES.labels("empty").inc()
+                return
+            cfg = self._tts_config(msg.robot)
+            try:
+                tail = await self._synthesize_chain(text, cfg, out)
+            except _ChainFailed as failure:
+                SENTENCES.labels("failed").inc()
+                log.error(
+                    "tts.sentence_failed", index=msg.index, kind=failure.kind, detail=failure.detail[:200]
+                )
+                await self._stage_error(msg, failure.kind, failure.detail, failure.retryable)
+                await out.finish()  # the gateway must not wait for this sentence forever
+                return
+            await out.finish(tail)
+            log.info(
+                "tts.sentence_done",
+                index=msg.index,
+                provider=out.provider,
+                chunks=out.seq,
+                audio_ms=round(out.audio_bytes / 2 / out.sample_rate * 1000),
+                first_audio_ms=round(out.first_audio_ms or 0.0, 1),
+                pii_text=text,
+            )
+
+    async def _synthesize_chain(self, text: str, cfg: TtsConfig, out: SentenceOutput) -> bytes:
+        """Try each provider of the chain until one finishes; returns the resampler's tail."""
+        chain = list(dict.fromkeys([cfg.provider, *cfg.fallback]))
+        failure = _ChainFailed("no_provider", "no tts provider configured", False)
+        for position, name in enumerate(chain):
+            if position:
+                FALLBACKS.labels(chain[position - 1], name).inc()
+                log.warning("tts.fallback", to_provider=name, from_provider=chain[position - 1])
+            try:
+                tail = await self._speak(name, text, cfg.voice, out)
+            except ProviderError as exc:
+                metrics.PROVIDER_ERRORS.labels(SERVICE, name, exc.kind).inc()
+                failure = _ChainFailed(exc.kind, str(exc), exc.retryable)
+            except UnknownProvider as exc:
+                metrics.PROVIDER_ERRORS.labels(SERVICE, name, "unknown_provider").inc()
+                failure = _ChainFailed("unknown_provider", str(exc), False)
+            except Exception as exc:  # a provider bug must not kill the sentence silently
+                metrics.PROVIDER_ERRORS.labels(SERVICE, name, "unexpected").inc()
+                log.exception("tts.provider_crashed", provider=name)
+                failure = _ChainFailed("unexpected", f"{name}: {type(exc).__name__}", True)
+            else:
+                CHARS.labels(name).inc(len(text))
+                SENTENCES.labels("fallback" if position else "ok").inc()
+                return tail
+            log.warning("tts.provider_failed", provider=name, kind=failure.kind, audio_sent=out.audio_out)
+            if out.audio_out:
+                break  # part of the sentence was heard in this voice: finish it short, not twice
+        raise failure
+
+    async def _speak(self, name: str, text: str, voice: str, out: SentenceOutput) -> bytes:
+        provider = self.provider(name)
+        out.provider = provider.name
+        resampler = StreamResampler(provider.sample_rate, out.sample_rate)
+        # providers are async generators: closing one aborts its engine call (barge-in)
+        stream = cast(AsyncGenerator[bytes, None], provider.stream_synthesize(text, voice))
+        async with contextlib.aclosing(stream) as chunks:
+            async for pcm in chunks:
+                await out.audio(resampler.feed(pcm))
+        return resampler.flush()
