@@ -1,0 +1,79 @@
+"""The whole platform as separate processes over real NATS, Postgres and Redis (the `vp up` launcher)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from voiceplatform.cli.up import ServiceProcess, start_services, stop_services, wait_ready
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Platform:
+    url: str
+    health: str
+    procs: list[ServiceProcess]
+    env: dict[str, str]
+    logs: Path
+
+    def logs_text(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.tail(30)}" for p in self.procs)
+
+
+@pytest.fixture(scope="package")
+def private_nats(tmp_path_factory) -> Iterator[str]:
+    """A NATS server of the platform's own: no queue group on it is shared with other tests or tools."""
+    from voiceplatform.devinfra import EmbeddedNats
+
+    server = EmbeddedNats.start(tmp_path_factory.mktemp("nats"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="package")
+def platform(private_nats: str, postgres_dsn: str, redis_url: str, tmp_path_factory) -> Iterator[Platform]:
+    nats_url = private_nats
+    logs = tmp_path_factory.mktemp("platform-logs")
+    port = free_port()
+    env = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "POSTGRES_DSN": postgres_dsn,
+        "REDIS_URL": redis_url,
+        "ROBOTS_DIR": str(REPO / "robots"),
+        "VP_LOG_FORMAT": "json",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    procs = start_services(env, logs, port, first_port=free_port())
+    platform = Platform(f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}/health", procs, env, logs)
+    try:
+        if not wait_ready(platform.health, 180, procs):
+            pytest.fail(f"platform did not become ready:\n{platform.logs_text()}")
+        yield platform
+    finally:
+        stop_services(procs)
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
