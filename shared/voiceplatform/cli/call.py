@@ -19,11 +19,11 @@ from voiceplatform.audio import Int16Array, frames, read_wav, resample, rms, wri
 RATE = 16000
 FRAME = RATE // 50
 SPEECH_RMS = 300.0
-SILENCE_END_S = 0.3
+SILENCE_END_S = 0.6  # longer than the VAD hang-over (0.5 s), so a comma pause does not split a phrase
 
 
 def speech_ends(samples: Int16Array, rate: int = RATE) -> list[float]:
-    """Seconds at which caller speech segments end in the WAV (energy, 300 ms of silence closes one)."""
+    """Seconds at which caller speech segments end in the WAV (energy, 600 ms of silence closes one)."""
     ends: list[float] = []
     in_speech = False
     last_voiced = 0.0

@@ -30,7 +30,7 @@ def festival_say(text: str, rate: int = 16000) -> np.ndarray:
     return resample(samples, wav_rate, rate)
 
 
-def demo_caller_wav(path: Path, phrases: tuple[str, ...] = DEMO_PHRASES, gap_s: float = 6.0) -> Path:
+def demo_caller_wav(path: Path, phrases: tuple[str, ...] = DEMO_PHRASES, gap_s: float = 10.0) -> Path:
     """Silence, then each phrase followed by ``gap_s`` of silence for the robot to answer."""
     if path.is_file():
         return path
