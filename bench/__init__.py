@@ -1,0 +1,1 @@
+"""Benchmarks (run as scripts); helpers shared by them."""
