@@ -21,6 +21,7 @@ from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.logging import bind_call
 from voiceplatform.providers import LlmOptions, LlmProvider, ProviderError, ProviderRegistry
 from voiceplatform.runtime import TaskRegistry
+from voiceplatform.runtime.recent import RecentTurns
 from voiceplatform.wire import ControlInterrupt, LlmRequest, Message, StageError
 from vp_llm.settings import LlmSettings
 from vp_llm.turn import SERVICE, TurnOutput, build_messages
@@ -61,7 +62,7 @@ class LlmService:
         self._factory = provider_factory
         self._bus: Bus | None = None
         self._turns = TaskRegistry()
-        self._interrupted: dict[str, float] = {}  # turn id -> monotonic time of the interrupt
+        self._interrupted = RecentTurns(settings.interrupt_memory_s)
         self._providers: dict[tuple[str, str], tuple[RobotConfig, LlmProvider]] = {}
         self._retired: list[LlmProvider] = []
         self._request_sub: Subscription | None = None
@@ -115,11 +116,7 @@ class LlmService:
         return turn_id in self._interrupted
 
     def _remember_interrupt(self, turn_id: str) -> None:
-        now = time.monotonic()
-        horizon = now - self.settings.interrupt_memory_s
-        for old in [t for t, at in self._interrupted.items() if at < horizon]:
-            del self._interrupted[old]
-        self._interrupted[turn_id] = now
+        self._interrupted.add(turn_id)
 
     async def _on_control(self, env: Envelope) -> Message | None:
         msg = env.message

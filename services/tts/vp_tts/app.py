@@ -23,6 +23,7 @@ from voiceplatform.logging import bind_call
 from voiceplatform.providers import ProviderError, ProviderRegistry, TtsProvider
 from voiceplatform.providers.registry import UnknownProvider
 from voiceplatform.runtime import TaskRegistry
+from voiceplatform.runtime.recent import RecentTurns
 from voiceplatform.wire import SUPPORTED_SAMPLE_RATES, ControlInterrupt, LlmSentence, Message, StageError
 
 from .metrics import (
@@ -70,7 +71,7 @@ class TtsService:
         self.registry = registry
         self._bus: Bus | None = None
         self._tasks = TaskRegistry()
-        self._interrupted: dict[str, float] = {}  # turn id -> monotonic time of the interrupt
+        self._interrupted = RecentTurns(settings.interrupt_memory_s)
         self._providers: dict[str, TtsProvider] = {}
         self._sentence_sub: Subscription | None = None
         self._control_sub: Subscription | None = None
@@ -166,11 +167,7 @@ class TtsService:
         return turn_id in self._interrupted
 
     def _remember_interrupt(self, turn_id: str) -> None:
-        now = time.monotonic()
-        horizon = now - self.settings.interrupt_memory_s
-        for old in [t for t, at in self._interrupted.items() if at < horizon]:
-            del self._interrupted[old]
-        self._interrupted[turn_id] = now
+        self._interrupted.add(turn_id)
 
     async def _on_control(self, env: Envelope) -> Message | None:
         msg = env.message
