@@ -61,7 +61,9 @@ def platform(private_nats: str, postgres_dsn: str, redis_url: str, tmp_path_fact
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
     }
-    procs = start_services(env, logs, port, first_port=free_port())
+    # two instances of every worker: assignment, queue groups and KV state must hold across instances
+    scale = {name: 2 for name in ("vad", "asr", "prompt-router", "llm", "tts", "recorder")}
+    procs = start_services(env, logs, port, scale=scale, first_port=free_port())
     platform = Platform(f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}/health", procs, env, logs)
     try:
         if not wait_ready(platform.health, 180, procs):

@@ -106,3 +106,16 @@ async def test_barge_in_stops_playback_and_drops_stale_audio(platform, postgres_
     _row, turns, *_ = await stored(postgres_dsn, redis_url, result.call_id)
     stored_interrupted = [t for t in turns if t["interrupted"]]
     assert stored_interrupted and stored_interrupted[0]["played_text"] != stored_interrupted[0]["bot_text"]
+
+
+async def test_two_instances_of_each_worker_serve_concurrent_calls(platform):
+    """Two calls at once: each stage's two instances share them, and both calls get their reply."""
+    caller = np.concatenate([silence(3.5), utterance("Сколько стоит доставка?"), silence(1.0)])
+    results = await asyncio.gather(
+        *(place_call(platform.url, "pipeline_russian", caller, tail_s=25) for _ in range(2))
+    )
+    for result in results:
+        assert len(result.turns) == 1, (result.events, platform.logs_text())
+        assert "доставк" in result.turns[0]["user_text"].lower() and result.turns[0]["bot_text"]
+    assert len({r.call_id for r in results}) == 2
+    assert http_get(platform.health)[0] == 200
