@@ -34,7 +34,7 @@ def resample(samples: Int16Array, from_rate: int, to_rate: int) -> Int16Array:
     x: npt.NDArray[np.floating[Any]] = samples.astype(np.float32)
     if to_rate < from_rate:
         width = round(from_rate / to_rate)
-        if width > 1:
+        if 1 < width <= samples.size:  # "same" convolution of a shorter input would grow it
             x = np.convolve(x, np.ones(width, dtype=np.float32) / width, mode="same")
     n_out = round(samples.size * to_rate / from_rate)
     positions = np.arange(n_out, dtype=np.float64) * (from_rate / to_rate)

@@ -55,3 +55,19 @@ def test_frame_assembler_reframes_and_resamples():
         out += asm.push(tone[i : i + 777])
     assert all(len(f) == FRAME for f in out)
     assert 48 <= len(out) <= 50  # one second at 16 kHz = 50 frames
+
+
+def test_resample_survives_inputs_shorter_than_its_filter():
+    from voiceplatform.audio import resample
+
+    one = np.array([1000], dtype=np.int16)
+    assert resample(one, 48000, 16000).size == 0  # round(1 * 16000 / 48000) == 0 samples out
+    assert resample(np.array([1000, -1000], dtype=np.int16), 48000, 16000).size == 1
+
+
+def test_frame_assembler_handles_one_sample_chunks():
+    asm = FrameAssembler(48000, 16000)
+    out = []
+    for _ in range(960 * 3):  # 60 ms fed one 16-bit sample at a time
+        out += asm.push(b"\x10\x00")
+    assert len(out) in (2, 3) and all(len(f) == FRAME for f in out)

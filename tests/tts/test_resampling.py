@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vp_tts.resampling import StreamResampler, resample_whole
+from voiceplatform.resampling import StreamResampler, resample_whole
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from voiceplatform.config import RobotConfigError, RobotRegistry, TtsConfig
 from voiceplatform.logging import bind_call
 from voiceplatform.providers import ProviderError, ProviderRegistry, TtsProvider
 from voiceplatform.providers.registry import UnknownProvider
+from voiceplatform.resampling import StreamResampler
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.recent import RecentTurns
 from voiceplatform.wire import SUPPORTED_SAMPLE_RATES, ControlInterrupt, LlmSentence, Message, StageError
@@ -35,7 +36,6 @@ from .metrics import (
     SERVICE,
 )
 from .output import SentenceOutput
-from .resampling import StreamResampler
 from .settings import TtsSettings
 from .text import normalize_text
 

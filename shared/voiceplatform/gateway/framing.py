@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from voiceplatform.audio import resample_pcm
+from voiceplatform.resampling import StreamResampler
 from voiceplatform.wire import frame_bytes
 
 MIN_INPUT_RATE = 8000
@@ -18,6 +18,8 @@ class FrameAssembler:
         self._frame = frame_bytes(call_rate)
         self._pending = bytearray()
         self._odd = b""
+        # one resampler over the whole stream: per-chunk resampling would click at chunk edges
+        self._resampler = StreamResampler(input_rate, call_rate)
 
     def push(self, data: bytes) -> list[bytes]:
         """Add caller bytes (16-bit LE mono at ``input_rate``); return the complete frames."""
@@ -26,7 +28,7 @@ class FrameAssembler:
             self._odd, data = data[-1:], data[:-1]
         else:
             self._odd = b""
-        self._pending += resample_pcm(bytes(data), self.input_rate, self.call_rate)
+        self._pending += self._resampler.feed(bytes(data))
         out = []
         while len(self._pending) >= self._frame:
             out.append(bytes(self._pending[: self._frame]))

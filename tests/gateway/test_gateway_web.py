@@ -1,0 +1,143 @@
+"""gateway-web over a real HTTP/WebSocket server (the service runner), the bus being the in-memory twin."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import httpx
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+
+from voiceplatform import subjects
+from voiceplatform.audio import write_wav
+from voiceplatform.bus import Envelope
+from voiceplatform.gateway.owners import PIPELINE_ROLES
+from voiceplatform.runtime import run_service
+from voiceplatform.wire import AssignReply, AudioChunk, CallEnded, CallStarted, WorkerHeartbeat
+from vp_gateway_web.app import GatewayWeb
+from vp_gateway_web.settings import GatewayWebSettings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def gateway(broker, tmp_path):
+    robots = tmp_path / "robots"
+    (robots / "bot").mkdir(parents=True)
+    (robots / "bot" / "config.json").write_text(json.dumps({"llm": {"provider": "openai"}}))
+    write_wav(robots / "bot" / "greeting.wav", (np.ones(1600) * 500).astype(np.int16), 16000)
+    (robots / "broken").mkdir()
+    (robots / "broken" / "config.json").write_text('{"mode": ')
+    port = free_port()
+    settings = GatewayWebSettings(robots_dir=robots, http_port=port, default_robot="bot", start_timeout_s=0.5)
+    service = GatewayWeb(settings)
+    workers = broker.bus("workers")
+    seen: list = []
+
+    async def assign(env: Envelope):
+        return AssignReply(call_id=env.message.call_id, role=env.message.role, accepted=True, instance_id="w")
+
+    async def record(env: Envelope):
+        seen.append(env.message)
+
+    await workers.subscribe(subjects.assign("vad"), assign, queue="vad")
+    await workers.subscribe(subjects.assign("asr"), assign, queue="asr")
+    await workers.subscribe(subjects.ALL_CALLS, record)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_service(service, settings, bus=broker.bus("gateway-web"), stop=stop))
+    base = f"127.0.0.1:{port}"
+    async with httpx.AsyncClient() as client:
+        for _ in range(200):
+            try:
+                await client.get(f"http://{base}/metrics")
+                break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.02)
+    yield base, workers, seen, service
+    stop.set()
+    await asyncio.wait_for(task, 15)
+
+
+async def wait_for(predicate, timeout=3.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_health_answers_only_when_the_whole_pipeline_is_ready(gateway):
+    base, workers, _, _ = gateway
+    async with httpx.AsyncClient() as client:
+        r = await client.get(f"http://{base}/health")
+        assert r.status_code == 503 and set(r.json()["missing_services"]) == set(PIPELINE_ROLES)
+        for role in PIPELINE_ROLES:
+            await workers.publish(
+                subjects.presence(role), WorkerHeartbeat(call_id="", role=role, instance_id=f"{role}-1")
+            )
+        await asyncio.sleep(0.05)
+        r = await client.get(f"http://{base}/health")
+        assert r.status_code == 200 and r.json()["missing_services"] == []
+
+
+async def test_garbage_on_the_socket_is_answered_and_the_call_goes_on(gateway):
+    base, _, seen, _ = gateway
+    async with connect(f"ws://{base}/ws") as ws:
+        await ws.send(json.dumps({"type": "start", "robot": "bot", "sample_rate": 48000}))
+        started = json.loads(await ws.recv())
+        assert started["type"] == "call.started"
+        await ws.send("this is not json")
+        error = None
+        while error is None:  # greeting audio frames arrive in between
+            message = await ws.recv()
+            if isinstance(message, str) and json.loads(message)["type"] == "error":
+                error = json.loads(message)
+        assert "JSON" in error["message"]
+        await ws.send(b"\x01\x02\x03")  # odd byte count at 48 kHz: kept for the next chunk, no crash
+        await ws.send(np.zeros(960 * 5, dtype="<i2").tobytes())  # 100 ms at 48 kHz → 5 frames at 16 kHz
+        await ws.send(json.dumps({"type": "heartbeat"}))
+        await wait_for(lambda: sum(isinstance(m, AudioChunk) for m in seen) >= 5)
+    chunks = [m for m in seen if isinstance(m, AudioChunk)]
+    assert all(c.sample_rate == 16000 and len(c.pcm) == 640 for c in chunks)
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+
+
+async def test_a_client_that_vanishes_mid_turn_still_gets_its_call_record(gateway):
+    base, _, seen, service = gateway
+    ws = await connect(f"ws://{base}/ws?robot=bot")
+    await ws.send(np.zeros(3200, dtype="<i2").tobytes())
+    await wait_for(lambda: any(isinstance(m, CallStarted) for m in seen))
+    ws.transport.abort()  # no close frame, like a dropped network
+    await wait_for(lambda: any(isinstance(m, CallEnded) for m in seen))
+    ended = next(m for m in seen if isinstance(m, CallEnded))
+    assert ended.reason == "caller_hangup"
+    await wait_for(lambda: not service.sessions)
+
+
+@pytest.mark.parametrize(
+    ("robot", "needle"), [("nope", "no robot"), ("broken", "not valid JSON"), ("../x", "invalid")]
+)
+async def test_bad_robot_gets_a_clear_error_and_a_policy_close(gateway, robot, needle):
+    base, _, seen, _ = gateway
+    async with connect(f"ws://{base}/ws") as ws:
+        await ws.send(json.dumps({"type": "start", "robot": robot}))
+        event = json.loads(await ws.recv())
+        assert event["type"] == "error" and needle in event["message"]
+        await ws.wait_closed()
+        assert ws.close_code == 1008
+    assert not any(isinstance(m, CallStarted) for m in seen)
+
+
+async def test_unsupported_input_rate_is_refused(gateway):
+    base, *_ = gateway
+    async with connect(f"ws://{base}/ws") as ws:
+        await ws.send(json.dumps({"type": "start", "robot": "bot", "sample_rate": 4000}))
+        event = json.loads(await ws.recv())
+        assert event["type"] == "error" and "sample rate" in event["message"]
