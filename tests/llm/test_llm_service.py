@@ -23,12 +23,19 @@ from vp_llm.settings import LlmSettings
 CALL = "call-l1"
 
 
-def request(turn_id: str, robot: str, text: str, dialog_state: str = "", call_id: str = CALL) -> LlmRequest:
+def request(
+    turn_id: str,
+    robot: str,
+    text: str,
+    dialog_state: str = "",
+    call_id: str = CALL,
+    prompt_id: str = "default",
+) -> LlmRequest:
     return LlmRequest(
         call_id=call_id,
         turn_id=turn_id,
         robot=robot,
-        prompt_id="default",
+        prompt_id=prompt_id,
         system_prompt="Будь краток.",
         history=[
             ChatMessage(role="user", content="Привет", turn_id="t0"),
@@ -88,12 +95,13 @@ async def test_script_robot_streams_sentences_then_done(
     assert done3.hangup and done3.text == "Спасибо за звонок, всего доброго!"
 
 
-async def test_topic_robot_follows_the_prompt_in_dialog_state(
+async def test_topic_robot_follows_the_prompt_chosen_by_the_router(
     broker: MemoryBroker, llm: LlmService, out: Collector
 ) -> None:
+    state = json.dumps({"state": "main"})
     for turn, prompt in (("p", "pets"), ("e", "earning"), ("c", "children")):
-        state = json.dumps({"state": "main", "prompt": prompt})
-        await send(broker, request(turn, "topic_prompts_russian", "а сколько это стоит?", state))
+        question = request(turn, "topic_prompts_russian", "а сколько это стоит?", state, prompt_id=prompt)
+        await send(broker, question)
     replies = {d.turn_id: d.text for d in await out.wait(LlmDone, count=3)}
     assert "Корм" in replies["p"] and "курс" in replies["e"] and "Игрушки" in replies["c"]
 

@@ -209,6 +209,7 @@ class LlmService:
             max_tokens=cfg.max_tokens,
             model=cfg.model,
             dialog_state=req.dialog_state,
+            prompt_id=req.prompt_id,
         )
         messages = build_messages(req)
         log.info("llm.turn_started", provider=cfg.provider, pii_user_text=req.user_text)

@@ -34,7 +34,7 @@ from voiceplatform.wire import (
     StageError,
 )
 from vp_router.dialog_state import DialogConflict, DialogState, DialogStateError, DialogStore
-from vp_router.routing import Route, RouteCache, with_prompt
+from vp_router.routing import Route, RouteCache
 from vp_router.settings import RouterSettings
 
 log = structlog.get_logger("vp_router")
@@ -250,7 +250,7 @@ class RouterService:
                     user_text=msg.text,
                     sample_rate=state.sample_rate,
                     speech_end_ts_ms=msg.speech_end_ts_ms,
-                    dialog_state=with_prompt(state.script_state, state.prompt_id),
+                    dialog_state=state.script_state,
                 ),
             )
             elapsed_ms = (time.perf_counter() - received) * 1000

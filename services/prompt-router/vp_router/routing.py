@@ -7,7 +7,6 @@ prompt, so a follow-up question without keywords stays on topic.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from voiceplatform.config import RobotConfig
@@ -50,19 +49,3 @@ class RouteCache:
         routes = PromptRoutes(robot)
         self._routes[robot.name] = (robot, routes)
         return routes
-
-
-def with_prompt(script_state: str, prompt_id: str) -> str:
-    """The script engine's state with the active prompt id written in (``{"state", "prompt"}``).
-
-    The script provider picks topic-specific replies by it. A state that is not a JSON object (some
-    other engine's) is passed through unchanged.
-    """
-    try:
-        data = json.loads(script_state) if script_state else {}
-    except json.JSONDecodeError:
-        return script_state
-    if not isinstance(data, dict):
-        return script_state
-    data["prompt"] = prompt_id
-    return json.dumps(data, ensure_ascii=False)

@@ -41,6 +41,8 @@ class LlmOptions:
     model: str = ""
     # opaque state of a deterministic dialogue engine, carried between turns in the dialog store
     dialog_state: str = ""
+    # active prompt (topic) chosen by the prompt-router, for engines that answer by topic
+    prompt_id: str = ""
 
 
 @dataclass(slots=True)

@@ -22,13 +22,14 @@ class ScriptDialog:
     ) -> AsyncIterator[LlmChunk]:
         user_text = next((m.content for m in reversed(messages) if m.role == "user"), "")
         state = ScriptState.decode(options.dialog_state)
-        step = self.script.step(state.state or self.script.start, state.prompt, user_text)
+        prompt = options.prompt_id or state.prompt
+        step = self.script.step(state.state or self.script.start, prompt, user_text)
         words = step.reply.split()
         for i, word in enumerate(words):
             yield LlmChunk(text=word if i == len(words) - 1 else word + " ")
             # a checkpoint per word keeps the engine instant yet cancellable, like a real stream
             await asyncio.sleep(0)
-        new_state = ScriptState(state=step.state, prompt=state.prompt).encode()
+        new_state = ScriptState(state=step.state, prompt=prompt).encode()
         yield LlmChunk(dialog_state=new_state, end_call=step.end_call, meta={"matched": step.matched})
 
     async def aclose(self) -> None:
