@@ -141,3 +141,13 @@ async def test_unsupported_input_rate_is_refused(gateway):
         await ws.send(json.dumps({"type": "start", "robot": "bot", "sample_rate": 4000}))
         event = json.loads(await ws.recv())
         assert event["type"] == "error" and "sample rate" in event["message"]
+
+
+async def test_the_browser_page_and_robot_list_are_served(gateway):
+    base, *_ = gateway
+    async with httpx.AsyncClient() as client:
+        page = await client.get(f"http://{base}/")
+        robots = await client.get(f"http://{base}/robots")
+    assert page.status_code == 200 and "getUserMedia" in page.text and "/ws" in page.text
+    assert "playback.flush" in page.text  # the page drops queued robot audio on barge-in
+    assert robots.json()["robots"] == ["bot", "broken"] and robots.json()["default"] == ["bot"]
