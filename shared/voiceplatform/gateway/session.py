@@ -13,10 +13,11 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from voiceplatform import metrics, subjects
-from voiceplatform.audio import read_wav, resample
-from voiceplatform.bus import Bus, Envelope, NoResponders, RequestTimeout, Subscription
+from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfig
+from voiceplatform.gateway.assign import assign_until_accepted
+from voiceplatform.gateway.greeting import greeting_pcm
 from voiceplatform.gateway.owners import STREAMING_ROLES, GatewayDirectory
 from voiceplatform.gateway.playout import Playout
 from voiceplatform.gateway.turns import TurnClock, metrics_event
@@ -24,7 +25,6 @@ from voiceplatform.logging import bind_call
 from voiceplatform.runtime.tasks import TaskRegistry
 from voiceplatform.wire import (
     AsrFinal,
-    AssignReply,
     AssignRequest,
     AudioChunk,
     CallEnded,
@@ -58,7 +58,6 @@ VOICE_TO_VOICE = Histogram(
 )
 
 FRAME_S = 0.02
-_greeting_cache: dict[tuple[str, int, float], bytes] = {}
 
 
 class AudioSink(Protocol):
@@ -72,19 +71,6 @@ class AudioSink(Protocol):
 
 def new_call_id(channel: str) -> str:
     return f"{channel}-{uuid.uuid4().hex[:12]}"
-
-
-def greeting_pcm(robot: RobotConfig, rate: int) -> bytes | None:
-    path = robot.greeting_wav
-    if path is None:
-        return None
-    key = (str(path), rate, path.stat().st_mtime)
-    cached = _greeting_cache.get(key)
-    if cached is None:
-        samples, wav_rate = read_wav(path)
-        cached = resample(samples, wav_rate, rate).astype("<i2").tobytes()
-        _greeting_cache[key] = cached
-    return cached
 
 
 class CallSession:
@@ -233,37 +219,25 @@ class CallSession:
         self._spawn(self._assign(role, reason), f"assign-{role}")
 
     async def _assign(self, role: str, reason: str) -> None:
-        delay = 0.05
-        warned = False
+        request = AssignRequest(
+            call_id=self.call_id,
+            role=role,
+            robot=self.robot.name,
+            sample_rate=self.sample_rate,
+            channel=self.channel,
+        )
+
+        async def refused(why: str) -> None:
+            log.warning("call.assign_retry", role=role, why=why)
+            await self._publish_error(role, "unassigned", why)
+
         try:
             with bind_call(call_id=self.call_id):
-                while not self.ended:
-                    request = AssignRequest(
-                        call_id=self.call_id,
-                        role=role,
-                        robot=self.robot.name,
-                        sample_rate=self.sample_rate,
-                        channel=self.channel,
-                    )
-                    why = ""
-                    try:
-                        reply = await self.bus.request(subjects.assign(role), request, timeout=1.0)
-                        if isinstance(reply, AssignReply) and reply.accepted:
-                            self.owners[role] = reply.instance_id
-                            self.owner_seen[role] = time.monotonic()
-                            log.info("call.assigned", role=role, instance=reply.instance_id, reason=reason)
-                            return
-                        why = reply.reason if isinstance(reply, AssignReply) else "bad_reply"
-                    except NoResponders:
-                        why = "no_responders"
-                    except RequestTimeout:
-                        why = "timeout"
-                    if not warned:
-                        warned = True
-                        log.warning("call.assign_retry", role=role, why=why)
-                        await self._publish_error(role, "unassigned", why)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
+                reply = await assign_until_accepted(self.bus, request, lambda: not self.ended, refused)
+                if reply is not None:
+                    self.owners[role] = reply.instance_id
+                    self.owner_seen[role] = time.monotonic()
+                    log.info("call.assigned", role=role, instance=reply.instance_id, reason=reason)
         finally:
             self._assigning.discard(role)
 

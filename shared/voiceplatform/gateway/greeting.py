@@ -1,0 +1,22 @@
+"""A robot's recorded greeting, decoded and resampled once per robot and call rate."""
+
+from __future__ import annotations
+
+from voiceplatform.audio import read_wav, resample
+from voiceplatform.config import RobotConfig
+
+_cache: dict[tuple[str, int, float], bytes] = {}
+
+
+def greeting_pcm(robot: RobotConfig, rate: int) -> bytes | None:
+    """16-bit PCM of ``greeting.wav`` at ``rate``, or None when the robot has no recording."""
+    path = robot.greeting_wav
+    if path is None:
+        return None
+    key = (str(path), rate, path.stat().st_mtime)
+    cached = _cache.get(key)
+    if cached is None:
+        samples, wav_rate = read_wav(path)
+        cached = resample(samples, wav_rate, rate).astype("<i2").tobytes()
+        _cache[key] = cached
+    return cached
