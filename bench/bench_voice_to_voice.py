@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -42,18 +41,6 @@ QUESTIONS = (
 RATE = 16000
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.3)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -75,21 +62,21 @@ def main() -> int:
     servers.append(nats)
     env = {**os.environ, "NATS_URL": nats.url, "ROBOTS_DIR": str(REPO / "robots"), "HF_HUB_OFFLINE": "1"}
     if "POSTGRES_DSN" not in env:
-        if port_open(5432):
+        if devinfra.port_open("127.0.0.1", 5432):
             env["POSTGRES_DSN"] = "postgresql://postgres@127.0.0.1:5432/postgres"
         else:
             pg = devinfra.EmbeddedPostgres.start(work / "pg")
             servers.append(pg)
             env["POSTGRES_DSN"] = pg.dsn
     if "REDIS_URL" not in env:
-        if port_open(6379):
+        if devinfra.port_open("127.0.0.1", 6379):
             env["REDIS_URL"] = "redis://127.0.0.1:6379/0"
         else:
             redis = devinfra.EmbeddedRedis.start(work / "redis")
             servers.append(redis)
             env["REDIS_URL"] = redis.url
-    port = free_port()
-    procs = start_services(env, work / "logs", port, first_port=free_port())
+    port = devinfra.free_port()
+    procs = start_services(env, work / "logs", port, first_port=devinfra.free_port())
     try:
         if not wait_ready(f"http://127.0.0.1:{port}/health", 180, procs):
             print("platform not ready; logs in", work / "logs")

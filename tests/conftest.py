@@ -14,7 +14,7 @@ from voiceplatform.bus.memory import MemoryBroker
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # so tests can import tests.stand_ins and bench helpers
 
-from tests.infra import port_open  # noqa: E402
+from voiceplatform.devinfra import port_open  # noqa: E402
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ import nats
 import pytest
 import redis.asyncio as aioredis
 
-from tests.infra import port_open
-from voiceplatform.devinfra import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_port
+from voiceplatform.devinfra import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_port, port_open
 
 
 def _port_of(url: str) -> int:

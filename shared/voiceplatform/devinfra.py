@@ -43,6 +43,15 @@ class EmbeddedServerError(RuntimeError):
     """A server binary is missing, exited during start-up, or did not answer in time."""
 
 
+def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    """Whether something accepts TCP connections there (a server already running on loopback)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,14 +11,9 @@ from pathlib import Path
 import pytest
 
 from voiceplatform.cli.up import ServiceProcess, start_services, stop_services, wait_ready
+from voiceplatform.devinfra import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

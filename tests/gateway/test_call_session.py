@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.waiting import wait_for
 from voiceplatform import subjects
 from voiceplatform.audio import write_wav
 from voiceplatform.bus import Envelope
@@ -61,14 +62,6 @@ def robot(tmp_path):
     )
     write_wav(folder / "greeting.wav", (np.ones(RATE // 5) * 1000).astype(np.int16), RATE)  # 200 ms
     return load_robot(folder)
-
-
-async def wait_for(predicate, timeout=3.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 async def start_call(broker, robot):

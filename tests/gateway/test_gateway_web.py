@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import httpx
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
+from tests.waiting import wait_for
 from voiceplatform import subjects
 from voiceplatform.audio import write_wav
 from voiceplatform.bus import Envelope
+from voiceplatform.devinfra import free_port
 from voiceplatform.gateway.owners import PIPELINE_ROLES
 from voiceplatform.runtime import run_service
 from voiceplatform.wire import AssignReply, AudioChunk, CallEnded, CallStarted, WorkerHeartbeat
 from vp_gateway_web.app import GatewayWeb
 from vp_gateway_web.settings import GatewayWebSettings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -63,14 +58,6 @@ async def gateway(broker, tmp_path):
     yield base, workers, seen, service
     stop.set()
     await asyncio.wait_for(task, 15)
-
-
-async def wait_for(predicate, timeout=3.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_health_answers_only_when_the_whole_pipeline_is_ready(gateway):

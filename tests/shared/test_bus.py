@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 
+from tests.waiting import wait_for
 from voiceplatform import metrics
 from voiceplatform.bus import Envelope, KvConflict, NoResponders
 from voiceplatform.bus.memory import MemoryBroker
@@ -31,14 +32,6 @@ async def buses(request):
 
 def unique() -> str:
     return uuid.uuid4().hex[:10]
-
-
-async def wait_for(predicate, timeout=3.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_publish_subscribe_in_order(buses):

@@ -20,6 +20,7 @@ from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.logging import bind_call
 from voiceplatform.providers import LlmOptions, LlmProvider, ProviderError, ProviderRegistry
+from voiceplatform.providers.registry import aclose_all
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.recent import RecentTurns
 from voiceplatform.wire import ControlInterrupt, LlmRequest, Message, StageError
@@ -103,13 +104,7 @@ class LlmService:
         providers = [p for _, p in self._providers.values()] + self._retired
         self._providers.clear()
         self._retired.clear()
-        for provider in providers:
-            closer = getattr(provider, "aclose", None)
-            if closer is not None:
-                try:
-                    await closer()
-                except Exception:
-                    log.warning("llm.provider_close_failed", provider=provider.name)
+        await aclose_all(providers)
 
     # ---- handlers -----------------------------------------------------------------------------
     def was_interrupted(self, turn_id: str) -> bool:

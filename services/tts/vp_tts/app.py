@@ -21,7 +21,7 @@ from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.config import RobotConfigError, RobotRegistry, TtsConfig
 from voiceplatform.logging import bind_call
 from voiceplatform.providers import ProviderError, ProviderRegistry, TtsProvider
-from voiceplatform.providers.registry import UnknownProvider
+from voiceplatform.providers.registry import UnknownProvider, aclose_all
 from voiceplatform.resampling import StreamResampler
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.recent import RecentTurns
@@ -154,13 +154,7 @@ class TtsService:
 
     async def close_providers(self) -> None:
         providers, self._providers = list(self._providers.values()), {}
-        for provider in providers:
-            closer = getattr(provider, "aclose", None)
-            if closer is not None:
-                try:
-                    await closer()
-                except Exception:
-                    log.warning("tts.provider_close_failed", provider=provider.name)
+        await aclose_all(providers)
 
     # ---- handlers -----------------------------------------------------------------------------
     def was_interrupted(self, turn_id: str) -> bool:

@@ -6,7 +6,12 @@ Vendor SDKs therefore load only in processes that use them.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from typing import Any
+
+import structlog
+
+log = structlog.get_logger("voiceplatform.providers")
 
 
 class UnknownProvider(KeyError):
@@ -29,3 +34,15 @@ class ProviderRegistry:
         module_name, _, attr = target.partition(":")
         cls: type[Any] = getattr(importlib.import_module(module_name), attr)
         return cls
+
+
+async def aclose_all(providers: Iterable[Any]) -> None:
+    """Close every provider that holds resources (HTTP clients, processes); one failure stops none."""
+    for provider in providers:
+        closer = getattr(provider, "aclose", None)
+        if closer is None:
+            continue
+        try:
+            await closer()
+        except Exception:
+            log.warning("provider.close_failed", provider=getattr(provider, "name", type(provider).__name__))
