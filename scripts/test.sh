@@ -3,7 +3,7 @@
 # Uses the NATS/Postgres/Redis on loopback when they run, embedded ones from PyPI otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+VP_EXTRA_APT_PACKAGES=shellcheck bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1
 
 echo "== ruff"

@@ -80,6 +80,15 @@ ANY_LLM_DONE = any_call("llm.done")
 ANY_CONTROL = any_call("control")
 ANY_LIFECYCLE = any_call("lifecycle")
 
+# What the recorder keeps: every per-call event except audio (caller frames, robot speech) and the
+# LLM requests (each repeats the whole history; the router's decisions are on lifecycle).
+RECORDED = (ANY_LIFECYCLE, any_call("vad"), ANY_ASR, ANY_LLM_SENTENCE, ANY_LLM_DONE, ANY_CONTROL)
+
+
+def call_events_of(call_id: str) -> str:
+    """Every per-call subject of one call (as a stream filter)."""
+    return _call(call_id, ">")
+
 
 def call_id_of(subject: str) -> str:
     """The call id token of a per-call subject."""
@@ -127,6 +136,15 @@ def call_event(event_type: str) -> str:
 
 
 ALL_CALL_EVENTS = f"{CALL_EVENTS_PREFIX}.>"
+
+
+# ---- dead letters ----------------------------------------------------------------------------------
+def parked(service: str) -> str:
+    """Messages a service could not handle (malformed, unknown version, rejected by a store)."""
+    return f"{PREFIX}.parked.{check_token(service)}"
+
+
+ALL_PARKED = f"{PREFIX}.parked.>"
 
 # JetStream KV bucket holding per-call dialogue state (history, current prompt, script state), so
 # the stateless router and LLM workers can be restarted or scaled at any time.

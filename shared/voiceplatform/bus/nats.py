@@ -12,6 +12,7 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue as NatsKv
 
 from voiceplatform.bus.base import (
@@ -103,6 +104,15 @@ class NatsBus:
     @property
     def connected(self) -> bool:
         return bool(self._nc.is_connected)
+
+    @property
+    def client(self) -> Client:
+        """The raw connection, for code that needs NATS features beyond the Bus protocol."""
+        return self._nc
+
+    def jetstream(self) -> JetStreamContext:
+        """For consumers that need streams (the recorder); services on the call path do not."""
+        return self._nc.jetstream()
 
     async def publish(self, subject: str, msg: Message) -> None:
         await self._nc.publish(subject, encode(msg))

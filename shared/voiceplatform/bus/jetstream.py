@@ -1,0 +1,166 @@
+"""JetStream for consumers that must not lose events: a stream over core subjects, durable pull
+consumers with explicit acks, and read-back of one call's events.
+
+Publishers keep using core NATS publish (no JetStream ack on the call path): the stream captures
+those subjects on the server, so a consumer that is down, slow or restarting misses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+# read-back consumers are ephemeral; the server forgets one this long after its last use
+_READ_BACK_INACTIVE_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    max_age_s: float
+    max_bytes: int = -1
+    duplicate_window_s: float = 120.0
+
+    def config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=self.max_age_s,
+            max_bytes=self.max_bytes,
+            duplicate_window=self.duplicate_window_s,
+        )
+
+
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
+    """Create the stream, or bring an existing one to ``spec`` (several instances may race here)."""
+    config = spec.config()
+    try:
+        await js.stream_info(spec.name)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(config)
+            return
+        except nats.js.errors.BadRequestError:
+            # created by another instance in between: fall through to the update
+            pass
+    await js.update_stream(config)
+
+
+def stream_sequence(msg: Msg) -> int:
+    return int(msg.metadata.sequence.stream)
+
+
+class DurableConsumer:
+    """A durable pull consumer: fetch a batch, ack each message after it is handled.
+
+    Several processes using the same durable name share its messages (each gets different ones),
+    which is how the recorder scales out. ``max_deliver=-1``: a message is redelivered until acked
+    or terminated; bad ones are terminated by the caller after parking them.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        durable: str,
+        filter_subject: str | None = None,
+        ack_wait_s: float = 30.0,
+        max_ack_pending: int = 20_000,
+    ) -> None:
+        self._js = js
+        self.stream = stream
+        self.durable = durable
+        self.filter_subject = filter_subject
+        self.ack_wait_s = ack_wait_s
+        self.max_ack_pending = max_ack_pending
+        self._psub: JetStreamContext.PullSubscription | None = None
+
+    async def start(self) -> None:
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=self.max_ack_pending,
+            filter_subject=self.filter_subject,
+        )
+        await self._js.add_consumer(self.stream, config)
+        self._psub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+
+    async def fetch(self, batch: int, timeout_s: float) -> list[Msg]:
+        """Up to ``batch`` messages; an empty list when none came within ``timeout_s``."""
+        if self._psub is None:
+            raise RuntimeError("consumer not started")
+        try:
+            return await self._psub.fetch(batch, timeout=timeout_s)
+        except nats.errors.TimeoutError:
+            return []
+
+    async def pending(self) -> int:
+        """Messages not yet delivered plus delivered but not acked (the consumer's backlog)."""
+        info = await self._js.consumer_info(self.stream, self.durable)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def stop(self) -> None:
+        psub, self._psub = self._psub, None
+        if psub is not None:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+
+async def read_subject(
+    js: JetStreamContext, stream: str, filter_subject: str, batch: int = 500, timeout_s: float = 2.0
+) -> list[Msg]:
+    """Every message of ``stream`` matching ``filter_subject`` that exists now, in stream order."""
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.ALL,
+        filter_subject=filter_subject,
+        inactive_threshold=_READ_BACK_INACTIVE_S,
+        mem_storage=True,
+    )
+    psub = await js.pull_subscribe(filter_subject, stream=stream, config=config)
+    found: list[Msg] = []
+    consumer_name = ""
+    try:
+        info = await psub.consumer_info()
+        consumer_name = info.name
+        remaining = int(info.num_pending or 0)
+        while remaining > 0:
+            try:
+                msgs = await psub.fetch(min(batch, remaining), timeout=timeout_s)
+            except nats.errors.TimeoutError:
+                break  # messages removed (age, purge) since the count: what came is all there is
+            found.extend(msgs)
+            remaining = int(msgs[-1].metadata.num_pending) if msgs else 0
+    finally:
+        if consumer_name:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(stream, consumer_name)
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+    return found
+
+
+async def publish_parked(
+    js: JetStreamContext, subject: str, data: bytes, dedupe_id: str, headers: dict[str, str]
+) -> None:
+    """Store a message that could not be handled; ``dedupe_id`` makes parking it twice a no-op."""
+    await js.publish(subject, data, headers={"Nats-Msg-Id": dedupe_id, **headers})
