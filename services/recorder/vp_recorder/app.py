@@ -1,168 +1,147 @@
-"""The recorder: persists call events to PostgreSQL and Redis and republishes public call events.
+"""The recorder: every call event from the JetStream stream into each store, and the public events.
 
-Handlers only enqueue (one writer queue per store), so recording never slows a call down and a slow
-or dead store does not hold the other back. Public events go out on NATS ``call_events.<type>`` at
-once and on the Redis channel ``call_events`` right after the Redis state they describe is written.
+Gateways and workers publish on core NATS and never wait for the recorder or a database: the
+stream ``VP_CALL_EVENTS`` captures their events on the server. Each store (Postgres, Redis, the
+public NATS events, the JSON call logs + Telegram reports, MongoDB when configured) reads the
+stream through its own durable consumer and acks only what it has written, so a store that is
+down holds back nothing but itself and catches up when it returns, and a recorder killed at any
+moment loses nothing: whatever it had not acked is delivered again (stores write idempotently).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import asyncio
 from typing import Any
 
 import structlog
 from starlette.applications import Starlette
 
 from voiceplatform import subjects
-from voiceplatform.bus import Bus, Envelope, Subscription
-from voiceplatform.logging import bind_call
-from voiceplatform.wire import (
-    AsrFinal,
-    CallEnded,
-    CallStarted,
-    ControlInterrupt,
-    LlmDone,
-    Message,
-    PlaybackStarted,
-    PromptSwitched,
-    StageError,
-    TurnMetrics,
-)
-from vp_recorder.events import encode_public, public_event
-from vp_recorder.metrics import EVENTS, PUBLIC_EVENTS, SERVICE
+from voiceplatform.bus import Bus
+from voiceplatform.bus.jetstream import DurableConsumer, StreamSpec, ensure_stream
+from voiceplatform.bus.nats import NatsBus
+from vp_recorder.consumer import Parker, StoreConsumer
+from vp_recorder.metrics import SERVICE
+from vp_recorder.public import NatsEventsStore, PublicEvents
+from vp_recorder.reader import JetStreamCallReader
+from vp_recorder.reports.telegram import TelegramReporter
 from vp_recorder.settings import RecorderSettings
+from vp_recorder.stored import CallEventReader, Store
+from vp_recorder.stores.mongo import MongoStore
 from vp_recorder.stores.postgres import PostgresStore
 from vp_recorder.stores.redis import RedisStore
-from vp_recorder.writer import Record, Store, StoreWriter
+from vp_recorder.stores.reports import ReportsStore
 
 log = structlog.get_logger("vp_recorder.app")
 
-RECORDED_TYPES = (
-    CallStarted,
-    CallEnded,
-    TurnMetrics,
-    PromptSwitched,
-    StageError,
-    PlaybackStarted,
-    AsrFinal,
-    LlmDone,
-    ControlInterrupt,
-)
-SUBSCRIBED_SUBJECTS = (subjects.ANY_LIFECYCLE, subjects.ANY_ASR, subjects.ANY_LLM_DONE, subjects.ANY_CONTROL)
-# public events already sent, so a redelivered message is not announced twice
-_SEEN_MAX = 4096
+
+def call_events_stream(settings: RecorderSettings) -> StreamSpec:
+    return StreamSpec(
+        name=settings.stream_name,
+        subjects=subjects.RECORDED,
+        max_age_s=settings.stream_max_age_s,
+        max_bytes=settings.stream_max_bytes,
+    )
+
+
+def parked_stream(settings: RecorderSettings) -> StreamSpec:
+    # the window must outlast a store outage: every consumer parks the same bad message, once stored
+    return StreamSpec(
+        name=settings.parked_stream_name,
+        subjects=(subjects.ALL_PARKED,),
+        max_age_s=settings.parked_max_age_s,
+        duplicate_window_s=min(settings.parked_max_age_s, 24 * 3600),
+    )
 
 
 class RecorderService:
     name = SERVICE
 
-    def __init__(self, settings: RecorderSettings, stores: list[Store] | None = None) -> None:
+    def __init__(self, settings: RecorderSettings) -> None:
         self.settings = settings
-        if stores is None:
-            stores = [
-                PostgresStore(settings.postgres_dsn.get_secret_value(), settings.postgres_schema),
-                RedisStore(
-                    settings.redis_url.get_secret_value(), settings.redis_ttl_s, settings.history_scan
-                ),
-            ]
-        self.writers = [
-            StoreWriter(
-                store, settings.store_queue_max, settings.store_retry_min_s, settings.store_retry_max_s
-            )
-            for store in stores
-        ]
-        self.events_received = 0
-        self.events_ignored = 0
-        self._bus: Bus | None = None
-        self._subs: list[Subscription] = []
+        self.consumers: list[StoreConsumer] = []
         self._accepting = False
-        self._public_seen: OrderedDict[tuple[str, str, str, int], None] = OrderedDict()
+        self._mongo_state = "disabled"
 
-    def writer(self, store_name: str) -> StoreWriter:
-        for writer in self.writers:
-            if writer.name == store_name:
-                return writer
-        raise KeyError(store_name)
+    def build_stores(self, bus: NatsBus, reader: CallEventReader) -> list[Store]:
+        s = self.settings
+        public = PublicEvents(reader)
+        stores: list[Store] = [
+            PostgresStore(s.postgres_dsn.get_secret_value(), s.postgres_schema, s.robots_dir),
+            RedisStore(s.redis_url.get_secret_value(), public, s.redis_ttl_s, s.history_scan),
+            NatsEventsStore(bus.client, public),
+        ]
+        if s.call_logs:
+            telegram = None
+            if s.tg_token is not None and s.tg_chat_id:
+                telegram = TelegramReporter(s.tg_token.get_secret_value(), s.tg_chat_id, s.tg_api_url)
+            stores.append(
+                ReportsStore(
+                    s.call_logs_dir or s.robots_dir,
+                    reader,
+                    telegram,
+                    retry_min_s=s.store_retry_min_s,
+                    retry_max_s=60.0,
+                )
+            )
+        if s.mongo_uri is not None:
+            stores.append(MongoStore(s.mongo_uri.get_secret_value(), s.mongo_database, reader))
+            self._mongo_state = "enabled"
+        return stores
+
+    def store_consumer(self, name: str) -> StoreConsumer:
+        for consumer in self.consumers:
+            if consumer.name == name:
+                return consumer
+        raise KeyError(name)
 
     async def start(self, bus: Bus) -> None:
-        self._bus = bus
-        if self.settings.mongo_uri is None:
-            log.info("recorder.mongo_disabled")
-        else:
-            log.warning("recorder.mongo_not_implemented")
-        for writer in self.writers:
-            writer.start()
-        group = subjects.queue_group(SERVICE)
-        for subject in SUBSCRIBED_SUBJECTS:
-            self._subs.append(await bus.subscribe(subject, self._on_event, queue=group))
+        if not isinstance(bus, NatsBus):
+            raise TypeError("the recorder needs NATS with JetStream (a NatsBus)")
+        s = self.settings
+        js = bus.jetstream()
+        await ensure_stream(js, call_events_stream(s))
+        await ensure_stream(js, parked_stream(s))
+        if s.mongo_uri is None:
+            log.info("recorder.mongo_disabled", why="MONGO_URI is not set: no transcripts in MongoDB")
+        parker = Parker(js, s.stream_name)
+        for store in self.build_stores(bus, JetStreamCallReader(js, s.stream_name)):
+            source = DurableConsumer(
+                js, s.stream_name, f"{s.durable_prefix}_{store.name}", ack_wait_s=s.ack_wait_s
+            )
+            consumer = StoreConsumer(
+                store, source, parker, s.batch_max, s.store_retry_min_s, s.store_retry_max_s
+            )
+            self.consumers.append(consumer)
+            consumer.start()
         self._accepting = True
+        log.info("recorder.started", stores=[c.name for c in self.consumers], stream=s.stream_name)
 
-    async def _on_event(self, env: Envelope) -> Message | None:
-        msg = env.message
-        if not isinstance(msg, RECORDED_TYPES):
-            self.events_ignored += 1  # e.g. control.hangup on the control subject
-            return None
-        self.events_received += 1
-        EVENTS.labels(msg.type_name).inc()
-        with bind_call(call_id=msg.call_id, turn_id=getattr(msg, "turn_id", "")):
-            if isinstance(msg, StageError):
-                log.warning("recorder.stage_error", stage=msg.stage, kind=msg.kind, retryable=msg.retryable)
-            elif isinstance(msg, CallStarted | CallEnded):
-                log.info("recorder.call_event", type=msg.type_name)
-            public = await self._publish_public(msg)
-            record = Record(msg, public)
-            for writer in self.writers:
-                writer.submit(record)
-        return None
-
-    async def _publish_public(self, msg: Message) -> bytes | None:
-        event = public_event(msg)
-        if event is None:
-            return None
-        key = (msg.type_name, msg.call_id, str(getattr(msg, "turn_id", "")), msg.ts_ms)
-        if key in self._public_seen:
-            return None
-        self._public_seen[key] = None
-        if len(self._public_seen) > _SEEN_MAX:
-            self._public_seen.popitem(last=False)
-        payload: bytes = encode_public(event)
-        assert self._bus is not None
-        try:
-            await self._bus.publish_bytes(subjects.call_event(event["type"]), payload)
-        except Exception as exc:
-            log.warning("recorder.public_publish_failed", type=event["type"], error=type(exc).__name__)
-        PUBLIC_EVENTS.labels(event["type"]).inc()
-        return payload
+    async def caught_up(self) -> bool:
+        """Every store has written (or parked) every event in the stream so far."""
+        return all([await c.caught_up() for c in self.consumers])
 
     async def drain(self, timeout: float) -> None:
-        """Stop taking events, write what is queued (up to ``timeout``), then close the stores."""
+        """Finish the batches in hand, then stop; anything unacked is delivered again later."""
         self._accepting = False
-        for sub in self._subs:
-            await sub.unsubscribe()
-        self._subs.clear()
-        per_writer = timeout / max(1, len(self.writers))
-        for writer in self.writers:
-            if not await writer.flush(per_writer):
-                log.warning("recorder.flush_timeout", store=writer.name, queued=writer.queue.qsize())
-        for writer in self.writers:
-            await writer.stop()
-        log.info("recorder.drained", events=self.events_received)
+        await asyncio.gather(*(consumer.stop(timeout) for consumer in self.consumers))
+        log.info("recorder.drained", written={c.name: c.written for c in self.consumers})
 
     def ready(self) -> bool:
-        # stores that are down do not make the recorder unready: it queues and reconnects
+        # stores that are down do not make the recorder unready: events wait in the stream
         return self._accepting
 
     def stores_up(self) -> dict[str, bool]:
-        return {writer.name: writer.state == "up" for writer in self.writers}
+        return {c.name: c.state == "up" for c in self.consumers}
 
     def health(self) -> dict[str, Any]:
-        stores: dict[str, Any] = {writer.name: writer.health() for writer in self.writers}
-        stores["mongo"] = {"state": "disabled" if self.settings.mongo_uri is None else "not_implemented"}
+        stores: dict[str, Any] = {c.name: c.health() for c in self.consumers}
+        if self.settings.mongo_uri is None:
+            stores["mongo"] = {"state": "disabled"}
         return {
             "instance_id": self.settings.instance_id,
+            "stream": self.settings.stream_name,
             "stores": stores,
-            "events_received": self.events_received,
-            "events_ignored": self.events_ignored,
         }
 
     def asgi_app(self) -> Starlette | None:

@@ -1,7 +1,7 @@
 """Pure translations from wire messages: public call events (JSON) and per-turn latencies.
 
 The public event shape is a contract for other systems (docs/call_events.md):
-``{"type": ..., "v": 1, "call_id": ..., "ts_ms": ..., "data": {...}}``.
+``{"id": ..., "type": ..., "v": 1, "call_id": ..., "ts_ms": ..., "data": {...}}`` (docs/asyncapi.yaml).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from voiceplatform.turn_figures import turn_figures
 from voiceplatform.wire import CallEnded, CallStarted, ControlInterrupt, Message, PromptSwitched, TurnMetrics
 
 PUBLIC_EVENT_VERSION = 1
@@ -21,22 +22,6 @@ def ms_to_datetime(ts_ms: int) -> datetime | None:
     if ts_ms <= 0:
         return None
     return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
-
-
-def turn_latencies(m: TurnMetrics) -> dict[str, int | None]:
-    """Each stage's time from the end of the caller's speech, None when the stage did not happen."""
-
-    def since_speech_end(ts_ms: int) -> int | None:
-        if m.speech_end_ts_ms <= 0 or ts_ms <= 0:
-            return None
-        return ts_ms - m.speech_end_ts_ms
-
-    return {
-        "asr_ms": since_speech_end(m.asr_final_ts_ms),
-        "llm_first_sentence_ms": since_speech_end(m.first_sentence_ts_ms),
-        "tts_first_audio_ms": since_speech_end(m.first_audio_ts_ms),
-        "voice_to_voice_ms": since_speech_end(m.first_played_ts_ms),
-    }
 
 
 def _data(msg: Message) -> tuple[str, dict[str, Any]] | None:
@@ -57,7 +42,7 @@ def _data(msg: Message) -> tuple[str, dict[str, Any]] | None:
                 "interrupted": msg.interrupted,
                 "played_text": msg.played_text,
                 "speech_end_ts_ms": msg.speech_end_ts_ms or None,
-                "latency": turn_latencies(msg),
+                "latency": dict(turn_figures(msg)),
             }
         case PromptSwitched():
             return "prompt.switched", {
@@ -82,13 +67,20 @@ def _data(msg: Message) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-def public_event(msg: Message) -> dict[str, Any] | None:
-    """The public event for a wire message, or None when the message has none."""
+def public_event(msg: Message, event_id: str, summary: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The public event for a wire message, or None when the message has none.
+
+    ``event_id`` is the stored event's id (the same on every redelivery, so subscribers can drop
+    repeats); ``summary`` is the call's summary, carried by ``call.ended``.
+    """
     found = _data(msg)
     if found is None:
         return None
     event_type, data = found
+    if summary is not None and event_type == "call.ended":
+        data["summary"] = summary
     return {
+        "id": event_id,
         "type": event_type,
         "v": PUBLIC_EVENT_VERSION,
         "call_id": msg.call_id,

@@ -6,15 +6,15 @@ from prometheus_client import Counter, Gauge
 
 SERVICE = "recorder"
 
-EVENTS = Counter("vp_recorder_events_total", "Events received by the recorder, by type", ["type"])
 STORE_WRITES = Counter(
-    "vp_recorder_store_writes_total", "Store writes by store and outcome (ok, failed)", ["store", "outcome"]
-)
-STORE_DROPPED = Counter(
-    "vp_recorder_store_dropped_total",
-    "Events a store did not record, by store and reason (queue_full, rejected, shutdown)",
-    ["store", "reason"],
+    "vp_recorder_store_writes_total", "Events written by store and outcome (ok, failed)", ["store", "outcome"]
 )
 STORE_UP = Gauge("vp_recorder_store_up", "1 when the store is connected", ["store"])
-QUEUE_DEPTH = Gauge("vp_recorder_queue_depth", "Events waiting for a store", ["store"])
+PARKED = Counter(
+    "vp_recorder_parked_total",
+    "Events set aside in the parked stream, by store and reason (malformed, unknown version, rejected)",
+    ["store", "reason"],
+)
+BACKLOG = Gauge("vp_recorder_backlog_events", "Events in the stream not yet written by the store", ["store"])
+LAG = Gauge("vp_recorder_lag_seconds", "Age of the newest event the store has written", ["store"])
 PUBLIC_EVENTS = Counter("vp_recorder_public_events_total", "Public call events published, by type", ["type"])

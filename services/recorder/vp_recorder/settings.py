@@ -1,6 +1,10 @@
-"""Recorder process settings (env prefix ``VP_``; NATS_URL, POSTGRES_DSN, REDIS_URL, MONGO_URI)."""
+"""Recorder process settings (env prefix ``VP_``; NATS_URL, POSTGRES_DSN, REDIS_URL, MONGO_URI, TG_*)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
 
 from voiceplatform.config import ServiceSettings
 
@@ -8,12 +12,33 @@ from voiceplatform.config import ServiceSettings
 class RecorderSettings(ServiceSettings):
     # schema holding the recorder's tables (created when missing); tests use one per test
     postgres_schema: str = "public"
-    # live call state in Redis expires this long after its last write
+    mongo_database: str = "voice_platform"
+    # live call state in Redis expires this long after its last write (seed contract: 30 minutes)
     redis_ttl_s: int = 1800
-    # events waiting for one store; past this, new events for that store are dropped and counted
-    store_queue_max: int = 10_000
-    # reconnect back-off for a store that is down: doubles from min to max
-    store_retry_min_s: float = 0.2
-    store_retry_max_s: float = 10.0
     # how many recent history entries are searched when an entry of a turn is updated in place
     history_scan: int = 100
+
+    # JetStream: the stream capturing call events, and the durable consumers' name prefix (one
+    # consumer per store). Events older than max_age are gone: a store down longer loses them.
+    stream_name: str = "VP_CALL_EVENTS"
+    stream_max_age_s: float = 3 * 24 * 3600
+    stream_max_bytes: int = 4 * 1024**3
+    parked_stream_name: str = "VP_PARKED"
+    parked_max_age_s: float = 30 * 24 * 3600
+    durable_prefix: str = "recorder"
+    # events handed to a store at once (one Postgres transaction when catching up)
+    batch_max: int = 500
+    # an event not acked this long after delivery is delivered again (to this or another recorder)
+    ack_wait_s: float = 30.0
+
+    # reconnect back-off for a store that is down: doubles from min to max
+    store_retry_min_s: float = 0.2
+    store_retry_max_s: float = 5.0
+
+    # JSON call logs under <call_logs_dir or robots_dir>/<robot>/logs/
+    call_logs: bool = True
+    call_logs_dir: Path | None = None
+    # Telegram call reports; off unless both are set
+    tg_token: SecretStr | None = Field(default=None, validation_alias="TG_TOKEN")
+    tg_chat_id: str | None = Field(default=None, validation_alias="TG_CHAT_ID")
+    tg_api_url: str = Field(default="https://api.telegram.org", validation_alias="TG_API_URL")

@@ -1,29 +1,46 @@
-"""PostgreSQL: one row per call, one per turn. Every write is an idempotent upsert.
+"""PostgreSQL: calls, their turns and every call event. Every write is idempotent.
 
-Events of one call can arrive out of order (several recorders share the queue group), so any event
-first makes sure its call row exists, and ``call.started`` fills the row in without undoing an end.
+A batch is one transaction: the events go into ``call_events`` keyed by (call id, stream sequence),
+then each event updates its call or turn row with an upsert, then the call's derived columns
+(turns, barge-ins, errors, last prompt, voice-to-voice p50/max) are recomputed from what is stored.
+Recomputing instead of incrementing makes a redelivered or out-of-order event harmless (several
+recorders may share the consumer).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
+import msgspec
 
-from voiceplatform.wire import CallEnded, CallStarted, Message, TurnMetrics
-from vp_recorder.events import ms_to_datetime, turn_latencies
+from voiceplatform.turn_figures import turn_figures
+from voiceplatform.wire import AsrFinal, CallEnded, CallStarted, LlmDone, TurnMetrics
+from vp_recorder.directory import record_caller, sync_scenarios
+from vp_recorder.events import ms_to_datetime
 from vp_recorder.migrate import apply_migrations
-from vp_recorder.writer import Record
+from vp_recorder.stored import StoredEvent
 
 CONNECT_TIMEOUT_S = 5.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 COMMAND_TIMEOUT_S = 10.0
 
+_INSERT_EVENT = """
+INSERT INTO call_events (call_id, seq, type, turn_id, at, subject, data)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+ON CONFLICT (call_id, seq) DO NOTHING
+"""
+
 _UPSERT_STARTED = """
-INSERT INTO calls (call_id, caller, robot, mode, channel, status, started_at)
-VALUES ($1, $2, $3, $4, $5, 'active', $6)
+INSERT INTO calls (call_id, caller, robot, mode, channel, status, started_at, sample_rate, gateway_id)
+VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8)
 ON CONFLICT (call_id) DO UPDATE SET
     caller = EXCLUDED.caller, robot = EXCLUDED.robot, mode = EXCLUDED.mode,
-    channel = EXCLUDED.channel, started_at = EXCLUDED.started_at, updated_at = now()
+    channel = EXCLUDED.channel, started_at = EXCLUDED.started_at, sample_rate = EXCLUDED.sample_rate,
+    gateway_id = EXCLUDED.gateway_id, updated_at = now()
 """
 
 _UPSERT_ENDED = """
@@ -35,7 +52,6 @@ ON CONFLICT (call_id) DO UPDATE SET
     duration_sec = COALESCE(EXCLUDED.duration_sec,
                             EXTRACT(EPOCH FROM EXCLUDED.ended_at - calls.started_at)::double precision),
     end_reason = EXCLUDED.end_reason,
-    turns = (SELECT count(*) FROM call_turns t WHERE t.call_id = calls.call_id),
     updated_at = now()
 """
 
@@ -45,18 +61,47 @@ INSERT INTO calls (call_id, started_at) VALUES ($1, $2) ON CONFLICT (call_id) DO
 
 _UPSERT_TURN = """
 INSERT INTO call_turns (call_id, turn_id, user_text, bot_text, interrupted, played_text, speech_end_at,
-                        asr_ms, llm_first_sentence_ms, tts_first_audio_ms, voice_to_voice_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                        asr_ms, llm_first_sentence_ms, tts_first_audio_ms, voice_to_voice_ms,
+                        asr_latency_ms, llm_latency_ms, tts_latency_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (call_id, turn_id) DO UPDATE SET
     user_text = EXCLUDED.user_text, bot_text = EXCLUDED.bot_text, interrupted = EXCLUDED.interrupted,
     played_text = EXCLUDED.played_text, speech_end_at = EXCLUDED.speech_end_at,
     asr_ms = EXCLUDED.asr_ms, llm_first_sentence_ms = EXCLUDED.llm_first_sentence_ms,
-    tts_first_audio_ms = EXCLUDED.tts_first_audio_ms, voice_to_voice_ms = EXCLUDED.voice_to_voice_ms
+    tts_first_audio_ms = EXCLUDED.tts_first_audio_ms, voice_to_voice_ms = EXCLUDED.voice_to_voice_ms,
+    asr_latency_ms = EXCLUDED.asr_latency_ms, llm_latency_ms = EXCLUDED.llm_latency_ms,
+    tts_latency_ms = EXCLUDED.tts_latency_ms
 """
 
-_COUNT_TURNS = """
-UPDATE calls SET turns = (SELECT count(*) FROM call_turns t WHERE t.call_id = $1), updated_at = now()
-WHERE call_id = $1
+# providers and usage come from the stages themselves, possibly before the gateway's account
+_UPSERT_TURN_LLM = """
+INSERT INTO call_turns (call_id, turn_id, llm_provider, prompt_tokens, completion_tokens)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (call_id, turn_id) DO UPDATE SET
+    llm_provider = EXCLUDED.llm_provider, prompt_tokens = EXCLUDED.prompt_tokens,
+    completion_tokens = EXCLUDED.completion_tokens
+"""
+
+_UPSERT_TURN_ASR = """
+INSERT INTO call_turns (call_id, turn_id, asr_provider) VALUES ($1, $2, $3)
+ON CONFLICT (call_id, turn_id) DO UPDATE SET asr_provider = EXCLUDED.asr_provider
+"""
+
+_REFRESH_CALL = """
+UPDATE calls c SET
+    turns = (SELECT count(DISTINCT e.turn_id) FROM call_events e
+             WHERE e.call_id = c.call_id AND e.type = 'turn.metrics'),
+    barge_ins = (SELECT count(DISTINCT e.turn_id) FROM call_events e
+                 WHERE e.call_id = c.call_id AND e.type = 'control.interrupt'),
+    errors = (SELECT count(*) FROM call_events e WHERE e.call_id = c.call_id AND e.type = 'stage.error'),
+    last_prompt = COALESCE((SELECT e.data->>'to_prompt' FROM call_events e
+                            WHERE e.call_id = c.call_id AND e.type = 'prompt.switched'
+                            ORDER BY e.at DESC, e.seq DESC LIMIT 1), c.last_prompt),
+    voice_to_voice_p50_ms = (SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY t.voice_to_voice_ms))
+                             FROM call_turns t WHERE t.call_id = c.call_id),
+    voice_to_voice_max_ms = (SELECT max(t.voice_to_voice_ms) FROM call_turns t WHERE t.call_id = c.call_id),
+    updated_at = now()
+WHERE c.call_id = $1
 """
 
 _TRANSIENT = (
@@ -75,13 +120,16 @@ def quote_ident(name: str) -> str:
 class PostgresStore:
     name = "postgres"
 
-    def __init__(self, dsn: str, schema: str = "public") -> None:
+    def __init__(self, dsn: str, schema: str = "public", robots_dir: Path | None = None) -> None:
         self._dsn = dsn
         self.schema = schema
+        # the robots' prompts are synced into ``scenarios`` on every connect (unchanged ones cost a
+        # hash comparison)
+        self.robots_dir = robots_dir
         self._conn: asyncpg.Connection | None = None
 
-    def accepts(self, message: Message) -> bool:
-        return isinstance(message, CallStarted | CallEnded | TurnMetrics)
+    def accepts(self, message: object) -> bool:
+        return True  # every event goes into call_events
 
     async def connect(self) -> None:
         await self.close()
@@ -95,6 +143,8 @@ class PostgresStore:
                     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
             await conn.execute(f"SET search_path TO {quote_ident(self.schema)}")
             await apply_migrations(conn)
+            if self.robots_dir is not None:
+                await sync_scenarios(conn, self.robots_dir)
         except BaseException:
             await conn.close(timeout=2)
             raise
@@ -111,11 +161,23 @@ class PostgresStore:
     def is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, _TRANSIENT)
 
-    async def write(self, record: Record) -> None:
+    async def write(self, events: Sequence[StoredEvent]) -> None:
         conn = self._conn
         if conn is None or conn.is_closed():
             raise ConnectionError("postgres not connected")
-        msg = record.message
+        async with conn.transaction():
+            await conn.executemany(_INSERT_EVENT, [_event_row(e) for e in events])
+            # any event may come before call.started (several recorders, redelivery): the row first
+            await conn.executemany(
+                _ENSURE_CALL, [(call_id, ms_to_datetime(ts)) for call_id, ts in _earliest(events).items()]
+            )
+            for event in events:
+                await self._apply(conn, event)
+            for call_id in dict.fromkeys(e.call_id for e in events):
+                await conn.execute(_REFRESH_CALL, call_id)
+
+    async def _apply(self, conn: asyncpg.Connection, event: StoredEvent) -> None:
+        msg = event.message
         if isinstance(msg, CallStarted):
             await conn.execute(
                 _UPSERT_STARTED,
@@ -125,31 +187,60 @@ class PostgresStore:
                 msg.mode,
                 msg.channel,
                 ms_to_datetime(msg.ts_ms),
+                msg.sample_rate,
+                msg.gateway_id,
             )
+            if msg.channel == "phone":
+                await record_caller(conn, msg.caller, msg.call_id, ms_to_datetime(msg.ts_ms) or _EPOCH)
         elif isinstance(msg, CallEnded):
             ended_at = ms_to_datetime(msg.ts_ms)
             duration = msg.duration_ms / 1000 if msg.duration_ms > 0 else None
             started_at = ms_to_datetime(msg.ts_ms - msg.duration_ms)
             await conn.execute(_UPSERT_ENDED, msg.call_id, started_at, ended_at, duration, msg.reason)
         elif isinstance(msg, TurnMetrics):
-            await self._write_turn(conn, msg)
-
-    async def _write_turn(self, conn: asyncpg.Connection, m: TurnMetrics) -> None:
-        lat = turn_latencies(m)
-        async with conn.transaction():
-            await conn.execute(_ENSURE_CALL, m.call_id, ms_to_datetime(m.speech_end_ts_ms or m.ts_ms))
+            fig = turn_figures(msg)
             await conn.execute(
                 _UPSERT_TURN,
-                m.call_id,
-                m.turn_id,
-                m.user_text,
-                m.bot_text,
-                m.interrupted,
-                m.played_text,
-                ms_to_datetime(m.speech_end_ts_ms),
-                lat["asr_ms"],
-                lat["llm_first_sentence_ms"],
-                lat["tts_first_audio_ms"],
-                lat["voice_to_voice_ms"],
+                msg.call_id,
+                msg.turn_id,
+                msg.user_text,
+                msg.bot_text,
+                msg.interrupted,
+                msg.played_text,
+                ms_to_datetime(msg.speech_end_ts_ms),
+                fig["asr_ms"],
+                fig["llm_first_sentence_ms"],
+                fig["tts_first_audio_ms"],
+                fig["voice_to_voice_ms"],
+                fig["asr_latency_ms"],
+                fig["llm_latency_ms"],
+                fig["tts_latency_ms"],
             )
-            await conn.execute(_COUNT_TURNS, m.call_id)
+        elif isinstance(msg, LlmDone):
+            await conn.execute(
+                _UPSERT_TURN_LLM,
+                msg.call_id,
+                msg.turn_id,
+                msg.provider,
+                msg.prompt_tokens,
+                msg.completion_tokens,
+            )
+        elif isinstance(msg, AsrFinal):
+            await conn.execute(_UPSERT_TURN_ASR, msg.call_id, msg.turn_id, msg.provider)
+
+
+def _earliest(events: Sequence[StoredEvent]) -> dict[str, int]:
+    """Each call's earliest known moment in the batch (a call.ended implies its start)."""
+    found: dict[str, int] = {}
+    for event in events:
+        msg = event.message
+        ts = msg.ts_ms - msg.duration_ms if isinstance(msg, CallEnded) else msg.ts_ms
+        found[msg.call_id] = min(ts, found.get(msg.call_id, ts))
+    return found
+
+
+def _event_row(event: StoredEvent) -> tuple[object, ...]:
+    msg = event.message
+    at = ms_to_datetime(msg.ts_ms) or _EPOCH
+    data = msgspec.json.encode(msg).decode()
+    return (event.call_id, event.seq, msg.type_name, getattr(msg, "turn_id", ""), at, event.subject, data)

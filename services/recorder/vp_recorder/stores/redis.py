@@ -11,6 +11,7 @@ Keys (all expire ``ttl_s`` after the last write to the call):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -30,7 +31,8 @@ from voiceplatform.wire import (
     TurnMetrics,
 )
 from vp_recorder.events import REDIS_CHANNEL
-from vp_recorder.writer import Record
+from vp_recorder.public import PublicEvents
+from vp_recorder.stored import StoredEvent
 
 SOCKET_TIMEOUT_S = 5.0
 # bot turns interrupted before their llm.done arrived, per call (bounded: forgotten at call end)
@@ -57,8 +59,11 @@ def turns_key(call_id: str) -> str:
 class RedisStore:
     name = "redis"
 
-    def __init__(self, url: str, ttl_s: int = 1800, history_scan: int = 100) -> None:
+    def __init__(
+        self, url: str, public: PublicEvents | None, ttl_s: int = 1800, history_scan: int = 100
+    ) -> None:
         self._url = url
+        self._public = public
         self.ttl_s = ttl_s
         self.history_scan = history_scan
         self._client: aioredis.Redis | None = None
@@ -94,11 +99,15 @@ class RedisStore:
     def is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, _TRANSIENT)
 
-    async def write(self, record: Record) -> None:
+    async def write(self, events: Sequence[StoredEvent]) -> None:
         r = self._client
         if r is None:
             raise ConnectionError("redis not connected")
-        msg = record.message
+        for event in events:
+            await self._write_one(r, event)
+
+    async def _write_one(self, r: aioredis.Redis, event: StoredEvent) -> None:
+        msg = event.message
         fields: HashFields = {}
         set_if_missing: HashFields = {}
         if isinstance(msg, CallStarted):
@@ -129,7 +138,8 @@ class RedisStore:
                 self._remember_interrupt(msg)
         elif isinstance(msg, TurnMetrics):
             fields = await self._record_turn(r, msg)
-        await self._finish(r, msg.call_id, fields, set_if_missing, record.public)
+        public = await self._public.payload(event) if self._public is not None else None
+        await self._finish(r, msg.call_id, fields, set_if_missing, public[1] if public else None)
 
     async def _record_turn(self, r: aioredis.Redis, m: TurnMetrics) -> HashFields:
         """The gateway's account of a turn is final: it corrects the history entries of the turn."""
