@@ -22,7 +22,7 @@ class RecorderSettings(ServiceSettings):
     # consumer per store). Events older than max_age are gone: a store down longer loses them.
     stream_name: str = "VP_CALL_EVENTS"
     stream_max_age_s: float = 3 * 24 * 3600
-    stream_max_bytes: int = 4 * 1024**3
+    stream_max_bytes: int = 1024**3
     parked_stream_name: str = "VP_PARKED"
     parked_max_age_s: float = 30 * 24 * 3600
     durable_prefix: str = "recorder"

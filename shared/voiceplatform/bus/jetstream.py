@@ -110,7 +110,8 @@ class DurableConsumer:
             raise RuntimeError("consumer not started")
         try:
             return await self._psub.fetch(batch, timeout=timeout_s)
-        except nats.errors.TimeoutError:
+        except TimeoutError:
+            # nats.errors.TimeoutError, and a bare asyncio timeout from the client's own wait
             return []
 
     async def pending(self) -> int:
@@ -146,7 +147,7 @@ async def read_subject(
         while remaining > 0:
             try:
                 msgs = await psub.fetch(min(batch, remaining), timeout=timeout_s)
-            except nats.errors.TimeoutError:
+            except TimeoutError:
                 break  # messages removed (age, purge) since the count: what came is all there is
             found.extend(msgs)
             remaining = int(msgs[-1].metadata.num_pending) if msgs else 0
