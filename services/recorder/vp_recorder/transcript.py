@@ -26,10 +26,8 @@ from typing import Any
 from voiceplatform.turn_figures import turn_figures
 from voiceplatform.wire import (
     AsrFinal,
-    AsrPartial,
     CallEnded,
     CallStarted,
-    ControlHangup,
     ControlInterrupt,
     LlmDone,
     LlmSentence,
@@ -37,11 +35,11 @@ from voiceplatform.wire import (
     PlaybackStarted,
     PromptSwitched,
     StageError,
-    TtsAudio,
     TurnMetrics,
     VadSpeechEnded,
     VadSpeechStarted,
 )
+from vp_recorder.pipeline_log import log_entry, offset_ms
 from vp_recorder.stored import StoredEvent
 
 TRANSCRIPT_VERSION = 1
@@ -125,12 +123,6 @@ def _first(events: list[StoredEvent], kind: type[Message]) -> Any:
     return next((e.message for e in events if isinstance(e.message, kind)), None)
 
 
-def _offset(ts_ms: int | None, start_ms: int | None) -> int | None:
-    if ts_ms is None or ts_ms <= 0 or start_ms is None:
-        return None
-    return ts_ms - start_ms
-
-
 def build_transcript(events: Sequence[StoredEvent]) -> dict[str, Any]:
     """The transcript document of one call from its stored events (any order, repeats allowed)."""
     stream = _unique_in_order(events)
@@ -180,7 +172,7 @@ def build_transcript(events: Sequence[StoredEvent]) -> dict[str, Any]:
         "events": len(stream),
         "last_seq": stream[-1].seq if stream else None,
         "segments": segments,
-        "pipeline_log": [_log_entry(e, start_ms) for e in stream],
+        "pipeline_log": [log_entry(e, start_ms) for e in stream],
         "metadata": metadata,
     }
 
@@ -240,8 +232,8 @@ def _user_segment(turn: _Turn, start_ms: int | None, prompt: str | None) -> dict
         "text": text,
         "played_text": text,
         "interrupted": False,
-        "started_offset_ms": _offset(turn.vad_started.ts_ms if turn.vad_started else None, start_ms),
-        "ended_offset_ms": _offset(speech_end, start_ms),
+        "started_offset_ms": offset_ms(turn.vad_started.ts_ms if turn.vad_started else None, start_ms),
+        "ended_offset_ms": offset_ms(speech_end, start_ms),
         "asr_latency_ms": _figures(turn).get("asr_latency_ms"),
         "llm_latency_ms": None,
         "tts_latency_ms": None,
@@ -272,13 +264,13 @@ def _assistant_segment(turn: _Turn, start_ms: int | None, prompt: str | None) ->
     first_played = (turn.playback.ts_ms if turn.playback is not None else 0) or (
         m.first_played_ts_ms if m is not None else 0
     )
-    started = _offset(first_played, start_ms)
+    started = offset_ms(first_played, start_ms)
     ended: int | None = None
     if started is not None:
         if interrupted and interrupt is not None:
-            ended = _offset(interrupt.ts_ms, start_ms)
+            ended = offset_ms(interrupt.ts_ms, start_ms)
         elif m is not None:
-            ended = _offset(m.ts_ms, start_ms)  # sent when the turn's playout finished
+            ended = offset_ms(m.ts_ms, start_ms)  # sent when the turn's playout finished
     figures = _figures(turn)
     return {
         "turn_id": turn.turn_id,
@@ -328,7 +320,7 @@ def _metadata(
                         "to": msg.to_prompt,
                         "matched": msg.matched,
                         "ts_ms": msg.ts_ms,
-                        "offset_ms": _offset(msg.ts_ms, start_ms),
+                        "offset_ms": offset_ms(msg.ts_ms, start_ms),
                     }
                 )
             case StageError() as msg:
@@ -340,7 +332,7 @@ def _metadata(
                         "detail": msg.detail,
                         "retryable": msg.retryable,
                         "ts_ms": msg.ts_ms,
-                        "offset_ms": _offset(msg.ts_ms, start_ms),
+                        "offset_ms": offset_ms(msg.ts_ms, start_ms),
                     }
                 )
     # a barge-in names the caller turn that interrupted; the end of the call interrupts without one
@@ -360,69 +352,3 @@ def _metadata(
         "errors": len(stage_errors),
         "stage_errors": stage_errors,
     }
-
-
-def _log_entry(event: StoredEvent, start_ms: int | None) -> dict[str, Any]:
-    msg = event.message
-    turn_id = getattr(msg, "turn_id", "")
-    return {
-        "seq": event.seq,
-        "event_id": event.event_id,
-        "type": msg.type_name,
-        "ts_ms": msg.ts_ms,
-        "offset_ms": _offset(msg.ts_ms, start_ms),
-        "turn_id": turn_id if isinstance(turn_id, str) and turn_id else None,
-        "detail": _detail(msg),
-    }
-
-
-def _detail(msg: Message) -> dict[str, Any]:
-    """A few fields per type; never audio, never what another field of the document already holds."""
-    match msg:
-        case CallStarted():
-            return {
-                "robot": msg.robot,
-                "channel": msg.channel,
-                "mode": msg.mode,
-                "sample_rate": msg.sample_rate,
-            }
-        case CallEnded():
-            return {"reason": msg.reason, "duration_ms": msg.duration_ms, "turns": msg.turns}
-        case VadSpeechStarted():
-            return {"audio_offset_ms": msg.audio_offset_ms}
-        case VadSpeechEnded():
-            return {"audio_offset_ms": msg.audio_offset_ms, "speech_ms": msg.speech_ms}
-        case AsrPartial():
-            return {"text": msg.text}
-        case AsrFinal():
-            return {
-                "text": msg.text,
-                "audio_ms": msg.audio_ms,
-                "processing_ms": msg.processing_ms,
-                "provider": msg.provider,
-            }
-        case LlmSentence():
-            return {"index": msg.index, "text": msg.text, "last": msg.last}
-        case LlmDone():
-            return {
-                "sentences": msg.sentences,
-                "chars": len(msg.text),
-                "interrupted": msg.interrupted,
-                "provider": msg.provider,
-                "prompt_tokens": msg.prompt_tokens,
-                "completion_tokens": msg.completion_tokens,
-                "hangup": msg.hangup,
-            }
-        case PromptSwitched():
-            return {"from": msg.from_prompt, "to": msg.to_prompt, "matched": msg.matched}
-        case ControlInterrupt():
-            return {"by_turn_id": msg.by_turn_id, "played_ms": msg.played_ms, "played_text": msg.played_text}
-        case ControlHangup():
-            return {"reason": msg.reason, "graceful": msg.graceful}
-        case TurnMetrics():
-            return {"interrupted": msg.interrupted, **turn_figures(msg)}
-        case StageError():
-            return {"stage": msg.stage, "kind": msg.kind, "retryable": msg.retryable, "detail": msg.detail}
-        case TtsAudio():
-            return {"index": msg.index, "chunk": msg.seq, "last": msg.last, "bytes": len(msg.pcm)}
-    return {}
