@@ -37,12 +37,14 @@ def test_every_public_type_and_none_for_internal_messages() -> None:
             CallStarted(call_id="c", robot="r", channel="web", sample_rate=16000),
             TurnMetrics(call_id="c", turn_id="t"),
             PromptSwitched(call_id="c", turn_id="t", from_prompt="a", to_prompt="b"),
-            ControlInterrupt(call_id="c", turn_id="t"),
+            ControlInterrupt(call_id="c", turn_id="t", by_turn_id="t2"),
             CallEnded(call_id="c", reason="hangup"),
         )
     ]
     assert types == ["call.started", "turn.completed", "prompt.switched", "barge_in", "call.ended"]
     assert public_event(AsrFinal(call_id="c", turn_id="t", text="x"), "id") is None
+    # the gateway interrupts playout when the call ends too: that is no caller barge-in
+    assert public_event(ControlInterrupt(call_id="c", turn_id="t"), "id") is None
 
 
 def test_turn_completed_latencies_and_missing_stages() -> None:

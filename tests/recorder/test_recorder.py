@@ -70,7 +70,8 @@ def call_sequence(call_id: str) -> list[tuple[str, Message]]:
         (lc, PromptSwitched(**c, turn_id=t2, from_prompt="main", to_prompt="sales", ts_ms=T0 + 5500)),
         (asr, AsrFinal(**c, turn_id=t2, text="хочу купить", ts_ms=T0 + 5600)),
         (llm, LlmDone(**c, turn_id=t2, text="Отлично, у нас есть три тарифа.", sentences=1, ts_ms=T0 + 6000)),
-        (ctl, ControlInterrupt(**c, turn_id=t2, played_ms=400, played_text="Отлично,", ts_ms=T0 + 6500)),
+        (ctl, ControlInterrupt(**c, turn_id=t2, by_turn_id=f"{call_id}-t3", played_ms=400,
+                               played_text="Отлично,", ts_ms=T0 + 6500)),
         (
             lc,
             TurnMetrics(
@@ -217,7 +218,7 @@ async def test_full_call_is_recorded_in_postgres_and_redis(
     }  # fmt: skip
     assert mine[3]["data"] == {
         "turn_id": f"{call_id}-t2",
-        "by_turn_id": "",
+        "by_turn_id": f"{call_id}-t3",
         "played_ms": 400,
         "played_text": "Отлично,",
     }
@@ -376,7 +377,7 @@ async def test_interrupt_before_llm_done_truncates_the_bot_entry(
         [
             (
                 subjects.control(call_id),
-                ControlInterrupt(call_id=call_id, turn_id="t1", played_text="Сейчас"),
+                ControlInterrupt(call_id=call_id, turn_id="t1", by_turn_id="t2", played_text="Сейчас"),
             ),
             (
                 subjects.llm_done(call_id),

@@ -51,7 +51,8 @@ def _data(msg: Message) -> tuple[str, dict[str, Any]] | None:
                 "to_prompt": msg.to_prompt,
                 "matched": msg.matched,
             }
-        case ControlInterrupt():
+        case ControlInterrupt() if msg.by_turn_id:
+            # only the caller's barge-in; the gateway also interrupts playout when a call ends
             return "barge_in", {
                 "turn_id": msg.turn_id,
                 "by_turn_id": msg.by_turn_id,

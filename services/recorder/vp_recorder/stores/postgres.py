@@ -92,7 +92,8 @@ UPDATE calls c SET
     turns = (SELECT count(DISTINCT e.turn_id) FROM call_events e
              WHERE e.call_id = c.call_id AND e.type = 'turn.metrics'),
     barge_ins = (SELECT count(DISTINCT e.turn_id) FROM call_events e
-                 WHERE e.call_id = c.call_id AND e.type = 'control.interrupt'),
+                 WHERE e.call_id = c.call_id AND e.type = 'control.interrupt'
+                   AND e.data->>'by_turn_id' <> ''),
     errors = (SELECT count(*) FROM call_events e WHERE e.call_id = c.call_id AND e.type = 'stage.error'),
     last_prompt = COALESCE((SELECT e.data->>'to_prompt' FROM call_events e
                             WHERE e.call_id = c.call_id AND e.type = 'prompt.switched'
