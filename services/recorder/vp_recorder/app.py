@@ -20,6 +20,7 @@ from voiceplatform import subjects
 from voiceplatform.bus import Bus
 from voiceplatform.bus.jetstream import DurableConsumer, StreamSpec, ensure_stream
 from voiceplatform.bus.nats import NatsBus
+from vp_recorder.api import RecorderApi, build_api
 from vp_recorder.consumer import Parker, StoreConsumer
 from vp_recorder.metrics import SERVICE
 from vp_recorder.public import NatsEventsStore, PublicEvents
@@ -54,6 +55,11 @@ def parked_stream(settings: RecorderSettings) -> StreamSpec:
     )
 
 
+def mongo_configured(settings: RecorderSettings) -> bool:
+    # an empty MONGO_URI (compose's ${MONGO_URI:-}) means "no MongoDB", like an unset one
+    return settings.mongo_uri is not None and bool(settings.mongo_uri.get_secret_value())
+
+
 class RecorderService:
     name = SERVICE
 
@@ -61,7 +67,8 @@ class RecorderService:
         self.settings = settings
         self.consumers: list[StoreConsumer] = []
         self._accepting = False
-        self._mongo_state = "disabled"
+        # made before start(): the runner builds the HTTP app before it starts the service
+        self.api = RecorderApi(settings)
 
     def build_stores(self, bus: NatsBus, reader: CallEventReader) -> list[Store]:
         s = self.settings
@@ -73,7 +80,7 @@ class RecorderService:
         ]
         if s.call_logs:
             telegram = None
-            if s.tg_token is not None and s.tg_chat_id:
+            if s.tg_token is not None and s.tg_token.get_secret_value() and s.tg_chat_id:
                 telegram = TelegramReporter(s.tg_token.get_secret_value(), s.tg_chat_id, s.tg_api_url)
             stores.append(
                 ReportsStore(
@@ -84,9 +91,9 @@ class RecorderService:
                     retry_max_s=60.0,
                 )
             )
-        if s.mongo_uri is not None:
+        if mongo_configured(s):
+            assert s.mongo_uri is not None
             stores.append(MongoStore(s.mongo_uri.get_secret_value(), s.mongo_database, reader))
-            self._mongo_state = "enabled"
         return stores
 
     def store_consumer(self, name: str) -> StoreConsumer:
@@ -102,10 +109,12 @@ class RecorderService:
         js = bus.jetstream()
         await ensure_stream(js, call_events_stream(s))
         await ensure_stream(js, parked_stream(s))
-        if s.mongo_uri is None:
+        if not mongo_configured(s):
             log.info("recorder.mongo_disabled", why="MONGO_URI is not set: no transcripts in MongoDB")
         parker = Parker(js, s.stream_name)
-        for store in self.build_stores(bus, JetStreamCallReader(js, s.stream_name)):
+        reader = JetStreamCallReader(js, s.stream_name)
+        self.api.reader = reader
+        for store in self.build_stores(bus, reader):
             source = DurableConsumer(
                 js, s.stream_name, f"{s.durable_prefix}_{store.name}", ack_wait_s=s.ack_wait_s
             )
@@ -125,6 +134,7 @@ class RecorderService:
         """Finish the batches in hand, then stop; anything unacked is delivered again later."""
         self._accepting = False
         await asyncio.gather(*(consumer.stop(timeout) for consumer in self.consumers))
+        await self.api.aclose()
         log.info("recorder.drained", written={c.name: c.written for c in self.consumers})
 
     def ready(self) -> bool:
@@ -136,7 +146,7 @@ class RecorderService:
 
     def health(self) -> dict[str, Any]:
         stores: dict[str, Any] = {c.name: c.health() for c in self.consumers}
-        if self.settings.mongo_uri is None:
+        if not mongo_configured(self.settings):
             stores["mongo"] = {"state": "disabled"}
         return {
             "instance_id": self.settings.instance_id,
@@ -145,4 +155,4 @@ class RecorderService:
         }
 
     def asgi_app(self) -> Starlette | None:
-        return None
+        return build_api(self.api)
