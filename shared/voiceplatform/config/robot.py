@@ -33,6 +33,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Per-provider options of a role, by provider name: {"gemini": {"models": [...]}, "yandex": {...}}.
+# Each provider validates its own entry (a pydantic model of its own) when it is built, so a typo
+# fails that provider loudly instead of being ignored. Secrets never go here: they come from env.
+ProviderOptions = dict[str, dict[str, Any]]
+
+
 class AsrConfig(_Section):
     provider: str = "whisper"
     language: str = "ru-RU"
@@ -40,6 +46,7 @@ class AsrConfig(_Section):
     beam_size: int = Field(default=1, ge=1, le=10)
     max_new_tokens: int = Field(default=96, ge=8, le=440)
     fallback: list[str] = Field(default_factory=list)
+    providers: ProviderOptions = Field(default_factory=dict)
 
 
 class LlmConfig(_Section):
@@ -50,6 +57,7 @@ class LlmConfig(_Section):
     max_tokens: int = Field(default=80, ge=1, le=4096)
     timeout_s: float = Field(default=20.0, gt=0)
     fallback: list[str] = Field(default_factory=list)
+    providers: ProviderOptions = Field(default_factory=dict)
 
 
 class TtsConfig(_Section):
@@ -58,6 +66,7 @@ class TtsConfig(_Section):
     # rate the provider synthesizes at; audio is resampled to the call's rate (8k phone, 16k web)
     sample_rate: int = Field(default=16000, ge=8000, le=48000)
     fallback: list[str] = Field(default_factory=list)
+    providers: ProviderOptions = Field(default_factory=dict)
 
 
 class VadConfig(_Section):
