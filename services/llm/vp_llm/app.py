@@ -34,6 +34,7 @@ PROVIDERS = ProviderRegistry(
     {
         "script": "vp_llm.providers.script:ScriptDialog",
         "openai": "vp_llm.providers.openai_compat:OpenAICompatible",
+        "yandex": "vp_llm.providers.yandexgpt:YandexGpt",
     },
 )
 REQUESTS_IGNORED = Counter(
