@@ -8,6 +8,7 @@ its interrupt (possible across instances) is ignored.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.logging import bind_call
 from voiceplatform.providers import LlmOptions, LlmProvider, ProviderError, ProviderRegistry
+from voiceplatform.providers.keypool import BusKeyHealthStore, KeyHealthStore
 from voiceplatform.providers.registry import aclose_all
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.recent import RecentTurns
@@ -35,6 +37,7 @@ PROVIDERS = ProviderRegistry(
         "script": "vp_llm.providers.script:ScriptDialog",
         "openai": "vp_llm.providers.openai_compat:OpenAICompatible",
         "yandex": "vp_llm.providers.yandexgpt:YandexGpt",
+        "gemini": "vp_llm.providers.gemini:GeminiLlm",
     },
 )
 REQUESTS_IGNORED = Counter(
@@ -45,8 +48,12 @@ TURN_LATENCY = metrics.STAGE_LATENCY.labels(SERVICE, "llm_turn")
 ProviderFactory = Callable[[str, RobotConfig], LlmProvider]
 
 
-def registry_factory(name: str, robot: RobotConfig) -> LlmProvider:
-    provider: LlmProvider = PROVIDERS.load(name)(robot)
+def registry_factory(name: str, robot: RobotConfig, key_health: KeyHealthStore | None = None) -> LlmProvider:
+    cls = PROVIDERS.load(name)
+    if key_health is not None and getattr(cls, "uses_key_health", False):
+        keyed: LlmProvider = cls(robot, health=key_health)
+        return keyed
+    provider: LlmProvider = cls(robot)
     return provider
 
 
@@ -74,6 +81,9 @@ class LlmService:
     # ---- Service ------------------------------------------------------------------------------
     async def start(self, bus: Bus) -> None:
         self._bus = bus
+        if self._factory is registry_factory:
+            # key cooldowns (429, invalid keys) are shared by every call and every LLM worker
+            self._factory = functools.partial(registry_factory, key_health=BusKeyHealthStore(bus))
         self._control_sub = await bus.subscribe(subjects.ANY_CONTROL, self._on_control)
         self._request_sub = await bus.subscribe(
             subjects.ANY_LLM_REQUEST, self._on_request, queue=subjects.queue_group("llm")
