@@ -9,6 +9,7 @@ the voice never changes mid-sentence.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator
@@ -18,9 +19,9 @@ import structlog
 
 from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
-from voiceplatform.config import RobotConfigError, RobotRegistry, TtsConfig
+from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry, TtsConfig
 from voiceplatform.logging import bind_call
-from voiceplatform.providers import ProviderError, ProviderRegistry, TtsProvider
+from voiceplatform.providers import ProviderError, ProviderRegistry, ProviderTimeoutError, TtsProvider
 from voiceplatform.providers.registry import UnknownProvider, aclose_all
 from voiceplatform.resampling import StreamResampler
 from voiceplatform.runtime import TaskRegistry
@@ -44,6 +45,10 @@ log = structlog.get_logger("vp_tts")
 PROVIDER_ENTRIES = {
     "festival": "vp_tts.providers.festival:FestivalTts",
     "espeak": "vp_tts.providers.espeak:EspeakTts",
+    # cloud voices: built per robot (its keys and options), see ``per_robot``
+    "yandex": "vp_tts.providers.yandex:YandexTts",
+    "elevenlabs": "vp_tts.providers.elevenlabs:ElevenLabsTts",
+    "zvukogram": "vp_tts.providers.zvukogram:ZvukogramTts",
 }
 PROVIDERS = ProviderRegistry("tts", PROVIDER_ENTRIES)
 PRELOADED = "festival"
@@ -73,6 +78,9 @@ class TtsService:
         self._tasks = TaskRegistry()
         self._interrupted = RecentTurns(settings.interrupt_memory_s)
         self._providers: dict[str, TtsProvider] = {}
+        # cloud providers hold a robot's keys: one instance per (robot, provider), rebuilt on reload
+        self._robot_providers: dict[tuple[str, str], tuple[RobotConfig, TtsProvider]] = {}
+        self._retired: list[TtsProvider] = []
         self._sentence_sub: Subscription | None = None
         self._control_sub: Subscription | None = None
         self._draining = False
@@ -131,13 +139,28 @@ class TtsService:
         return None
 
     # ---- providers ----------------------------------------------------------------------------
-    def provider(self, name: str) -> TtsProvider:
-        """The process-wide instance of provider ``name`` (built on first use)."""
-        found = self._providers.get(name)
-        if found is None:
-            found = self.registry.load(name)(self.settings)
-            self._providers[name] = found
-        return found
+    def provider(self, name: str, robot: RobotConfig | None = None) -> TtsProvider:
+        """Provider ``name``: process-wide for local engines, per robot for cloud ones."""
+        cls = self.registry.load(name)
+        if not getattr(cls, "per_robot", False):
+            found = self._providers.get(name)
+            if found is None:
+                found = cls(self.settings)
+                self._providers[name] = found
+            return found
+        if robot is None:
+            raise ProviderError(
+                name, "needs the robot's configuration, which failed to load", retryable=False
+            )
+        key = (robot.name, name)
+        cached = self._robot_providers.get(key)
+        if cached is not None and cached[0] is robot:
+            return cached[1]
+        made: TtsProvider = cls(robot)
+        if cached is not None:
+            self._retired.append(cached[1])  # config reloaded; sentences in flight may still use it
+        self._robot_providers[key] = (robot, made)
+        return made
 
     @staticmethod
     async def _start_provider(provider: TtsProvider) -> None:
@@ -153,7 +176,12 @@ class TtsService:
         return bool(check()) if check is not None else True
 
     async def close_providers(self) -> None:
-        providers, self._providers = list(self._providers.values()), {}
+        providers = [
+            *self._providers.values(),
+            *(p for _, p in self._robot_providers.values()),
+            *self._retired,
+        ]
+        self._providers, self._robot_providers, self._retired = {}, {}, []
         await aclose_all(providers)
 
     # ---- handlers -----------------------------------------------------------------------------
@@ -223,13 +251,13 @@ class TtsService:
         )
 
     # ---- one sentence -------------------------------------------------------------------------
-    def _tts_config(self, robot: str) -> TtsConfig:
+    def _robot(self, robot: str) -> RobotConfig | None:
         try:
-            return self.robots.get(robot).settings.tts
+            return self.robots.get(robot)
         except RobotConfigError as exc:
             ROBOT_CONFIG_ERRORS.inc()
             log.warning("tts.robot_config_failed", robot=robot, error=str(exc)[:200])
-            return TtsConfig(fallback=["espeak"])
+            return None
 
     async def _run_sentence(self, msg: LlmSentence, received_at: float) -> None:
         assert self._bus is not None
@@ -240,9 +268,10 @@ class TtsService:
                 await out.finish()
                 SENTENCES.labels("empty").inc()
                 return
-            cfg = self._tts_config(msg.robot)
+            robot = self._robot(msg.robot)
+            cfg = robot.settings.tts if robot is not None else TtsConfig(fallback=["espeak"])
             try:
-                tail = await self._synthesize_chain(text, cfg, out)
+                tail = await self._synthesize_chain(text, cfg, robot, out)
             except _ChainFailed as failure:
                 SENTENCES.labels("failed").inc()
                 log.error(
@@ -262,7 +291,9 @@ class TtsService:
                 pii_text=text,
             )
 
-    async def _synthesize_chain(self, text: str, cfg: TtsConfig, out: SentenceOutput) -> bytes:
+    async def _synthesize_chain(
+        self, text: str, cfg: TtsConfig, robot: RobotConfig | None, out: SentenceOutput
+    ) -> bytes:
         """Try each provider of the chain until one finishes; returns the resampler's tail."""
         chain = list(dict.fromkeys([cfg.provider, *cfg.fallback]))
         failure = _ChainFailed("no_provider", "no tts provider configured", False)
@@ -271,7 +302,7 @@ class TtsService:
                 FALLBACKS.labels(chain[position - 1], name).inc()
                 log.warning("tts.fallback", to_provider=name, from_provider=chain[position - 1])
             try:
-                tail = await self._speak(name, text, cfg.voice, out)
+                tail = await self._speak(name, text, cfg, robot, out)
             except ProviderError as exc:
                 metrics.PROVIDER_ERRORS.labels(SERVICE, name, exc.kind).inc()
                 failure = _ChainFailed(exc.kind, str(exc), exc.retryable)
@@ -291,13 +322,24 @@ class TtsService:
                 break  # part of the sentence was heard in this voice: finish it short, not twice
         raise failure
 
-    async def _speak(self, name: str, text: str, voice: str, out: SentenceOutput) -> bytes:
-        provider = self.provider(name)
+    async def _speak(
+        self, name: str, text: str, cfg: TtsConfig, robot: RobotConfig | None, out: SentenceOutput
+    ) -> bytes:
+        provider = self.provider(name, robot)
         out.provider = provider.name
         resampler = StreamResampler(provider.sample_rate, out.sample_rate)
         # providers are async generators: closing one aborts its engine call (barge-in)
-        stream = cast(AsyncGenerator[bytes, None], provider.stream_synthesize(text, voice))
+        stream = cast(AsyncGenerator[bytes, None], provider.stream_synthesize(text, cfg.voice))
         async with contextlib.aclosing(stream) as chunks:
+            try:
+                # a stream that opens but stays silent fails over like an error (nothing heard yet)
+                async with asyncio.timeout(cfg.first_audio_timeout_s):
+                    first = await anext(chunks)
+            except StopAsyncIteration:
+                return resampler.flush()
+            except TimeoutError:
+                raise ProviderTimeoutError(name, f"no audio within {cfg.first_audio_timeout_s} s") from None
+            await out.audio(resampler.feed(first))
             async for pcm in chunks:
                 await out.audio(resampler.feed(pcm))
         return resampler.flush()

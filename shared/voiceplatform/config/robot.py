@@ -67,6 +67,8 @@ class TtsConfig(_Section):
     sample_rate: int = Field(default=16000, ge=8000, le=48000)
     fallback: list[str] = Field(default_factory=list)
     providers: ProviderOptions = Field(default_factory=dict)
+    # a provider that opened its stream but sent no audio by then is abandoned for the next one
+    first_audio_timeout_s: float = Field(default=4.0, gt=0, le=60)
 
 
 class VadConfig(_Section):

@@ -184,6 +184,8 @@ class _AudioDecoder:
 
 class ElevenLabsTts:
     name = PROVIDER
+    # built per robot (its keys and options): TtsService.provider(name, robot)
+    per_robot = True
 
     def __init__(self, robot: RobotConfig, *, client: httpx.AsyncClient | None = None) -> None:
         cfg = robot.settings.tts

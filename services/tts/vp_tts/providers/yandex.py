@@ -126,6 +126,8 @@ def _looks_like_yandex_voice(voice: str) -> bool:
 
 class YandexTts:
     name = PROVIDER
+    # built per robot (its keys and options): TtsService.provider(name, robot)
+    per_robot = True
 
     def __init__(self, robot: RobotConfig, *, client: httpx.AsyncClient | None = None) -> None:
         self.options = opts = _options(robot)

@@ -118,6 +118,8 @@ def _public_url(url: str) -> str:
 
 class ZvukogramTts:
     name = PROVIDER
+    # built per robot (its keys and options): TtsService.provider(name, robot)
+    per_robot = True
 
     def __init__(self, robot: RobotConfig, *, client: httpx.AsyncClient | None = None) -> None:
         self.options = opts = _options(robot)
