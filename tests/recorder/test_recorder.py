@@ -540,3 +540,43 @@ async def test_call_end_writes_the_json_log_and_sends_the_telegram_report(
     sent = tg.calls("sendDocument")[0]
     assert sent.fields["chat_id"] == chat and sent.files["document"].content == logs[0].read_bytes()
     assert len(tg.calls("sendMessage")) == 1
+
+
+async def test_a_late_stage_event_neither_reorders_nor_overwrites_the_history(
+    gateway_bus: NatsBus, js_nats_url: str, recorder: RecorderService, redis_client: aioredis.Redis
+) -> None:
+    """What a restarted recorder sees: events of an earlier turn delivered again after later ones."""
+    call_id = new_call_id()
+    c = {"call_id": call_id}
+    asr, llm, lc = subjects.asr(call_id), subjects.llm_done(call_id), subjects.lifecycle(call_id)
+    metrics_t1 = TurnMetrics(
+        **c, turn_id="t1", user_text="привет", bot_text="Здравствуйте, чем", interrupted=True,
+        played_text="Здравствуйте,", speech_end_ts_ms=T0 + 100, ts_ms=T0 + 900,
+    )  # fmt: skip
+    await play(
+        gateway_bus,
+        [
+            (lc, metrics_t1),
+            (asr, AsrFinal(**c, turn_id="t2", text="сколько стоит", ts_ms=T0 + 2000)),
+            (llm, LlmDone(**c, turn_id="t2", text="Сто рублей.", sentences=1, ts_ms=T0 + 2500)),
+            # late: the stages' own reports of t1, after the gateway's final account of it
+            (asr, AsrFinal(**c, turn_id="t1", text="привет", ts_ms=T0 + 500)),
+            (
+                llm,
+                LlmDone(
+                    **c, turn_id="t1", text="Здравствуйте, чем могу помочь?", sentences=2, ts_ms=T0 + 800
+                ),
+            ),
+            # late and never seen before: a turn whose account never came goes where it belongs
+            (asr, AsrFinal(**c, turn_id="t0", text="алло", ts_ms=T0 + 50)),
+        ],
+    )
+    await settle(recorder, js_nats_url, 6)
+    history = [json.loads(x) for x in await redis_client.lrange(f"call:{call_id}:history", 0, -1)]
+    assert [(h["role"], h["turn_id"], h["text"]) for h in history] == [
+        ("user", "t0", "алло"),
+        ("user", "t1", "привет"),
+        ("assistant", "t1", "Здравствуйте,"),  # what the caller heard, not the late full reply
+        ("user", "t2", "сколько стоит"),
+        ("assistant", "t2", "Сто рублей."),
+    ]

@@ -30,7 +30,7 @@ from vp_recorder.stored import Store, StoredEvent
 log = structlog.get_logger("vp_recorder.consumer")
 
 StoreState = Literal["connecting", "up", "down", "stopped"]
-FETCH_TIMEOUT_S = 1.0
+FETCH_TIMEOUT_S = 0.5
 BACKLOG_EVERY_S = 2.0
 
 
@@ -99,6 +99,7 @@ class StoreConsumer:
         self.last_error = ""
         self._stopping = False
         self._busy = False  # a fetched batch is being written (stop lets it finish)
+        self._fetching = False  # a pull request is out (stop lets it return)
         self._task: asyncio.Task[None] | None = None
         self._backlog_at = 0.0
 
@@ -123,7 +124,11 @@ class StoreConsumer:
         await self._connect(batch=[])
         while not self._stopping:
             try:
-                msgs = await self.source.fetch(self.batch_max, FETCH_TIMEOUT_S)
+                self._fetching = True
+                try:
+                    msgs = await self.source.fetch(self.batch_max, FETCH_TIMEOUT_S)
+                finally:
+                    self._fetching = False
                 if msgs:
                     self._busy = True
                     try:
@@ -259,8 +264,11 @@ class StoreConsumer:
     async def stop(self, timeout_s: float) -> None:
         """Finish the batch in hand (up to ``timeout_s``), then stop; what is unacked comes again."""
         self._stopping = True
-        if self._task is not None and not self._busy:
-            self._task.cancel()  # idle in fetch (or reconnecting with nothing in hand)
+        # never cancel a fetch: the server may already have delivered its messages, which would
+        # then sit unacked until ack_wait and come back after later events. The fetch ends within
+        # FETCH_TIMEOUT_S and what it brought is written before the loop sees _stopping.
+        if self._task is not None and not (self._busy or self._fetching):
+            self._task.cancel()  # sleeping in a back-off or connecting with nothing in hand
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)

@@ -40,6 +40,8 @@ _MAX_PENDING_PER_CALL = 64
 _MAX_PENDING_CALLS = 10_000  # calls whose call.ended never came are forgotten oldest first
 
 HashFields = dict[FieldT, EncodableT]
+# what a pipeline stage reports about a turn, before the gateway's final account (turn.metrics)
+StageEvent = AsrFinal | LlmDone | ControlInterrupt
 
 _TRANSIENT = (OSError, TimeoutError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
@@ -119,27 +121,36 @@ class RedisStore:
             self._interrupted.pop(msg.call_id, None)
         elif isinstance(msg, PromptSwitched):
             fields = {"prompt": msg.to_prompt}
-        elif isinstance(msg, AsrFinal):
-            await self._put_entry(r, msg.call_id, "user", msg.turn_id, msg.text, msg.ts_ms, False)
-            fields = {"last_user_text": msg.text}
-        elif isinstance(msg, LlmDone):
-            played = self._interrupted.get(msg.call_id, {}).get(msg.turn_id)
-            text = msg.text if played is None else played
-            interrupted = msg.interrupted or played is not None
-            await self._put_entry(r, msg.call_id, "assistant", msg.turn_id, text, msg.ts_ms, interrupted)
-            fields = {"last_bot_text": text}
-        elif isinstance(msg, ControlInterrupt):
-            found = await self._put_entry(
-                r, msg.call_id, "assistant", msg.turn_id, msg.played_text, msg.ts_ms, True, append=False
-            )
-            if found:
-                fields = {"last_bot_text": msg.played_text}
-            else:
-                self._remember_interrupt(msg)
+        elif isinstance(msg, StageEvent):
+            # once the gateway's account of the turn (turn.metrics) is stored it is final: a stage
+            # event delivered again later (a recorder restart) must not overwrite it
+            if not await r.sismember(turns_key(msg.call_id), msg.turn_id):
+                fields = await self._record_stage(r, msg)
         elif isinstance(msg, TurnMetrics):
             fields = await self._record_turn(r, msg)
         public = await self._public.payload(event) if self._public is not None else None
         await self._finish(r, msg.call_id, fields, set_if_missing, public[1] if public else None)
+
+    async def _record_stage(
+        self, r: aioredis.Redis, msg: AsrFinal | LlmDone | ControlInterrupt
+    ) -> HashFields:
+        """What a stage said about a turn before the gateway's account of it arrives."""
+        if isinstance(msg, AsrFinal):
+            await self._put_entry(r, msg.call_id, "user", msg.turn_id, msg.text, msg.ts_ms, False)
+            return {"last_user_text": msg.text}
+        if isinstance(msg, LlmDone):
+            played = self._interrupted.get(msg.call_id, {}).get(msg.turn_id)
+            text = msg.text if played is None else played
+            interrupted = msg.interrupted or played is not None
+            await self._put_entry(r, msg.call_id, "assistant", msg.turn_id, text, msg.ts_ms, interrupted)
+            return {"last_bot_text": text}
+        found = await self._put_entry(
+            r, msg.call_id, "assistant", msg.turn_id, msg.played_text, msg.ts_ms, True, append=False
+        )
+        if found:
+            return {"last_bot_text": msg.played_text}
+        self._remember_interrupt(msg)
+        return {}
 
     async def _record_turn(self, r: aioredis.Redis, m: TurnMetrics) -> HashFields:
         """The gateway's account of a turn is final: it corrects the history entries of the turn."""
@@ -200,7 +211,11 @@ class RedisStore:
                 "ts_ms": ts_ms,
                 "interrupted": interrupted,
             }
-            await r.rpush(key, _entry_json(entry))
+            # in time order even when an event comes late (redelivered after a recorder restart):
+            # before the first recent entry that happened after it
+            later = next((raw for raw in recent if int(json.loads(raw).get("ts_ms", 0)) > ts_ms), None)
+            if later is None or await r.linsert(key, "BEFORE", later, _entry_json(entry)) < 0:
+                await r.rpush(key, _entry_json(entry))
         return False
 
     async def _finish(
