@@ -16,9 +16,9 @@ from starlette.applications import Starlette
 
 from voiceplatform import metrics
 from voiceplatform.bus import Bus
-from voiceplatform.config import AsrConfig, RobotConfigError, RobotRegistry
+from voiceplatform.config import AsrConfig, RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.providers import AsrProvider, ProviderRegistry
-from voiceplatform.providers.registry import UnknownProvider
+from voiceplatform.providers.registry import UnknownProvider, aclose_all
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.ownership import CallOwnership
 from voiceplatform.wire import SUPPORTED_SAMPLE_RATES, AssignRequest
@@ -29,7 +29,14 @@ from vp_asr.settings import AsrSettings
 log = structlog.get_logger("vp_asr.app")
 
 ROLE = "asr"
-ASR_PROVIDERS = ProviderRegistry("asr", {"whisper": "vp_asr.providers.whisper:WhisperAsr"})
+ASR_PROVIDERS = ProviderRegistry(
+    "asr",
+    {
+        "whisper": "vp_asr.providers.whisper:WhisperAsr",
+        # cloud: built per robot (its keys and options), one instance shared by the robot's calls
+        "yandex": "vp_asr.providers.yandex:YandexAsr",
+    },
+)
 
 
 class AsrService:
@@ -44,6 +51,8 @@ class AsrService:
         self.ownership: CallOwnership | None = None
         self.bus: Bus | None = None
         self._preloaded: dict[str, type[Any]] = {}
+        self._robot_providers: dict[tuple[str, str], tuple[RobotConfig, AsrProvider]] = {}
+        self._retired: list[AsrProvider] = []
         self._draining = False
 
     # ---- Service protocol -------------------------------------------------------------------
@@ -100,6 +109,9 @@ class AsrService:
             await self._close_call(call_id)
         if self.ownership is not None:
             await self.ownership.stop()
+        providers = [p for _, p in self._robot_providers.values()] + self._retired
+        self._robot_providers, self._retired = {}, []
+        await aclose_all(providers)
         log.info("asr.drained")
 
     # ---- calls -------------------------------------------------------------------------------
@@ -109,12 +121,13 @@ class AsrService:
             raise ValueError(f"unsupported sample rate {req.sample_rate}")
         problems: list[tuple[str, str]] = []
         asr_config, pre_roll_ms = AsrConfig(), 200
+        robot: RobotConfig | None = None
         try:
             robot = self.robots.get(req.robot)
             asr_config, pre_roll_ms = robot.settings.asr, robot.settings.vad.pre_roll_ms
         except RobotConfigError as exc:
             problems.append(("robot_config", str(exc)))
-        provider, provider_problem = self._make_provider(asr_config)
+        provider, provider_problem = self._make_provider(asr_config, robot)
         if provider_problem:
             problems.append(("provider_unavailable", provider_problem))
         options = SessionOptions(
@@ -142,9 +155,13 @@ class AsrService:
             log.warning("asr.call_problem", call_id=req.call_id, kind=kind, detail=detail[:300])
             await session.publish_problem(kind, detail)
 
-    def _make_provider(self, config: AsrConfig) -> tuple[AsrProvider | None, str]:
+    def _make_provider(self, config: AsrConfig, robot: RobotConfig | None) -> tuple[AsrProvider | None, str]:
         try:
             cls = self._preloaded.get(config.provider) or self.providers.load(config.provider)
+            if getattr(cls, "per_robot", False):
+                if robot is None:
+                    return None, f"{config.provider}: needs the robot's configuration, which did not load"
+                return self._robot_provider(cls, robot), ""
             provider: AsrProvider = cls(config)
         except UnknownProvider as exc:
             return None, str(exc.args[0])
@@ -153,6 +170,18 @@ class AsrService:
             log.exception("asr.provider_construct_failed", provider=config.provider)
             return None, f"{config.provider}: {type(exc).__name__}"
         return provider, ""
+
+    def _robot_provider(self, cls: type[Any], robot: RobotConfig) -> AsrProvider:
+        """One instance per (robot, provider), so the robot's calls share its connection."""
+        key = (robot.name, str(cls.name))
+        cached = self._robot_providers.get(key)
+        if cached is not None and cached[0] is robot:
+            return cached[1]
+        made: AsrProvider = cls(robot)
+        if cached is not None:
+            self._retired.append(cached[1])  # config reloaded; calls in progress keep the old one
+        self._robot_providers[key] = (robot, made)
+        return made
 
     def _call_ended(self, call_id: str) -> None:
         # closing unsubscribes the handler that saw call.ended, so it must run in a task of its own
