@@ -225,7 +225,7 @@ class LlmService:
             out.reset()
             try:
                 provider = self._provider(robot, name)
-                await out.stream(provider, messages, options)
+                await out.stream(provider, messages, options, cfg.first_token_timeout_s)
                 return "ok"
             except ProviderError as exc:
                 metrics.PROVIDER_ERRORS.labels(SERVICE, name, exc.kind).inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator
@@ -9,7 +10,7 @@ from typing import cast
 
 from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus
-from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider
+from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider, ProviderTimeoutError
 from voiceplatform.wire import ChatMessage, LlmDone, LlmRequest, LlmSentence
 from vp_llm.sentences import SentenceSplitter
 
@@ -52,14 +53,39 @@ class TurnOutput:
     def text(self) -> str:
         return "".join(self.parts).strip()
 
-    async def stream(self, provider: LlmProvider, messages: list[ChatMessage], options: LlmOptions) -> None:
-        """Run one provider to the end; ProviderError and CancelledError propagate."""
+    async def stream(
+        self,
+        provider: LlmProvider,
+        messages: list[ChatMessage],
+        options: LlmOptions,
+        first_token_timeout_s: float | None = None,
+    ) -> None:
+        """Run one provider to the end; ProviderError and CancelledError propagate.
+
+        A provider that opens its stream but yields no text within ``first_token_timeout_s`` raises
+        ProviderTimeoutError, so the chain fails over while nothing has been said yet.
+        """
         self.provider = provider.name
         # providers are async generators (the interface promises aclose() aborts the request)
         stream = cast(AsyncGenerator[LlmChunk, None], provider.stream_complete(messages, options))
+        loop = asyncio.get_running_loop()
+        deadline = None if first_token_timeout_s is None else loop.time() + first_token_timeout_s
         async with contextlib.aclosing(stream) as chunks:
-            async for chunk in chunks:
+            while True:
+                try:
+                    if deadline is None:
+                        chunk = await anext(chunks)
+                    else:
+                        async with asyncio.timeout_at(deadline):
+                            chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise ProviderTimeoutError(
+                        provider.name, f"no text within {first_token_timeout_s} s"
+                    ) from None
                 if chunk.text:
+                    deadline = None  # text is flowing: the provider's own timeouts govern the rest
                     self.parts.append(chunk.text)
                     for sentence in self.splitter.feed(chunk.text):
                         await self._publish(sentence, last=False)

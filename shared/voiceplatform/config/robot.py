@@ -58,6 +58,8 @@ class LlmConfig(_Section):
     timeout_s: float = Field(default=20.0, gt=0)
     fallback: list[str] = Field(default_factory=list)
     providers: ProviderOptions = Field(default_factory=dict)
+    # a provider that opened its stream but yielded no text by then is abandoned for the next one
+    first_token_timeout_s: float = Field(default=8.0, gt=0, le=120)
 
 
 class TtsConfig(_Section):
