@@ -22,7 +22,7 @@ from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.logging import bind_call
 from voiceplatform.providers import LlmOptions, LlmProvider, ProviderError, ProviderRegistry
 from voiceplatform.providers.keypool import BusKeyHealthStore, KeyHealthStore
-from voiceplatform.providers.registry import aclose_all
+from voiceplatform.providers.registry import RobotProviders
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.recent import RecentTurns
 from voiceplatform.wire import ControlInterrupt, LlmRequest, Message, StageError
@@ -72,8 +72,7 @@ class LlmService:
         self._bus: Bus | None = None
         self._turns = TaskRegistry()
         self._interrupted = RecentTurns(settings.interrupt_memory_s)
-        self._providers: dict[tuple[str, str], tuple[RobotConfig, LlmProvider]] = {}
-        self._retired: list[LlmProvider] = []
+        self._providers: RobotProviders[LlmProvider] = RobotProviders()
         self._request_sub: Subscription | None = None
         self._control_sub: Subscription | None = None
         self._draining = False
@@ -106,16 +105,13 @@ class LlmService:
         return self._bus is not None and not self._draining
 
     def health(self) -> dict[str, Any]:
-        return {"turns_in_flight": len(self._turns), "providers": sorted({n for _, n in self._providers})}
+        return {"turns_in_flight": len(self._turns), "providers": self._providers.names()}
 
     def asgi_app(self) -> None:
         return None
 
     async def close_providers(self) -> None:
-        providers = [p for _, p in self._providers.values()] + self._retired
-        self._providers.clear()
-        self._retired.clear()
-        await aclose_all(providers)
+        await self._providers.aclose()
 
     # ---- handlers -----------------------------------------------------------------------------
     def was_interrupted(self, turn_id: str) -> bool:
@@ -152,15 +148,7 @@ class LlmService:
 
     # ---- one turn -----------------------------------------------------------------------------
     def _provider(self, robot: RobotConfig, name: str) -> LlmProvider:
-        key = (robot.name, name)
-        cached = self._providers.get(key)
-        if cached is not None and cached[0] is robot:
-            return cached[1]
-        provider = self._factory(name, robot)
-        if cached is not None:
-            self._retired.append(cached[1])  # config reloaded; in-flight turns may still use it
-        self._providers[key] = (robot, provider)
-        return provider
+        return self._providers.get(robot, name, lambda: self._factory(name, robot))
 
     async def _stage_error(self, req: LlmRequest, kind: str, detail: str, retryable: bool) -> None:
         assert self._bus is not None

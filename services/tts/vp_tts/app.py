@@ -22,7 +22,7 @@ from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry, TtsConfig
 from voiceplatform.logging import bind_call
 from voiceplatform.providers import ProviderError, ProviderRegistry, ProviderTimeoutError, TtsProvider
-from voiceplatform.providers.registry import UnknownProvider, aclose_all
+from voiceplatform.providers.registry import RobotProviders, UnknownProvider, aclose_all
 from voiceplatform.resampling import StreamResampler
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.recent import RecentTurns
@@ -79,8 +79,7 @@ class TtsService:
         self._interrupted = RecentTurns(settings.interrupt_memory_s)
         self._providers: dict[str, TtsProvider] = {}
         # cloud providers hold a robot's keys: one instance per (robot, provider), rebuilt on reload
-        self._robot_providers: dict[tuple[str, str], tuple[RobotConfig, TtsProvider]] = {}
-        self._retired: list[TtsProvider] = []
+        self._robot_providers: RobotProviders[TtsProvider] = RobotProviders()
         self._sentence_sub: Subscription | None = None
         self._control_sub: Subscription | None = None
         self._draining = False
@@ -152,15 +151,7 @@ class TtsService:
             raise ProviderError(
                 name, "needs the robot's configuration, which failed to load", retryable=False
             )
-        key = (robot.name, name)
-        cached = self._robot_providers.get(key)
-        if cached is not None and cached[0] is robot:
-            return cached[1]
-        made: TtsProvider = cls(robot)
-        if cached is not None:
-            self._retired.append(cached[1])  # config reloaded; sentences in flight may still use it
-        self._robot_providers[key] = (robot, made)
-        return made
+        return self._robot_providers.get(robot, name, lambda: cls(robot))
 
     @staticmethod
     async def _start_provider(provider: TtsProvider) -> None:
@@ -176,13 +167,9 @@ class TtsService:
         return bool(check()) if check is not None else True
 
     async def close_providers(self) -> None:
-        providers = [
-            *self._providers.values(),
-            *(p for _, p in self._robot_providers.values()),
-            *self._retired,
-        ]
-        self._providers, self._robot_providers, self._retired = {}, {}, []
+        providers, self._providers = list(self._providers.values()), {}
         await aclose_all(providers)
+        await self._robot_providers.aclose()
 
     # ---- handlers -----------------------------------------------------------------------------
     def was_interrupted(self, turn_id: str) -> bool:

@@ -6,12 +6,17 @@ Vendor SDKs therefore load only in processes that use them.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import structlog
 
+if TYPE_CHECKING:
+    from voiceplatform.config import RobotConfig
+
 log = structlog.get_logger("voiceplatform.providers")
+
+P = TypeVar("P")
 
 
 class UnknownProvider(KeyError):
@@ -46,3 +51,34 @@ async def aclose_all(providers: Iterable[Any]) -> None:
             await closer()
         except Exception:
             log.warning("provider.close_failed", provider=getattr(provider, "name", type(provider).__name__))
+
+
+class RobotProviders(Generic[P]):
+    """Provider instances built for a robot (its keys, its options), one per (robot, provider).
+
+    A robot whose configuration was reloaded gets a new instance; the old one is kept until the
+    service closes, because turns in flight may still be using it.
+    """
+
+    def __init__(self) -> None:
+        self._live: dict[tuple[str, str], tuple[RobotConfig, P]] = {}
+        self._retired: list[P] = []
+
+    def get(self, robot: RobotConfig, name: str, build: Callable[[], P]) -> P:
+        key = (robot.name, name)
+        cached = self._live.get(key)
+        if cached is not None and cached[0] is robot:
+            return cached[1]
+        made = build()
+        if cached is not None:
+            self._retired.append(cached[1])
+        self._live[key] = (robot, made)
+        return made
+
+    def names(self) -> list[str]:
+        return sorted({name for _, name in self._live})
+
+    async def aclose(self) -> None:
+        providers = [p for _, p in self._live.values()] + self._retired
+        self._live, self._retired = {}, []
+        await aclose_all(providers)
