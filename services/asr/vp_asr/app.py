@@ -1,8 +1,12 @@
 """The ASR service: owns calls by assignment, one ``AsrSession`` per call.
 
-Providers are chosen per robot (``asr.provider``) through a lazy registry. A provider class is built
-as ``cls(asr_config)``; it may offer ``preload()`` (blocking, run in a thread at start so the model is
-loaded once per process, before the instance takes calls) and ``is_loaded()`` for health.
+Providers are chosen per robot through a lazy registry: ``asr.provider`` then ``asr.fallback``, the
+chain a session walks when a provider fails on a segment. A local provider class is built per call as
+``cls(asr_config)``; it may offer ``preload()`` (blocking, run in a thread at start so the model is
+loaded once per process, before the instance takes calls) and ``is_loaded()`` for health. A cloud
+provider (``per_robot = True``) is built as ``cls(robot)`` once per robot and shared by its calls. A
+provider that cannot be built (unknown name, missing key) is left out of the chain with a logged
+problem; only a call left with no provider at all gets a ``provider_unavailable`` stage error.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from starlette.applications import Starlette
 from voiceplatform import metrics
 from voiceplatform.bus import Bus
 from voiceplatform.config import AsrConfig, RobotConfig, RobotConfigError, RobotRegistry
-from voiceplatform.providers import AsrProvider, ProviderRegistry
+from voiceplatform.logging import mask_secrets
+from voiceplatform.providers import AsrProvider, ProviderError, ProviderRegistry
 from voiceplatform.providers.registry import UnknownProvider, aclose_all
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.ownership import CallOwnership
@@ -127,9 +132,10 @@ class AsrService:
             asr_config, pre_roll_ms = robot.settings.asr, robot.settings.vad.pre_roll_ms
         except RobotConfigError as exc:
             problems.append(("robot_config", str(exc)))
-        provider, provider_problem = self._make_provider(asr_config, robot)
-        if provider_problem:
-            problems.append(("provider_unavailable", provider_problem))
+        chain, skipped = self._make_chain(asr_config, robot)
+        provider_problem = "; ".join(skipped)
+        if not chain:
+            problems.append(("provider_unavailable", provider_problem or "no asr provider configured"))
         options = SessionOptions(
             sample_rate=req.sample_rate,
             language=asr_config.language,
@@ -139,7 +145,14 @@ class AsrService:
             min_speech_ms=self.settings.min_speech_ms,
         )
         session = AsrSession(
-            self.bus, req.call_id, options, provider, self.tasks, self._call_ended, provider_problem
+            self.bus,
+            req.call_id,
+            options,
+            chain[0] if chain else None,
+            self.tasks,
+            self._call_ended,
+            provider_problem,
+            fallbacks=chain[1:],
         )
         await session.open()
         self.sessions[req.call_id] = session
@@ -149,26 +162,56 @@ class AsrService:
             call_id=req.call_id,
             robot=req.robot,
             provider=session.provider_name,
+            fallbacks=[p.name for p in chain[1:]],
             sample_rate=req.sample_rate,
         )
+        if chain:
+            for detail in skipped:  # the call goes on with the rest of the chain
+                log.warning(
+                    "asr.call_problem", call_id=req.call_id, kind="provider_skipped", detail=detail[:300]
+                )
         for kind, detail in problems:
             log.warning("asr.call_problem", call_id=req.call_id, kind=kind, detail=detail[:300])
             await session.publish_problem(kind, detail)
 
-    def _make_provider(self, config: AsrConfig, robot: RobotConfig | None) -> tuple[AsrProvider | None, str]:
+    def _make_chain(
+        self, config: AsrConfig, robot: RobotConfig | None
+    ) -> tuple[list[AsrProvider], list[str]]:
+        """The providers a call tries in order (``asr.provider``, then ``asr.fallback``), and why any
+        of them was left out."""
+        chain: list[AsrProvider] = []
+        skipped: list[str] = []
+        for name in dict.fromkeys([config.provider, *config.fallback]):
+            provider, problem = self._make_provider(config, robot, name)
+            if provider is not None:
+                chain.append(provider)
+            else:
+                skipped.append(problem)
+        return chain, skipped
+
+    def _make_provider(
+        self, config: AsrConfig, robot: RobotConfig | None, name: str | None = None
+    ) -> tuple[AsrProvider | None, str]:
+        name = name or config.provider
         try:
-            cls = self._preloaded.get(config.provider) or self.providers.load(config.provider)
+            cls = self._preloaded.get(name) or self.providers.load(name)
             if getattr(cls, "per_robot", False):
                 if robot is None:
-                    return None, f"{config.provider}: needs the robot's configuration, which did not load"
+                    return None, f"{name}: needs the robot's configuration, which did not load"
                 return self._robot_provider(cls, robot), ""
             provider: AsrProvider = cls(config)
         except UnknownProvider as exc:
             return None, str(exc.args[0])
+        except ProviderError as exc:
+            # a configuration problem the provider explains itself (missing key, bad options);
+            # its message is built to carry no secret
+            metrics.PROVIDER_ERRORS.labels(SERVICE, name, "construct").inc()
+            log.warning("asr.provider_construct_failed", provider=name, detail=mask_secrets(str(exc))[:300])
+            return None, mask_secrets(str(exc))
         except Exception as exc:
-            metrics.PROVIDER_ERRORS.labels(SERVICE, config.provider, "construct").inc()
-            log.exception("asr.provider_construct_failed", provider=config.provider)
-            return None, f"{config.provider}: {type(exc).__name__}"
+            metrics.PROVIDER_ERRORS.labels(SERVICE, name, "construct").inc()
+            log.exception("asr.provider_construct_failed", provider=name)
+            return None, f"{name}: {type(exc).__name__}"
         return provider, ""
 
     def _robot_provider(self, cls: type[Any], robot: RobotConfig) -> AsrProvider:

@@ -31,3 +31,8 @@ HALLUCINATIONS_DROPPED = Counter(
     ["provider", "reason"],
 )
 MODEL_LOAD_SECONDS = Gauge("vp_asr_model_load_seconds", "Time to assemble and load the model", ["provider"])
+FALLBACKS = Counter(
+    "vp_asr_fallbacks_total",
+    "Segments handed to the next provider of the chain after one failed on them",
+    ["from_provider", "to_provider"],
+)

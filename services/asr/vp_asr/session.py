@@ -1,6 +1,9 @@
 """Per-call ASR state: a rolling frame buffer, VAD-bounded segments, one recognition task per turn.
 
 Provider-agnostic: the session hands a segment to any ``AsrProvider`` and publishes what it says.
+A call has a chain of providers (the robot's ``asr.provider`` then ``asr.fallback``): when one fails
+on a segment (any ``ProviderError``, a bad key included, or its own stall timeout) the same buffered
+segment goes to the next one. Once a provider has produced a final transcript the chain stops there.
 Audio and VAD events arrive on separate subscriptions, so when ``vad.speech_ended`` arrives the
 last frames of the utterance may still be on their way; the turn task waits for them (briefly).
 """
@@ -11,7 +14,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -33,7 +36,7 @@ from voiceplatform.wire import (
     VadSpeechStarted,
     frame_bytes,
 )
-from vp_asr.metrics import INFERENCE_MS, REAL_TIME_FACTOR, SEGMENTS, SERVICE
+from vp_asr.metrics import FALLBACKS, INFERENCE_MS, REAL_TIME_FACTOR, SEGMENTS, SERVICE
 
 log = structlog.get_logger("vp_asr.session")
 
@@ -51,22 +54,42 @@ class SessionOptions:
     min_speech_ms: int = 200
 
 
-async def recognize(provider: AsrProvider, pcm: bytes, sample_rate: int, language: str) -> Transcript:
-    """Run one segment through a provider; finals are joined (a streaming provider may give several)."""
+async def recognize(
+    provider: AsrProvider,
+    pcm: bytes,
+    sample_rate: int,
+    language: str,
+    finals: list[Transcript] | None = None,
+) -> Transcript:
+    """Run one segment through a provider; finals are joined (a streaming provider may give several).
+
+    ``finals``, when given, collects each final as it arrives, so a caller still has them when the
+    provider fails after producing some.
+    """
 
     async def segment() -> AsyncIterator[bytes]:
         yield pcm
 
-    finals: list[str] = []
-    result_language = ""
+    heard: list[Transcript] = [] if finals is None else finals
     stream = provider.stream_recognize(segment(), sample_rate, language)
     async with contextlib.aclosing(cast(AsyncGenerator[Transcript, None], stream)) as transcripts:
         async for transcript in transcripts:
             if transcript.is_final:
-                if transcript.text:
-                    finals.append(transcript.text)
-                result_language = transcript.language or result_language
-    return Transcript(text=" ".join(finals).strip(), is_final=True, language=result_language)
+                heard.append(transcript)
+    return joined(heard)
+
+
+def joined(finals: list[Transcript]) -> Transcript:
+    text = " ".join(t.text for t in finals if t.text).strip()
+    language = next((t.language for t in reversed(finals) if t.language), "")
+    return Transcript(text=text, is_final=True, language=language)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    kind: str
+    detail: str
+    retryable: bool
 
 
 class AsrSession:
@@ -79,11 +102,15 @@ class AsrSession:
         tasks: TaskRegistry,
         on_call_ended: Callable[[str], None],
         provider_problem: str = "",
+        *,
+        fallbacks: Sequence[AsrProvider] = (),
     ) -> None:
         self.bus = bus
         self.call_id = call_id
         self.options = options
         self.provider = provider
+        # tried in order on every segment until one gives a transcript
+        self.chain: list[AsrProvider] = [p for p in (provider, *fallbacks) if p is not None]
         # why there is no provider (unknown name, failed construction): reported on every turn
         self.provider_problem = provider_problem
         self.tasks = tasks
@@ -100,7 +127,7 @@ class AsrSession:
 
     @property
     def provider_name(self) -> str:
-        return self.provider.name if self.provider is not None else "none"
+        return self.chain[0].name if self.chain else "none"
 
     async def open(self) -> None:
         self._subs = [
@@ -195,34 +222,60 @@ class AsrSession:
             log.info("asr.segment_too_short", speech_ms=ended.speech_ms, audio_ms=audio_ms)
             await self._publish_final(ended, "", audio_ms, received, "")
             return
-        if self.provider is None:
+        if not self.chain:
             await self._report_error(ended.turn_id, "provider_unavailable", self.provider_problem, False)
             SEGMENTS.labels("error").inc()
             return
-        provider = self.provider
-        started = time.monotonic()
-        try:
-            transcript = await recognize(provider, pcm, opts.sample_rate, opts.language)
-        except ProviderError as exc:
-            metrics.PROVIDER_ERRORS.labels(SERVICE, provider.name, exc.kind).inc()
-            SEGMENTS.labels("error").inc()
-            log.warning("asr.provider_failed", provider=provider.name, kind=exc.kind, retryable=exc.retryable)
-            await self._report_error(ended.turn_id, exc.kind, str(exc), exc.retryable)
-            return
-        except Exception as exc:
-            metrics.PROVIDER_ERRORS.labels(SERVICE, provider.name, "internal").inc()
-            SEGMENTS.labels("error").inc()
-            log.exception("asr.provider_crashed", provider=provider.name)
-            await self._report_error(
-                ended.turn_id, "internal", f"{provider.name}: {type(exc).__name__}", False
+        failures: list[_Failure] = []
+        for position, provider in enumerate(self.chain):
+            if position:
+                FALLBACKS.labels(self.chain[position - 1].name, provider.name).inc()
+                log.warning(
+                    "asr.fallback",
+                    from_provider=self.chain[position - 1].name,
+                    to_provider=provider.name,
+                    kind=failures[-1].kind,
+                )
+            finals: list[Transcript] = []
+            started = time.monotonic()
+            failure = await self._attempt(provider, pcm, finals)
+            if failure is not None:
+                failures.append(failure)
+                if not any(t.text for t in finals):
+                    continue
+                # this provider already heard words of the turn: keep them, do not transcribe it twice
+                log.warning("asr.final_kept_after_failure", provider=provider.name, kind=failure.kind)
+            transcript = joined(finals)
+            inference_ms = (time.monotonic() - started) * 1000
+            INFERENCE_MS.labels(provider.name).observe(inference_ms)
+            REAL_TIME_FACTOR.labels(provider.name).observe(inference_ms / max(audio_ms, 1))
+            SEGMENTS.labels("text" if transcript.text else "empty").inc()
+            language = transcript.language or opts.language.split("-")[0]
+            await self._publish_final(
+                ended, transcript.text, audio_ms, received, language, inference_ms, provider.name
             )
             return
-        inference_ms = (time.monotonic() - started) * 1000
-        INFERENCE_MS.labels(provider.name).observe(inference_ms)
-        REAL_TIME_FACTOR.labels(provider.name).observe(inference_ms / max(audio_ms, 1))
-        SEGMENTS.labels("text" if transcript.text else "empty").inc()
-        language = transcript.language or opts.language.split("-")[0]
-        await self._publish_final(ended, transcript.text, audio_ms, received, language, inference_ms)
+        SEGMENTS.labels("error").inc()
+        last = failures[-1]
+        detail = "; ".join(f.detail for f in failures)
+        # another attempt may help when any provider of the chain failed for a passing reason
+        await self._report_error(ended.turn_id, last.kind, detail, any(f.retryable for f in failures))
+
+    async def _attempt(self, provider: AsrProvider, pcm: bytes, finals: list[Transcript]) -> _Failure | None:
+        """One provider on one segment; finals land in ``finals`` as they arrive. None: it finished."""
+        opts = self.options
+        try:
+            await recognize(provider, pcm, opts.sample_rate, opts.language, finals)
+        except ProviderError as exc:
+            metrics.PROVIDER_ERRORS.labels(SERVICE, provider.name, exc.kind).inc()
+            log.warning("asr.provider_failed", provider=provider.name, kind=exc.kind, retryable=exc.retryable)
+            return _Failure(exc.kind, str(exc), exc.retryable)
+        except Exception as exc:
+            # a provider bug must not silence the robot either: the next provider gets the segment
+            metrics.PROVIDER_ERRORS.labels(SERVICE, provider.name, "internal").inc()
+            log.exception("asr.provider_crashed", provider=provider.name)
+            return _Failure("internal", f"{provider.name}: {type(exc).__name__}", False)
+        return None
 
     async def _wait_for_frames(self, end_ms: int) -> None:
         """Until a frame at or past ``end_ms`` is buffered, or ``tail_wait_ms`` has passed."""
@@ -252,7 +305,9 @@ class AsrSession:
         received: float,
         language: str,
         inference_ms: float = 0.0,
+        provider: str = "",
     ) -> None:
+        provider = provider or self.provider_name
         processing_ms = int((time.monotonic() - received) * 1000)
         final = AsrFinal(
             call_id=self.call_id,
@@ -262,7 +317,7 @@ class AsrSession:
             audio_ms=audio_ms,
             speech_end_ts_ms=ended.ts_ms,
             processing_ms=processing_ms,
-            provider=self.provider_name,
+            provider=provider,
         )
         await self.bus.publish(subjects.asr(self.call_id), final)
         metrics.STAGE_LATENCY.labels(SERVICE, "asr").observe(processing_ms)
@@ -272,7 +327,7 @@ class AsrSession:
             processing_ms=processing_ms,
             inference_ms=round(inference_ms),
             empty=not text,
-            provider=self.provider_name,
+            provider=provider,
             since_speech_end_ms=now_ms() - ended.ts_ms,
             pii_text=text,
         )
