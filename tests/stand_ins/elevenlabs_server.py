@@ -22,18 +22,18 @@ import base64
 import contextlib
 import json
 import time
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 import numpy as np
-import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from tests.stand_ins.uvicorn_app import UvicornStandIn
 
 VALID_KEY = "xi-test-secret-7a7a7a"
 
@@ -301,15 +301,7 @@ class _WsSession:
         await self.ws.close(1008, reason=code)
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers (pytest owns SIGINT)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class ElevenLabsStandIn:
+class ElevenLabsStandIn(UvicornStandIn):
     """``async with ElevenLabsStandIn() as server:`` → ``server.base_url`` / ``server.ws_url``."""
 
     def __init__(self) -> None:
@@ -322,12 +314,7 @@ class ElevenLabsStandIn:
                 WebSocketRoute(base + "/stream-input", _WsStreamInput(self)),
             ]
         )
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", ws="websockets-sansio"
-        )
-        self._server = _QuietServer(config)
-        self._task: asyncio.Task[None] | None = None
-        self.port = 0
+        super().__init__(app, ws="websockets-sansio")
 
     @property
     def base_url(self) -> str:
@@ -367,23 +354,3 @@ class ElevenLabsStandIn:
         rec.client_closed_early = True
         rec.closed_at = time.monotonic()
         self.recorded.client_closed.set()
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-            await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
-
-    async def __aenter__(self) -> ElevenLabsStandIn:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()

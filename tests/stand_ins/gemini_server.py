@@ -24,14 +24,14 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from tests.stand_ins.uvicorn_app import UvicornStandIn
 
 RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
@@ -292,24 +292,13 @@ class _Generate:
         self.server.recorded.client_closed.set()
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers (pytest owns SIGINT)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class GeminiStandIn:
+class GeminiStandIn(UvicornStandIn):
     def __init__(self) -> None:
         self.behavior = Behavior()
         self.recorded = Recorded()
         self.rules: dict[tuple[str | None, str | None], Rule] = {}
         app = Starlette(routes=[Route("/v1beta/models/{target}", _Generate(self), methods=["POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self._server = _QuietServer(config)
-        self._task: asyncio.Task[None] | None = None
-        self.port = 0
+        super().__init__(app)
 
     @property
     def base_url(self) -> str:
@@ -330,23 +319,3 @@ class GeminiStandIn:
                 rule.used += 1
                 return rule
         return None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-            await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
-
-    async def __aenter__(self) -> GeminiStandIn:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()

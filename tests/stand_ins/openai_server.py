@@ -18,14 +18,14 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from tests.stand_ins.uvicorn_app import UvicornStandIn
 
 
 @dataclass
@@ -176,44 +176,13 @@ class _ChatCompletions:
         return "data: " + json.dumps({**base, **obj}, ensure_ascii=False) + "\n\n"
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers (pytest owns SIGINT)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class OpenAIStandIn:
+class OpenAIStandIn(UvicornStandIn):
     def __init__(self) -> None:
         self.behavior = Behavior()
         self.recorded = Recorded()
         app = Starlette(routes=[Route("/v1/chat/completions", _ChatCompletions(self), methods=["POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self._server = _QuietServer(config)
-        self._task: asyncio.Task[None] | None = None
-        self.port = 0
+        super().__init__(app)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-            await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
-
-    async def __aenter__(self) -> OpenAIStandIn:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()

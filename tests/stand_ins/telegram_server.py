@@ -16,22 +16,21 @@ the standard library (python-multipart, which Starlette forms need, is not insta
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message as EmailMessage
 from typing import Any
 from urllib.parse import parse_qsl
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from tests.stand_ins.uvicorn_app import UvicornStandIn
 
 MESSAGE_LIMIT = 4096
 CAPTION_LIMIT = 1024
@@ -98,7 +97,7 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, Any], dic
     return fields, files
 
 
-class TelegramStandIn:
+class TelegramStandIn(UvicornStandIn):
     def __init__(
         self, token: str = "123456:TEST-token_abcdefghij", chats: Iterable[str] = ("-1001",)
     ) -> None:
@@ -106,10 +105,7 @@ class TelegramStandIn:
         self.chats = {str(c) for c in chats}
         self._state = _State()
         app = Starlette(routes=[Route("/bot{token}/{method}", self._handle, methods=["GET", "POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self._server = _QuietServer(config)
-        self._task: asyncio.Task[None] | None = None
-        self.port = 0
+        super().__init__(app)
 
     @property
     def api_url(self) -> str:
@@ -236,31 +232,3 @@ class TelegramStandIn:
         if parameters:
             body["parameters"] = parameters
         return JSONResponse(body, status_code=status)
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-            await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
-
-    async def __aenter__(self) -> TelegramStandIn:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers (pytest owns SIGINT)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield

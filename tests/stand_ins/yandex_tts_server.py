@@ -25,16 +25,16 @@ import contextlib
 import json
 import struct
 import time
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from tests.stand_ins.uvicorn_app import UvicornStandIn
 
 MS_PER_CHAR = 50
 API_KEY = "AQVN-yandex-test-key-1234"
@@ -332,15 +332,7 @@ class _Synthesis:
         self.server.recorded.client_closed.set()
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers (pytest owns SIGINT)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class YandexTtsStandIn:
+class YandexTtsStandIn(UvicornStandIn):
     def __init__(self) -> None:
         self.behavior = Behavior()
         self.recorded = Recorded()
@@ -350,31 +342,8 @@ class YandexTtsStandIn:
                 Route("/speech/v1/tts:synthesize", _Synthesis(self, "v1"), methods=["POST"]),
             ]
         )
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical", lifespan="off")
-        self._server = _QuietServer(config)
-        self._task: asyncio.Task[None] | None = None
-        self.port = 0
+        super().__init__(app, log_level="critical")
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-            await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
-
-    async def __aenter__(self) -> YandexTtsStandIn:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()

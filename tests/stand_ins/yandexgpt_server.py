@@ -25,14 +25,14 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from tests.stand_ins.uvicorn_app import UvicornStandIn
 
 PARTIAL = "ALTERNATIVE_STATUS_PARTIAL"
 FINAL = "ALTERNATIVE_STATUS_FINAL"
@@ -227,15 +227,7 @@ class _Completion:
             watcher.cancel()
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers (pytest owns SIGINT)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class YandexGptStandIn:
+class YandexGptStandIn(UvicornStandIn):
     def __init__(self, api_key: str, folder_id: str, iam_token: str = "") -> None:
         self.api_key = api_key
         self.iam_token = iam_token or "no-iam-token-accepted"
@@ -245,31 +237,8 @@ class YandexGptStandIn:
         app = Starlette(
             routes=[Route("/foundationModels/v1/completion", _Completion(self), methods=["POST"])]
         )
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self._server = _QuietServer(config)
-        self._task: asyncio.Task[None] | None = None
-        self.port = 0
+        super().__init__(app)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/foundationModels/v1"
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-            await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
-
-    async def __aenter__(self) -> YandexGptStandIn:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()

@@ -21,17 +21,17 @@ import itertools
 import json
 import time
 import wave
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
 import av
 import numpy as np
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from tests.stand_ins.uvicorn_app import UvicornStandIn
 
 TOKEN = "zvk-test-token-9876abcd"
 EMAIL = "robot-owner@example.com"
@@ -303,15 +303,7 @@ class _Files:
         self.server.recorded.client_closed.set()
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers (pytest owns SIGINT)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class ZvukogramStandIn:
+class ZvukogramStandIn(UvicornStandIn):
     def __init__(self) -> None:
         self.behavior = Behavior()
         self.recorded = Recorded()
@@ -322,10 +314,7 @@ class ZvukogramStandIn:
                 Route("/texttomp3/{name}", _Files(self), methods=["GET"]),
             ]
         )
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical", lifespan="off")
-        self._server = _QuietServer(config)
-        self._task: asyncio.Task[None] | None = None
-        self.port = 0
+        super().__init__(app, log_level="critical")
 
     @property
     def origin(self) -> str:
@@ -334,23 +323,3 @@ class ZvukogramStandIn:
     @property
     def base_url(self) -> str:
         return f"{self.origin}/index.php"
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-            await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
-
-    async def __aenter__(self) -> ZvukogramStandIn:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
