@@ -23,7 +23,7 @@ from voiceplatform.bus import Bus
 from voiceplatform.config import AsrConfig, RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.logging import mask_secrets
 from voiceplatform.providers import AsrProvider, ProviderError, ProviderRegistry
-from voiceplatform.providers.registry import UnknownProvider, aclose_all
+from voiceplatform.providers.registry import RobotProviders, UnknownProvider
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.ownership import CallOwnership
 from voiceplatform.wire import SUPPORTED_SAMPLE_RATES, AssignRequest
@@ -56,8 +56,8 @@ class AsrService:
         self.ownership: CallOwnership | None = None
         self.bus: Bus | None = None
         self._preloaded: dict[str, type[Any]] = {}
-        self._robot_providers: dict[tuple[str, str], tuple[RobotConfig, AsrProvider]] = {}
-        self._retired: list[AsrProvider] = []
+        # cloud providers: one per (robot, provider), so the robot's calls share its connection
+        self._robot_providers: RobotProviders[AsrProvider] = RobotProviders()
         self._draining = False
 
     # ---- Service protocol -------------------------------------------------------------------
@@ -114,9 +114,7 @@ class AsrService:
             await self._close_call(call_id)
         if self.ownership is not None:
             await self.ownership.stop()
-        providers = [p for _, p in self._robot_providers.values()] + self._retired
-        self._robot_providers, self._retired = {}, []
-        await aclose_all(providers)
+        await self._robot_providers.aclose()
         log.info("asr.drained")
 
     # ---- calls -------------------------------------------------------------------------------
@@ -215,15 +213,7 @@ class AsrService:
         return provider, ""
 
     def _robot_provider(self, cls: type[Any], robot: RobotConfig) -> AsrProvider:
-        """One instance per (robot, provider), so the robot's calls share its connection."""
-        key = (robot.name, str(cls.name))
-        cached = self._robot_providers.get(key)
-        if cached is not None and cached[0] is robot:
-            return cached[1]
-        made: AsrProvider = cls(robot)
-        if cached is not None:
-            self._retired.append(cached[1])  # config reloaded; calls in progress keep the old one
-        self._robot_providers[key] = (robot, made)
+        made: AsrProvider = self._robot_providers.get(robot, str(cls.name), lambda: cls(robot))
         return made
 
     def _call_ended(self, call_id: str) -> None:
