@@ -62,7 +62,8 @@ def control(call_id: str) -> str:
 
 
 def lifecycle(call_id: str) -> str:
-    """call.started / call.ended / turn.metrics / prompt.switched / playback / stage.error."""
+    """call.started / call.ended / turn.metrics / prompt.switched / playback / stage.error /
+    provider.usage / call.dtmf."""
     return _call(call_id, "lifecycle")
 
 

@@ -68,6 +68,7 @@ def test_summary_of_a_call() -> None:
         "robot": "topic_prompts_russian",
         "channel": "phone",
         "last_prompt": "children",
+        "usage": [],  # no provider reported usage (tests/recorder/test_usage.py has calls that do)
     }
 
 
@@ -102,6 +103,7 @@ def test_empty_call_and_turns_without_voice_to_voice() -> None:
         "robot": None,
         "channel": None,
         "last_prompt": None,
+        "usage": [],
     }
     # the greeting (no caller speech) and a turn interrupted before any audio: no figure
     summary = call_summary(stored([turn(f"{CALL}-greeting"), turn("u1", "алло", v2v_ms=None)]))

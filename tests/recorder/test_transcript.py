@@ -394,6 +394,7 @@ def test_usage_providers_prompt_switches_and_errors() -> None:
         + len("Конечно.")
         + len("На какой день?")
         + len("Тысяча рублей."),
+        "by_provider": [],  # no provider.usage events: the TTS characters are the estimate above
     }
     assert meta["prompt_switches"] == [
         {

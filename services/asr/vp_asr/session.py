@@ -4,6 +4,8 @@ Provider-agnostic: the session hands a segment to any ``AsrProvider`` and publis
 A call has a chain of providers (the robot's ``asr.provider`` then ``asr.fallback``): when one fails
 on a segment (any ``ProviderError``, a bad key included, or its own stall timeout) the same buffered
 segment goes to the next one. Once a provider has produced a final transcript the chain stops there.
+Every attempt (failed and cancelled ones too) is published as ``provider.usage`` with the audio the
+provider took, for cost.
 Audio and VAD events arrive on separate subscriptions, so when ``vad.speech_ended`` arrives the
 last frames of the utterance may still be on their way; the turn task waits for them (briefly).
 """
@@ -25,6 +27,7 @@ from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.logging import bind_call
 from voiceplatform.providers import AsrProvider, ProviderError, Transcript
+from voiceplatform.providers.usage import outcome_of, publish_usage
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.wire import (
     FRAME_MS,
@@ -60,14 +63,18 @@ async def recognize(
     sample_rate: int,
     language: str,
     finals: list[Transcript] | None = None,
+    sent: list[int] | None = None,
 ) -> Transcript:
     """Run one segment through a provider; finals are joined (a streaming provider may give several).
 
     ``finals``, when given, collects each final as it arrives, so a caller still has them when the
-    provider fails after producing some.
+    provider fails after producing some; ``sent`` likewise collects the byte counts of the audio the
+    provider took (what it was sent, for usage), a failed or cancelled attempt included.
     """
 
     async def segment() -> AsyncIterator[bytes]:
+        if sent is not None:
+            sent.append(len(pcm))
         yield pcm
 
     heard: list[Transcript] = [] if finals is None else finals
@@ -238,7 +245,7 @@ class AsrSession:
                 )
             finals: list[Transcript] = []
             started = time.monotonic()
-            failure = await self._attempt(provider, pcm, finals)
+            failure = await self._attempt(provider, pcm, finals, ended.turn_id)
             if failure is not None:
                 failures.append(failure)
                 if not any(t.text for t in finals):
@@ -261,20 +268,43 @@ class AsrSession:
         # another attempt may help when any provider of the chain failed for a passing reason
         await self._report_error(ended.turn_id, last.kind, detail, any(f.retryable for f in failures))
 
-    async def _attempt(self, provider: AsrProvider, pcm: bytes, finals: list[Transcript]) -> _Failure | None:
-        """One provider on one segment; finals land in ``finals`` as they arrive. None: it finished."""
+    async def _attempt(
+        self, provider: AsrProvider, pcm: bytes, finals: list[Transcript], turn_id: str
+    ) -> _Failure | None:
+        """One provider on one segment; finals land in ``finals`` as they arrive. None: it finished.
+
+        Whatever the ending (cancellation included), the audio the provider took is published as its
+        ``provider.usage``.
+        """
         opts = self.options
+        sent: list[int] = []
+        ending: BaseException | None = None
         try:
-            await recognize(provider, pcm, opts.sample_rate, opts.language, finals)
+            await recognize(provider, pcm, opts.sample_rate, opts.language, finals, sent)
         except ProviderError as exc:
+            ending = exc
             metrics.PROVIDER_ERRORS.labels(SERVICE, provider.name, exc.kind).inc()
             log.warning("asr.provider_failed", provider=provider.name, kind=exc.kind, retryable=exc.retryable)
             return _Failure(exc.kind, str(exc), exc.retryable)
         except Exception as exc:
+            ending = exc
             # a provider bug must not silence the robot either: the next provider gets the segment
             metrics.PROVIDER_ERRORS.labels(SERVICE, provider.name, "internal").inc()
             log.exception("asr.provider_crashed", provider=provider.name)
             return _Failure("internal", f"{provider.name}: {type(exc).__name__}", False)
+        except BaseException as exc:  # cancelled (barge-in, call end, drain): counted, then re-raised
+            ending = exc
+            raise
+        finally:
+            await publish_usage(
+                self.bus,
+                self.call_id,
+                stage="asr",
+                provider=provider.name,
+                turn_id=turn_id,
+                audio_ms=sum(sent) * 1000 // (2 * opts.sample_rate),
+                outcome=outcome_of(ending),
+            )
         return None
 
     async def _wait_for_frames(self, end_ms: int) -> None:

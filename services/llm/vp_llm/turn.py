@@ -11,8 +11,9 @@ from typing import cast
 from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus
 from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider, ProviderTimeoutError
+from voiceplatform.providers.usage import outcome_of, publish_usage
+from voiceplatform.sentences import SentenceSplitter
 from voiceplatform.wire import ChatMessage, LlmDone, LlmRequest, LlmSentence
-from vp_llm.sentences import SentenceSplitter
 
 SERVICE = "llm"
 FIRST_SENTENCE = metrics.STAGE_LATENCY.labels(SERVICE, "llm_first_sentence")
@@ -46,6 +47,7 @@ class TurnOutput:
         self.parts: list[str] = []
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.model = ""  # as the provider reports it (``meta["model"]``: a Gemini cascade's answer)
         self.dialog_state = self.req.dialog_state
         self.end_call = False
 
@@ -63,9 +65,37 @@ class TurnOutput:
         """Run one provider to the end; ProviderError and CancelledError propagate.
 
         A provider that opens its stream but yields no text within ``first_token_timeout_s`` raises
-        ProviderTimeoutError, so the chain fails over while nothing has been said yet.
+        ProviderTimeoutError, so the chain fails over while nothing has been said yet. However the
+        attempt ends, the tokens the provider reported are published as its ``provider.usage``.
         """
         self.provider = provider.name
+        ending: BaseException | None = None
+        try:
+            await self._stream(provider, messages, options, first_token_timeout_s)
+        except BaseException as exc:
+            ending = exc
+            raise
+        finally:
+            req = self.req
+            await publish_usage(
+                self.bus,
+                req.call_id,
+                stage="llm",
+                provider=provider.name,
+                turn_id=req.turn_id,
+                model=self.model,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                outcome=outcome_of(ending),
+            )
+
+    async def _stream(
+        self,
+        provider: LlmProvider,
+        messages: list[ChatMessage],
+        options: LlmOptions,
+        first_token_timeout_s: float | None,
+    ) -> None:
         # providers are async generators (the interface promises aclose() aborts the request)
         stream = cast(AsyncGenerator[LlmChunk, None], provider.stream_complete(messages, options))
         loop = asyncio.get_running_loop()
@@ -91,6 +121,7 @@ class TurnOutput:
                         await self._publish(sentence, last=False)
                 self.prompt_tokens = max(self.prompt_tokens, chunk.prompt_tokens)
                 self.completion_tokens = max(self.completion_tokens, chunk.completion_tokens)
+                self.model = chunk.meta.get("model", self.model)
                 if chunk.dialog_state is not None:
                     self.dialog_state = chunk.dialog_state
                 self.end_call = self.end_call or chunk.end_call

@@ -152,6 +152,8 @@ class RouterService:
     async def _on_asr(self, env: Envelope) -> Message | None:
         msg = env.message
         if isinstance(msg, AsrFinal):
+            if not msg.route:
+                return None  # a realtime model answers this call itself
             if not msg.text.strip():
                 ROUTER_DROPS.labels("empty_text").inc()
                 return None

@@ -16,6 +16,7 @@ from voiceplatform.wire import (
     LlmSentence,
     Message,
     PromptSwitched,
+    ProviderUsage,
     StageError,
     TtsAudio,
     TurnMetrics,
@@ -93,6 +94,17 @@ def _detail(msg: Message) -> dict[str, Any]:
             return {"interrupted": msg.interrupted, **turn_figures(msg)}
         case StageError():
             return {"stage": msg.stage, "kind": msg.kind, "retryable": msg.retryable, "detail": msg.detail}
+        case ProviderUsage():
+            return {
+                "stage": msg.stage,
+                "provider": msg.provider,
+                "model": msg.model,
+                "outcome": msg.outcome,
+                "audio_ms": msg.audio_ms,
+                "prompt_tokens": msg.prompt_tokens,
+                "completion_tokens": msg.completion_tokens,
+                "characters": msg.characters,
+            }
         case TtsAudio():
             return {"index": msg.index, "chunk": msg.seq, "last": msg.last, "bytes": len(msg.pcm)}
     return {}

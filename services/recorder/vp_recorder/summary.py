@@ -14,6 +14,7 @@ from typing import Any
 from voiceplatform.turn_figures import turn_figures
 from voiceplatform.wire import CallStarted, ControlInterrupt, PromptSwitched, StageError, TurnMetrics
 from vp_recorder.stored import StoredEvent
+from vp_recorder.usage import usage_rows
 
 
 def nearest_rank(sorted_values: Sequence[int], fraction: float) -> int:
@@ -38,7 +39,9 @@ def call_summary(events: Sequence[StoredEvent]) -> dict[str, Any]:
     - ``errors``: ``stage.error`` events; ``prompt_switches``: ``prompt.switched`` events;
     - ``voice_to_voice_ms``: ``{"p50", "max"}`` over the turns that have one, None when none has;
     - ``robot``, ``channel``: from ``call.started`` (None when it was not recorded);
-    - ``last_prompt``: the prompt the call ended on, None when it never switched (the robot's default).
+    - ``last_prompt``: the prompt the call ended on, None when it never switched (the robot's default);
+    - ``usage``: per stage, provider and model, what the providers were sent or reported
+      (``provider.usage`` events recorded by then; see :func:`vp_recorder.usage.usage_rows`).
     """
     robot: str | None = None
     channel: str | None = None
@@ -47,7 +50,8 @@ def call_summary(events: Sequence[StoredEvent]) -> dict[str, Any]:
     interrupted_turns: set[str] = set()
     errors = 0
     prompt_switches = 0
-    for event in _in_stream_order(events):
+    stream = _in_stream_order(events)
+    for event in stream:
         msg = event.message
         if isinstance(msg, CallStarted):
             robot, channel = msg.robot, msg.channel
@@ -77,4 +81,5 @@ def call_summary(events: Sequence[StoredEvent]) -> dict[str, Any]:
         "robot": robot,
         "channel": channel,
         "last_prompt": last_prompt,
+        "usage": usage_rows(e.message for e in stream),
     }

@@ -10,7 +10,9 @@ ISO-8601 UTC strings, offsets are ms from the start of the call.
   greeting has no caller speech, and a call cut off leaves turns without it). Latencies come only
   from :func:`voiceplatform.turn_figures.turn_figures` of the turn's ``turn.metrics``.
 - ``pipeline_log``: every event in stream order with a small per-type ``detail`` (never audio).
-- ``metadata``: prompt switches, providers, usage for cost, barge-ins and stage errors.
+- ``metadata``: prompt switches, providers, usage for cost, barge-ins and stage errors. ``usage``
+  keeps its aggregate keys and adds ``by_provider``: the call's ``provider.usage`` events summed per
+  stage, provider and model (:func:`vp_recorder.usage.usage_rows`), failed attempts included.
 
 The builder is pure and total: events may be missing, repeated (same ``seq``) or out of order in
 ``ts_ms``; it never raises on them.
@@ -34,6 +36,7 @@ from voiceplatform.wire import (
     Message,
     PlaybackStarted,
     PromptSwitched,
+    ProviderUsage,
     StageError,
     TurnMetrics,
     VadSpeechEnded,
@@ -41,6 +44,7 @@ from voiceplatform.wire import (
 )
 from vp_recorder.pipeline_log import log_entry, offset_ms
 from vp_recorder.stored import StoredEvent
+from vp_recorder.usage import usage_rows
 
 TRANSCRIPT_VERSION = 1
 
@@ -298,6 +302,7 @@ def _metadata(
     switches: list[dict[str, Any]] = []
     stage_errors: list[dict[str, Any]] = []
     audio_ms = prompt_tokens = completion_tokens = tts_chars = 0
+    tts_usage: int | None = None  # characters sent to TTS providers, when they reported usage
     for event in stream:
         match event.message:
             case AsrFinal() as msg:
@@ -312,6 +317,8 @@ def _metadata(
             case LlmSentence() as msg:
                 tts_chars += len(msg.text)  # every sentence goes to TTS (greeting included)
                 robot = robot or msg.robot or None
+            case ProviderUsage(stage="tts") as msg:
+                tts_usage = (tts_usage or 0) + max(0, msg.characters)
             case PromptSwitched() as msg:
                 switches.append(
                     {
@@ -346,7 +353,9 @@ def _metadata(
             "asr_audio_seconds": round(audio_ms / 1000, 3),
             "llm_prompt_tokens": prompt_tokens,
             "llm_completion_tokens": completion_tokens,
-            "tts_characters": tts_chars,
+            # what TTS providers were sent (every attempt) when they say; else an estimate
+            "tts_characters": tts_chars if tts_usage is None else tts_usage,
+            "by_provider": usage_rows(e.message for e in stream),
         },
         "barge_ins": barge_ins,
         "errors": len(stage_errors),

@@ -4,7 +4,8 @@ Every instance also listens to the control subject without a queue group, so whi
 synthesizes a turn's sentence sees its interrupt. Interrupted turn ids are remembered for a while:
 a sentence that arrives after its interrupt is dropped. Providers are tried in the robot's order
 (``tts.provider`` then ``tts.fallback``) until one gives audio; once audio went out for a sentence
-the voice never changes mid-sentence.
+the voice never changes mid-sentence. Every attempt that reached a provider (failed, stalled and
+cancelled ones too) is published as ``provider.usage`` with the characters it was sent, for cost.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry, T
 from voiceplatform.logging import bind_call
 from voiceplatform.providers import ProviderError, ProviderRegistry, ProviderTimeoutError, TtsProvider
 from voiceplatform.providers.registry import RobotProviders, UnknownProvider, aclose_all
+from voiceplatform.providers.usage import outcome_of, publish_usage
 from voiceplatform.resampling import StreamResampler
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.recent import RecentTurns
@@ -190,8 +192,8 @@ class TtsService:
 
     async def _on_sentence(self, env: Envelope) -> Message | None:
         msg = env.message
-        if not isinstance(msg, LlmSentence):
-            return None
+        if not isinstance(msg, LlmSentence) or not msg.synthesize:
+            return None  # synthesize=False: a realtime model is already speaking it
         received_at = time.monotonic()
         reason = ""
         if self._draining:
@@ -314,6 +316,28 @@ class TtsService:
     ) -> bytes:
         provider = self.provider(name, robot)
         out.provider = provider.name
+        ending: BaseException | None = None
+        try:
+            return await self._stream(name, provider, text, cfg, out)
+        except BaseException as exc:
+            ending = exc
+            raise
+        finally:  # every attempt that reached the provider, failed or cancelled ones too (billed)
+            sentence = out.sentence
+            await publish_usage(
+                out.bus,
+                sentence.call_id,
+                stage="tts",
+                provider=name,
+                turn_id=sentence.turn_id,
+                characters=len(text),
+                outcome=outcome_of(ending),
+            )
+
+    @staticmethod
+    async def _stream(
+        name: str, provider: TtsProvider, text: str, cfg: TtsConfig, out: SentenceOutput
+    ) -> bytes:
         resampler = StreamResampler(provider.sample_rate, out.sample_rate)
         # providers are async generators: closing one aborts its engine call (barge-in)
         stream = cast(AsyncGenerator[bytes, None], provider.stream_synthesize(text, cfg.voice))

@@ -64,6 +64,26 @@ class ControlHangup(Message, tag="control.hangup"):
     graceful: bool = True
 
 
+class ControlTransfer(Message, tag="control.transfer"):
+    """Hand the caller to a human: the phone gateway transfers the call to ``destination``."""
+
+    destination: str
+    reason: str = ""
+
+
+class ControlRecord(Message, tag="control.record"):
+    """Start or stop recording the call's audio to a file (phone gateway: ``uuid_record``)."""
+
+    action: Literal["start", "stop"]
+    path: str = ""
+
+
+class CallDtmf(Message, tag="call.dtmf"):
+    """Keypad digits the caller pressed (phone calls)."""
+
+    digits: str
+
+
 # ---- per-call ownership of streaming stages -----------------------------------------------------
 
 
@@ -168,6 +188,8 @@ class AsrFinal(Message, tag="asr.final"):
     speech_end_ts_ms: int = 0
     processing_ms: int = 0
     provider: str = ""
+    # False when a realtime model already answers this utterance: recorded and shown, not routed
+    route: bool = True
 
 
 # ---- dialogue ------------------------------------------------------------------------------------
@@ -210,6 +232,8 @@ class LlmSentence(Message, tag="llm.sentence"):
     robot: str
     sample_rate: int
     last: bool = False
+    # False when the sentence is already being spoken (realtime mode): recorded and shown, not synthesized
+    synthesize: bool = True
 
 
 class LlmDone(Message, tag="llm.done"):
@@ -262,3 +286,32 @@ class StageError(Message, tag="stage.error"):
     detail: str
     turn_id: str = ""
     retryable: bool = False
+
+
+class ProviderUsage(Message, tag="provider.usage"):
+    """What one provider attempt consumed, for cost; published on the call's lifecycle subject.
+
+    One message per attempt that reached the provider, failed, stalled and cancelled ones included
+    (vendors bill them): a fallback chain that failed over once gives two. Amounts are what was sent
+    to (or, for tokens, reported by) that provider in that attempt; 0 when not applicable or unknown.
+
+    - ``stage``: ``"asr"``, ``"llm"``, ``"tts"`` or ``"realtime"`` (a plain string, so a recorder
+      older than a new stage still records it);
+    - ``provider``: the provider's name as configured (``"yandex"``, ``"gemini"``, ``"whisper"``);
+    - ``model``: the model that answered when the provider reports it (a Gemini cascade), else "";
+    - ``audio_ms``: audio handed to the provider (ASR: the segment; realtime: caller audio);
+    - ``prompt_tokens`` / ``completion_tokens``: as the provider reported them (thinking included);
+    - ``characters``: text handed to the provider (TTS: the normalized sentence);
+    - ``outcome``: ``"ok"``, ``"failed"``, ``"timeout"`` (stalled past the role's deadline or the
+      provider's own) or ``"cancelled"`` (barge-in, call end, drain).
+    """
+
+    turn_id: str
+    stage: str
+    provider: str
+    model: str = ""
+    audio_ms: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    characters: int = 0
+    outcome: str = "ok"

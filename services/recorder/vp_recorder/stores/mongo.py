@@ -25,6 +25,7 @@ from voiceplatform.wire import (
     ControlInterrupt,
     Message,
     PromptSwitched,
+    ProviderUsage,
     StageError,
     TurnMetrics,
 )
@@ -75,8 +76,16 @@ class MongoStore:
         self._db: MongoDatabase | None = None
 
     def accepts(self, message: Message) -> bool:
+        # provider.usage too: attempts cancelled by the call's end are reported after call.ended
         return isinstance(
-            message, CallStarted | CallEnded | TurnMetrics | PromptSwitched | ControlInterrupt | StageError
+            message,
+            CallStarted
+            | CallEnded
+            | TurnMetrics
+            | PromptSwitched
+            | ControlInterrupt
+            | StageError
+            | ProviderUsage,
         )
 
     async def connect(self) -> None:

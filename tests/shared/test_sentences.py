@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from vp_llm.sentences import SentenceSplitter, split_text
+from voiceplatform.sentences import SentenceSplitter, split_text
 
 TEXTS = [
     "Здравствуйте! Чем могу помочь? Мы работаем с девяти до шести.",
