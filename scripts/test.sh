@@ -3,7 +3,7 @@
 # Uses the NATS/Postgres/Redis on loopback when they run, embedded ones from PyPI otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VP_EXTRA_APT_PACKAGES=shellcheck bash scripts/setup.sh
+VP_EXTRA_APT_PACKAGES="shellcheck lua5.2" bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1
 
 echo "== ruff"
@@ -11,7 +11,7 @@ ruff check .
 ruff format --check .
 echo "== mypy (strict on shared)"
 mypy -p voiceplatform
-mypy -p vp_gateway_web -p vp_vad -p vp_asr -p vp_llm -p vp_tts -p vp_router -p vp_recorder
+mypy -p vp_gateway_web -p vp_vad -p vp_realtime -p vp_asr -p vp_llm -p vp_tts -p vp_router -p vp_recorder
 echo "== pytest"
 set +e
 pytest "$@"

@@ -90,6 +90,20 @@ def configure_logging(service: str, level: str = "INFO", json: bool | None = Non
     )
     structlog.contextvars.bind_contextvars(service=service)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, SecretMaskingFilter) for f in handler.filters):
+            handler.addFilter(SecretMaskingFilter())
+
+
+class SecretMaskingFilter(logging.Filter):
+    """Masks registered secrets in stdlib records too (a library's debug line may echo a header)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
 
 
 @contextmanager

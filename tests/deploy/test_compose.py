@@ -14,7 +14,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "compose" / "docker-compose.yml"
 SCHEMA = Path(__file__).with_name("compose-spec.json")
-INFRA = {"nats", "postgres", "mongo", "redis"}
+INFRA = {"nats", "postgres", "mongo", "redis", "freeswitch"}
 WORKER_ENV = {"NATS_URL", "POSTGRES_DSN", "REDIS_URL", "MONGO_URI", "ROBOTS_DIR"}
 
 

@@ -26,6 +26,7 @@ ROBOTS = REPO / "robots"
 # (robot, scenario) rows the repository's robots/ folder gives
 REPO_SCENARIOS = {
     ("pipeline_russian", "default"),
+    ("realtime_russian", "default"),
     ("topic_prompts_russian", "default"),
     ("topic_prompts_russian", "pets"),
     ("topic_prompts_russian", "earning"),

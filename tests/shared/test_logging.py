@@ -35,3 +35,23 @@ def test_exceptions_are_masked_too(capsys):
         log.exception("provider.failed")
     out = capsys.readouterr().err
     assert "tok-ABCDEF-123" not in out and "provider.failed" in out
+
+
+def test_library_log_lines_are_masked_by_the_stdlib_filter() -> None:
+    import io
+    import logging
+
+    from voiceplatform.logging import SecretMaskingFilter, register_secret
+
+    register_secret("lib-secret-value-4242")
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(SecretMaskingFilter())
+    lib = logging.getLogger("websockets.client.test")
+    lib.addHandler(handler)
+    lib.setLevel(logging.DEBUG)
+    try:
+        lib.debug("> Authorization: %s", "api-key lib-secret-value-4242")
+    finally:
+        lib.removeHandler(handler)
+    assert "lib-secret-value-4242" not in out.getvalue() and "Authorization: api-key ***" in out.getvalue()

@@ -22,6 +22,7 @@ SERVICES: tuple[tuple[str, str], ...] = (
     ("tts", "vp_tts"),
     ("asr", "vp_asr"),
     ("vad", "vp_vad"),
+    ("realtime", "vp_realtime"),
     ("gateway-web", "vp_gateway_web"),
 )
 FIRST_WORKER_PORT = 8101

@@ -73,6 +73,25 @@ class TtsConfig(_Section):
     first_audio_timeout_s: float = Field(default=4.0, gt=0, le=60)
 
 
+class RealtimeConfig(_Section):
+    """mode=realtime: one speech-to-speech session per call (the OpenAI Realtime event protocol)."""
+
+    provider: Literal["yandex", "openai"] = "yandex"
+    # yandex: model name inside the folder (gpt://<folder>/<model>); openai: e.g. gpt-realtime
+    model: str = ""
+    # endpoint override (a proxy, a stand-in); empty: the provider's public endpoint
+    url: str = ""
+    voice: str = ""
+    # the rate asked of the provider for its audio (OpenAI supports only 24000)
+    output_sample_rate: int = Field(default=24000, ge=8000, le=48000)
+    vad_threshold: float = Field(default=0.5, gt=0, lt=1)
+    silence_duration_ms: int = Field(default=500, ge=100, le=5000)
+    prefix_padding_ms: int = Field(default=300, ge=0, le=2000)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # reconnects in a row (session expiry, dropped socket) before the call is ended politely
+    max_reconnects: int = Field(default=3, ge=0, le=20)
+
+
 class VadConfig(_Section):
     enabled: bool = True
     provider: Literal["energy", "silero"] = "energy"
@@ -115,6 +134,9 @@ class RouterConfig(_Section):
 class RobotSettings(_Section):
     name: str = ""
     ws_port: int | None = None
+    # numbers (DNIS) that reach this robot through gateway-fs; the dialplan's metadata may also
+    # name the robot directly
+    phone_numbers: list[str] = Field(default_factory=list)
     mode: Literal["pipeline", "realtime", "llm_script"] = "pipeline"
     language: str = "ru"
     greeting_text: str = ""
@@ -123,6 +145,7 @@ class RobotSettings(_Section):
     tts: TtsConfig = Field(default_factory=TtsConfig)
     vad: VadConfig = Field(default_factory=VadConfig)
     barge_in: BargeInConfig = Field(default_factory=BargeInConfig)
+    realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     # file (in the robot folder) of the deterministic dialogue script used by llm.provider=script
     dialog_file: str = "dialog.json"
@@ -236,7 +259,8 @@ def load_robot(path: Path | str, root_env: Path | None = None) -> RobotConfig:
             problems.append(f"router.prompts.{prompt_id}: file {file_name} not found")
             continue
         prompts[prompt_id] = p.read_text(encoding="utf-8").strip()
-    if settings.llm.provider == "script" and not (folder / settings.dialog_file).is_file():
+    needs_script = settings.mode != "realtime" and settings.llm.provider == "script"
+    if needs_script and not (folder / settings.dialog_file).is_file():
         problems.append(f"llm.provider is 'script' but {settings.dialog_file} is missing")
     if problems:
         raise RobotConfigError(name, problems)

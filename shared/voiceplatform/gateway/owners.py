@@ -21,8 +21,15 @@ from voiceplatform.wire import Message, OwnerReleased, WorkerHeartbeat
 log = structlog.get_logger("voiceplatform.gateway")
 
 STREAMING_ROLES = ("vad", "asr")
+REALTIME_ROLES = ("realtime",)
+OWNED_ROLES = STREAMING_ROLES + REALTIME_ROLES  # every role that owns calls and heartbeats them
 PIPELINE_ROLES = ("vad", "asr", "prompt-router", "llm", "tts", "recorder")
 PRESENCE_TIMEOUT_S = 3.5
+
+
+def owned_roles_for(mode: str) -> tuple[str, ...]:
+    """The stateful roles a call of this robot mode is assigned to."""
+    return REALTIME_ROLES if mode == "realtime" else STREAMING_ROLES
 
 
 class OwnedCall(Protocol):
@@ -44,7 +51,7 @@ class GatewayDirectory:
 
     async def start(self) -> None:
         self._subs.append(await self.bus.subscribe(subjects.ANY_PRESENCE, self._on_presence))
-        for role in STREAMING_ROLES:
+        for role in OWNED_ROLES:
             self._subs.append(await self.bus.subscribe(subjects.heartbeat(role), self._on_heartbeat))
             self._subs.append(await self.bus.subscribe(subjects.released(role), self._on_released))
         self._watchdog = asyncio.create_task(self._watch(), name="owner-watchdog")

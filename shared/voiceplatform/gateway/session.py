@@ -18,7 +18,7 @@ from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfig
 from voiceplatform.gateway.assign import assign_until_accepted
 from voiceplatform.gateway.greeting import greeting_pcm
-from voiceplatform.gateway.owners import STREAMING_ROLES, GatewayDirectory
+from voiceplatform.gateway.owners import GatewayDirectory, owned_roles_for
 from voiceplatform.gateway.playout import Playout
 from voiceplatform.gateway.turns import TurnClock, metrics_event
 from voiceplatform.logging import bind_call
@@ -149,7 +149,7 @@ class CallSession:
             log.info("call.started", robot=self.robot.name, channel=self.channel, rate=self.sample_rate)
             await self._start_greeting()
             self._spawn(self._playout_loop(), "playout")
-            for role in STREAMING_ROLES:
+            for role in owned_roles_for(self.robot.settings.mode):
                 self.request_reassign(role, "call_start")
             self._spawn(self._max_duration(), "max-duration")
             await self.sink.send_event(
@@ -256,9 +256,12 @@ class CallSession:
             self.playout.set_expected(self.greeting_turn, 1)
             self._audio_ready.set()
         elif text:
-            # no recorded greeting: synthesize it through the normal TTS path
+            # no recorded greeting: synthesize it through the normal TTS path (a realtime session
+            # has its model say it, into this same turn)
             self.playout.turn(self.greeting_turn)
             self.playout.set_expected(self.greeting_turn, 1)
+            if self.robot.settings.mode == "realtime":
+                return
             await self.bus.publish(
                 subjects.llm_sentence(self.call_id),
                 LlmSentence(
@@ -407,7 +410,7 @@ class CallSession:
         clock.speech_end_ts_ms = clock.speech_end_ts_ms or msg.speech_end_ts_ms
         clock.user_text = msg.text
         await self.sink.send_event({"type": "asr.final", "turn_id": msg.turn_id, "text": msg.text})
-        if msg.text.strip():
+        if msg.text.strip() or clock.expects_reply:
             clock.expects_reply = True
         else:
             self._clocks.pop(msg.turn_id, None)  # nothing recognized: no bot turn follows
@@ -419,6 +422,8 @@ class CallSession:
             return None
         clock = self._clocks.get(msg.turn_id)
         if clock is not None:
+            # realtime replies may start before the caller's transcript arrives
+            clock.expects_reply = True
             clock.first_sentence_ts_ms = clock.first_sentence_ts_ms or msg.ts_ms
             clock.sentences[msg.index] = msg.text
         if clock is not None or msg.turn_id == self.greeting_turn:
@@ -447,9 +452,11 @@ class CallSession:
             return None
         live = msg.turn_id == self.greeting_turn and self.playout.has(msg.turn_id)
         clock = self._clocks.get(msg.turn_id)
-        if msg.turn_id in self._interrupted or not (live or (clock is not None and clock.expects_reply)):
+        if msg.turn_id in self._interrupted or not (live or (clock is not None and not clock.completed)):
             STALE_AUDIO.inc()
             return None
+        if clock is not None:
+            clock.expects_reply = True  # a realtime reply may come before the caller's transcript
         if msg.sample_rate != self.sample_rate:
             metrics.MESSAGES_DROPPED.labels("gateway", "tts.audio", "wrong_sample_rate").inc()
             log.warning("call.tts_wrong_rate", turn_id=msg.turn_id, rate=msg.sample_rate)

@@ -1,0 +1,1 @@
+"""realtime: full-duplex speech-to-speech sessions (mode=realtime), one per call, by assignment."""

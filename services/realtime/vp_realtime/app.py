@@ -1,0 +1,151 @@
+"""The realtime service: takes realtime-mode calls by assignment, one ``RealtimeCallSession`` each.
+
+Stateful per call like VAD and ASR (one provider socket per call), so calls are owned, heartbeated
+and handed back on drain. Draining waits for replies in progress to finish before handing calls
+back, so nobody hears a sentence cut by a deploy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from voiceplatform import metrics
+from voiceplatform.bus import Bus
+from voiceplatform.config import RobotConfig, RobotRegistry
+from voiceplatform.logging import bind_call
+from voiceplatform.providers import ProviderError
+from voiceplatform.providers.realtime import RealtimeConnection, RealtimeProvider, RealtimeSessionConfig
+from voiceplatform.runtime import TaskRegistry
+from voiceplatform.runtime.ownership import CallOwnership
+from voiceplatform.wire import SUPPORTED_SAMPLE_RATES, AssignRequest
+
+from .metrics import SERVICE
+from .providers import build_endpoint
+from .session import RealtimeCallSession
+from .settings import RealtimeSettings
+
+log = structlog.get_logger("vp_realtime.app")
+
+IDLE_CHECK_INTERVAL_S = 5.0
+ProviderFactory = Callable[[RobotConfig], RealtimeProvider]
+
+
+class _Unavailable:
+    def __init__(self, name: str, error: ProviderError) -> None:
+        self.name = name
+        self.error = error
+
+    async def connect(self, config: RealtimeSessionConfig) -> RealtimeConnection:
+        raise self.error
+
+
+class RealtimeService:
+    name = SERVICE
+
+    def __init__(
+        self, settings: RealtimeSettings, provider_factory: ProviderFactory = build_endpoint
+    ) -> None:
+        self.settings = settings
+        self.robots = RobotRegistry(settings.robots_dir)
+        self.provider_factory = provider_factory
+        self.sessions: dict[str, RealtimeCallSession] = {}
+        self.tasks = TaskRegistry()
+        self._bus: Bus | None = None
+        self._ownership: CallOwnership | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._drained = False
+
+    async def start(self, bus: Bus) -> None:
+        self._bus = bus
+        metrics.ACTIVE_CALLS.labels(SERVICE)
+        self._ownership = CallOwnership(
+            bus, SERVICE, self.settings.instance_id, self.settings.max_calls, self._accept
+        )
+        await self._ownership.start()
+        self._reaper = asyncio.create_task(self._reap_idle(), name="realtime-idle-reaper")
+
+    async def _accept(self, req: AssignRequest) -> None:
+        assert self._bus is not None
+        if req.sample_rate not in SUPPORTED_SAMPLE_RATES:
+            raise ValueError(f"unsupported sample rate {req.sample_rate}")
+        robot = self.robots.get(req.robot)
+        if robot.settings.mode != "realtime":
+            raise ValueError(f"robot {robot.name!r} is not in realtime mode")
+        try:
+            provider: RealtimeProvider = self.provider_factory(robot)
+        except ProviderError as exc:
+            # no key, no folder: take the call anyway so it ends at once with the reason on record,
+            # instead of the gateway asking every instance again and again
+            provider = _Unavailable(robot.settings.realtime.provider, exc)
+        session = RealtimeCallSession(
+            self._bus, req.call_id, req.sample_rate, robot, provider, self._call_ended
+        )
+        await session.start()
+        self.sessions[req.call_id] = session
+        metrics.ACTIVE_CALLS.labels(SERVICE).inc()
+
+    async def _call_ended(self, call_id: str) -> None:
+        self.tasks.spawn(
+            self.close_call(call_id, "call_ended"), key=call_id, name=f"realtime-close-{call_id}"
+        )
+
+    async def close_call(self, call_id: str, reason: str) -> None:
+        session = self.sessions.pop(call_id, None)
+        if self._ownership is not None:
+            self._ownership.forget(call_id)
+        if session is None:
+            return
+        metrics.ACTIVE_CALLS.labels(SERVICE).dec()
+        await session.close(reason)
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_CHECK_INTERVAL_S)
+            now = time.monotonic()
+            for call_id, session in list(self.sessions.items()):
+                if now - session.last_activity > self.settings.idle_timeout_s:
+                    with bind_call(call_id=call_id):
+                        log.warning("realtime.call_idle", idle_s=round(now - session.last_activity, 1))
+                    await self.close_call(call_id, "idle")
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking calls; let replies in progress finish, then hand every call back."""
+        if self._ownership is None or self._drained:
+            return
+        self._drained = True
+        await self._ownership.stop_accepting()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(s.replying for s in self.sessions.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for call_id in list(self.sessions):
+            await self.close_call(call_id, "draining")
+            await self._ownership.release(call_id)
+        await self.tasks.wait_all(max(0.0, deadline - loop.time()))
+        await self.tasks.cancel_all()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await self._ownership.stop()
+        log.info("realtime.drained")
+
+    def ready(self) -> bool:
+        return self._ownership is not None and self._ownership.accepting
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.settings.instance_id,
+            "calls": len(self.sessions),
+            "max_calls": self.settings.max_calls,
+            "accepting": self.ready(),
+        }
+
+    def asgi_app(self) -> None:
+        return None

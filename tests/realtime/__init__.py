@@ -1,0 +1,1 @@
+"""Realtime speech-to-speech (Yandex / OpenAI Realtime) tests."""
