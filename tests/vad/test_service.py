@@ -19,6 +19,7 @@ from voiceplatform import subjects
 from voiceplatform.bus import Bus, NoResponders
 from voiceplatform.bus.memory import MemoryBroker
 from voiceplatform.bus.nats import NatsBus
+from voiceplatform.runtime import sessions as owned_sessions
 from voiceplatform.wire import (
     AssignReply,
     AssignRequest,
@@ -28,7 +29,6 @@ from voiceplatform.wire import (
     VadSpeechEnded,
     VadSpeechStarted,
 )
-from vp_vad import app as vad_app
 from vp_vad.app import VadService
 from vp_vad.settings import VadSettings
 
@@ -263,7 +263,7 @@ async def test_drain_releases_calls_and_stops_accepting(
 async def test_idle_call_is_dropped(
     broker: MemoryBroker, start_service: StartService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(vad_app, "IDLE_CHECK_INTERVAL_S", 0.05)
+    monkeypatch.setattr(owned_sessions, "IDLE_CHECK_INTERVAL_S", 0.05)
     service = await start_service("vad-a", idle_timeout_s=0.2)
     client = broker.bus("gateway")
     assert (await assign(client, "call-i")).accepted

@@ -8,21 +8,18 @@ back, so nobody hears a sentence cut by a deploy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from voiceplatform import metrics
 from voiceplatform.bus import Bus
 from voiceplatform.config import RobotConfig, RobotRegistry
-from voiceplatform.logging import bind_call
 from voiceplatform.providers import ProviderError
 from voiceplatform.providers.realtime import RealtimeConnection, RealtimeProvider, RealtimeSessionConfig
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.ownership import CallOwnership
+from voiceplatform.runtime.sessions import OwnedSessions
 from voiceplatform.wire import SUPPORTED_SAMPLE_RATES, AssignRequest
 
 from .metrics import SERVICE
@@ -32,7 +29,6 @@ from .settings import RealtimeSettings
 
 log = structlog.get_logger("vp_realtime.app")
 
-IDLE_CHECK_INTERVAL_S = 5.0
 ProviderFactory = Callable[[RobotConfig], RealtimeProvider]
 
 
@@ -54,21 +50,20 @@ class RealtimeService:
         self.settings = settings
         self.robots = RobotRegistry(settings.robots_dir)
         self.provider_factory = provider_factory
-        self.sessions: dict[str, RealtimeCallSession] = {}
+        self.owned: OwnedSessions[RealtimeCallSession] = OwnedSessions(SERVICE, settings.idle_timeout_s)
         self.tasks = TaskRegistry()
         self._bus: Bus | None = None
         self._ownership: CallOwnership | None = None
-        self._reaper: asyncio.Task[None] | None = None
         self._drained = False
 
     async def start(self, bus: Bus) -> None:
         self._bus = bus
-        metrics.ACTIVE_CALLS.labels(SERVICE)
         self._ownership = CallOwnership(
             bus, SERVICE, self.settings.instance_id, self.settings.max_calls, self._accept
         )
         await self._ownership.start()
-        self._reaper = asyncio.create_task(self._reap_idle(), name="realtime-idle-reaper")
+        self.owned.ownership = self._ownership
+        self.owned.start_reaper()
 
     async def _accept(self, req: AssignRequest) -> None:
         assert self._bus is not None
@@ -87,8 +82,7 @@ class RealtimeService:
             self._bus, req.call_id, req.sample_rate, robot, provider, self._call_ended
         )
         await session.start()
-        self.sessions[req.call_id] = session
-        metrics.ACTIVE_CALLS.labels(SERVICE).inc()
+        self.owned.add(req.call_id, session)
 
     async def _call_ended(self, call_id: str) -> None:
         self.tasks.spawn(
@@ -96,23 +90,11 @@ class RealtimeService:
         )
 
     async def close_call(self, call_id: str, reason: str) -> None:
-        session = self.sessions.pop(call_id, None)
-        if self._ownership is not None:
-            self._ownership.forget(call_id)
-        if session is None:
-            return
-        metrics.ACTIVE_CALLS.labels(SERVICE).dec()
-        await session.close(reason)
+        await self.owned.close(call_id, reason)
 
-    async def _reap_idle(self) -> None:
-        while True:
-            await asyncio.sleep(IDLE_CHECK_INTERVAL_S)
-            now = time.monotonic()
-            for call_id, session in list(self.sessions.items()):
-                if now - session.last_activity > self.settings.idle_timeout_s:
-                    with bind_call(call_id=call_id):
-                        log.warning("realtime.call_idle", idle_s=round(now - session.last_activity, 1))
-                    await self.close_call(call_id, "idle")
+    @property
+    def sessions(self) -> dict[str, RealtimeCallSession]:
+        return self.owned.by_call
 
     async def drain(self, timeout: float) -> None:
         """Stop taking calls; let replies in progress finish, then hand every call back."""
@@ -129,10 +111,7 @@ class RealtimeService:
             await self._ownership.release(call_id)
         await self.tasks.wait_all(max(0.0, deadline - loop.time()))
         await self.tasks.cancel_all()
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        await self.owned.stop_reaper()
         await self._ownership.stop()
         log.info("realtime.drained")
 

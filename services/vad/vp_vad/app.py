@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 from typing import Any
 
 import structlog
@@ -13,10 +10,10 @@ from starlette.applications import Starlette
 from voiceplatform import metrics
 from voiceplatform.bus import Bus
 from voiceplatform.config import RobotRegistry
-from voiceplatform.logging import bind_call
 from voiceplatform.providers.interfaces import VadModel
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.ownership import CallOwnership
+from voiceplatform.runtime.sessions import OwnedSessions
 from voiceplatform.wire import AssignRequest
 from voiceplatform.wire.messages import SUPPORTED_SAMPLE_RATES
 
@@ -27,8 +24,6 @@ from .settings import VadSettings
 
 log = structlog.get_logger("vp_vad.app")
 
-IDLE_CHECK_INTERVAL_S = 5.0
-
 
 class VadService:
     name = SERVICE
@@ -36,11 +31,10 @@ class VadService:
     def __init__(self, settings: VadSettings) -> None:
         self.settings = settings
         self.robots = RobotRegistry(settings.robots_dir)
-        self.sessions: dict[str, VadSession] = {}
+        self.owned: OwnedSessions[VadSession] = OwnedSessions(SERVICE, settings.idle_timeout_s)
         self.tasks = TaskRegistry()
         self._bus: Bus | None = None
         self._ownership: CallOwnership | None = None
-        self._reaper: asyncio.Task[None] | None = None
         self._drained = False
 
     @property
@@ -51,8 +45,6 @@ class VadService:
 
     async def start(self, bus: Bus) -> None:
         self._bus = bus
-        # expose the series at 0 from the start rather than only after the first call
-        metrics.ACTIVE_CALLS.labels(SERVICE)
         metrics.FRAMES_IN.labels(SERVICE)
         if self.settings.preload_silero:
             await self._preload_silero()
@@ -60,7 +52,8 @@ class VadService:
             bus, "vad", self.settings.instance_id, self.settings.max_calls, self._accept
         )
         await self._ownership.start()
-        self._reaper = asyncio.create_task(self._reap_idle(), name="vad-idle-reaper")
+        self.owned.ownership = self._ownership
+        self.owned.start_reaper()
 
     async def _preload_silero(self) -> None:
         from .providers.silero import SileroModelMissing, load_shared_session
@@ -81,30 +74,17 @@ class VadService:
             model = await build_model(cfg, self.settings.silero_model_path)
         session = VadSession(self._bus, req.call_id, req.sample_rate, cfg, model, self._call_ended)
         await session.start()
-        self.sessions[req.call_id] = session
-        metrics.ACTIVE_CALLS.labels(SERVICE).inc()
+        self.owned.add(req.call_id, session)
 
     async def _call_ended(self, call_id: str) -> None:
         self.tasks.spawn(self.close_call(call_id, "call_ended"), key=call_id, name=f"vad-close-{call_id}")
 
     async def close_call(self, call_id: str, reason: str) -> None:
-        session = self.sessions.pop(call_id, None)
-        if self._ownership is not None:
-            self._ownership.forget(call_id)
-        if session is None:
-            return
-        metrics.ACTIVE_CALLS.labels(SERVICE).dec()
-        await session.close(reason)
+        await self.owned.close(call_id, reason)
 
-    async def _reap_idle(self) -> None:
-        while True:
-            await asyncio.sleep(IDLE_CHECK_INTERVAL_S)
-            now = time.monotonic()
-            for call_id, session in list(self.sessions.items()):
-                if now - session.last_activity > self.settings.idle_timeout_s:
-                    with bind_call(call_id=call_id):
-                        log.warning("vad.call_idle", idle_s=round(now - session.last_activity, 1))
-                    await self.close_call(call_id, "idle")
+    @property
+    def sessions(self) -> dict[str, VadSession]:
+        return self.owned.by_call
 
     async def drain(self, timeout: float) -> None:
         """Stop taking calls, hand every owned call back (the gateway re-assigns it at once)."""
@@ -118,10 +98,7 @@ class VadService:
             await self._ownership.release(call_id)
         await self.tasks.wait_all(timeout)
         await self.tasks.cancel_all()
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        await self.owned.stop_reaper()
         await self._ownership.stop()
         log.info("vad.drained")
 

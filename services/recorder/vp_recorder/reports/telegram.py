@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from voiceplatform.logging import mask_secrets, register_secret
+from voiceplatform.logging import SecretMaskingFilter, mask_secrets, register_secret
 from vp_recorder.reports.call_log import call_start_ms
 
 MESSAGE_LIMIT = 4096  # sendMessage text, in UTF-16 code units (the unit Telegram counts in)
@@ -237,17 +237,8 @@ def _count(value: Any) -> int:
     return 0
 
 
-class _MaskSecrets(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = mask_secrets(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
-
-
 def _mask_httpx_log_lines() -> None:
     """httpx logs every request URL at INFO: mask registered secrets (the bot token) in those lines."""
     logger = logging.getLogger("httpx")
-    if not any(isinstance(f, _MaskSecrets) for f in logger.filters):
-        logger.addFilter(_MaskSecrets())
+    if not any(isinstance(f, SecretMaskingFilter) for f in logger.filters):
+        logger.addFilter(SecretMaskingFilter())
