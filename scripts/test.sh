@@ -11,7 +11,7 @@ ruff check .
 ruff format --check .
 echo "== mypy (strict on shared)"
 mypy -p voiceplatform
-mypy -p vp_gateway_web -p vp_vad -p vp_realtime -p vp_asr -p vp_llm -p vp_tts -p vp_router -p vp_recorder
+mypy -p vp_gateway_web -p vp_gateway_fs -p vp_vad -p vp_realtime -p vp_asr -p vp_llm -p vp_tts -p vp_router -p vp_recorder
 echo "== pytest"
 set +e
 pytest "$@"

@@ -1,1 +1,1 @@
-"""gateway-fs: FreeSWITCH gateway (mod_audio_stream WebSocket + Event Socket). Its own issue."""
+"""gateway-fs: FreeSWITCH gateway (mod_audio_stream WebSocket + Event Socket)."""

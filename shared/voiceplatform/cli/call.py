@@ -1,20 +1,32 @@
-"""`vp call`: stream a WAV into gateway-web in real time, collect the robot's replies and timings."""
+"""`vp call`: stream a WAV into a robot in real time, collect the robot's replies and timings.
+
+Web mode talks to gateway-web as a browser does. ``--phone`` plays FreeSWITCH instead: it starts the
+FreeSWITCH peer (``voiceplatform.testing``) with its Event Socket on ``--esl-port`` (password
+``VP_FS_ESL_PASSWORD``), waits for gateway-fs to log in, and places a call whose mod_audio_stream
+WebSocket goes to gateway-fs (``--url``) with 8 kHz audio, as a real phone call would. Both modes
+print the same report.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
+import uuid as uuid_module
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from websockets.asyncio.client import connect
 
 from voiceplatform.audio import Int16Array, frames, read_wav, resample, rms, write_wav
+
+if TYPE_CHECKING:
+    from voiceplatform.testing import PeerCall
 
 RATE = 16000
 FRAME = RATE // 50
@@ -47,6 +59,7 @@ class CallResult:
     robot_audio: bytearray = field(default_factory=bytearray)
     audio_starts: list[float] = field(default_factory=list)  # robot audio (re)starts, seconds into call
     flushes: list[float] = field(default_factory=list)
+    break_times: list[float] = field(default_factory=list)  # phone: uuid_break arrivals, monotonic
     end_reason: str = ""
     greeting_first_audio_s: float | None = None
 
@@ -124,16 +137,18 @@ async def place_call(url: str, robot: str, samples: Int16Array, tail_s: float = 
     return result
 
 
-def client_voice_to_voice(result: CallResult, samples: Int16Array) -> list[int | None]:
+def client_voice_to_voice(result: CallResult, samples: Int16Array, rate: int = RATE) -> list[int | None]:
     """For each utterance end in the WAV, ms until the robot's audio next started at the client."""
     out: list[int | None] = []
-    for end in speech_ends(samples):
+    for end in speech_ends(samples, rate):
         after = [s for s in result.audio_starts if s > end]
         out.append(int((after[0] - end) * 1000) if after else None)
     return out
 
 
 def run_call(args: argparse.Namespace) -> int:
+    if getattr(args, "phone", False):
+        return run_phone_call(args)
     samples, rate = read_wav(args.wav)
     samples = resample(samples, rate, RATE)
     robot = Path(args.robot).name
@@ -142,9 +157,16 @@ def run_call(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cannot reach the gateway at {args.url}: {exc} (is `vp up` running?)", file=sys.stderr)
         return 1
+    return print_report(args, result, robot, samples, RATE)
+
+
+def print_report(
+    args: argparse.Namespace, result: CallResult, robot: str, samples: Int16Array, rate: int
+) -> int:
+    """Save the robot's audio and print the per-turn report (text, or JSON with ``--json``)."""
     out = args.out or args.wav.with_suffix(".reply.wav")
-    write_wav(out, np.frombuffer(bytes(result.robot_audio), dtype="<i2").astype(np.int16), RATE)
-    v2v = client_voice_to_voice(result, samples)
+    write_wav(out, np.frombuffer(bytes(result.robot_audio), dtype="<i2").astype(np.int16), rate)
+    v2v = client_voice_to_voice(result, samples, rate)
     report = {
         "call_id": result.call_id,
         "robot": robot,
@@ -178,3 +200,161 @@ def run_call(args: argparse.Namespace) -> int:
     print(f"\nclient-measured voice-to-voice per utterance (incl. VAD hang-over): {v2v} ms")
     print(f"robot audio saved to {out}; call ended: {result.end_reason or 'by caller'}")
     return 0
+
+
+# ---- --phone: through gateway-fs, with the FreeSWITCH peer playing FreeSWITCH --------------------
+PHONE_RATE = 8000
+GATEWAY_LOGIN_TIMEOUT_S = 15.0
+
+
+class PhoneCallError(RuntimeError):
+    pass
+
+
+async def place_phone_call(
+    url: str,
+    robot: str,
+    samples: Int16Array,
+    *,
+    esl_port: int,
+    esl_password: str,
+    number: str = "7000",
+    tail_s: float = 20.0,
+    login_timeout_s: float = GATEWAY_LOGIN_TIMEOUT_S,
+) -> CallResult:
+    """One phone call: ``samples`` at 8 kHz are the caller; gateway-fs must connect to our ESL."""
+    from voiceplatform.testing import FreeSwitchPeer
+
+    peer = FreeSwitchPeer(esl_password=esl_password, esl_port=esl_port)
+    await peer.start()
+    try:
+        deadline = time.monotonic() + login_timeout_s
+        while not any(c.line.startswith("event ") for c in peer.commands):
+            if time.monotonic() > deadline:
+                raise PhoneCallError(
+                    f"gateway-fs did not log in to the Event Socket on port {peer.esl_port} within "
+                    f"{login_timeout_s:.0f} s (is it running with VP_FS_ESL_PORT={peer.esl_port} and the "
+                    "same VP_FS_ESL_PASSWORD?)"
+                )
+            await asyncio.sleep(0.05)
+        uuid = str(uuid_module.uuid4())
+        metadata = json.dumps({"robot": robot, "dnis": number, "caller": "vp-call", "rate": PHONE_RATE})
+        t0 = time.monotonic()
+        call = await peer.place_call(
+            f"{url.rstrip('/')}/{uuid}", destination=number, caller="vp-call", metadata=metadata, uuid=uuid
+        )
+        tracker = _PhoneTracker(call, t0)
+        watcher = asyncio.create_task(tracker.watch())
+        try:
+            pcm = samples.astype("<i2").tobytes()
+            await call.stream_pcm(pcm)
+            wav_end = time.monotonic()
+            while not call.ended.is_set() and time.monotonic() < wav_end + tail_s:
+                idle = tracker.robot_idle_for() > 1.0 and time.monotonic() - wav_end > 1.0
+                if tracker.pending <= 0 and idle:
+                    break
+                await call.stream_silence(0.1)
+            if not call.ended.is_set():
+                await call.hangup()
+        finally:
+            tracker.poll()
+            watcher.cancel()
+        return tracker.result(call.heard())
+    finally:
+        await peer.stop()
+
+
+class _PhoneTracker:
+    """Turns the peer's view of a call (text frames, playbacks, breaks) into a ``CallResult``."""
+
+    def __init__(self, call: PeerCall, t0: float) -> None:
+        self.call, self.t0 = call, t0
+        self.events: list[dict[str, Any]] = []
+        self.pending = 0
+        self._seen = 0
+
+    async def watch(self) -> None:
+        while True:
+            self.poll()
+            await asyncio.sleep(0.02)
+
+    def poll(self) -> None:
+        new = self.call.events_text[self._seen :]
+        self._seen += len(new)
+        for event in new:
+            if event.get("type") in (None, "streamAudio"):
+                continue
+            event = {**event, "t_s": round(time.monotonic() - self.t0, 3)}
+            self.events.append(event)
+            kind = event.get("type")
+            if kind == "vad.speech_started":
+                self.pending += 1
+            elif (kind == "asr.final" and not str(event.get("text", "")).strip()) or kind == "turn.metrics":
+                self.pending -= 1
+
+    def robot_idle_for(self) -> float:
+        plays = self.call.plays
+        if any(p.started_at and not p.stopped_at for p in plays):
+            return 0.0
+        last = max((p.stopped_at or p.queued_at for p in plays), default=self.t0)
+        return time.monotonic() - last
+
+    def result(self, heard: bytes) -> CallResult:
+        result = CallResult(events=self.events, robot_audio=bytearray(heard))
+        for event in self.events:
+            if event.get("type") == "call.started":
+                result.call_id = str(event.get("call_id", ""))
+            elif event.get("type") == "turn.metrics":
+                result.turns.append(event)
+            elif event.get("type") == "call.ended":
+                result.end_reason = str(event.get("reason", ""))
+        last_stop: float | None = None
+        for started, stopped in sorted(
+            ((p.started_at, p.stopped_at) for p in self.call.plays if p.started_at), key=lambda t: t[0]
+        ):
+            if last_stop is None or started - last_stop > 0.1:
+                result.audio_starts.append(started - self.t0)
+            last_stop = stopped or started
+        if result.audio_starts:
+            result.greeting_first_audio_s = result.audio_starts[0]
+        result.flushes = [t - self.t0 for t in self.call.breaks]
+        result.break_times = list(self.call.breaks)
+        result.end_reason = result.end_reason or "caller_hangup"
+        return result
+
+
+def run_phone_call(args: argparse.Namespace) -> int:
+    password = os.environ.get("VP_FS_ESL_PASSWORD", "")
+    dev_file = Path(".vp") / "fs_esl_password"  # written by `vp up` for its gateway-fs
+    if not password and dev_file.is_file():
+        password = dev_file.read_text().strip()
+    if not password:
+        print("vp call --phone: set VP_FS_ESL_PASSWORD (the password gateway-fs uses)", file=sys.stderr)
+        return 2
+    from voiceplatform.logging import configure_logging
+
+    configure_logging("vp-call", "WARNING")  # the peer's log lines go to stderr, never into --json output
+    samples, rate = read_wav(args.wav)
+    samples = resample(samples, rate, PHONE_RATE)
+    robot = Path(args.robot).name
+    try:
+        result = asyncio.run(
+            place_phone_call(
+                args.url,
+                robot,
+                samples,
+                esl_port=args.esl_port,
+                esl_password=password,
+                number=args.number,
+                tail_s=args.tail_s,
+            )
+        )
+    except PhoneCallError as exc:
+        print(f"vp call --phone: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"vp call --phone: cannot listen on ESL port {args.esl_port}: {exc}", file=sys.stderr)
+        return 1
+    if not result.call_id:
+        print(f"vp call --phone: gateway-fs at {args.url} did not take the call", file=sys.stderr)
+    return print_report(args, result, robot, samples, PHONE_RATE)

@@ -27,22 +27,31 @@ def main(argv: list[str] | None = None) -> int:
     call = sub.add_parser("call", help="play a recorded caller (WAV) into a robot exactly as a browser would")
     call.add_argument("--robot", required=True, help="robot folder, e.g. robots/pipeline_russian")
     call.add_argument("--wav", required=True, type=Path, help="caller audio, 16-bit PCM WAV, any rate")
-    call.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="gateway-web WebSocket URL")
+    call.add_argument(
+        "--url",
+        default=None,
+        help="gateway WebSocket URL (web: ws://127.0.0.1:8000/ws; --phone: ws://127.0.0.1:8090/call)",
+    )
     call.add_argument("--out", type=Path, default=None, help="where to save the robot's audio (WAV)")
     call.add_argument("--json", action="store_true", help="print the result as JSON")
     call.add_argument(
         "--tail-s", type=float, default=20.0, help="max seconds to wait for replies after the WAV"
     )
-    call.add_argument("--phone", action="store_true", help="call through gateway-fs (not available yet)")
+    call.add_argument(
+        "--phone",
+        action="store_true",
+        help="call through gateway-fs as FreeSWITCH would (8 kHz; ESL password from VP_FS_ESL_PASSWORD)",
+    )
+    call.add_argument("--esl-port", type=int, default=8021, help="--phone: Event Socket port to listen on")
+    call.add_argument("--number", default="7000", help="--phone: the dialed number (DNIS)")
 
     args = parser.parse_args(argv)
     if args.command == "up":
         from voiceplatform.cli.up import run_up
 
         return run_up(args)
-    if args.phone:
-        print("vp call --phone: gateway-fs is not implemented yet (its own issue)", file=sys.stderr)
-        return 2
+    if args.url is None:
+        args.url = "ws://127.0.0.1:8090/call" if args.phone else "ws://127.0.0.1:8000/ws"
     from voiceplatform.cli.call import run_call
 
     return run_call(args)

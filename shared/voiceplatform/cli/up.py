@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -24,8 +25,11 @@ SERVICES: tuple[tuple[str, str], ...] = (
     ("vad", "vp_vad"),
     ("realtime", "vp_realtime"),
     ("gateway-web", "vp_gateway_web"),
+    ("gateway-fs", "vp_gateway_fs"),
 )
 FIRST_WORKER_PORT = 8101
+GATEWAY_FS_PORT = 8090  # where FreeSWITCH's mod_audio_stream (or `vp call --phone`) connects
+ESL_PASSWORD_FILE = "fs_esl_password"
 MAX_RESTARTS = 3
 
 
@@ -110,10 +114,14 @@ def start_services(
     procs: list[ServiceProcess] = []
     port = first_port
     for name, module in SERVICES:
+        if name == "gateway-fs" and not env.get("VP_FS_ESL_PASSWORD"):
+            continue  # it refuses to start without an Event Socket password
         for i in range((scale or {}).get(name, 1)):
             service_env = dict(env)
             if name == "gateway-web":
                 service_env["VP_HTTP_PORT"] = str(gateway_port)
+            elif name == "gateway-fs":
+                service_env["VP_HTTP_PORT"] = env.get("VP_GATEWAY_FS_PORT", str(GATEWAY_FS_PORT))
             else:
                 service_env["VP_HTTP_PORT"] = str(port)
                 port += 1
@@ -153,6 +161,16 @@ def wait_ready(url: str, timeout: float, procs: list[ServiceProcess]) -> bool:
     return False
 
 
+def dev_esl_password(workdir: Path) -> str:
+    """A random Event Socket password for this machine's gateway-fs and `vp call --phone` (never ClueCon),
+    kept in the work dir so both sides find it; a real deployment sets VP_FS_ESL_PASSWORD."""
+    path = workdir / ESL_PASSWORD_FILE
+    if not path.is_file():
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def run_up(args: argparse.Namespace) -> int:
     workdir: Path = args.workdir.resolve()
     logs = workdir / "logs"
@@ -178,6 +196,7 @@ def run_up(args: argparse.Namespace) -> int:
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }
+        base_env.setdefault("VP_FS_ESL_PASSWORD", dev_esl_password(workdir))
         procs = start_services(base_env, logs, args.port, _scale(args))
         print(f"started {len(procs)} service processes; logs in {logs}", flush=True)
         health = f"http://127.0.0.1:{args.port}/health"
@@ -186,6 +205,10 @@ def run_up(args: argparse.Namespace) -> int:
             return 1
         print(f"ready: open http://127.0.0.1:{args.port} to talk to a robot from the browser", flush=True)
         print("or: vp call --robot robots/pipeline_russian --wav caller.wav", flush=True)
+        print(
+            "or, as a phone call: vp call --phone --robot robots/pipeline_russian --wav caller.wav",
+            flush=True,
+        )
         if args.demo:
             from voiceplatform.cli.call import run_call
             from voiceplatform.cli.demo import demo_caller_wav

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from voiceplatform.audio import read_wav, resample
 from voiceplatform.config import RobotConfig
 
@@ -11,8 +13,11 @@ _cache: dict[tuple[str, int, float], bytes] = {}
 def greeting_pcm(robot: RobotConfig, rate: int) -> bytes | None:
     """16-bit PCM of ``greeting.wav`` at ``rate``, or None when the robot has no recording."""
     path = robot.greeting_wav
-    if path is None:
-        return None
+    return None if path is None else wav_pcm(path, rate)
+
+
+def wav_pcm(path: Path, rate: int) -> bytes:
+    """16-bit PCM of a WAV file at ``rate`` (decoded once per file version and rate)."""
     key = (str(path), rate, path.stat().st_mtime)
     cached = _cache.get(key)
     if cached is None:

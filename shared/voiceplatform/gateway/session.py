@@ -87,6 +87,7 @@ class CallSession:
         caller: str = "",
         gateway_id: str = "",
         lead_frames: int = 3,
+        greeting_audio: bytes | None = None,
     ) -> None:
         self.bus = bus
         self.robot = robot
@@ -98,6 +99,8 @@ class CallSession:
         self.caller = caller
         self.gateway_id = gateway_id
         self.lead_frames = lead_frames
+        # greeting PCM at the call's rate kept by the gateway (synthesized once), else greeting.wav
+        self.greeting_audio = greeting_audio
         self.owners: dict[str, str] = {}
         self.owner_seen: dict[str, float] = {}
         self.playout = Playout(frame_bytes(sample_rate))
@@ -250,7 +253,11 @@ class CallSession:
     # ---- greeting -------------------------------------------------------------------------------
     async def _start_greeting(self) -> None:
         text = self.robot.settings.greeting_text
-        pcm = greeting_pcm(self.robot, self.sample_rate)
+        pcm = (
+            self.greeting_audio
+            if self.greeting_audio is not None
+            else greeting_pcm(self.robot, self.sample_rate)
+        )
         if pcm is not None:
             self.playout.add_audio(self.greeting_turn, 0, pcm, last=True, text=text)
             self.playout.set_expected(self.greeting_turn, 1)

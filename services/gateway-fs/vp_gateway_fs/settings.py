@@ -1,0 +1,75 @@
+"""gateway-fs settings (env ``VP_*``, read once at start).
+
+The ESL password has no usable default: the stock ``ClueCon`` is refused unless
+``VP_FS_ESL_ALLOW_DEFAULT_PASSWORD=true`` (a developer's own FreeSWITCH on loopback).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+
+from voiceplatform.config import ServiceSettings
+
+STOCK_PASSWORD = "ClueCon"
+
+
+class GatewayFsSettings(ServiceSettings):
+    # mod_audio_stream connects to ws://<host>:<http_port>/call/<uuid>
+    http_port: int = 8090
+    fs_esl_host: str = "127.0.0.1"
+    fs_esl_port: int = 8021
+    fs_esl_password: SecretStr = SecretStr("")
+    fs_esl_allow_default_password: bool = False
+    # one ESL api command (uuid_broadcast, uuid_break, ...) waits this long for FreeSWITCH's answer
+    fs_esl_command_timeout_s: float = Field(default=2.0, gt=0)
+    # reconnect back-off doubles from 0.1 s up to this cap
+    fs_esl_reconnect_max_s: float = Field(default=2.0, gt=0)
+    # calls cannot speak while the ESL is down: after this long they end with reason esl_unavailable
+    fs_esl_outage_hangup_s: float = Field(default=15.0, gt=0)
+    # robot routing: robot key of the metadata → robots' phone_numbers → these routes → default
+    fs_routes: str = ""  # "7000=pipeline_russian,7001=topic_prompts_russian"
+    fs_default_robot: str = ""
+    # the stream's rate when the metadata does not say ("rate": 8000|16000): the dialplan's 8k/16k
+    fs_sample_rate: int = 8000
+    fs_recordings_dir: Path = Path("recordings")
+    # synthesized greetings of robots without greeting.wav (default: a temporary folder per process)
+    fs_greeting_cache_dir: Path | None = None
+    # seconds to wait for the metadata text frame after the WebSocket opens
+    fs_metadata_timeout_s: float = Field(default=2.0, gt=0)
+    # robot audio segments pushed to FreeSWITCH (see sink.py for the arithmetic behind the numbers)
+    fs_lead_frames: int = Field(default=25, ge=2, le=100)
+    fs_first_segment_ms: int = Field(default=160, ge=20, le=2000)
+    fs_segment_ms: int = Field(default=400, ge=20, le=2000)
+    # also send the call's JSON events (call.started, turn.metrics, ...) as text frames: FreeSWITCH
+    # raises them as mod_audio_stream::json events, where dialplan scripts and `vp call --phone` see them
+    fs_forward_events: bool = True
+    max_message_bytes: int = 1 << 16
+
+
+def password_problem(settings: GatewayFsSettings) -> str | None:
+    """Why the configured ESL password must not be used, or None (the value is never returned)."""
+    password = settings.fs_esl_password.get_secret_value()
+    if not password:
+        return "VP_FS_ESL_PASSWORD is not set"
+    if password == STOCK_PASSWORD and not settings.fs_esl_allow_default_password:
+        return (
+            "VP_FS_ESL_PASSWORD is FreeSWITCH's stock password; set your own "
+            "(or VP_FS_ESL_ALLOW_DEFAULT_PASSWORD=true for a private development FreeSWITCH)"
+        )
+    return None
+
+
+def parse_routes(text: str) -> dict[str, str]:
+    """``"7000=bot_a, 7001=bot_b"`` → ``{"7000": "bot_a", "7001": "bot_b"}``; bad items raise ValueError."""
+    routes: dict[str, str] = {}
+    for item in text.replace(";", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        number, sep, robot = item.partition("=")
+        if not sep or not number.strip() or not robot.strip():
+            raise ValueError(f"VP_FS_ROUTES item {item!r} is not NUMBER=ROBOT")
+        routes[number.strip()] = robot.strip()
+    return routes

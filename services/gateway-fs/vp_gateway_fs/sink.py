@@ -1,0 +1,292 @@
+"""The FreeSWITCH side of a call's robot audio: segments → mod_audio_stream files → uuid_broadcast.
+
+The community mod_audio_stream does not play what the server sends: a ``streamAudio`` text frame
+makes it write a file and raise ``mod_audio_stream::play`` with the path (protocols.md 9a). So the
+sink cuts the paced frames ``CallSession`` gives it into segments, sends each as one ``streamAudio``
+frame over the call's own WebSocket, and on the play event queues the file with ``uuid_broadcast
+<uuid> <file> aleg`` over the ESL. Broadcasts of one channel play one after the other, in order.
+Why this path: it needs nothing but the two modules the dialplan already uses, no shared volume
+(FreeSWITCH writes the files itself), and the first word costs one small file write and two local
+round trips, a few milliseconds; a barge-in is one ``uuid_break <uuid> all``, which stops the
+current file and drops the queued ones at once.
+
+Segment sizes: the session sends ``lead`` frames at once, then one every 20 ms. Segment k (frames
+a..b) is complete when frame b arrives, at (b - lead) x 20 ms, and must be queued before FreeSWITCH
+reaches frame a, at a x 20 ms: the margin is (lead - n + 1) x 20 ms for an n-frame segment. With
+lead 25 frames (500 ms) and 400 ms segments the margin is 120 ms of network, file write and ESL in
+the steady state; the first segment of a turn (after any idle gap) is small (160 ms), so the first
+word is out at once and is not held back behind a large segment. A segment that is not full when
+frames stop coming (end of a turn, TTS slower than real time) goes out after ``idle_flush_s``.
+
+Barge-in: ``flush`` bumps an epoch and sends ``uuid_break <uuid> all`` before anything else; files of
+an older epoch whose play event arrives later are never broadcast. ``close`` (the session ended)
+lets what was queued finish playing (a goodbye), then hangs up with ``uuid_kill`` unless the caller
+already did or the call was transferred, and only then closes the WebSocket (mod_audio_stream
+deletes its files when the stream ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from prometheus_client import Counter
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from voiceplatform.runtime import TaskRegistry
+from voiceplatform.wire import frame_bytes
+from vp_gateway_fs.esl import EslClient, EslError, EslEvent, EslReply
+
+log = structlog.get_logger("vp_gateway_fs.sink")
+
+SEGMENTS = Counter("vp_gateway_fs_segments_total", "Robot audio segments pushed to FreeSWITCH")
+PLAYBACK_LOST = Counter(
+    "vp_gateway_fs_playback_lost_total", "Robot audio segments that could not be played", ["reason"]
+)
+COMMAND_ERRORS = Counter(
+    "vp_gateway_fs_esl_command_errors_total", "ESL commands that failed", ["command", "kind"]
+)
+GONE_MARKERS = ("no such channel", "invalid uuid")
+
+
+@dataclass
+class _Segment:
+    epoch: int
+    nbytes: int
+
+
+def command_failed(command: str, uuid: str, error: EslError | EslReply) -> None:
+    """Count and log a failed ESL command (never with its arguments: paths, numbers)."""
+    kind = "reply" if isinstance(error, EslReply) else type(error).__name__
+    COMMAND_ERRORS.labels(command, kind).inc()
+    detail = error.text if isinstance(error, EslReply) else str(error)
+    log.error("fs.command_failed", command=command, uuid=uuid, kind=kind, detail=detail[:120])
+
+
+class FsSink:
+    def __init__(
+        self,
+        ws: WebSocket,
+        esl: EslClient,
+        uuid: str,
+        rate: int,
+        *,
+        first_segment_ms: int = 160,
+        segment_ms: int = 400,
+        idle_flush_s: float = 0.06,
+        forward_events: bool = True,
+        on_channel_gone: Callable[[], None] | None = None,
+    ) -> None:
+        self.ws, self.esl, self.uuid, self.rate = ws, esl, uuid, rate
+        frame = frame_bytes(rate)
+        self.first_bytes = max(frame, first_segment_ms // 20 * frame)
+        self.segment_bytes = max(frame, segment_ms // 20 * frame)
+        self.idle_flush_s = idle_flush_s
+        self.forward_events = forward_events
+        self.on_channel_gone = on_channel_gone
+        self.open = True  # taking robot audio
+        self._finished = False  # closed: no more broadcasts
+        self.channel_alive = True  # False once FreeSWITCH reports the hangup
+        self.hangup_on_close = True  # False after a transfer: the channel lives on without us
+        self.drain_on_close = True  # let queued robot audio finish before hanging up (a goodbye)
+        self.first_playback_at: float | None = None  # monotonic, first PLAYBACK_START of ours
+        self._buffer = bytearray()
+        self._fresh = True  # next segment is the first of a burst: small
+        self._epoch = 0
+        self._sent: deque[_Segment] = deque()  # streamAudio frames awaiting their play event
+        self._queued: dict[str, int] = {}  # broadcast files not yet stopped → bytes
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._idle: asyncio.TimerHandle | None = None
+        self._lock = asyncio.Lock()
+        self._tasks = TaskRegistry()
+
+    # ---- AudioSink --------------------------------------------------------------------------------
+    async def send_audio(self, pcm: bytes) -> None:
+        if not self.open:
+            return
+        self._buffer += pcm
+        self._drained.clear()
+        if len(self._buffer) >= (self.first_bytes if self._fresh else self.segment_bytes):
+            self._fresh = False
+            await self._ship()
+        self._arm_idle()
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        if self.forward_events and event.get("type") != "heartbeat":
+            await self._send_text(json.dumps(event, ensure_ascii=False))
+
+    async def flush(self, turn_id: str) -> None:
+        """Barge-in: stop FreeSWITCH's playback now and forget every segment not yet played."""
+        self._epoch += 1
+        self._buffer.clear()
+        self._fresh = True
+        self._queued.clear()
+        self._update_drained()
+        try:
+            reply = await self.esl.command(f"api uuid_break {self.uuid} all")
+        except EslError as exc:
+            command_failed("uuid_break", self.uuid, exc)
+            return
+        if not reply.ok:
+            command_failed("uuid_break", self.uuid, reply)
+        log.info("fs.playback_flushed", turn_id=turn_id)
+
+    async def close(self, reason: str) -> None:
+        if not self.open:
+            return
+        self.open = False
+        self._cancel_idle()
+        if self.channel_alive and self.hangup_on_close:
+            if self.drain_on_close and self.ws.application_state == WebSocketState.CONNECTED:
+                if self._buffer:
+                    await self._ship()
+                await self.wait_drained(self.pending_audio_s() + 1.5)
+            await self.hangup("NORMAL_CLEARING")
+        self._finished = True
+        await self._tasks.cancel_all(1.0)
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=1000, reason=reason[:120])
+
+    # ---- FreeSWITCH commands ----------------------------------------------------------------------
+    async def hangup(self, cause: str) -> bool:
+        if not self.channel_alive:
+            return True
+        try:
+            reply = await self.esl.command(f"api uuid_kill {self.uuid} {cause}")
+        except EslError as exc:
+            command_failed("uuid_kill", self.uuid, exc)
+            return False
+        if not reply.ok and not any(m in reply.text.lower() for m in GONE_MARKERS):
+            command_failed("uuid_kill", self.uuid, reply)
+            return False
+        self.channel_alive = False
+        return True
+
+    def channel_gone(self) -> None:
+        """FreeSWITCH hung the channel up: nothing queued will play, and nothing is to hang up."""
+        self.channel_alive = False
+        self._buffer.clear()
+        self._sent.clear()
+        self._queued.clear()
+        self._update_drained()
+
+    def pending_audio_s(self) -> float:
+        nbytes = len(self._buffer) + sum(s.nbytes for s in self._sent) + sum(self._queued.values())
+        return nbytes / 2 / self.rate
+
+    async def wait_drained(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        return self._drained.is_set()
+
+    # ---- ESL events of this channel (called by the ESL reader: never block) -----------------------
+    def on_play(self, event: EslEvent) -> None:
+        """``mod_audio_stream::play``: the file of our oldest unacknowledged segment is written."""
+        segment = self._sent.popleft() if self._sent else None
+        try:
+            path = str(json.loads(event.body).get("file", ""))
+        except (json.JSONDecodeError, AttributeError):
+            path = ""
+        if segment is None or segment.epoch != self._epoch or self._finished:
+            PLAYBACK_LOST.labels("stale" if segment is not None else "unexpected").inc()
+            self._update_drained()
+            return
+        if not path or any(c.isspace() for c in path):
+            PLAYBACK_LOST.labels("bad_path").inc()
+            log.error("fs.play_event_without_usable_file", uuid=self.uuid)
+            self._update_drained()
+            return
+        try:
+            future = self.esl.submit(f"api uuid_broadcast {self.uuid} {path} aleg")
+        except EslError as exc:
+            PLAYBACK_LOST.labels("esl_unavailable").inc()
+            command_failed("uuid_broadcast", self.uuid, exc)
+            self._update_drained()
+            return
+        self._queued[path] = segment.nbytes
+        self._tasks.spawn(self._check_broadcast(future, path), name=f"broadcast-{self.uuid}")
+
+    def on_playback(self, event: EslEvent) -> None:
+        path = event.headers.get("Playback-File-Path", "")
+        if event.name == "PLAYBACK_START" and path in self._queued and self.first_playback_at is None:
+            self.first_playback_at = event.received
+        elif event.name == "PLAYBACK_STOP":
+            self._queued.pop(path, None)
+            self._update_drained()
+
+    # ---- internals --------------------------------------------------------------------------------
+    async def _check_broadcast(self, future: asyncio.Future[EslReply], path: str) -> None:
+        try:
+            reply = await self.esl.wait(future)
+        except EslError as exc:
+            reply = None
+            command_failed("uuid_broadcast", self.uuid, exc)
+        if reply is not None and reply.ok:
+            return
+        PLAYBACK_LOST.labels("broadcast_failed").inc()
+        self._queued.pop(path, None)
+        self._update_drained()
+        if reply is not None:
+            command_failed("uuid_broadcast", self.uuid, reply)
+            if any(m in reply.text.lower() for m in GONE_MARKERS):
+                self.channel_gone()
+                if self.on_channel_gone is not None:
+                    self.on_channel_gone()
+
+    async def _ship(self) -> None:
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self._sent.append(_Segment(self._epoch, len(data)))
+        SEGMENTS.inc()
+        frame = {
+            "type": "streamAudio",
+            "data": {
+                "audioDataType": "raw",
+                "sampleRate": self.rate,
+                "audioData": base64.b64encode(data).decode(),
+            },
+        }
+        if not await self._send_text(json.dumps(frame)):
+            self._sent.pop()
+            PLAYBACK_LOST.labels("stream_closed").inc()
+            self._update_drained()
+
+    async def _send_text(self, text: str) -> bool:
+        if self.ws.application_state != WebSocketState.CONNECTED:
+            return False
+        async with self._lock:
+            try:
+                await self.ws.send_text(text)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                return False
+        return True
+
+    def _arm_idle(self) -> None:
+        self._cancel_idle()
+        self._idle = asyncio.get_running_loop().call_later(self.idle_flush_s, self._on_idle)
+
+    def _cancel_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def _on_idle(self) -> None:
+        self._idle = None
+        self._fresh = True
+        if self._buffer and self.open:
+            self._tasks.spawn(self._ship(), name=f"ship-{self.uuid}")
+
+    def _update_drained(self) -> None:
+        if not self._buffer and not self._sent and not self._queued:
+            self._drained.set()
+        else:
+            self._drained.clear()
