@@ -23,6 +23,9 @@ class Platform:
     procs: list[ServiceProcess]
     env: dict[str, str]
     logs: Path
+    phone_url: str = ""  # gateway-fs: where mod_audio_stream connects (ws://…/call)
+    esl_port: int = 0  # where gateway-fs expects FreeSWITCH's Event Socket (the test's peer)
+    esl_password: str = ""
 
     def logs_text(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.tail(30)}" for p in self.procs)
@@ -54,11 +57,24 @@ def platform(private_nats: str, postgres_dsn: str, redis_url: str, tmp_path_fact
         "VP_LOG_FORMAT": "json",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        # gateway-fs logs in to the FreeSWITCH peer a phone test starts on this port
+        "VP_FS_ESL_PASSWORD": "e2e-esl-secret-not-cluecon",
+        "VP_FS_ESL_PORT": str(free_port()),
+        "VP_GATEWAY_FS_PORT": str(free_port()),
     }
     # two instances of every worker: assignment, queue groups and KV state must hold across instances
     scale = {name: 2 for name in ("vad", "asr", "prompt-router", "llm", "tts", "recorder")}
     procs = start_services(env, logs, port, scale=scale, first_port=free_port())
-    platform = Platform(f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}/health", procs, env, logs)
+    platform = Platform(
+        f"ws://127.0.0.1:{port}/ws",
+        f"http://127.0.0.1:{port}/health",
+        procs,
+        env,
+        logs,
+        phone_url=f"ws://127.0.0.1:{env['VP_GATEWAY_FS_PORT']}/call",
+        esl_port=int(env["VP_FS_ESL_PORT"]),
+        esl_password=env["VP_FS_ESL_PASSWORD"],
+    )
     try:
         if not wait_ready(platform.health, 180, procs):
             pytest.fail(f"platform did not become ready:\n{platform.logs_text()}")
