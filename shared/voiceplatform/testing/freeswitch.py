@@ -73,6 +73,7 @@ class FreeSwitchPeer:
         esl_port: int = 0,
         temp_dir: Path | None = None,
         record_stereo: bool = False,
+        history: int = 20000,
     ) -> None:
         self.esl_password = esl_password
         self.host = host
@@ -83,7 +84,8 @@ class FreeSwitchPeer:
         self.record_stereo = record_stereo  # uuid_record: caller left, robot right (else mixed mono)
         self.reject_password = False
         self.commands: list[EslCommand] = []
-        self.fired: deque[FsEvent] = deque(maxlen=20000)  # recent events, for assertions
+        # recent events, for assertions; a load generator keeps few (a big history slows every GC)
+        self.fired: deque[FsEvent] = deque(maxlen=history)
         self.calls: dict[str, PeerCall] = {}  # live channels by uuid
         self.all_calls: list[PeerCall] = []
         self.listeners: set[EslListener] = set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -91,6 +92,8 @@ class PeerCall:
         self._consumed = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._k = 0
+        # load generators measure pacing here: (when the frame was due, when it went out), monotonic
+        self.on_frame: Callable[[float, float], None] | None = None
         self._t0 = 0.0
         self._media_lock = asyncio.Lock()
         self._clock: asyncio.Task[Any] | None = None
@@ -358,6 +361,7 @@ class PeerCall:
         elif taken < size:
             frame = (frame or b"") + bytes(size - taken)
         index = self.media_index()
+        due = self._t0 + self._k * 0.02
         self._k += 1
         if self._waiters:
             ready = [f for target, f in self._waiters if target <= self._consumed]
@@ -372,7 +376,10 @@ class PeerCall:
         stream = self.stream
         if stream is not None:
             robot = self.player.robot_audio(index, size // 2) if stream.mix_type != "mono" else b""
+            sent_before = stream.frames_sent
             await stream.feed(frame, robot)
+            if self.on_frame is not None and stream.frames_sent > sent_before:
+                self.on_frame(due, time.monotonic())
 
     def channel_data(self) -> list[tuple[str, str]]:
         return channel_data(self)
