@@ -106,9 +106,7 @@ class RealtimeService:
         deadline = loop.time() + timeout
         while any(s.replying for s in self.sessions.values()) and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        for call_id in list(self.sessions):
-            await self.close_call(call_id, "draining")
-            await self._ownership.release(call_id)
+        await self.owned.hand_back_all()
         await self.tasks.wait_all(max(0.0, deadline - loop.time()))
         await self.tasks.cancel_all()
         await self.owned.stop_reaper()
@@ -119,12 +117,7 @@ class RealtimeService:
         return self._ownership is not None and self._ownership.accepting
 
     def health(self) -> dict[str, Any]:
-        return {
-            "instance_id": self.settings.instance_id,
-            "calls": len(self.sessions),
-            "max_calls": self.settings.max_calls,
-            "accepting": self.ready(),
-        }
+        return self.owned.health(self.settings.instance_id, self.settings.max_calls)
 
     def asgi_app(self) -> None:
         return None

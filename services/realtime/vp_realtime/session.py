@@ -111,6 +111,7 @@ class RealtimeCallSession:
         self.closed = False
         self.dropped_frames = 0
         self._unbilled_audio_bytes = 0  # caller audio streamed since the last usage report (call rate)
+        self._frames_in = metrics.FRAMES_IN.labels(SERVICE)  # bound once: the audio path runs 50×/s
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -387,7 +388,7 @@ class RealtimeCallSession:
             self.dropped_frames += 1
             metrics.MESSAGES_DROPPED.labels(SERVICE, "audio.in", problem).inc()
             return None
-        metrics.FRAMES_IN.labels(SERVICE).inc()
+        self._frames_in.inc()
         self.last_activity = time.monotonic()
         self._unbilled_audio_bytes += len(chunk.pcm)
         assert conn is not None

@@ -92,10 +92,7 @@ class VadService:
             return
         self._drained = True
         await self._ownership.stop_accepting()
-        for call_id in list(self.sessions):
-            # close first so this instance and the next owner never both emit for the same audio
-            await self.close_call(call_id, "draining")
-            await self._ownership.release(call_id)
+        await self.owned.hand_back_all()
         await self.tasks.wait_all(timeout)
         await self.tasks.cancel_all()
         await self.owned.stop_reaper()
@@ -106,12 +103,7 @@ class VadService:
         return self._ownership is not None and self._ownership.accepting
 
     def health(self) -> dict[str, Any]:
-        return {
-            "instance_id": self.settings.instance_id,
-            "calls": len(self.sessions),
-            "max_calls": self.settings.max_calls,
-            "accepting": self.ready(),
-        }
+        return self.owned.health(self.settings.instance_id, self.settings.max_calls)
 
     def asgi_app(self) -> Starlette | None:
         return None

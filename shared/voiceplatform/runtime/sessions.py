@@ -58,6 +58,23 @@ class OwnedSessions(Generic[S]):
         self.by_call[call_id] = session
         metrics.ACTIVE_CALLS.labels(self.service).inc()
 
+    async def hand_back_all(self) -> None:
+        """Drain: close every session, then give its call back so the gateway re-assigns it at once
+        (closing first means this instance and the next owner never both emit for the same audio)."""
+        for call_id in list(self.by_call):
+            await self.close(call_id, "draining")
+            if self.ownership is not None:
+                await self.ownership.release(call_id)
+
+    def health(self, instance_id: str, max_calls: int) -> dict[str, object]:
+        accepting = self.ownership is not None and self.ownership.accepting
+        return {
+            "instance_id": instance_id,
+            "calls": len(self),
+            "max_calls": max_calls,
+            "accepting": accepting,
+        }
+
     async def close(self, call_id: str, reason: str) -> None:
         session = self.by_call.pop(call_id, None)
         if self.ownership is not None:
