@@ -3,6 +3,7 @@
 from voiceplatform.wire.codec import WireError, decode, encode
 from voiceplatform.wire.messages import (
     FRAME_MS,
+    INTERRUPT_REASONS,
     SUPPORTED_SAMPLE_RATES,
     AsrFinal,
     AsrPartial,
@@ -11,6 +12,7 @@ from voiceplatform.wire.messages import (
     AudioChunk,
     CallDtmf,
     CallEnded,
+    CallNoInput,
     CallStarted,
     ChatMessage,
     ControlHangup,
@@ -29,6 +31,8 @@ from voiceplatform.wire.messages import (
     TtsAudio,
     TurnMetrics,
     VadSpeechEnded,
+    VadSpeechPaused,
+    VadSpeechResumed,
     VadSpeechStarted,
     WorkerHeartbeat,
     frame_bytes,
@@ -36,6 +40,7 @@ from voiceplatform.wire.messages import (
 
 __all__ = [
     "FRAME_MS",
+    "INTERRUPT_REASONS",
     "SUPPORTED_SAMPLE_RATES",
     "AsrFinal",
     "AsrPartial",
@@ -44,6 +49,7 @@ __all__ = [
     "AudioChunk",
     "CallDtmf",
     "CallEnded",
+    "CallNoInput",
     "CallStarted",
     "ChatMessage",
     "ControlHangup",
@@ -62,6 +68,8 @@ __all__ = [
     "TtsAudio",
     "TurnMetrics",
     "VadSpeechEnded",
+    "VadSpeechPaused",
+    "VadSpeechResumed",
     "VadSpeechStarted",
     "WireError",
     "WorkerHeartbeat",

@@ -170,9 +170,38 @@ class VadSpeechStarted(Message, tag="vad.speech_started"):
 
 
 class VadSpeechEnded(Message, tag="vad.speech_ended"):
+    """The caller's turn is over (the end-of-turn decision, not just a silence).
+
+    ``eot_probability``: the end-of-turn model's probability that the utterance was complete (-1:
+    no model ran); ``truncated``: the turn hit the robot's cap on turn length and was cut there.
+    """
+
     turn_id: str
     audio_offset_ms: int
     speech_ms: int
+    eot_probability: float = -1.0
+    truncated: bool = False
+
+
+class VadSpeechPaused(Message, tag="vad.speech_paused"):
+    """The caller paused inside turn ``turn_id``; speech so far ends at ``audio_offset_ms``.
+
+    Not an end of turn: either ``vad.speech_resumed`` follows (same ``turn_id``) or
+    ``vad.speech_ended`` with the same ``audio_offset_ms``. Stages may start work on the speech so
+    far (speculative recognition) and must drop it without a trace on a resume.
+    """
+
+    turn_id: str
+    audio_offset_ms: int
+    speech_ms: int
+    eot_probability: float = -1.0
+
+
+class VadSpeechResumed(Message, tag="vad.speech_resumed"):
+    """The caller went on speaking after ``vad.speech_paused``: the turn continues."""
+
+    turn_id: str
+    audio_offset_ms: int
 
 
 class AsrPartial(Message, tag="asr.partial"):
@@ -190,6 +219,8 @@ class AsrFinal(Message, tag="asr.final"):
     provider: str = ""
     # False when a realtime model already answers this utterance: recorded and shown, not routed
     route: bool = True
+    # earlier caller turns whose audio this transcript includes (continuation: one utterance)
+    merged: list[str] = msgspec.field(default_factory=list)
 
 
 # ---- dialogue ------------------------------------------------------------------------------------
@@ -221,6 +252,8 @@ class LlmRequest(Message, tag="llm.request"):
     sample_rate: int
     speech_end_ts_ms: int = 0
     dialog_state: str = ""
+    # "" for a caller utterance; "no_input" when the caller stayed silent (user_text is "")
+    event: str = ""
 
 
 class LlmSentence(Message, tag="llm.sentence"):
@@ -246,15 +279,37 @@ class LlmDone(Message, tag="llm.done"):
     completion_tokens: int = 0
     dialog_state: str = ""
     hangup: bool = False
+    # transfer the caller to this destination (number or queue) once the reply has been played
+    transfer_to: str = ""
+
+
+INTERRUPT_REASONS = ("barge_in", "continued", "superseded", "backchannel", "call_ended")
 
 
 class ControlInterrupt(Message, tag="control.interrupt"):
-    """Barge-in: stop bot turn ``turn_id`` now. ``played_text`` is what the caller actually heard."""
+    """Stop bot turn ``turn_id`` now. ``played_text`` is what the caller actually heard.
+
+    ``reason`` (decided once, by the gateway that owns the call's turns):
+
+    - ``barge_in``: the caller (turn ``by_turn_id``) spoke over the robot;
+    - ``continued``: the caller went on with the same utterance in ``by_turn_id``; that turn's
+      transcript covers this turn's audio too, so this turn's caller text leaves the dialogue;
+    - ``superseded``: a newer caller turn (``by_turn_id``) came before this reply was heard;
+    - ``backchannel``: this caller turn was only "угу"/noise while the robot spoke: its reply is
+      dropped and its text leaves the dialogue (``by_turn_id`` is empty);
+    - ``call_ended``: the call ended before the reply finished.
+    """
 
     turn_id: str
     by_turn_id: str = ""
     played_ms: int = 0
     played_text: str = ""
+    reason: str = "barge_in"
+
+    @property
+    def caller_text_dropped(self) -> bool:
+        """The caller's words of ``turn_id`` are not part of the dialogue (merged or a backchannel)."""
+        return self.reason in ("continued", "backchannel")
 
 
 # ---- metrics and errors --------------------------------------------------------------------------
@@ -276,6 +331,21 @@ class TurnMetrics(Message, tag="turn.metrics"):
     first_played_ts_ms: int = 0
     interrupted: bool = False
     played_text: str = ""
+    # how the bot turn ended: "played", "cut" (barge-in), "continued", "superseded", "backchannel",
+    # "no_reply" (nothing to say), "call_ended"; "" from gateways older than this field
+    outcome: str = ""
+
+
+class CallNoInput(Message, tag="call.no_input"):
+    """The caller said nothing for ``silence_ms`` after the robot finished: a re-prompt turn.
+
+    Published by the gateway on the lifecycle subject with a fresh ``turn_id`` for the robot's
+    re-prompt; ``count`` is the number of silences in a row (1 for the first).
+    """
+
+    turn_id: str
+    silence_ms: int
+    count: int = 1
 
 
 class StageError(Message, tag="stage.error"):
