@@ -10,6 +10,7 @@ from voiceplatform.config.robot import (
     RobotRegistry,
     RouterConfig,
     TtsConfig,
+    TurnsConfig,
     VadConfig,
     load_robot,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "RouterConfig",
     "ServiceSettings",
     "TtsConfig",
+    "TurnsConfig",
     "VadConfig",
     "load_robot",
 ]

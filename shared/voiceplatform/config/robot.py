@@ -109,6 +109,26 @@ class BargeInConfig(_Section):
     min_speech_ms: int = Field(default=0, ge=0, le=5000)
 
 
+class TurnsConfig(_Section):
+    """Turn-taking at the gateway (see voiceplatform.gateway.turn_policy for the rules)."""
+
+    # the caller speaks again within this long after an utterance ended, before its reply was
+    # heard: one utterance (the pending reply is cancelled, both pieces are recognized together)
+    continuation_gap_ms: int = Field(default=2500, ge=0, le=10_000)
+    # ... or within this long after the reply started playing
+    continuation_played_ms: int = Field(default=1000, ge=0, le=5000)
+    # caller speech over the robot pauses it; speech longer than this is a barge-in at once,
+    # shorter speech is a barge-in only if its transcript is more than a backchannel ("угу")
+    backchannel_max_ms: int = Field(default=900, ge=0, le=5000)
+    # how long a paused reply waits for the transcript of a short caller utterance
+    backchannel_transcript_wait_ms: int = Field(default=1500, ge=100, le=10_000)
+    resume_on_backchannel: bool = True
+    # a reply to an utterance that ended unfinished ("... и", "... что", "э-э") waits this long
+    incomplete_hold_ms: int = Field(default=700, ge=0, le=5000)
+    # silence after the robot finished before a re-prompt (0: never)
+    no_input_s: float = Field(default=10.0, ge=0, le=300)
+
+
 class RouteRule(_Section):
     prompt: str
     keywords: list[str]
@@ -145,6 +165,7 @@ class RobotSettings(_Section):
     tts: TtsConfig = Field(default_factory=TtsConfig)
     vad: VadConfig = Field(default_factory=VadConfig)
     barge_in: BargeInConfig = Field(default_factory=BargeInConfig)
+    turns: TurnsConfig = Field(default_factory=TurnsConfig)
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     # file (in the robot folder) of the deterministic dialogue script used by llm.provider=script

@@ -120,6 +120,17 @@ class Playout:
             done.append(self._drop_front())
         return done
 
+    def rewind(self, turn_id: str, nbytes: int) -> int:
+        """Step back ``nbytes`` in the sentence being played (not before its start), so audio that
+        was sent but probably not heard plays again after a pause; returns the bytes stepped back."""
+        turn = self._by_id.get(turn_id)
+        if turn is None:
+            return 0
+        step = min(max(0, nbytes - nbytes % 2), turn.offset)
+        turn.offset -= step
+        turn.played_bytes -= step
+        return step
+
     def drop(self, turn_id: str) -> TurnAudio | None:
         turn = self._by_id.pop(turn_id, None)
         if turn is not None:

@@ -20,7 +20,9 @@ from voiceplatform.gateway.assign import assign_until_accepted
 from voiceplatform.gateway.greeting import greeting_pcm
 from voiceplatform.gateway.owners import GatewayDirectory, owned_roles_for
 from voiceplatform.gateway.playout import Playout
-from voiceplatform.gateway.turns import TurnClock, metrics_event
+from voiceplatform.gateway.turn_keeper import TurnKeeper
+from voiceplatform.gateway.turn_policy import Cut
+from voiceplatform.gateway.turns import Turn, TurnKind, TurnState, TurnTable
 from voiceplatform.logging import bind_call
 from voiceplatform.runtime.tasks import TaskRegistry
 from voiceplatform.wire import (
@@ -28,9 +30,10 @@ from voiceplatform.wire import (
     AssignRequest,
     AudioChunk,
     CallEnded,
+    CallNoInput,
     CallStarted,
     ControlHangup,
-    ControlInterrupt,
+    ControlTransfer,
     LlmDone,
     LlmSentence,
     Message,
@@ -47,7 +50,10 @@ log = structlog.get_logger("voiceplatform.gateway")
 STALE_AUDIO = Counter(
     "vp_gateway_stale_audio_dropped_total", "TTS chunks of interrupted/unknown turns dropped"
 )
-BARGE_INS = Counter("vp_gateway_barge_ins_total", "Bot turns interrupted by the caller")
+STALE_TRANSCRIPTS = Counter(
+    "vp_gateway_stale_transcripts_total", "Transcripts of caller turns already merged or cut"
+)
+NO_INPUT = Counter("vp_gateway_no_input_total", "Re-prompts after the caller stayed silent")
 GREETING_LATENCY = Histogram(
     "vp_gateway_greeting_first_audio_ms",
     "Call start → first greeting frame sent",
@@ -88,6 +94,7 @@ class CallSession:
         gateway_id: str = "",
         lead_frames: int = 3,
         greeting_audio: bytes | None = None,
+        sink_ahead_ms: int = 0,
     ) -> None:
         self.bus = bus
         self.robot = robot
@@ -99,27 +106,45 @@ class CallSession:
         self.caller = caller
         self.gateway_id = gateway_id
         self.lead_frames = lead_frames
+        # audio the sink holds beyond the lead frames (FreeSWITCH segments): replayed after a pause
+        self.sink_ahead_ms = sink_ahead_ms
         # greeting PCM at the call's rate kept by the gateway (synthesized once), else greeting.wav
         self.greeting_audio = greeting_audio
         self.owners: dict[str, str] = {}
         self.owner_seen: dict[str, float] = {}
         self.playout = Playout(frame_bytes(sample_rate))
+        self._audio_ready = asyncio.Event()
+        self.keeper = TurnKeeper(
+            call_id=self.call_id,
+            bus=bus,
+            sink=sink,
+            playout=self.playout,
+            settings=robot.settings,
+            sample_rate=sample_rate,
+            ahead_ms=lead_frames * 20 + sink_ahead_ms,
+            spawn=self._spawn,
+            wake=self._audio_ready.set,
+        )
         self.greeting_turn = f"{self.call_id}-greeting"
         self.ended = False
         self.end_reason = ""
-        self.turns_completed = 0
         self._seq = 0
-        self._clocks: dict[str, TurnClock] = {}
-        self._interrupted: set[str] = set()
-        self._speaking_turn = ""  # caller utterance in progress
-        self._hangup_after: str | None = None
-        self._audio_ready = asyncio.Event()
+        self._no_input_count = 0
+        self._quiet_since = time.monotonic()  # last moment the caller or the robot was heard
         self._subs: list[Subscription] = []
         self._tasks = TaskRegistry()
         self._assigning: set[str] = set()
         self._started_mono = time.monotonic()
         self._started_ms = now_ms()
         self.closed = asyncio.Event()
+
+    @property
+    def turns(self) -> TurnTable:
+        return self.keeper.turns
+
+    @property
+    def turns_completed(self) -> int:
+        return self.keeper.turns_completed
 
     # ---- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -155,6 +180,8 @@ class CallSession:
             for role in owned_roles_for(self.robot.settings.mode):
                 self.request_reassign(role, "call_start")
             self._spawn(self._max_duration(), "max-duration")
+            if self.robot.settings.turns.no_input_s > 0 and self.robot.settings.mode != "realtime":
+                self._spawn(self._no_input_watch(), "no-input")
             await self.sink.send_event(
                 {
                     "type": "call.started",
@@ -174,15 +201,18 @@ class CallSession:
         self.ended = True
         self.end_reason = reason
         with bind_call(call_id=self.call_id):
-            for turn_id, clock in list(self._clocks.items()):
-                if clock.expects_reply and not clock.completed:
-                    await self._interrupt(turn_id, reason="call_ended")
+            for turn in self.turns.live():
+                if turn.expects_reply or turn.state is TurnState.SPEAKING or turn.kind is not TurnKind.CALLER:
+                    await self.keeper.cut(Cut(turn.turn_id, "call_ended"))
             duration = int((time.monotonic() - self._started_mono) * 1000)
             with contextlib.suppress(Exception):
                 await self.bus.publish(
                     subjects.lifecycle(self.call_id),
                     CallEnded(
-                        call_id=self.call_id, reason=reason, duration_ms=duration, turns=self.turns_completed
+                        call_id=self.call_id,
+                        reason=reason,
+                        duration_ms=duration,
+                        turns=self.turns_completed,
                     ),
                 )
             log.info("call.ended", reason=reason, duration_ms=duration, turns=self.turns_completed)
@@ -250,7 +280,7 @@ class CallSession:
             StageError(call_id=self.call_id, stage=stage, kind=kind, detail=detail, turn_id=turn_id),
         )
 
-    # ---- greeting -------------------------------------------------------------------------------
+    # ---- robot-initiated turns: the greeting and re-prompts ------------------------------------------
     async def _start_greeting(self) -> None:
         text = self.robot.settings.greeting_text
         pcm = (
@@ -258,17 +288,20 @@ class CallSession:
             if self.greeting_audio is not None
             else greeting_pcm(self.robot, self.sample_rate)
         )
+        if pcm is None and not text:
+            return
+        turn = self.turns.add(
+            Turn(self.greeting_turn, TurnKind.GREETING, TurnState.THINKING, expects_reply=True)
+        )
+        turn.sentences[0] = text
+        self.playout.turn(self.greeting_turn)
+        self.playout.set_expected(self.greeting_turn, 1)
         if pcm is not None:
             self.playout.add_audio(self.greeting_turn, 0, pcm, last=True, text=text)
-            self.playout.set_expected(self.greeting_turn, 1)
             self._audio_ready.set()
-        elif text:
+        elif self.robot.settings.mode != "realtime":
             # no recorded greeting: synthesize it through the normal TTS path (a realtime session
             # has its model say it, into this same turn)
-            self.playout.turn(self.greeting_turn)
-            self.playout.set_expected(self.greeting_turn, 1)
-            if self.robot.settings.mode == "realtime":
-                return
             await self.bus.publish(
                 subjects.llm_sentence(self.call_id),
                 LlmSentence(
@@ -282,23 +315,55 @@ class CallSession:
                 ),
             )
 
+    async def _no_input_watch(self) -> None:
+        """Re-prompt a caller who says nothing after the robot finished (the brain chooses the words)."""
+        limit = self.robot.settings.turns.no_input_s
+        with bind_call(call_id=self.call_id):
+            while not self.ended:
+                await asyncio.sleep(0.25)
+                if self.turns.live() or not self.playout.idle:
+                    self._quiet_since = time.monotonic()
+                    continue
+                silence = time.monotonic() - self._quiet_since
+                if silence < limit:
+                    continue
+                self._no_input_count += 1
+                turn_id = f"{self.call_id}-n{self._no_input_count}-{uuid.uuid4().hex[:4]}"
+                self.turns.add(Turn(turn_id, TurnKind.NO_INPUT, TurnState.THINKING, expects_reply=True))
+                self._quiet_since = time.monotonic()
+                NO_INPUT.inc()
+                log.info("call.no_input", turn_id=turn_id, silence_ms=int(silence * 1000))
+                await self.bus.publish(
+                    subjects.lifecycle(self.call_id),
+                    CallNoInput(
+                        call_id=self.call_id,
+                        turn_id=turn_id,
+                        silence_ms=int(silence * 1000),
+                        count=self._no_input_count,
+                    ),
+                )
+
     # ---- playout -----------------------------------------------------------------------------------
+    def _may_play_front(self) -> bool:
+        front = self.playout.current
+        if front is None:
+            return True
+        turn = self.turns.get(front.turn_id)
+        return turn is None or turn.may_play(now_ms())
+
     async def _playout_loop(self) -> None:
         next_t: float | None = None
         playing: str | None = None
         with bind_call(call_id=self.call_id):
             while not self.ended:
-                item = self.playout.next_frame()
+                item = self.playout.next_frame() if self._may_play_front() else None
                 await self._complete_finished()
                 if item is None:
                     next_t = None
                     playing = None
-                    if self._hangup_after is not None and self.playout.idle:
-                        await self.end("robot_hangup")
-                        return
                     self._audio_ready.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._audio_ready.wait(), timeout=0.1)
+                        await asyncio.wait_for(self._audio_ready.wait(), timeout=0.05)
                     continue
                 turn_id, frame = item
                 if turn_id != playing:
@@ -306,6 +371,7 @@ class CallSession:
                     await self._first_frame(turn_id)
                 await self.sink.send_audio(frame)
                 now = time.monotonic()
+                self._quiet_since = now
                 if next_t is None:
                     next_t = now - self.lead_frames * FRAME_S
                 next_t += FRAME_S
@@ -313,12 +379,14 @@ class CallSession:
                     await asyncio.sleep(next_t - now)
 
     async def _first_frame(self, turn_id: str) -> None:
-        clock = self._clocks.get(turn_id)
+        turn = self.turns.get(turn_id)
         ts = now_ms()
-        if clock is not None and not clock.first_played_ts_ms:
-            clock.first_played_ts_ms = ts
-            if clock.speech_end_ts_ms:
-                VOICE_TO_VOICE.observe(ts - clock.speech_end_ts_ms)
+        if turn is not None and not turn.first_played_ts_ms:
+            turn.first_played_ts_ms = ts
+            if turn.state is TurnState.THINKING:
+                turn.advance(TurnState.SPEAKING)
+            if turn.speech_end_ts_ms:
+                VOICE_TO_VOICE.observe(ts - turn.speech_end_ts_ms)
         if turn_id == self.greeting_turn:
             GREETING_LATENCY.observe(ts - self._started_ms)
             log.info("call.greeting_started", after_ms=ts - self._started_ms)
@@ -327,129 +395,114 @@ class CallSession:
         )
 
     async def _complete_finished(self) -> None:
-        for turn in self.playout.pop_finished():
-            clock = self._clocks.get(turn.turn_id)
-            if clock is not None and not clock.completed:
-                await self._complete(clock)
-            if self._hangup_after == turn.turn_id:
-                self._hangup_after = turn.turn_id  # playout loop ends the call once idle
-
-    async def _complete(self, clock: TurnClock) -> None:
-        clock.completed = True
-        self.turns_completed += 1
-        m = clock.metrics(self.call_id)
-        await self.bus.publish(subjects.lifecycle(self.call_id), m)
-        await self.sink.send_event(metrics_event(m))
-        self._clocks.pop(clock.turn_id, None)
-
-    # ---- barge-in -----------------------------------------------------------------------------------
-    def _active_bot_turns(self) -> list[str]:
-        active = [t for t, c in self._clocks.items() if c.expects_reply and not c.completed]
-        if self.playout.has(self.greeting_turn):
-            active.append(self.greeting_turn)
-        return active
-
-    async def _barge_in(self, by_turn_id: str, targets: list[str]) -> None:
-        """Interrupt the bot turns that were active when the caller started speaking (``targets``)."""
-        min_ms = self.robot.settings.barge_in.min_speech_ms
-        if min_ms:
-            await asyncio.sleep(min_ms / 1000)
-            if self._speaking_turn != by_turn_id:
-                return  # the caller stopped before it counted as an interruption
-        for turn_id in targets:
-            if turn_id != by_turn_id:
-                await self._interrupt(turn_id, by_turn_id=by_turn_id)
-
-    async def _interrupt(self, turn_id: str, by_turn_id: str = "", reason: str = "barge_in") -> None:
-        if turn_id in self._interrupted:
-            return
-        self._interrupted.add(turn_id)
-        turn_audio = self.playout.drop(turn_id)
-        played_text = turn_audio.played_text() if turn_audio else ""
-        played_ms = int(turn_audio.played_bytes / 2 / self.sample_rate * 1000) if turn_audio else 0
-        await self.bus.publish(
-            subjects.control(self.call_id),
-            ControlInterrupt(
-                call_id=self.call_id,
-                turn_id=turn_id,
-                by_turn_id=by_turn_id,
-                played_ms=played_ms,
-                played_text=played_text,
-            ),
-        )
-        if reason == "barge_in":
-            BARGE_INS.inc()
-            with contextlib.suppress(Exception):
-                await self.sink.flush(turn_id)
-        log.info("call.interrupted", turn_id=turn_id, by=by_turn_id, played_ms=played_ms, reason=reason)
-        clock = self._clocks.get(turn_id)
-        if clock is not None and not clock.completed:
-            clock.interrupted = True
-            clock.played_text = played_text
-            await self._complete(clock)
+        for audio in self.playout.pop_finished():
+            turn = self.turns.get(audio.turn_id)
+            if turn is None or not turn.live:
+                continue
+            turn.played_text = turn.bot_text
+            turn.played_ms = self.keeper.ms(audio.played_bytes)
+            if turn.state is TurnState.LISTENING:
+                turn.advance(TurnState.THINKING)
+            turn.advance(TurnState.DONE, "played" if audio.played_bytes else "no_reply")
+            await self.keeper.report(turn)
+            if turn.transfer_to:
+                await self.bus.publish(
+                    subjects.control(self.call_id),
+                    ControlTransfer(call_id=self.call_id, destination=turn.transfer_to, reason="robot"),
+                )
+            if turn.hangup_after:
+                self._spawn(self.end("robot_hangup"), "hangup")
 
     # ---- bus handlers (each subscription delivers in order; handlers never block) -------------------
     async def _on_vad(self, env: Envelope) -> Message | None:
         msg = env.message
         if isinstance(msg, VadSpeechStarted):
-            self._speaking_turn = msg.turn_id
-            targets = self._active_bot_turns()
-            self._clocks[msg.turn_id] = TurnClock(msg.turn_id)
-            if self.robot.settings.barge_in.enabled and targets:
-                if self.robot.settings.barge_in.min_speech_ms:
-                    self._spawn(self._barge_in(msg.turn_id, targets), f"barge-{msg.turn_id}")
-                else:
-                    await self._barge_in(msg.turn_id, targets)  # at once: no task hop
+            self._no_input_count = 0
+            self._quiet_since = time.monotonic()
+            turn = Turn(msg.turn_id, speech_start_ts_ms=msg.ts_ms)
+            actions = self.keeper.policy.on_caller_speech(self.turns.live(), turn, msg.ts_ms)
+            self.turns.add(turn)
+            min_ms = self.robot.settings.barge_in.min_speech_ms
+            if min_ms and any(not isinstance(a, Cut) or a.reason == "barge_in" for a in actions):
+                self._spawn(self.keeper.barge_in_after(msg.turn_id, actions, min_ms), f"barge-{msg.turn_id}")
+            else:
+                await self.keeper.apply(actions)  # at once: no task hop
             await self.sink.send_event({"type": "vad.speech_started", "turn_id": msg.turn_id})
         elif isinstance(msg, VadSpeechEnded):
-            if self._speaking_turn == msg.turn_id:
-                self._speaking_turn = ""
-            clock = self._clocks.setdefault(msg.turn_id, TurnClock(msg.turn_id))
-            clock.speech_end_ts_ms = msg.ts_ms
+            self._quiet_since = time.monotonic()
+            ended = self.turns.get(msg.turn_id) or self.turns.add(Turn(msg.turn_id))
+            ended.speech_end_ts_ms = msg.ts_ms
+            if ended.state is TurnState.LISTENING:
+                ended.advance(TurnState.THINKING)
         return None
 
     async def _on_asr(self, env: Envelope) -> Message | None:
         msg = env.message
         if not isinstance(msg, AsrFinal):
             return None
-        clock = self._clocks.setdefault(msg.turn_id, TurnClock(msg.turn_id))
-        clock.asr_final_ts_ms = msg.ts_ms
-        clock.speech_end_ts_ms = clock.speech_end_ts_ms or msg.speech_end_ts_ms
-        clock.user_text = msg.text
-        await self.sink.send_event({"type": "asr.final", "turn_id": msg.turn_id, "text": msg.text})
-        if msg.text.strip() or clock.expects_reply:
-            clock.expects_reply = True
+        turn = self.turns.get(msg.turn_id)
+        if turn is None:
+            turn = self.turns.add(Turn(msg.turn_id, state=TurnState.THINKING))
+        if not turn.live:
+            STALE_TRANSCRIPTS.inc()
+            return None
+        turn.asr_final_ts_ms = msg.ts_ms
+        turn.speech_end_ts_ms = turn.speech_end_ts_ms or msg.speech_end_ts_ms
+        turn.user_text = msg.text
+        if turn.state is TurnState.LISTENING:
+            turn.advance(TurnState.THINKING)
+        await self.sink.send_event(
+            {"type": "asr.final", "turn_id": msg.turn_id, "text": msg.text, "merged": msg.merged}
+        )
+        paused = self.turns.paused_by(turn.turn_id)
+        if paused:
+            await self.keeper.apply(self.keeper.policy.on_transcript(paused, turn))
+        if not turn.live:
+            return None  # a backchannel: it leaves the dialogue
+        if msg.text.strip() or turn.expects_reply:
+            turn.expects_reply = True
+            hold = self.keeper.policy.hold_ms(msg.text)
+            if hold:
+                turn.hold_until_ms = msg.ts_ms + hold
+                self._spawn(self.keeper.wake_after(hold), f"hold-{turn.turn_id}")
         else:
-            self._clocks.pop(msg.turn_id, None)  # nothing recognized: no bot turn follows
+            turn.advance(TurnState.DONE, "no_reply")  # nothing recognized: no bot turn follows
         return None
+
+    def _live_reply(self, turn_id: str) -> Turn | None:
+        """The live turn a reply message belongs to, or None (stale: counted and dropped)."""
+        turn = self.turns.get(turn_id)
+        if turn is None or not turn.live:
+            return None
+        return turn
 
     async def _on_sentence(self, env: Envelope) -> Message | None:
         msg = env.message
-        if not isinstance(msg, LlmSentence) or msg.turn_id in self._interrupted:
+        if not isinstance(msg, LlmSentence):
             return None
-        clock = self._clocks.get(msg.turn_id)
-        if clock is not None:
-            # realtime replies may start before the caller's transcript arrives
-            clock.expects_reply = True
-            clock.first_sentence_ts_ms = clock.first_sentence_ts_ms or msg.ts_ms
-            clock.sentences[msg.index] = msg.text
-        if clock is not None or msg.turn_id == self.greeting_turn:
-            self.playout.turn(msg.turn_id).sentence(msg.index).text = msg.text
-            await self.sink.send_event(
-                {"type": "bot.sentence", "turn_id": msg.turn_id, "index": msg.index, "text": msg.text}
-            )
+        turn = self._live_reply(msg.turn_id)
+        if turn is None:
+            return None
+        # realtime replies may start before the caller's transcript arrives
+        turn.expects_reply = True
+        turn.first_sentence_ts_ms = turn.first_sentence_ts_ms or msg.ts_ms
+        turn.sentences[msg.index] = msg.text
+        self.playout.turn(msg.turn_id).sentence(msg.index).text = msg.text
+        await self.sink.send_event(
+            {"type": "bot.sentence", "turn_id": msg.turn_id, "index": msg.index, "text": msg.text}
+        )
         return None
 
     async def _on_llm_done(self, env: Envelope) -> Message | None:
         msg = env.message
-        if not isinstance(msg, LlmDone) or msg.turn_id in self._interrupted or msg.interrupted:
+        if not isinstance(msg, LlmDone) or msg.interrupted:
             return None
-        clock = self._clocks.get(msg.turn_id)
-        if clock is None:
+        turn = self._live_reply(msg.turn_id)
+        if turn is None:
             return None
         self.playout.set_expected(msg.turn_id, msg.sentences)
-        if msg.hangup:
-            self._hangup_after = msg.turn_id
+        turn.hangup_after = turn.hangup_after or msg.hangup
+        turn.transfer_to = turn.transfer_to or msg.transfer_to
         self._audio_ready.set()
         return None
 
@@ -457,19 +510,17 @@ class CallSession:
         msg = env.message
         if not isinstance(msg, TtsAudio):
             return None
-        live = msg.turn_id == self.greeting_turn and self.playout.has(msg.turn_id)
-        clock = self._clocks.get(msg.turn_id)
-        if msg.turn_id in self._interrupted or not (live or (clock is not None and not clock.completed)):
+        turn = self._live_reply(msg.turn_id)
+        if turn is None:
             STALE_AUDIO.inc()
             return None
-        if clock is not None:
-            clock.expects_reply = True  # a realtime reply may come before the caller's transcript
+        turn.expects_reply = True  # a realtime reply may come before the caller's transcript
         if msg.sample_rate != self.sample_rate:
             metrics.MESSAGES_DROPPED.labels("gateway", "tts.audio", "wrong_sample_rate").inc()
             log.warning("call.tts_wrong_rate", turn_id=msg.turn_id, rate=msg.sample_rate)
             msg.pcm = b""
-        if clock is not None and not clock.first_audio_ts_ms and msg.pcm:
-            clock.first_audio_ts_ms = msg.ts_ms
+        if not turn.first_audio_ts_ms and msg.pcm:
+            turn.first_audio_ts_ms = msg.ts_ms
         self.playout.add_audio(msg.turn_id, msg.index, msg.pcm, msg.last, msg.text)
         self._audio_ready.set()
         return None
@@ -477,9 +528,9 @@ class CallSession:
     async def _on_control(self, env: Envelope) -> Message | None:
         msg = env.message
         if isinstance(msg, ControlHangup):
-            if msg.graceful and not self.playout.idle:
-                current = self.playout.current
-                self._hangup_after = current.turn_id if current else ""
+            playing = self.turns.get(self.playout.current.turn_id) if self.playout.current else None
+            if msg.graceful and playing is not None and playing.live:
+                playing.hangup_after = True
             else:
                 self._spawn(self.end(f"hangup:{msg.reason}"), "hangup")
         return None
@@ -490,12 +541,15 @@ class CallSession:
             await self.sink.send_event(
                 {"type": "error", "stage": msg.stage, "kind": msg.kind, "turn_id": msg.turn_id}
             )
-            clock = self._clocks.get(msg.turn_id) if msg.turn_id else None
-            if clock is not None and msg.stage == "asr" and not clock.expects_reply:
-                self._clocks.pop(msg.turn_id, None)  # nothing recognized: no bot turn follows
-            elif (
-                clock is not None and msg.stage in ("llm", "prompt-router", "router") and not clock.completed
-            ):
-                self.playout.set_expected(msg.turn_id, len(clock.sentences))
+            turn = self._live_reply(msg.turn_id) if msg.turn_id else None
+            if turn is None:
+                return None
+            if msg.stage == "asr" and not turn.expects_reply:
+                if turn.state is TurnState.LISTENING:
+                    turn.advance(TurnState.THINKING)
+                turn.advance(TurnState.DONE, "no_reply")  # nothing recognized: no bot turn follows
+            elif msg.stage in ("llm", "prompt-router", "router"):
+                # the reply stops where it failed: play what was said, then the turn is done
+                self.playout.set_expected(msg.turn_id, len(turn.sentences))
                 self._audio_ready.set()
         return None

@@ -1,31 +1,104 @@
-"""Per-turn timestamps, measured once at the gateway (where the caller hears the turn)."""
+"""One object per robot turn, with one state machine, in one table per call.
+
+A turn is the robot's reply to something: a caller utterance (its ``turn_id`` is the VAD's), the
+greeting, or a re-prompt after the caller stayed silent. Its life::
+
+    listening ──► thinking ──► speaking ──► done
+        │             │            │
+        └─────────────┴────────────┴──────► cut   (barge-in, continued, superseded, backchannel,
+                                                   call ended)
+
+``listening``: the caller is still speaking this utterance; ``thinking``: the utterance is over and
+its transcript or reply is on the way; ``speaking``: the reply's audio is playing. ``done`` and
+``cut`` are final: whatever arrives later for the turn is stale and dropped. Every per-turn fact of
+the gateway (timestamps, texts, a pause for a possible backchannel, a hold for an unfinished
+utterance, hangup or transfer after the reply) lives on this object and nowhere else.
+"""
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from voiceplatform.wire import TurnMetrics
 
 
+class TurnState(enum.StrEnum):
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+    DONE = "done"
+    CUT = "cut"
+
+
+class TurnKind(enum.StrEnum):
+    CALLER = "caller"  # the reply to a caller utterance
+    GREETING = "greeting"
+    NO_INPUT = "no_input"  # a re-prompt after the caller stayed silent
+
+
+_NEXT: dict[TurnState, frozenset[TurnState]] = {
+    TurnState.LISTENING: frozenset({TurnState.THINKING, TurnState.CUT}),
+    TurnState.THINKING: frozenset({TurnState.SPEAKING, TurnState.DONE, TurnState.CUT}),
+    TurnState.SPEAKING: frozenset({TurnState.DONE, TurnState.CUT}),
+    TurnState.DONE: frozenset(),
+    TurnState.CUT: frozenset(),
+}
+
+LIVE_STATES = frozenset({TurnState.LISTENING, TurnState.THINKING, TurnState.SPEAKING})
+
+
+class TurnTransitionError(RuntimeError):
+    pass
+
+
 @dataclass
-class TurnClock:
+class Turn:
     turn_id: str
+    kind: TurnKind = TurnKind.CALLER
+    state: TurnState = TurnState.LISTENING
+    # how it ended: "played", "no_reply", or a cut reason ("cut" for a barge-in)
+    outcome: str = ""
     user_text: str = ""
+    speech_start_ts_ms: int = 0
     speech_end_ts_ms: int = 0
     asr_final_ts_ms: int = 0
     first_sentence_ts_ms: int = 0
     first_audio_ts_ms: int = 0
     first_played_ts_ms: int = 0
     sentences: dict[int, str] = field(default_factory=dict)
+    # a reply is coming: the transcript had words (or a realtime reply arrived first)
     expects_reply: bool = False
-    completed: bool = False
-    interrupted: bool = False
+    # the caller turn whose speech paused this reply (a barge-in not yet confirmed), else ""
+    paused_by: str = ""
+    # wall-clock ms before which the reply must not start (the utterance ended unfinished)
+    hold_until_ms: int = 0
+    hangup_after: bool = False
+    transfer_to: str = ""
     played_text: str = ""
+    played_ms: int = 0
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
 
     @property
     def bot_text(self) -> str:
         return " ".join(self.sentences[i] for i in sorted(self.sentences))
+
+    def advance(self, to: TurnState, outcome: str = "") -> None:
+        """Move to ``to``; a move the state machine does not allow is a bug, raised loudly."""
+        if to not in _NEXT[self.state]:
+            raise TurnTransitionError(f"turn {self.turn_id}: {self.state} -> {to} is not allowed")
+        self.state = to
+        if outcome:
+            self.outcome = outcome
+
+    def may_play(self, now_ms: int) -> bool:
+        """Whether the playout may send this reply's audio now."""
+        return self.live and not self.paused_by and now_ms >= self.hold_until_ms
 
     def metrics(self, call_id: str) -> TurnMetrics:
         return TurnMetrics(
@@ -38,9 +111,46 @@ class TurnClock:
             first_sentence_ts_ms=self.first_sentence_ts_ms,
             first_audio_ts_ms=self.first_audio_ts_ms,
             first_played_ts_ms=self.first_played_ts_ms,
-            interrupted=self.interrupted,
+            interrupted=self.state is TurnState.CUT,
             played_text=self.played_text,
+            outcome=self.outcome,
         )
+
+
+class TurnTable:
+    """A call's turns by id. Final turns are kept (bounded) so late messages are recognised as stale."""
+
+    def __init__(self, keep_final: int = 64) -> None:
+        self._turns: dict[str, Turn] = {}
+        self._keep_final = keep_final
+
+    def add(self, turn: Turn) -> Turn:
+        self._turns[turn.turn_id] = turn
+        self._forget_old()
+        return turn
+
+    def get(self, turn_id: str) -> Turn | None:
+        return self._turns.get(turn_id)
+
+    def live(self) -> list[Turn]:
+        return [t for t in self._turns.values() if t.live]
+
+    def listening(self) -> Turn | None:
+        return next((t for t in self._turns.values() if t.state is TurnState.LISTENING), None)
+
+    def paused_by(self, caller_turn_id: str) -> list[Turn]:
+        return [t for t in self._turns.values() if t.live and t.paused_by == caller_turn_id]
+
+    def __iter__(self) -> Iterator[Turn]:
+        return iter(list(self._turns.values()))
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+    def _forget_old(self) -> None:
+        final = [tid for tid, t in self._turns.items() if not t.live]
+        for turn_id in final[: max(0, len(final) - self._keep_final)]:
+            del self._turns[turn_id]
 
 
 def latencies(m: TurnMetrics) -> dict[str, int | None]:
@@ -65,5 +175,6 @@ def metrics_event(m: TurnMetrics) -> dict[str, Any]:
         "bot_text": m.bot_text,
         "interrupted": m.interrupted,
         "played_text": m.played_text,
+        "outcome": m.outcome,
         **latencies(m),
     }

@@ -1,0 +1,187 @@
+"""Carries out the turn policy's decisions for one call: cut, pause and resume robot turns.
+
+The call session owns the transport and the bus handlers; this object owns the turn table and
+everything done to a turn once the policy (``turn_policy``) has decided: interrupt it upstream with
+its reason, flush or pause the caller's playback, resume after a backchannel, report its figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from prometheus_client import Counter
+
+from voiceplatform import subjects
+from voiceplatform.bus import Bus
+from voiceplatform.clock import now_ms
+from voiceplatform.config.robot import RobotSettings
+from voiceplatform.gateway.playout import Playout
+from voiceplatform.gateway.turn_policy import Action, Cut, Pause, Policy
+from voiceplatform.gateway.turns import Turn, TurnKind, TurnState, TurnTable, metrics_event
+from voiceplatform.logging import bind_call
+from voiceplatform.wire import ControlInterrupt
+
+if TYPE_CHECKING:
+    from voiceplatform.gateway.session import AudioSink
+
+log = structlog.get_logger("voiceplatform.gateway")
+
+CUTS = Counter(
+    "vp_gateway_turns_cut_total",
+    "Robot turns cut before their end, by reason (barge_in, continued, superseded, backchannel, call_ended)",
+    ["reason"],
+)
+RESUMES = Counter(
+    "vp_gateway_turns_resumed_total", "Robot turns resumed after a backchannel or noise paused them"
+)
+
+Spawn = Callable[[Coroutine[Any, Any, Any], str], None]
+
+
+class TurnKeeper:
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        bus: Bus,
+        sink: AudioSink,
+        playout: Playout,
+        settings: RobotSettings,
+        sample_rate: int,
+        ahead_ms: int,
+        spawn: Spawn,
+        wake: Callable[[], None],
+    ) -> None:
+        self.call_id = call_id
+        self.bus = bus
+        self.sink = sink
+        self.playout = playout
+        self.settings = settings
+        self.cfg = settings.turns
+        self.policy = Policy(settings.turns, settings.barge_in.enabled, settings.mode == "realtime")
+        self.sample_rate = sample_rate
+        # audio sent to the caller's side but probably not heard yet: replayed after a pause
+        self.ahead_ms = ahead_ms
+        self.spawn = spawn
+        self.wake = wake
+        self.turns = TurnTable()
+        self.turns_completed = 0
+
+    async def report(self, turn: Turn) -> None:
+        """The turn is final: publish its figures (once) and tell the client."""
+        if turn.kind is TurnKind.GREETING:
+            return  # the record keeps the greeting from its sentence and playback events
+        if turn.state is TurnState.DONE:
+            self.turns_completed += 1
+        m = turn.metrics(self.call_id)
+        await self.bus.publish(subjects.lifecycle(self.call_id), m)
+        await self.sink.send_event(metrics_event(m))
+
+    def ms(self, nbytes: int) -> int:
+        return int(nbytes / 2 / self.sample_rate * 1000)
+
+    async def apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Cut):
+                await self.cut(action)
+            elif isinstance(action, Pause):
+                await self.pause(action)
+            else:
+                await self.resume(action.turn_id)
+
+    async def cut(self, cut: Cut) -> None:
+        turn = self.turns.get(cut.turn_id)
+        if turn is None or not turn.live:
+            return
+        was_heard = turn.state is TurnState.SPEAKING
+        audio = self.playout.drop(cut.turn_id)
+        turn.played_text = audio.played_text() if audio else ""
+        turn.played_ms = self.ms(audio.played_bytes) if audio else 0
+        turn.paused_by = ""
+        turn.advance(TurnState.CUT, "cut" if cut.reason == "barge_in" else cut.reason)
+        CUTS.labels(cut.reason).inc()
+        await self.bus.publish(
+            subjects.control(self.call_id),
+            ControlInterrupt(
+                call_id=self.call_id,
+                turn_id=cut.turn_id,
+                by_turn_id=cut.by_turn_id,
+                played_ms=turn.played_ms,
+                played_text=turn.played_text,
+                reason=cut.reason,
+            ),
+        )
+        if was_heard and cut.reason != "call_ended":
+            with contextlib.suppress(Exception):
+                await self.sink.flush(cut.turn_id)
+        log.info(
+            "call.turn_cut",
+            turn_id=cut.turn_id,
+            by=cut.by_turn_id,
+            reason=cut.reason,
+            played_ms=turn.played_ms,
+        )
+        await self.sink.send_event({"type": "turn.cancelled", "turn_id": cut.turn_id, "reason": cut.reason})
+        # a caller turn is on record once its utterance ended (a continued one too: its outcome says
+        # where its words went); one cut while still listening never reached the dialogue
+        if turn.kind is not TurnKind.CALLER or turn.speech_end_ts_ms or turn.expects_reply or was_heard:
+            await self.report(turn)
+
+    async def pause(self, pause: Pause) -> None:
+        """The caller spoke over the robot: silence it at once, keep the reply until it is judged."""
+        turn = self.turns.get(pause.turn_id)
+        if turn is None or not turn.live:
+            return
+        turn.paused_by = pause.by_turn_id
+        # what the sink had sent ahead was probably not heard: it plays again on a resume
+        ahead_ms = self.ahead_ms
+        self.playout.rewind(pause.turn_id, ahead_ms * self.sample_rate // 1000 * 2)
+        with contextlib.suppress(Exception):
+            await self.sink.flush(pause.turn_id)
+        await self.sink.send_event({"type": "playback.paused", "turn_id": pause.turn_id})
+        log.info("call.turn_paused", turn_id=pause.turn_id, by=pause.by_turn_id)
+        self.spawn(self._settle_pause(pause.by_turn_id), f"settle-{pause.by_turn_id}")
+
+    async def _settle_pause(self, caller_turn_id: str) -> None:
+        """Barge-in if the caller keeps talking; if no transcript comes in time, barge-in too."""
+        cfg = self.cfg
+        caller = self.turns.get(caller_turn_id)
+        if caller is None:
+            return
+        wait_s = max(0.0, (caller.speech_start_ts_ms + cfg.backchannel_max_ms - now_ms()) / 1000)
+        await asyncio.sleep(wait_s)
+        with bind_call(call_id=self.call_id):
+            await self.apply(
+                self.policy.on_caller_speaking(self.turns.paused_by(caller_turn_id), caller, now_ms())
+            )
+            await asyncio.sleep(cfg.backchannel_transcript_wait_ms / 1000)
+            paused = self.turns.paused_by(caller_turn_id)
+            if paused:
+                log.warning("call.backchannel_undecided", turn_id=caller_turn_id)
+                await self.apply(self.policy.on_transcript_timeout(paused, caller))
+
+    async def resume(self, turn_id: str) -> None:
+        turn = self.turns.get(turn_id)
+        if turn is None or not turn.live:
+            return
+        turn.paused_by = ""
+        RESUMES.inc()
+        log.info("call.turn_resumed", turn_id=turn_id)
+        await self.sink.send_event({"type": "playback.resumed", "turn_id": turn_id})
+        self.wake()
+
+    async def barge_in_after(self, caller_turn_id: str, actions: list[Action], min_ms: int) -> None:
+        """``barge_in.min_speech_ms``: speech shorter than that does not touch the robot's turn."""
+        await asyncio.sleep(min_ms / 1000)
+        caller = self.turns.get(caller_turn_id)
+        if caller is not None and caller.state is TurnState.LISTENING:
+            with bind_call(call_id=self.call_id):
+                await self.apply(actions)
+
+    async def wake_after(self, ms: int) -> None:
+        await asyncio.sleep(ms / 1000)
+        self.wake()
