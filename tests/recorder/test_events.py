@@ -75,3 +75,17 @@ def test_call_ended_carries_the_summary_and_only_it() -> None:
         CallStarted(call_id="c", robot="r", channel="web", sample_rate=16000), "c:1", summary
     )
     assert started is not None and "summary" not in started["data"]
+
+
+def test_only_a_real_barge_in_is_a_public_barge_in() -> None:
+    for reason in ("continued", "superseded", "backchannel", "call_ended"):
+        cut = ControlInterrupt(call_id="c", turn_id="t", by_turn_id="t2", reason=reason)
+        assert public_event(cut, "id") is None, reason
+
+
+def test_turn_completed_says_how_the_reply_ended() -> None:
+    continued = TurnMetrics(call_id="c", turn_id="t", interrupted=True, outcome="continued")
+    event = public_event(continued, "id")
+    assert event is not None and event["data"]["outcome"] == "continued"
+    legacy = public_event(TurnMetrics(call_id="c", turn_id="t", interrupted=True), "id")
+    assert legacy is not None and legacy["data"]["outcome"] == "cut"

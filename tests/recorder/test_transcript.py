@@ -484,3 +484,29 @@ def test_odd_inputs_do_not_raise() -> None:
     doc = build_transcript(lone.events)
     assert doc["started_at_ms"] == T0 and doc["duration_sec"] == 5.0 and doc["turns"] == 3
     assert [(g["role"], g["text"], g["asr_latency_ms"]) for g in doc["segments"]] == [("user", "эй", None)]
+
+
+def test_continued_utterance_is_one_user_segment_and_unheard_replies_leave_no_robot_segment() -> None:
+    s = Script()
+    s.started()
+    s.greeting()
+    s.user("u1", "я хотел бы узнать", speech_from=1000, speech_to=2000, asr_at=2300)
+    s.sentence("u1", 0, "Что именно?", at=2350, last=True)
+    s.add(ControlInterrupt(call_id=CALL, turn_id="u1", by_turn_id="u2", reason="continued", ts_ms=T0 + 2800))
+    s.user("u2", "я хотел бы узнать сколько стоит доставка", speech_from=2800, speech_to=4000, asr_at=4300)
+    s.sentence("u2", 0, "Доставка бесплатная.", at=4350, last=True)
+    s.playback("u2", at=4400)
+    s.metrics(
+        "u2", at=5000, user_text="я хотел бы узнать сколько стоит доставка", bot_text="Доставка бесплатная."
+    )
+    # "угу" over the robot's next reply: not part of the dialogue
+    s.user("u3", "угу", speech_from=4600, speech_to=4900, asr_at=5100)
+    s.add(ControlInterrupt(call_id=CALL, turn_id="u3", reason="backchannel", ts_ms=T0 + 5100))
+    s.ended(at=6000, turns=1)
+    doc = build_transcript(s.events)
+    users = [seg for seg in doc["segments"] if seg["role"] == "user"]
+    robots = [seg for seg in doc["segments"] if seg["role"] == "assistant" and seg["turn_id"] != GREETING]
+    assert [u["turn_id"] for u in users] == ["u2", "u3"]
+    assert users[0]["text"] == "я хотел бы узнать сколько стоит доставка"
+    assert users[1].get("backchannel") is True and "backchannel" not in users[0]
+    assert [r["turn_id"] for r in robots] == ["u2"]

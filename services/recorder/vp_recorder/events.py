@@ -41,6 +41,7 @@ def _data(msg: Message) -> tuple[str, dict[str, Any]] | None:
                 "bot_text": msg.bot_text,
                 "interrupted": msg.interrupted,
                 "played_text": msg.played_text,
+                "outcome": msg.outcome or ("cut" if msg.interrupted else "played"),
                 "speech_end_ts_ms": msg.speech_end_ts_ms or None,
                 "latency": dict(turn_figures(msg)),
             }
@@ -51,8 +52,9 @@ def _data(msg: Message) -> tuple[str, dict[str, Any]] | None:
                 "to_prompt": msg.to_prompt,
                 "matched": msg.matched,
             }
-        case ControlInterrupt() if msg.by_turn_id:
-            # only the caller's barge-in; the gateway also interrupts playout when a call ends
+        case ControlInterrupt() if msg.by_turn_id and msg.reason == "barge_in":
+            # only the caller's barge-in; the gateway also cuts replies the caller continued,
+            # superseded or only backchannelled over, and interrupts playout when a call ends
             return "barge_in", {
                 "turn_id": msg.turn_id,
                 "by_turn_id": msg.by_turn_id,

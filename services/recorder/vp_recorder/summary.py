@@ -57,7 +57,7 @@ def call_summary(events: Sequence[StoredEvent]) -> dict[str, Any]:
             robot, channel = msg.robot, msg.channel
         elif isinstance(msg, TurnMetrics):
             turns[msg.turn_id] = msg
-        elif isinstance(msg, ControlInterrupt) and msg.by_turn_id:
+        elif isinstance(msg, ControlInterrupt) and msg.reason == "barge_in" and msg.by_turn_id:
             # a caller's barge-in; an interrupt without a caller turn (the call ending) is not one
             interrupted_turns.add(msg.turn_id)
         elif isinstance(msg, StageError):

@@ -104,6 +104,10 @@ class _Turn:
         return self.interrupt is not None or (self.llm_done is not None and self.llm_done.interrupted)
 
 
+# cuts of a reply that the caller never heard (when nothing was played) leave no robot segment
+_UNHEARD_CUTS = ("continued", "superseded", "backchannel")
+
+
 def _moment_ms(msg: Message) -> int:
     """When the thing an event reports happened (turn.metrics is sent when the turn is over)."""
     if isinstance(msg, TurnMetrics):
@@ -204,7 +208,9 @@ def _segments(turns: list[_Turn], start_ms: int | None, greeting_turn: str) -> l
     for turn in turns:
         if turn.switches:
             prompt = turn.switches[-1].to_prompt or prompt  # the router switches before the reply
-        user = None if turn.turn_id == greeting_turn else _user_segment(turn, start_ms, prompt)
+        merged = turn.interrupt is not None and turn.interrupt.reason == "continued"
+        # a continued turn's words are in the transcript of the turn that went on with them
+        user = None if turn.turn_id == greeting_turn or merged else _user_segment(turn, start_ms, prompt)
         if user is not None:
             segments.append(user)
         bot = _assistant_segment(turn, start_ms, prompt)
@@ -230,7 +236,7 @@ def _user_segment(turn: _Turn, start_ms: int | None, prompt: str | None) -> dict
         or (m.speech_end_ts_ms if m is not None else 0)
         or (asr.speech_end_ts_ms if asr is not None else 0)
     )
-    return {
+    segment = {
         "turn_id": turn.turn_id,
         "role": "user",
         "text": text,
@@ -245,6 +251,9 @@ def _user_segment(turn: _Turn, start_ms: int | None, prompt: str | None) -> dict
         "prompt": prompt,
         "provider": (asr.provider or None) if asr is not None else None,
     }
+    if turn.interrupt is not None and turn.interrupt.reason == "backchannel":
+        segment["backchannel"] = True  # said over the robot; not part of the dialogue
+    return segment
 
 
 def _assistant_segment(turn: _Turn, start_ms: int | None, prompt: str | None) -> dict[str, Any] | None:
@@ -253,6 +262,8 @@ def _assistant_segment(turn: _Turn, start_ms: int | None, prompt: str | None) ->
     metrics_text = m.bot_text if m is not None else ""
     done_text = done.text if done is not None else ""
     spoke = bool(turn.sentences or done is not None or turn.playback or interrupt)
+    if interrupt is not None and interrupt.reason in _UNHEARD_CUTS and turn.playback is None:
+        return None  # a reply dropped before the caller heard any of it
     if not spoke and not (m is not None and (m.bot_text or m.interrupted or m.first_played_ts_ms)):
         return None
     interrupted = turn.interrupted
