@@ -78,7 +78,7 @@ async def test_phone_call_greeting_reply_hangup_and_record(platform, postgres_ds
 async def test_phone_barge_in_breaks_playback_within_100_ms(platform, postgres_dsn, redis_url):
     first = utterance("Здравствуйте! Расскажите, что вы продаёте?", rate=PHONE_RATE)
     over = utterance("Подождите, подождите, у меня вопрос про доставку.", rate=PHONE_RATE)
-    caller = np.concatenate([silence(3.5), first, silence(3.2), over, silence(1.0)])
+    caller = np.concatenate([silence(3.5), first, silence(0.5)])
     bus, starts = await speech_starts(platform)
     try:
         result = await place_phone_call(
@@ -88,12 +88,15 @@ async def test_phone_barge_in_breaks_playback_within_100_ms(platform, postgres_d
             esl_port=platform.esl_port,
             esl_password=platform.esl_password,
             tail_s=25,
+            # speak over the reply once it has played 1.5 s: a barge-in, not a continuation
+            over_reply=(np.concatenate([over, silence(1.0)]), 1.5),
         )
     finally:
         await bus.close()
     interrupted = [t for t in result.turns if t["interrupted"]]
     assert interrupted, (result.turns, platform.logs_text())
     assert result.flushes, "gateway-fs never sent uuid_break"
+    assert interrupted[0].get("outcome") == "cut", interrupted  # a barge-in, not a continuation
     _row, turns, *_ = await stored(postgres_dsn, redis_url, result.call_id)
     cut = [t for t in turns if t["interrupted"]]
     assert cut and cut[0]["played_text"] != cut[0]["bot_text"]

@@ -64,17 +64,30 @@ class CallResult:
     greeting_first_audio_s: float | None = None
 
 
-async def place_call(url: str, robot: str, samples: Int16Array, tail_s: float = 20.0) -> CallResult:
-    """Run one call; the caller's audio is paced at real time like a microphone."""
+async def place_call(
+    url: str,
+    robot: str,
+    samples: Int16Array,
+    tail_s: float = 20.0,
+    over_reply: tuple[Int16Array, float] | None = None,
+) -> CallResult:
+    """Run one call; the caller's audio is paced at real time like a microphone.
+
+    ``over_reply`` = (samples, delay_s): after ``samples``, wait until the robot's first reply has
+    been heard for ``delay_s`` and then speak over it (placed by what the caller hears, not by a
+    clock, so a barge-in stays a barge-in on a busy machine).
+    """
     result = CallResult()
     pending_utterances = 0
     last_audio_at = -1.0  # seconds into the call of the last robot frame; <0: none yet
+    reply_audio_since = -1.0  # seconds into the call when a reply (not the greeting) began to play
     t0 = time.monotonic()
     async with connect(url, max_size=2**22) as ws:
         await ws.send(json.dumps({"type": "start", "robot": robot, "sample_rate": RATE, "caller": "vp-call"}))
 
         async def receive() -> None:
-            nonlocal pending_utterances, last_audio_at
+            nonlocal pending_utterances, last_audio_at, reply_audio_since
+            replying = False
             async for message in ws:
                 now = time.monotonic() - t0
                 if isinstance(message, bytes):
@@ -82,6 +95,8 @@ async def place_call(url: str, robot: str, samples: Int16Array, tail_s: float = 
                         result.audio_starts.append(now)
                         if result.greeting_first_audio_s is None:
                             result.greeting_first_audio_s = now
+                    if replying and reply_audio_since < 0:
+                        reply_audio_since = now
                     last_audio_at = now
                     result.robot_audio += message
                     continue
@@ -98,6 +113,8 @@ async def place_call(url: str, robot: str, samples: Int16Array, tail_s: float = 
                 elif kind == "turn.metrics":
                     pending_utterances -= 1
                     result.turns.append(event)
+                elif kind == "bot.sentence" and not str(event.get("turn_id", "")).endswith("-greeting"):
+                    replying = True
                 elif kind == "playback.flush":
                     result.flushes.append(now)
                 elif kind == "call.ended":
@@ -106,28 +123,41 @@ async def place_call(url: str, robot: str, samples: Int16Array, tail_s: float = 
 
         receiver = asyncio.create_task(receive())
         silence = np.zeros(FRAME, dtype=np.int16).tobytes()
-        chunks = [f.tobytes() for f in frames(samples, FRAME)]
         start = time.monotonic()
         sent = 0
-        for chunk in chunks:
-            if receiver.done():
-                break
+
+        async def send(chunk: bytes) -> None:
+            nonlocal sent
             await ws.send(chunk)
             sent += 1
             delay = start + sent * 0.02 - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+
+        chunks = [f.tobytes() for f in frames(samples, FRAME)]
+        for chunk in chunks:
+            if receiver.done():
+                break
+            await send(chunk)
+        if over_reply is not None:
+            deadline = time.monotonic() + tail_s
+            while not receiver.done() and time.monotonic() < deadline:
+                heard_for = time.monotonic() - t0 - reply_audio_since
+                if reply_audio_since >= 0 and heard_for >= over_reply[1]:
+                    break
+                await send(silence)
+            for frame in frames(over_reply[0], FRAME):
+                if receiver.done():
+                    break
+                await send(frame.tobytes())
         # keep the line open (silence, like a real phone) until every utterance got its reply
         deadline = time.monotonic() + tail_s
+        spoken = sent
         while not receiver.done() and time.monotonic() < deadline:
             idle = time.monotonic() - t0 - last_audio_at > 1.0
-            if pending_utterances <= 0 and idle and result.turns is not None and sent > len(chunks) + 50:
+            if pending_utterances <= 0 and idle and sent > spoken + 50:
                 break
-            await ws.send(silence)
-            sent += 1
-            delay = start + sent * 0.02 - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await send(silence)
         if not receiver.done():
             await ws.send(json.dumps({"type": "hangup"}))
             try:
@@ -184,7 +214,8 @@ def print_report(
         return 0
     print(f"call {result.call_id} → robot {robot}; greeting after {report['greeting_first_audio_ms']} ms")
     for i, turn in enumerate(result.turns, 1):
-        print(f"\nturn {i}{' (interrupted)' if turn.get('interrupted') else ''}")
+        outcome = turn.get("outcome") or ("cut" if turn.get("interrupted") else "played")
+        print(f"\nturn {i}{'' if outcome == 'played' else f' ({outcome})'}")
         print(f"  caller: {turn.get('user_text', '')}")
         print(f"  robot:  {turn.get('played_text') if turn.get('interrupted') else turn.get('bot_text', '')}")
         print(
@@ -221,8 +252,14 @@ async def place_phone_call(
     number: str = "7000",
     tail_s: float = 20.0,
     login_timeout_s: float = GATEWAY_LOGIN_TIMEOUT_S,
+    over_reply: tuple[Int16Array, float] | None = None,
 ) -> CallResult:
-    """One phone call: ``samples`` at 8 kHz are the caller; gateway-fs must connect to our ESL."""
+    """One phone call: ``samples`` at 8 kHz are the caller; gateway-fs must connect to our ESL.
+
+    ``over_reply`` = (samples, delay_s): after ``samples``, wait until the robot's first reply has
+    been playing for ``delay_s`` and then speak over it (a barge-in placed by what the caller
+    hears, not by a clock, so it holds on a busy machine).
+    """
     from voiceplatform.testing import FreeSwitchPeer
 
     peer = FreeSwitchPeer(esl_password=esl_password, esl_port=esl_port)
@@ -248,6 +285,9 @@ async def place_phone_call(
         try:
             pcm = samples.astype("<i2").tobytes()
             await call.stream_pcm(pcm)
+            if over_reply is not None:
+                await _until_reply_heard_for(call, tracker, over_reply[1], tail_s)
+                await call.stream_pcm(over_reply[0].astype("<i2").tobytes())
             wav_end = time.monotonic()
             while not call.ended.is_set() and time.monotonic() < wav_end + tail_s:
                 idle = tracker.robot_idle_for() > 1.0 and time.monotonic() - wav_end > 1.0
@@ -262,6 +302,25 @@ async def place_phone_call(
         return tracker.result(call.heard())
     finally:
         await peer.stop()
+
+
+async def _until_reply_heard_for(
+    call: PeerCall, tracker: _PhoneTracker, delay_s: float, limit_s: float
+) -> None:
+    """Stream silence until a reply (not the greeting) has been playing for ``delay_s``."""
+    deadline = time.monotonic() + limit_s
+    playing_since: float | None = None
+    while time.monotonic() < deadline and not call.ended.is_set():
+        tracker.poll()
+        replying = any(
+            e.get("type") == "bot.sentence" and not str(e.get("turn_id", "")).endswith("-greeting")
+            for e in tracker.events
+        )
+        if replying and tracker.robot_idle_for() == 0.0:
+            playing_since = playing_since or time.monotonic()
+            if time.monotonic() - playing_since >= delay_s:
+                return
+        await call.stream_silence(0.02)
 
 
 class _PhoneTracker:

@@ -30,7 +30,6 @@ from voiceplatform.wire import (
     AssignRequest,
     AudioChunk,
     CallEnded,
-    CallNoInput,
     CallStarted,
     ControlHangup,
     ControlTransfer,
@@ -50,10 +49,6 @@ log = structlog.get_logger("voiceplatform.gateway")
 STALE_AUDIO = Counter(
     "vp_gateway_stale_audio_dropped_total", "TTS chunks of interrupted/unknown turns dropped"
 )
-STALE_TRANSCRIPTS = Counter(
-    "vp_gateway_stale_transcripts_total", "Transcripts of caller turns already merged or cut"
-)
-NO_INPUT = Counter("vp_gateway_no_input_total", "Re-prompts after the caller stayed silent")
 GREETING_LATENCY = Histogram(
     "vp_gateway_greeting_first_audio_ms",
     "Call start → first greeting frame sent",
@@ -129,8 +124,6 @@ class CallSession:
         self.ended = False
         self.end_reason = ""
         self._seq = 0
-        self._no_input_count = 0
-        self._quiet_since = time.monotonic()  # last moment the caller or the robot was heard
         self._subs: list[Subscription] = []
         self._tasks = TaskRegistry()
         self._assigning: set[str] = set()
@@ -181,7 +174,7 @@ class CallSession:
                 self.request_reassign(role, "call_start")
             self._spawn(self._max_duration(), "max-duration")
             if self.robot.settings.turns.no_input_s > 0 and self.robot.settings.mode != "realtime":
-                self._spawn(self._no_input_watch(), "no-input")
+                self._spawn(self.keeper.watch_silence(lambda: self.ended), "no-input")
             await self.sink.send_event(
                 {
                     "type": "call.started",
@@ -315,34 +308,6 @@ class CallSession:
                 ),
             )
 
-    async def _no_input_watch(self) -> None:
-        """Re-prompt a caller who says nothing after the robot finished (the brain chooses the words)."""
-        limit = self.robot.settings.turns.no_input_s
-        with bind_call(call_id=self.call_id):
-            while not self.ended:
-                await asyncio.sleep(0.25)
-                if self.turns.live() or not self.playout.idle:
-                    self._quiet_since = time.monotonic()
-                    continue
-                silence = time.monotonic() - self._quiet_since
-                if silence < limit:
-                    continue
-                self._no_input_count += 1
-                turn_id = f"{self.call_id}-n{self._no_input_count}-{uuid.uuid4().hex[:4]}"
-                self.turns.add(Turn(turn_id, TurnKind.NO_INPUT, TurnState.THINKING, expects_reply=True))
-                self._quiet_since = time.monotonic()
-                NO_INPUT.inc()
-                log.info("call.no_input", turn_id=turn_id, silence_ms=int(silence * 1000))
-                await self.bus.publish(
-                    subjects.lifecycle(self.call_id),
-                    CallNoInput(
-                        call_id=self.call_id,
-                        turn_id=turn_id,
-                        silence_ms=int(silence * 1000),
-                        count=self._no_input_count,
-                    ),
-                )
-
     # ---- playout -----------------------------------------------------------------------------------
     def _may_play_front(self) -> bool:
         front = self.playout.current
@@ -371,7 +336,7 @@ class CallSession:
                     await self._first_frame(turn_id)
                 await self.sink.send_audio(frame)
                 now = time.monotonic()
-                self._quiet_since = now
+                self.keeper.quiet_since = now
                 if next_t is None:
                     next_t = now - self.lead_frames * FRAME_S
                 next_t += FRAME_S
@@ -417,56 +382,16 @@ class CallSession:
     async def _on_vad(self, env: Envelope) -> Message | None:
         msg = env.message
         if isinstance(msg, VadSpeechStarted):
-            self._no_input_count = 0
-            self._quiet_since = time.monotonic()
-            turn = Turn(msg.turn_id, speech_start_ts_ms=msg.ts_ms)
-            actions = self.keeper.policy.on_caller_speech(self.turns.live(), turn, msg.ts_ms)
-            self.turns.add(turn)
-            min_ms = self.robot.settings.barge_in.min_speech_ms
-            if min_ms and any(not isinstance(a, Cut) or a.reason == "barge_in" for a in actions):
-                self._spawn(self.keeper.barge_in_after(msg.turn_id, actions, min_ms), f"barge-{msg.turn_id}")
-            else:
-                await self.keeper.apply(actions)  # at once: no task hop
+            await self.keeper.caller_started(msg)
             await self.sink.send_event({"type": "vad.speech_started", "turn_id": msg.turn_id})
         elif isinstance(msg, VadSpeechEnded):
-            self._quiet_since = time.monotonic()
-            ended = self.turns.get(msg.turn_id) or self.turns.add(Turn(msg.turn_id))
-            ended.speech_end_ts_ms = msg.ts_ms
-            if ended.state is TurnState.LISTENING:
-                ended.advance(TurnState.THINKING)
+            self.keeper.caller_ended(msg)
         return None
 
     async def _on_asr(self, env: Envelope) -> Message | None:
         msg = env.message
-        if not isinstance(msg, AsrFinal):
-            return None
-        turn = self.turns.get(msg.turn_id)
-        if turn is None:
-            turn = self.turns.add(Turn(msg.turn_id, state=TurnState.THINKING))
-        if not turn.live:
-            STALE_TRANSCRIPTS.inc()
-            return None
-        turn.asr_final_ts_ms = msg.ts_ms
-        turn.speech_end_ts_ms = turn.speech_end_ts_ms or msg.speech_end_ts_ms
-        turn.user_text = msg.text
-        if turn.state is TurnState.LISTENING:
-            turn.advance(TurnState.THINKING)
-        await self.sink.send_event(
-            {"type": "asr.final", "turn_id": msg.turn_id, "text": msg.text, "merged": msg.merged}
-        )
-        paused = self.turns.paused_by(turn.turn_id)
-        if paused:
-            await self.keeper.apply(self.keeper.policy.on_transcript(paused, turn))
-        if not turn.live:
-            return None  # a backchannel: it leaves the dialogue
-        if msg.text.strip() or turn.expects_reply:
-            turn.expects_reply = True
-            hold = self.keeper.policy.hold_ms(msg.text)
-            if hold:
-                turn.hold_until_ms = msg.ts_ms + hold
-                self._spawn(self.keeper.wake_after(hold), f"hold-{turn.turn_id}")
-        else:
-            turn.advance(TurnState.DONE, "no_reply")  # nothing recognized: no bot turn follows
+        if isinstance(msg, AsrFinal):
+            await self.keeper.transcript(msg)
         return None
 
     def _live_reply(self, turn_id: str) -> Turn | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +25,7 @@ from voiceplatform.gateway.playout import Playout
 from voiceplatform.gateway.turn_policy import Action, Cut, Pause, Policy
 from voiceplatform.gateway.turns import Turn, TurnKind, TurnState, TurnTable, metrics_event
 from voiceplatform.logging import bind_call
-from voiceplatform.wire import ControlInterrupt
+from voiceplatform.wire import AsrFinal, CallNoInput, ControlInterrupt, VadSpeechEnded, VadSpeechStarted
 
 if TYPE_CHECKING:
     from voiceplatform.gateway.session import AudioSink
@@ -35,6 +37,10 @@ CUTS = Counter(
     "Robot turns cut before their end, by reason (barge_in, continued, superseded, backchannel, call_ended)",
     ["reason"],
 )
+STALE_TRANSCRIPTS = Counter(
+    "vp_gateway_stale_transcripts_total", "Transcripts of caller turns already merged or cut"
+)
+NO_INPUT = Counter("vp_gateway_no_input_total", "Re-prompts after the caller stayed silent")
 RESUMES = Counter(
     "vp_gateway_turns_resumed_total", "Robot turns resumed after a backchannel or noise paused them"
 )
@@ -70,7 +76,85 @@ class TurnKeeper:
         self.wake = wake
         self.turns = TurnTable()
         self.turns_completed = 0
+        self.quiet_since = time.monotonic()  # last moment the caller or the robot was heard
+        self.no_input_count = 0  # re-prompts in a row
 
+    async def watch_silence(self, ended: Callable[[], bool]) -> None:
+        """Re-prompt a caller who says nothing after the robot finished (the brain chooses the words)."""
+        limit = self.cfg.no_input_s
+        with bind_call(call_id=self.call_id):
+            while not ended():
+                await asyncio.sleep(0.25)
+                if self.turns.live() or not self.playout.idle:
+                    self.quiet_since = time.monotonic()
+                    continue
+                silence = time.monotonic() - self.quiet_since
+                if silence < limit:
+                    continue
+                self.no_input_count += 1
+                turn_id = f"{self.call_id}-n{self.no_input_count}-{uuid.uuid4().hex[:4]}"
+                self.turns.add(Turn(turn_id, TurnKind.NO_INPUT, TurnState.THINKING, expects_reply=True))
+                self.quiet_since = time.monotonic()
+                NO_INPUT.inc()
+                log.info("call.no_input", turn_id=turn_id, silence_ms=int(silence * 1000))
+                await self.bus.publish(
+                    subjects.lifecycle(self.call_id),
+                    CallNoInput(
+                        call_id=self.call_id,
+                        turn_id=turn_id,
+                        silence_ms=int(silence * 1000),
+                        count=self.no_input_count,
+                    ),
+                )
+
+    # ---- caller events ---------------------------------------------------------------------------
+    async def caller_started(self, msg: VadSpeechStarted) -> None:
+        self.no_input_count = 0
+        self.quiet_since = time.monotonic()
+        turn = Turn(msg.turn_id, speech_start_ts_ms=msg.ts_ms)
+        actions = self.policy.on_caller_speech(self.turns.live(), turn, msg.ts_ms)
+        self.turns.add(turn)
+        min_ms = self.settings.barge_in.min_speech_ms
+        if min_ms and any(not isinstance(a, Cut) or a.reason == "barge_in" for a in actions):
+            self.spawn(self.barge_in_after(msg.turn_id, actions, min_ms), f"barge-{msg.turn_id}")
+        else:
+            await self.apply(actions)  # at once: no task hop
+
+    def caller_ended(self, msg: VadSpeechEnded) -> None:
+        self.quiet_since = time.monotonic()
+        ended = self.turns.get(msg.turn_id) or self.turns.add(Turn(msg.turn_id))
+        ended.speech_end_ts_ms = msg.ts_ms
+        if ended.state is TurnState.LISTENING:
+            ended.advance(TurnState.THINKING)
+
+    async def transcript(self, msg: AsrFinal) -> None:
+        turn = self.turns.get(msg.turn_id) or self.turns.add(Turn(msg.turn_id, state=TurnState.THINKING))
+        if not turn.live:
+            STALE_TRANSCRIPTS.inc()  # merged into a later turn, or cut: its reply is not wanted
+            return
+        turn.asr_final_ts_ms = msg.ts_ms
+        turn.speech_end_ts_ms = turn.speech_end_ts_ms or msg.speech_end_ts_ms
+        turn.user_text = msg.text
+        if turn.state is TurnState.LISTENING:
+            turn.advance(TurnState.THINKING)
+        await self.sink.send_event(
+            {"type": "asr.final", "turn_id": msg.turn_id, "text": msg.text, "merged": msg.merged}
+        )
+        paused = self.turns.paused_by(turn.turn_id)
+        if paused:
+            await self.apply(self.policy.on_transcript(paused, turn))
+        if not turn.live:
+            return  # a backchannel: it leaves the dialogue
+        if msg.text.strip() or turn.expects_reply:
+            turn.expects_reply = True
+            hold = self.policy.hold_ms(msg.text)
+            if hold:
+                turn.hold_until_ms = msg.ts_ms + hold
+                self.spawn(self.wake_after(hold), f"hold-{turn.turn_id}")
+        else:
+            turn.advance(TurnState.DONE, "no_reply")  # nothing recognized: no bot turn follows
+
+    # ---- final turns -------------------------------------------------------------------------------
     async def report(self, turn: Turn) -> None:
         """The turn is final: publish its figures (once) and tell the client."""
         if turn.kind is TurnKind.GREETING:
@@ -98,6 +182,7 @@ class TurnKeeper:
         if turn is None or not turn.live:
             return
         was_heard = turn.state is TurnState.SPEAKING
+        already_silent = bool(turn.paused_by)  # a pause flushed the caller's playback already
         audio = self.playout.drop(cut.turn_id)
         turn.played_text = audio.played_text() if audio else ""
         turn.played_ms = self.ms(audio.played_bytes) if audio else 0
@@ -115,7 +200,7 @@ class TurnKeeper:
                 reason=cut.reason,
             ),
         )
-        if was_heard and cut.reason != "call_ended":
+        if was_heard and not already_silent and cut.reason != "call_ended":
             with contextlib.suppress(Exception):
                 await self.sink.flush(cut.turn_id)
         log.info(
