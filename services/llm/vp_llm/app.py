@@ -185,6 +185,7 @@ class LlmService:
                 provider=out.provider,
                 sentences=out.published,
                 hangup=out.end_call,
+                transfer_to=out.transfer_to,
                 ms=round((time.monotonic() - started) * 1000, 1),
                 pii_text=out.text,
             )
@@ -204,9 +205,10 @@ class LlmService:
             model=cfg.model,
             dialog_state=req.dialog_state,
             prompt_id=req.prompt_id,
+            event=req.event,
         )
         messages = build_messages(req)
-        log.info("llm.turn_started", provider=cfg.provider, pii_user_text=req.user_text)
+        log.info("llm.turn_started", provider=cfg.provider, turn_event=req.event, pii_user_text=req.user_text)
         for name in [cfg.provider, *cfg.fallback]:
             if out.published:
                 break  # never retry after text went out: the caller may already hear it
