@@ -44,6 +44,10 @@ class EncoderUnavailable(RuntimeError):
     """The sentence encoder cannot be loaded or failed; callers fall back to keywords."""
 
 
+class NotReady(EncoderUnavailable):
+    """The examples are still being embedded (process start): this turn goes without meaning."""
+
+
 class Encoder(Protocol):
     def encode(self, texts: Sequence[str]) -> Vectors:
         """Unit vectors, one row per text."""
@@ -106,11 +110,6 @@ def preload() -> Future[Any]:
     return _executor.submit(_load_quietly)
 
 
-def submit(fn: Callable[[], L]) -> Future[L]:
-    """Run ``fn`` on the encoder's worker thread (warm-ups: embed a robot's examples early)."""
-    return _executor.submit(fn)
-
-
 def _load_quietly() -> bool:
     try:
         get_encoder()
@@ -153,12 +152,20 @@ class Match(Generic[L]):
 class ExampleIndex(Generic[L]):
     """Labelled example phrases → the nearest label of a phrase, with its similarity.
 
-    Built lazily (the first match encodes every example in one batch, on the worker thread); the
-    owner keeps one index per robot configuration, so a reloaded robot gets a fresh one.
+    The examples are encoded in one batch on the worker thread, started by :meth:`warm` (owners
+    call it when they load a robot) or by the first match. A caller's turn waits at most
+    ``warm_wait_s`` for that (a process start under CPU pressure may take seconds), then raises
+    NotReady so that turn goes on with keywords. The owner keeps one index per robot
+    configuration, so a reloaded robot gets a fresh one.
     """
 
-    def __init__(self, examples: Iterable[tuple[L, str]], language: str = "ru") -> None:
+    def __init__(
+        self, examples: Iterable[tuple[L, str]], language: str = "ru", warm_wait_s: float = 1.0
+    ) -> None:
         self.language = language
+        self.warm_wait_s = warm_wait_s
+        self._warming: Future[Any] | None = None
+        self._warm_lock = threading.Lock()  # not the build lock: warm() must never wait for a build
         pairs = [(label, text) for label, text in examples if prepare(text, language)]
         self.labels: list[L] = [label for label, _ in pairs]
         self.texts: list[str] = [text for _, text in pairs]
@@ -178,6 +185,23 @@ class ExampleIndex(Generic[L]):
             if self._vectors is None:
                 self._vectors = encode([prepare(t, self.language) for t in self.texts])
             return self._vectors
+
+    def warm(self) -> Future[Any]:
+        """Start embedding the examples on the worker thread (once); errors stay in the future."""
+        with self._warm_lock:
+            if self._warming is None:
+                self._warming = _executor.submit(self.build)
+            return self._warming
+
+    async def ready(self, timeout_s: float | None = None) -> None:
+        """Wait for the examples to be embedded; NotReady after ``timeout_s`` (default warm_wait_s)."""
+        if self.built:
+            return
+        wait = self.warm_wait_s if timeout_s is None else timeout_s
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self.warm())), wait)
+        except TimeoutError:
+            raise NotReady(f"examples still being embedded after {wait} s") from None
 
     def scores(self, vector: Vectors) -> dict[L, Match[L]]:
         """The best match of every label for one prepared-and-encoded phrase."""
@@ -208,10 +232,12 @@ class ExampleIndex(Generic[L]):
         def work() -> dict[L, Match[L]]:
             return self.scores(self.vector_of(text))
 
+        await self.ready()
         return await run_on_worker(work)
 
     async def anearest(self, text: str, allowed: Collection[L] | None = None) -> Match[L] | None:
         def work() -> Match[L] | None:
             return self.nearest(self.vector_of(text), allowed)
 
+        await self.ready()
         return await run_on_worker(work)

@@ -95,6 +95,12 @@ class RouterService:
     async def start(self, bus: Bus) -> None:
         self._bus = bus
         self._store = await DialogStore.open(bus, self.settings.dialog_ttl_s, self.settings.stored_history)
+        for name in self.robots.names():
+            # compile every robot's routes now: topic examples get embedded before the first call
+            try:
+                self.routes.get(self.robots.get(name))
+            except RobotConfigError as exc:
+                log.warning("router.robot_unavailable", robot=name, problems=exc.problems)
         group = subjects.queue_group(SERVICE)
         for subject, handler in (
             (subjects.ANY_LIFECYCLE, self._on_lifecycle),

@@ -50,15 +50,7 @@ class PromptRoutes:
         pairs = [(rule.prompt, ex) for rule in cfg.rules for ex in rule.examples]
         self.index: meaning.ExampleIndex[str] = meaning.ExampleIndex(pairs, self.language)
         if len(self.index):
-            # embed this robot's examples before its first caller needs them
-            meaning.submit(self._build_quietly)
-
-    def _build_quietly(self) -> bool:
-        try:
-            self.index.build()
-        except meaning.EncoderUnavailable:
-            return False  # logged and counted by meaning; routing goes on with keywords
-        return True
+            self.index.warm()  # embed this robot's examples before its first caller needs them
 
     def keep(self, current: str) -> Route:
         return Route(current or self.default_prompt, "", "kept")

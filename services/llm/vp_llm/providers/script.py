@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Sequence
 import structlog
 from prometheus_client import Counter
 
-from voiceplatform import meaning
 from voiceplatform.config import RobotConfig
 from voiceplatform.providers import LlmChunk, LlmOptions
 from voiceplatform.wire import ChatMessage
@@ -31,14 +30,7 @@ class ScriptDialog:
             log.warning("script.dialog_warning", robot=robot.name, kind=kind, problem=text)
         if self.script.use_meaning:
             # load the encoder and embed this robot's examples before the first caller needs them
-            meaning.submit(self._build_quietly)
-
-    def _build_quietly(self) -> bool:
-        try:
-            self.script.index.build()
-        except meaning.EncoderUnavailable:
-            return False  # logged and counted by meaning; turns go on with keywords
-        return True
+            self.script.index.warm()
 
     async def stream_complete(
         self, messages: Sequence[ChatMessage], options: LlmOptions
