@@ -105,19 +105,6 @@ def set_encoder(encoder: Encoder | None) -> None:
         _encoder, _load_error = encoder, ""
 
 
-def preload() -> Future[Any]:
-    """Start loading the encoder on the worker thread without waiting for it."""
-    return _executor.submit(_load_quietly)
-
-
-def _load_quietly() -> bool:
-    try:
-        get_encoder()
-    except EncoderUnavailable:
-        return False
-    return True
-
-
 def prepare(text: str, language: str = "ru") -> str:
     """The canonical form both examples and callers' phrases are encoded in."""
     return " ".join(tokenize(words_to_digits(text, language)))
