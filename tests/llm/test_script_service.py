@@ -14,6 +14,7 @@ from voiceplatform.bus.memory import MemoryBroker
 from voiceplatform.config import RobotRegistry
 from voiceplatform.wire import LlmDone, LlmRequest
 from vp_llm.app import LlmService
+from vp_llm.providers.script import DIALOG_WARNINGS
 from vp_llm.settings import LlmSettings
 from vp_llm.turn import NO_INPUT_HINT, build_messages
 
@@ -69,6 +70,32 @@ async def test_operator_transfer_goodbye_hangup_and_no_input(broker: MemoryBroke
 
     bye = await ask(broker, out, request("t5", "до свидания", event=""))
     assert bye.hangup and bye.transfer_to == ""
+
+
+async def test_dialog_warnings_are_logged_and_counted_at_start(
+    broker: MemoryBroker, robots_dir: Path
+) -> None:
+    folder = robots_dir / "english_examples"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"llm": {"provider": "script"}}), encoding="utf-8")
+    dialog = {
+        "start": "m",
+        "states": {
+            "m": {
+                "intents": [{"keywords": ["цена"], "examples": ["how much is it"], "reply": "Сто."}],
+                "fallback": "?",
+            }
+        },
+    }
+    (folder / "dialog.json").write_text(json.dumps(dialog), encoding="utf-8")
+    counter = DIALOG_WARNINGS.labels("foreign_examples")
+    before = counter._value.get()
+    service = LlmService(LlmSettings(), robots=RobotRegistry(robots_dir))
+    await service.start(broker.bus("llm"))
+    try:
+        assert counter._value.get() == before + 1
+    finally:
+        await service.drain(1.0)
 
 
 def test_no_input_requests_carry_no_empty_user_message() -> None:

@@ -223,6 +223,8 @@ class DialogScript:
         return step
 
     async def _understand(self, node: DialogNode, st: ScriptState, prompt: str, user_text: str) -> Step:
+        if not tokenize(user_text):
+            return self._miss(node, prompt)  # noise without a word: nothing to match
         intents = self.eligible(node, prompt)
         hits = self.keyword_hits(user_text, intents)
         if len(hits) == 1 or (hits and not self.use_meaning):
