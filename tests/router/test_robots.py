@@ -40,7 +40,7 @@ def test_robot_loads_and_its_script_is_valid(folder: Path) -> None:
         } | {p for node in raw["states"].values() for p in node.get("fallback_by_prompt", {})}
         assert prompts_used <= set(robot.prompts), "script names prompts the robot does not have"
         # a goodbye ends the call in every robot
-        assert any(it.end_call for it in script.global_intents)
+        assert any(it.end_call for it in (*script.global_intents, *script.builtins.intents))
     PromptRoutes(robot)  # router rules compile
 
 

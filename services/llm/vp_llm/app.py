@@ -83,6 +83,7 @@ class LlmService:
         if self._factory is registry_factory:
             # key cooldowns (429, invalid keys) are shared by every call and every LLM worker
             self._factory = functools.partial(registry_factory, key_health=BusKeyHealthStore(bus))
+            self._prepare_scripts()
         self._control_sub = await bus.subscribe(subjects.ANY_CONTROL, self._on_control)
         self._request_sub = await bus.subscribe(
             subjects.ANY_LLM_REQUEST, self._on_request, queue=subjects.queue_group("llm")
@@ -109,6 +110,18 @@ class LlmService:
 
     def asgi_app(self) -> None:
         return None
+
+    def _prepare_scripts(self) -> None:
+        """Load every script robot's dialog.json now: problems show at start, examples get embedded."""
+        for name in self.robots.names():
+            try:
+                robot = self.robots.get(name)
+                cfg = robot.settings.llm
+                if robot.settings.mode != "realtime" and "script" in (cfg.provider, *cfg.fallback):
+                    self._provider(robot, "script")
+            except Exception as exc:  # the same problem fails that robot's turns later, loudly
+                metrics.PROVIDER_ERRORS.labels(SERVICE, "script", "setup").inc()
+                log.error("llm.script_unusable", robot=name, error=f"{type(exc).__name__}: {exc}"[:300])
 
     async def close_providers(self) -> None:
         await self._providers.aclose()
@@ -185,6 +198,7 @@ class LlmService:
                 provider=out.provider,
                 sentences=out.published,
                 hangup=out.end_call,
+                transfer_to=out.transfer_to,
                 ms=round((time.monotonic() - started) * 1000, 1),
                 pii_text=out.text,
             )
@@ -204,9 +218,10 @@ class LlmService:
             model=cfg.model,
             dialog_state=req.dialog_state,
             prompt_id=req.prompt_id,
+            event=req.event,
         )
         messages = build_messages(req)
-        log.info("llm.turn_started", provider=cfg.provider, pii_user_text=req.user_text)
+        log.info("llm.turn_started", provider=cfg.provider, turn_event=req.event, pii_user_text=req.user_text)
         for name in [cfg.provider, *cfg.fallback]:
             if out.published:
                 break  # never retry after text went out: the caller may already hear it

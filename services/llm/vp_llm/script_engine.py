@@ -4,10 +4,13 @@ A robot's ``dialog.json``::
 
     {
       "start": "main",
+      "min_similarity": 0.5,
+      "transfer_to": "operators",
       "states": {
         "main": {
           "intents": [
-            {"keywords": ["доставка"], "reply": "Доставляем за один день.", "next": "main"},
+            {"keywords": ["доставка"], "examples": ["сколько везти будете", "когда привезете"],
+             "reply": "Доставляем за один день.", "next": "main"},
             {"keywords": ["корм"], "prompt": "pets", "reply": "Корм для собак есть.", "next": "main"}
           ],
           "fallback": "Простите, не поняла. Повторите, пожалуйста.",
@@ -15,50 +18,65 @@ A robot's ``dialog.json``::
           "fallback_next": "main"
         }
       },
-      "global": [{"keywords": ["до свидания"], "reply": "Всего доброго!", "end_call": true}]
+      "global": [{"keywords": ["спасибо"], "reply": "Пожалуйста!"}],
+      "builtins": {"operator": {"reply": "Соединяю."}, "no_input": {"limit": 2}}
     }
 
-Matching: keywords use ``voiceplatform.text`` (the router's inflection-tolerant matcher). Intents
-carrying ``"prompt"`` apply only while that prompt (topic) is active and win over generic ones;
-within each group the current state's intents come before the global ones, in file order. ``next``
-defaults to the current state. No intent → ``fallback_by_prompt[prompt]`` or ``fallback``.
+Which intents apply: those of the current state and the global ones, plus the built-in intents
+(repeat, operator, goodbye; see ``script_loading``). Intents carrying ``"prompt"`` apply only while
+that prompt (topic) is active. Number words in the caller's text become digits first.
 
-State between turns is a JSON string ``{"state": "<name>", "prompt": "<prompt id>"}``: the
-provider owns ``state``; the prompt-router writes the active ``prompt`` into it on every request.
+Matching, per caller phrase:
+
+1. keywords (the exact fast path, inflection-tolerant, see ``voiceplatform.text``). One intent
+   hit: it wins. Several (``"сколько стоит доставка"`` hits prices and delivery): the one whose
+   examples are nearest in meaning wins, so the robot answers what was asked;
+2. no keyword: the nearest example by meaning (``voiceplatform.meaning``), if its similarity is at
+   least ``min_similarity``;
+3. nothing: the state's fallback ("не понял"), only after such a real miss.
+
+``no_input`` turns (the caller stayed silent) re-prompt; after ``builtins.no_input.limit`` silences
+in a row the robot says goodbye and hangs up. Without the encoder (not installed, failed) matching
+goes on with keywords alone.
+
+State between turns is a JSON string ``{"state", "prompt", "last", "silences"}``: the provider owns
+it; the prompt-router writes the active ``prompt`` into it on every request. Older state without the
+last two keys still decodes.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from voiceplatform.text import Keyword, tokenize
+import structlog
+from prometheus_client import Counter
 
+from voiceplatform.meaning import EncoderUnavailable, ExampleIndex, Match
+from voiceplatform.numerals import words_to_digits
+from voiceplatform.text import tokenize
+from vp_llm.script_loading import (
+    Builtins,
+    DialogNode,
+    DialogScriptError,
+    Intent,
+    parse_script,
+)
 
-class DialogScriptError(ValueError):
-    def __init__(self, source: str, problems: list[str]) -> None:
-        super().__init__(f"{source}: " + "; ".join(problems))
-        self.problems = problems
+__all__ = ["DialogNode", "DialogScript", "DialogScriptError", "Intent", "ScriptState", "Step"]
 
+log = structlog.get_logger("vp_llm.script")
 
-@dataclass(frozen=True)
-class Intent:
-    keywords: tuple[Keyword, ...]
-    reply: str
-    next: str | None = None
-    end_call: bool = False
-    prompt: str | None = None
-
-
-@dataclass(frozen=True)
-class DialogNode:
-    name: str
-    intents: tuple[Intent, ...]
-    fallback: str
-    fallback_by_prompt: dict[str, str] = field(default_factory=dict)
-    fallback_next: str | None = None
+DECISIONS = Counter("vp_llm_script_decisions_total", "Script engine decisions, by how", ["how"])
+MEANING_FALLBACKS = Counter(
+    "vp_llm_script_meaning_unavailable_total", "Turns matched by keywords only because the encoder failed"
+)
+# keyword phrases are short meaningful phrases too: they join the examples of their intent
+KEYWORDS_AS_EXAMPLES = True
+MINIMAL = {"start": "main", "states": {"main": {"fallback": "?"}}}
+NO_INPUT = "builtin.no_input"
 
 
 @dataclass(frozen=True)
@@ -68,13 +86,21 @@ class Step:
     reply: str
     state: str
     end_call: bool
-    matched: str  # the keyword phrase, or "" for a fallback
+    matched: str  # the keyword phrase or nearest example, "" for a fallback
+    how: str = "keyword"  # keyword | meaning | fallback | no_input | repeat | operator
+    intent: str = ""
+    score: float = 0.0
+    transfer_to: str = ""
+    silences: int = 0
+    remember: bool = True  # the reply is what "повторите" repeats next
 
 
 @dataclass(frozen=True)
 class ScriptState:
     state: str = ""
     prompt: str = ""
+    last: str = ""  # the last reply worth repeating
+    silences: int = 0  # no-input turns in a row
 
     @classmethod
     def decode(cls, raw: str) -> ScriptState:
@@ -87,116 +113,174 @@ class ScriptState:
             return cls()
         if not isinstance(data, dict):
             return cls()
-        return cls(state=str(data.get("state") or ""), prompt=str(data.get("prompt") or ""))
+        silences = data.get("silences")
+        return cls(
+            state=str(data.get("state") or ""),
+            prompt=str(data.get("prompt") or ""),
+            last=str(data.get("last") or ""),
+            silences=silences if isinstance(silences, int) and silences >= 0 else 0,
+        )
 
     def encode(self) -> str:
-        return json.dumps({"state": self.state, "prompt": self.prompt}, ensure_ascii=False)
+        data = {"state": self.state, "prompt": self.prompt, "last": self.last, "silences": self.silences}
+        return json.dumps(data, ensure_ascii=False)
 
-
-def _problems_of_intents(where: str, raw: Any, problems: list[str]) -> list[dict[str, Any]]:
-    if not isinstance(raw, list):
-        problems.append(f"{where}: must be a list of intents")
-        return []
-    good: list[dict[str, Any]] = []
-    for i, intent in enumerate(raw):
-        at = f"{where}[{i}]"
-        if not isinstance(intent, dict):
-            problems.append(f"{at}: must be an object")
-            continue
-        unknown = set(intent) - {"keywords", "reply", "next", "end_call", "prompt"}
-        if unknown:
-            problems.append(f"{at}: unknown keys {sorted(unknown)}")
-        kws = intent.get("keywords")
-        if not isinstance(kws, list) or not kws or not all(isinstance(k, str) and tokenize(k) for k in kws):
-            problems.append(f"{at}.keywords: must be a non-empty list of words")
-            continue
-        if not isinstance(intent.get("reply"), str) or not intent["reply"].strip():
-            problems.append(f"{at}.reply: must be non-empty text")
-            continue
-        good.append(intent)
-    return good
-
-
-def _intent(raw: dict[str, Any]) -> Intent:
-    return Intent(
-        keywords=tuple(Keyword.parse(k) for k in raw["keywords"]),
-        reply=raw["reply"].strip(),
-        next=raw.get("next"),
-        end_call=bool(raw.get("end_call", False)),
-        prompt=raw.get("prompt"),
-    )
+    def after(self, step: Step, prompt: str) -> ScriptState:
+        return ScriptState(step.state, prompt, step.reply if step.remember else self.last, step.silences)
 
 
 class DialogScript:
-    def __init__(self, start: str, nodes: dict[str, DialogNode], global_intents: tuple[Intent, ...]) -> None:
+    def __init__(
+        self,
+        start: str,
+        nodes: dict[str, DialogNode],
+        global_intents: tuple[Intent, ...],
+        builtins: Builtins | None = None,
+        min_similarity: float = 0.5,
+        transfer_to: str = "",
+        language: str = "ru",
+        warnings: list[tuple[str, str]] | None = None,
+    ) -> None:
         self.start = start
         self.nodes = nodes
         self.global_intents = global_intents
+        self.builtins = builtins or parse_script(MINIMAL, "defaults").builtins
+        self.min_similarity = min_similarity
+        self.transfer_to = transfer_to
+        self.language = language
+        self.warnings = warnings or []
+        self.intents: list[Intent] = [it for n in nodes.values() for it in n.intents]
+        self.intents += [*global_intents, *self.builtins.intents]
+        self._label = {id(it): i for i, it in enumerate(self.intents)}
+        phrases: list[tuple[int, str]] = []
+        for i, it in enumerate(self.intents):
+            texts = list(it.examples) + ([k.phrase for k in it.keywords] if KEYWORDS_AS_EXAMPLES else [])
+            phrases += [(i, t) for t in dict.fromkeys(texts)]
+        self.index: ExampleIndex[int] = ExampleIndex(phrases, language)
+        self.use_meaning = any(it.examples for it in self.intents)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "dialog.json") -> DialogScript:
+    def from_dict(cls, data: Any, source: str = "dialog.json", language: str = "ru") -> DialogScript:
         """Validate everything and report every problem at once."""
-        problems: list[str] = []
-        if not isinstance(data, dict):
-            raise DialogScriptError(source, ["must hold a JSON object"])
-        states = data.get("states")
-        if not isinstance(states, dict) or not states:
-            raise DialogScriptError(source, ["states: must be a non-empty object"])
-        start = data.get("start")
-        if start not in states:
-            problems.append(f"start: {start!r} is not a state")
-        targets: list[tuple[str, Any]] = []
-        nodes: dict[str, DialogNode] = {}
-        for name, node in states.items():
-            if not isinstance(node, dict):
-                problems.append(f"states.{name}: must be an object")
-                continue
-            intents = _problems_of_intents(f"states.{name}.intents", node.get("intents", []), problems)
-            fallback = node.get("fallback")
-            if not isinstance(fallback, str) or not fallback.strip():
-                problems.append(f"states.{name}.fallback: must be non-empty text")
-                fallback = ""
-            by_prompt = node.get("fallback_by_prompt", {})
-            if not isinstance(by_prompt, dict) or not all(isinstance(v, str) for v in by_prompt.values()):
-                problems.append(f"states.{name}.fallback_by_prompt: must map prompt ids to text")
-                by_prompt = {}
-            targets += [(f"states.{name}.intents[{i}].next", it.get("next")) for i, it in enumerate(intents)]
-            targets.append((f"states.{name}.fallback_next", node.get("fallback_next")))
-            nodes[name] = DialogNode(
-                name=name,
-                intents=tuple(_intent(it) for it in intents),
-                fallback=fallback.strip(),
-                fallback_by_prompt={k: v.strip() for k, v in by_prompt.items()},
-                fallback_next=node.get("fallback_next"),
-            )
-        global_raw = _problems_of_intents("global", data.get("global", []), problems)
-        targets += [(f"global[{i}].next", it.get("next")) for i, it in enumerate(global_raw)]
-        for where, target in targets:
-            if target is not None and target not in states:
-                problems.append(f"{where}: {target!r} is not a state")
-        if problems:
-            raise DialogScriptError(source, problems)
-        return cls(str(start), nodes, tuple(_intent(it) for it in global_raw))
+        spec = parse_script(data, source, language)
+        return cls(
+            spec.start,
+            spec.nodes,
+            spec.global_intents,
+            spec.builtins,
+            spec.min_similarity,
+            spec.transfer_to,
+            language,
+            spec.warnings,
+        )
 
     @classmethod
-    def load(cls, path: Path) -> DialogScript:
+    def load(cls, path: Path, language: str = "ru") -> DialogScript:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise DialogScriptError(str(path), ["file not found"]) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DialogScriptError(str(path), [f"not valid JSON: {exc}"]) from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(data, str(path), language)
 
-    def step(self, state: str, prompt: str, user_text: str) -> Step:
-        node = self.nodes.get(state) or self.nodes[self.start]
-        tokens = tokenize(user_text)
-        everywhere = node.intents + self.global_intents
+    # ---- matching ------------------------------------------------------------------------------
+    def node_of(self, state: str) -> DialogNode:
+        return self.nodes.get(state) or self.nodes[self.start]
+
+    def eligible(self, node: DialogNode, prompt: str) -> list[Intent]:
+        """Intents that apply now, in priority order (topical, state, global, built-in)."""
+        everywhere = [*node.intents, *self.global_intents]
         topical = [it for it in everywhere if it.prompt is not None and it.prompt == prompt]
         generic = [it for it in everywhere if it.prompt is None]
-        for intent in topical + generic:
-            for keyword in intent.keywords:
-                if keyword.matches(tokens):
-                    return Step(intent.reply, intent.next or node.name, intent.end_call, keyword.phrase)
+        return [*topical, *generic, *self.builtins.intents]
+
+    def keyword_hits(self, user_text: str, intents: list[Intent]) -> list[tuple[Intent, str]]:
+        tokens = tokenize(words_to_digits(user_text, self.language))
+        hits: list[tuple[Intent, str]] = []
+        for it in intents:
+            phrase = it.keyword_hit(tokens)
+            if phrase is not None:
+                hits.append((it, phrase))
+        return hits
+
+    def step(self, state: str, prompt: str, user_text: str, last: str = "") -> Step:
+        """Keywords only (no encoder): the first hit in priority order, else the fallback."""
+        node = self.node_of(state)
+        hits = self.keyword_hits(user_text, self.eligible(node, prompt))
+        if hits:
+            return self._reply(hits[0][0], node, "keyword", hits[0][1], 0.0, last)
+        return self._miss(node, prompt)
+
+    async def respond(self, st: ScriptState, prompt: str, user_text: str, event: str = "") -> Step:
+        """One turn: keywords, then meaning; ``event="no_input"`` (or no text) re-prompts."""
+        node = self.node_of(st.state or self.start)
+        if event == "no_input" or not user_text.strip():
+            step = self.no_input(node, st)
+        else:
+            step = await self._understand(node, st, prompt, user_text)
+        DECISIONS.labels(step.how).inc()
+        return step
+
+    async def _understand(self, node: DialogNode, st: ScriptState, prompt: str, user_text: str) -> Step:
+        if not tokenize(user_text):
+            return self._miss(node, prompt)  # noise without a word: nothing to match
+        intents = self.eligible(node, prompt)
+        hits = self.keyword_hits(user_text, intents)
+        if len(hits) == 1 or (hits and not self.use_meaning):
+            return self._reply(hits[0][0], node, "keyword", hits[0][1], 0.0, st.last)
+        if not self.use_meaning:
+            return self._miss(node, prompt)
+        try:
+            scores = await self.index.ascores(user_text)
+        except EncoderUnavailable as exc:
+            MEANING_FALLBACKS.inc()
+            log.warning("script.meaning_unavailable", error=str(exc))
+            return (
+                self._reply(hits[0][0], node, "keyword", hits[0][1], 0.0, st.last)
+                if hits
+                else self._miss(node, prompt)
+            )
+        if hits:
+            # several intents hit by keywords: the one nearest in meaning answers what was asked
+            best = max(hits, key=lambda h: self._score(scores, h[0]))
+            return self._reply(best[0], node, "keyword", best[1], self._score(scores, best[0]), st.last)
+        match = self._nearest(scores, intents)
+        if match is None or match.score < self.min_similarity:
+            return self._miss(node, prompt, match)
+        return self._reply(self.intents[match.label], node, "meaning", match.example, match.score, st.last)
+
+    def _score(self, scores: dict[int, Match[int]], intent: Intent) -> float:
+        match = scores.get(self._label[id(intent)])
+        return match.score if match is not None else -1.0
+
+    def _nearest(self, scores: dict[int, Match[int]], intents: list[Intent]) -> Match[int] | None:
+        allowed = {self._label[id(it)] for it in intents}
+        return next((m for label, m in scores.items() if label in allowed), None)
+
+    def _reply(
+        self, intent: Intent, node: DialogNode, how: str, matched: str, score: float, last: str
+    ) -> Step:
+        nxt = intent.next or node.name
+        if intent.builtin == "repeat":
+            reply = last or self.builtins.repeat_empty
+            return Step(reply, node.name, False, matched, "repeat", intent.name, score, remember=False)
+        if intent.builtin == "operator":
+            # without a destination the caller hears that nobody is available, and the talk goes on
+            reply = intent.reply if self.transfer_to else self.builtins.operator_unavailable
+            return Step(reply, nxt, False, matched, "operator", intent.name, score, self.transfer_to)
+        return Step(intent.reply, nxt, intent.end_call, matched, how, intent.name, score)
+
+    def _miss(self, node: DialogNode, prompt: str, near: Match[int] | None = None) -> Step:
         reply = node.fallback_by_prompt.get(prompt) or node.fallback
-        return Step(reply, node.fallback_next or node.name, False, "")
+        score = near.score if near is not None else 0.0
+        return Step(reply, node.fallback_next or node.name, False, "", "fallback", "", score)
+
+    def no_input(self, node: DialogNode, st: ScriptState) -> Step:
+        silences = st.silences + 1
+        b = self.builtins
+        if silences >= b.no_input_limit:
+            return Step(b.no_input_goodbye, node.name, True, "", "no_input", NO_INPUT, silences=silences)
+        return Step(
+            b.no_input_reply, node.name, False, "", "no_input", NO_INPUT, silences=silences, remember=False
+        )

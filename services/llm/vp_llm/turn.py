@@ -19,12 +19,19 @@ SERVICE = "llm"
 FIRST_SENTENCE = metrics.STAGE_LATENCY.labels(SERVICE, "llm_first_sentence")
 
 
+# stands in for the caller's words on a no-input turn: every chat API wants the user to speak last
+NO_INPUT_HINT = "[The caller stays silent after your last reply. Re-prompt them briefly, in their language.]"
+
+
 def build_messages(req: LlmRequest) -> list[ChatMessage]:
     """[system prompt] + history + [the user's new message]; empty history entries are skipped."""
     messages: list[ChatMessage] = []
     if req.system_prompt:
         messages.append(ChatMessage(role="system", content=req.system_prompt))
     messages.extend(m for m in req.history if m.content)
+    if req.event == "no_input":
+        messages.append(ChatMessage(role="user", content=NO_INPUT_HINT, turn_id=req.turn_id))
+        return messages
     messages.append(ChatMessage(role="user", content=req.user_text, turn_id=req.turn_id))
     return messages
 
@@ -50,6 +57,7 @@ class TurnOutput:
         self.model = ""  # as the provider reports it (``meta["model"]``: a Gemini cascade's answer)
         self.dialog_state = self.req.dialog_state
         self.end_call = False
+        self.transfer_to = ""
 
     @property
     def text(self) -> str:
@@ -125,6 +133,7 @@ class TurnOutput:
                 if chunk.dialog_state is not None:
                     self.dialog_state = chunk.dialog_state
                 self.end_call = self.end_call or chunk.end_call
+                self.transfer_to = chunk.transfer_to or self.transfer_to
         for sentence in self.splitter.flush():
             await self._publish(sentence, last=True)
 
@@ -161,5 +170,6 @@ class TurnOutput:
                 completion_tokens=self.completion_tokens,
                 dialog_state=self.dialog_state,
                 hangup=self.end_call and not interrupted,
+                transfer_to="" if interrupted else self.transfer_to,
             ),
         )

@@ -1,4 +1,8 @@
-"""Prompt-router: asr.final → (keywords → prompt) → llm.request, keeping dialogue state in NATS KV.
+"""Prompt-router: asr.final → (keywords, then meaning → prompt) → llm.request; state in NATS KV.
+
+Also turns ``call.no_input`` (the caller stayed silent) into an ``llm.request`` with
+``event="no_input"``, and takes a caller turn out of the history when its interrupt says the words
+were continued in a later turn or were only a backchannel.
 
 Stateless: every subscription is in the "prompt-router" queue group and all state lives in the
 ``vp_dialog`` KV bucket, changed by compare-and-set. Handlers hand work to a per-call queue, so a
@@ -24,6 +28,7 @@ from voiceplatform.runtime import TaskRegistry
 from voiceplatform.wire import (
     AsrFinal,
     CallEnded,
+    CallNoInput,
     CallStarted,
     ChatMessage,
     ControlInterrupt,
@@ -90,6 +95,12 @@ class RouterService:
     async def start(self, bus: Bus) -> None:
         self._bus = bus
         self._store = await DialogStore.open(bus, self.settings.dialog_ttl_s, self.settings.stored_history)
+        for name in self.robots.names():
+            # compile every robot's routes now: topic examples get embedded before the first call
+            try:
+                self.routes.get(self.robots.get(name))
+            except RobotConfigError as exc:
+                log.warning("router.robot_unavailable", robot=name, problems=exc.problems)
         group = subjects.queue_group(SERVICE)
         for subject, handler in (
             (subjects.ANY_LIFECYCLE, self._on_lifecycle),
@@ -147,6 +158,8 @@ class RouterService:
             self._queue.submit(msg.call_id, lambda: self._call_started(msg))
         elif isinstance(msg, CallEnded):
             self._queue.submit(msg.call_id, lambda: self._call_ended(msg))
+        elif isinstance(msg, CallNoInput):
+            self._queue.submit(msg.call_id, lambda: self._no_input(msg))
         return None
 
     async def _on_asr(self, env: Envelope) -> Message | None:
@@ -195,25 +208,37 @@ class RouterService:
         await self.store.delete(msg.call_id)
         log.info("router.call_ended", call_id=msg.call_id)
 
+    async def _classify(self, call_id: str, text: str) -> Route | None:
+        """The topic of ``text`` for this call's robot (before the state changes: it may await)."""
+        loaded = await self.store.load(call_id)
+        if loaded is None:
+            await asyncio.sleep(MISSING_STATE_RETRY_S)
+            loaded = await self.store.load(call_id)
+        if loaded is None:
+            return None
+        return await self.routes.get(self.robots.get(loaded.robot)).classify(text)
+
     async def _user_said(self, msg: AsrFinal, received: float) -> None:
         with bind_call(call_id=msg.call_id, turn_id=msg.turn_id):
             found: dict[str, RobotConfig] = {}
 
-            def change(state: DialogState) -> tuple[Route, str, list[ChatMessage]]:
+            def change(state: DialogState) -> tuple[Route, str, list[ChatMessage]] | None:
+                if msg.turn_id in state.dropped_turns:
+                    return None  # its interrupt came first: these words are not part of the dialogue
                 robot = found.get(state.robot) or self.robots.get(state.robot)
                 found[state.robot] = robot
-                route = self.routes.get(robot).route(state.prompt_id, msg.text)
+                route = topic or self.routes.get(robot).keep(state.prompt_id)
                 previous_prompt = state.prompt_id
+                for merged in msg.merged:
+                    state.drop_turn(merged)  # this transcript covers those turns' audio
                 history = [m for m in state.history if m.content][-self.settings.history_limit :]
                 state.prompt_id = route.prompt_id
                 state.history.append(ChatMessage(role="user", content=msg.text, turn_id=msg.turn_id))
                 return route, previous_prompt, history
 
             try:
+                topic = await self._classify(msg.call_id, msg.text)
                 saved = await self.store.mutate(msg.call_id, change)
-                if saved is None:
-                    await asyncio.sleep(MISSING_STATE_RETRY_S)
-                    saved = await self.store.mutate(msg.call_id, change)
             except RobotConfigError as exc:
                 await self._stage_error(msg.call_id, msg.turn_id, "robot_config", str(exc), False)
                 return
@@ -226,7 +251,11 @@ class RouterService:
             if saved is None:
                 await self._stage_error(msg.call_id, msg.turn_id, "no_dialog_state", "no call.started", False)
                 return
-            state, (route, previous_prompt, history) = saved
+            if saved[1] is None:
+                ROUTER_DROPS.labels("dropped_turn").inc()
+                log.info("router.turn_already_dropped")
+                return
+            state, (route, previous_prompt, history) = saved[0], saved[1]
             robot = found[state.robot]
             if route.switched_from(previous_prompt):
                 PROMPT_SWITCHES.labels(robot.name).inc()
@@ -262,6 +291,8 @@ class RouterService:
                 prompt_id=state.prompt_id,
                 switched=route.switched_from(previous_prompt),
                 matched=route.matched,
+                how=route.how,
+                score=round(route.score, 3),
                 ms=round(elapsed_ms, 2),
                 pii_text=msg.text,
             )
@@ -270,6 +301,8 @@ class RouterService:
         def change(state: DialogState) -> bool:
             if any(m.role == "assistant" and m.turn_id == msg.turn_id for m in state.history):
                 return False  # a repeated llm.done
+            if msg.turn_id in state.dropped_turns:
+                return False  # a reply to words that left the dialogue: never heard, not recorded
             played = state.pending_interrupts.pop(msg.turn_id, None)
             interrupted = played is not None or msg.interrupted
             content = played if played is not None else msg.text
@@ -288,6 +321,9 @@ class RouterService:
 
     async def _interrupted(self, msg: ControlInterrupt) -> None:
         def change(state: DialogState) -> str:
+            if msg.caller_text_dropped:
+                # continued (the next turn's transcript holds these words) or only "угу": out
+                return f"dropped {state.drop_turn(msg.turn_id)}"
             for m in reversed(state.history):
                 if m.role == "assistant" and m.turn_id == msg.turn_id:
                     m.content = msg.played_text
@@ -299,6 +335,43 @@ class RouterService:
             return "pending"
 
         await self._mutate_quietly(msg.call_id, msg.turn_id, change, "router.interrupt_recorded")
+
+    async def _no_input(self, msg: CallNoInput) -> None:
+        """The caller stayed silent: ask the robot for a re-prompt (the script engine counts them)."""
+        with bind_call(call_id=msg.call_id, turn_id=msg.turn_id):
+            try:
+                state = await self.store.load(msg.call_id)
+                robot = self.robots.get(state.robot) if state is not None else None
+            except RobotConfigError as exc:
+                await self._stage_error(msg.call_id, msg.turn_id, "robot_config", str(exc), False)
+                return
+            except DialogStateError as exc:
+                await self._stage_error(msg.call_id, msg.turn_id, "bad_dialog_state", str(exc), False)
+                return
+            if state is None or robot is None:
+                ROUTER_DROPS.labels("no_dialog_state").inc()
+                log.info("router.no_dialog_state", on="router.no_input")
+                return
+            if robot.settings.mode == "realtime":
+                ROUTER_DROPS.labels("no_input_realtime").inc()
+                return  # the realtime model runs that call's dialogue itself
+            history = [m for m in state.history if m.content][-self.settings.history_limit :]
+            await self._publish(
+                subjects.llm_request(msg.call_id),
+                LlmRequest(
+                    call_id=msg.call_id,
+                    turn_id=msg.turn_id,
+                    robot=robot.name,
+                    prompt_id=state.prompt_id,
+                    system_prompt=robot.prompt_text(state.prompt_id),
+                    history=history,
+                    user_text="",
+                    sample_rate=state.sample_rate,
+                    dialog_state=state.script_state,
+                    event="no_input",
+                ),
+            )
+            log.info("router.no_input", count=msg.count, silence_ms=msg.silence_ms, prompt_id=state.prompt_id)
 
     async def _mutate_quietly(
         self, call_id: str, turn_id: str, change: Callable[[DialogState], object], event: str

@@ -18,6 +18,7 @@ from voiceplatform.wire import ChatMessage
 
 T = TypeVar("T")
 CAS_ATTEMPTS = 5
+MAX_DROPPED_TURNS = 16
 
 
 class DialogState(msgspec.Struct, kw_only=True):
@@ -35,6 +36,18 @@ class DialogState(msgspec.Struct, kw_only=True):
     turns: int = 0
     # turn id -> played text, for interrupts that arrive before that turn's llm.done
     pending_interrupts: dict[str, str] = msgspec.field(default_factory=dict)
+    # caller turns taken out of the dialogue (continued or backchannel): their late messages stay out
+    dropped_turns: list[str] = msgspec.field(default_factory=list)
+
+    def drop_turn(self, turn_id: str) -> int:
+        """Take a caller turn and the robot's reply to it out of the history; returns how many left."""
+        before = len(self.history)
+        self.history = [m for m in self.history if m.turn_id != turn_id]
+        self.pending_interrupts.pop(turn_id, None)
+        if turn_id not in self.dropped_turns:
+            self.dropped_turns.append(turn_id)
+            del self.dropped_turns[:-MAX_DROPPED_TURNS]
+        return before - len(self.history)
 
 
 class DialogStateError(Exception):

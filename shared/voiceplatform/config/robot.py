@@ -131,7 +131,15 @@ class TurnsConfig(_Section):
 
 class RouteRule(_Section):
     prompt: str
-    keywords: list[str]
+    keywords: list[str] = Field(default_factory=list)
+    # phrases meaning this topic, matched by a sentence encoder when no keyword is found
+    examples: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_keywords_or_examples(self) -> RouteRule:
+        if not self.keywords and not self.examples:
+            raise ValueError(f"rule for prompt {self.prompt!r} needs keywords or examples")
+        return self
 
 
 class RouterConfig(_Section):
@@ -141,6 +149,8 @@ class RouterConfig(_Section):
     # prompt id -> file name in the robot folder (prompts/<id>.txt); "default" may be prompt.txt
     prompts: dict[str, str] = Field(default_factory=dict)
     rules: list[RouteRule] = Field(default_factory=list)
+    # examples: a phrase switches the topic only when at least this similar to one of them
+    min_similarity: float = Field(default=0.55, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _rules_name_known_prompts(self) -> RouterConfig:

@@ -43,6 +43,8 @@ class LlmOptions:
     dialog_state: str = ""
     # active prompt (topic) chosen by the prompt-router, for engines that answer by topic
     prompt_id: str = ""
+    # "" for a caller utterance, "no_input" when the caller stayed silent (see LlmRequest.event)
+    event: str = ""
 
 
 @dataclass(slots=True)
@@ -55,6 +57,8 @@ class LlmChunk:
     dialog_state: str | None = None
     end_call: bool = False
     meta: dict[str, str] = field(default_factory=dict)
+    # hand the caller over to this destination after the reply (LlmDone.transfer_to)
+    transfer_to: str = ""
 
 
 class LlmProvider(Protocol):

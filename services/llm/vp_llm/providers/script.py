@@ -5,32 +5,63 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
+import structlog
+from prometheus_client import Counter
+
 from voiceplatform.config import RobotConfig
 from voiceplatform.providers import LlmChunk, LlmOptions
 from voiceplatform.wire import ChatMessage
 from vp_llm.script_engine import DialogScript, ScriptState
+
+log = structlog.get_logger("vp_llm.script")
+
+DIALOG_WARNINGS = Counter(
+    "vp_llm_dialog_warnings_total", "dialog.json problems that do not stop the robot, by kind", ["kind"]
+)
 
 
 class ScriptDialog:
     name = "script"
 
     def __init__(self, robot: RobotConfig) -> None:
-        self.script = DialogScript.load(robot.dialog_path)
+        self.script = DialogScript.load(robot.dialog_path, robot.settings.language)
+        for kind, text in self.script.warnings:
+            DIALOG_WARNINGS.labels(kind).inc()
+            log.warning("script.dialog_warning", robot=robot.name, kind=kind, problem=text)
+        if self.script.use_meaning:
+            # load the encoder and embed this robot's examples before the first caller needs them
+            self.script.index.warm()
 
     async def stream_complete(
         self, messages: Sequence[ChatMessage], options: LlmOptions
     ) -> AsyncIterator[LlmChunk]:
-        user_text = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        user_text = "" if options.event == "no_input" else _last_user_text(messages)
         state = ScriptState.decode(options.dialog_state)
         prompt = options.prompt_id or state.prompt
-        step = self.script.step(state.state or self.script.start, prompt, user_text)
+        step = await self.script.respond(state, prompt, user_text, options.event)
         words = step.reply.split()
         for i, word in enumerate(words):
             yield LlmChunk(text=word if i == len(words) - 1 else word + " ")
             # a checkpoint per word keeps the engine instant yet cancellable, like a real stream
             await asyncio.sleep(0)
-        new_state = ScriptState(state=step.state, prompt=prompt).encode()
-        yield LlmChunk(dialog_state=new_state, end_call=step.end_call, meta={"matched": step.matched})
+        log.info(
+            "script.decided",
+            how=step.how,
+            intent=step.intent,
+            matched=step.matched,
+            score=round(step.score, 3),
+            state=step.state,
+        )
+        yield LlmChunk(
+            dialog_state=state.after(step, prompt).encode(),
+            end_call=step.end_call,
+            transfer_to=step.transfer_to,
+            meta={"matched": step.matched, "how": step.how},
+        )
 
     async def aclose(self) -> None:
         return None
+
+
+def _last_user_text(messages: Sequence[ChatMessage]) -> str:
+    return next((m.content for m in reversed(messages) if m.role == "user"), "")
