@@ -1,6 +1,6 @@
 """End of turn: how often a reader's pause splits a turn, and how long a finished turn waits.
 
-Run: ``.venv/bin/python bench/bench_turns.py [--sentences 12] [--noise 60]``. Russian sentences are
+Run: ``.venv/bin/python bench/bench_turns.py [--sentences 14] [--noise 60,300]``. Russian sentences are
 synthesized (espeak-ng -v ru and festival's msu_ru_nsh, 16 kHz, into a temp dir) twice: whole, and
 as two halves joined by a silence of 0.4-1.2 s (a reader's mid-sentence pause); light white noise
 is added. Every clip goes through the service's own per-frame path (``FrameScorer`` + the segmenter
@@ -188,7 +188,10 @@ async def main() -> None:
         raise SystemExit("neither espeak-ng nor festival (text2wave) is installed")
     t0 = time.perf_counter()
     clips = make_clips(args.sentences, engines)
-    print(f"{len(clips)} clips ({', '.join(engines)}), synthesized in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"{len(clips)} clips ({', '.join(engines)}), synthesized in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
     eot = SmartTurn()
     base = VadConfig()
     policies: list[tuple[str, VadConfig, bool]] = [
@@ -203,16 +206,16 @@ async def main() -> None:
         f"{'noise':>5} {'vad':7} {'rate':>5} {'policy':26} {'split paused':>12} {'split whole':>11} "
         f"{'hang mean':>9} {'p90':>5} {'never ended':>11}"
     )
-    print(header)
-    print("-" * len(header))
+    print(header, flush=True)
+    print("-" * len(header), flush=True)
     for noise in (float(n) for n in args.noise.split(",")):
         for vad in args.vads.split(","):
             for rate in (int(r) for r in args.rates.split(",")):
                 for label, cfg, use_model in policies:
                     model = eot if use_model else None
                     row = await measure(clips, replace_cfg(cfg, provider=vad), rate, noise, model, times)
-                    print(f"{noise:>5g} {vad:7} {rate:>5} {label:26} {row}")
-    print()
+                    print(f"{noise:>5g} {vad:7} {rate:>5} {label:26} {row}", flush=True)
+    print(flush=True)
     print(
         "end-of-turn model alone (whole sentence = complete, first half = cut at the pause), +200 ms silence:"
     )
