@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Put the Smart Turn v3.2 end-of-turn model (BSD-2, 8.7 MB int8 ONNX) into a Python prefix. Idempotent.
 #
-#   scripts/fetch_smart_turn.sh [PYTHON]     default PYTHON: python3
+#   scripts/fetch_smart_turn.sh [PYTHON [DEST]]   default PYTHON: python3
 #
 # The file ships inside the pipecat-ai wheel; only that one file is extracted (the package itself is
-# never installed). It lands in <prefix>/share/voiceplatform/models/, where the VAD service looks.
+# never installed). It lands in DEST, by default <PYTHON's prefix>/share/voiceplatform/models/, where
+# the VAD service looks.
 set -euo pipefail
 
 PYTHON="${1:-python3}"
 VERSION=1.14.0
 MEMBER=pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx
-DEST="$("$PYTHON" -c 'import sys; print(sys.prefix)')/share/voiceplatform/models"
+DEST="${2:-}"
+if [[ -z "$DEST" ]]; then
+    prefix="$("$PYTHON" -c 'import sys; print(sys.prefix)')"
+    [[ -n "$prefix" ]] || { echo "fetch_smart_turn.sh: $PYTHON has no prefix" >&2; exit 1; }
+    DEST="$prefix/share/voiceplatform/models"
+fi
 TARGET="$DEST/smart-turn-v3.2-cpu.onnx"
 
 if [[ -s "$TARGET" ]]; then

