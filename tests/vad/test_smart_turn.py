@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from tests.vad.helpers import Pcm, silence, synthesize_russian
+from tests.vad.helpers import Pcm, chunks, collect, make_robot, silence, stream, synthesize_russian
+from voiceplatform import subjects
 from voiceplatform.audio import resample
+from voiceplatform.bus.memory import MemoryBroker
 from voiceplatform.config import VadConfig
+from voiceplatform.wire import AssignReply, AssignRequest, VadSpeechEnded
+from voiceplatform.wire.messages import VadSpeechPaused
+from vp_vad.app import VadService
 from vp_vad.eot import MODEL_RATE, WINDOW_S, SmartTurn, default_model_path, window
 from vp_vad.providers import build_eot_model
+from vp_vad.settings import VadSettings
 
 pytestmark = [
     pytest.mark.slow,
@@ -66,3 +74,38 @@ async def test_robot_config_picks_the_model() -> None:
     assert await build_eot_model(VadConfig(provider="silero", eot_model="none")) is None
     assert isinstance(await build_eot_model(VadConfig(provider="silero")), SmartTurn)
     assert isinstance(await build_eot_model(VadConfig(eot_model="smart_turn")), SmartTurn)
+
+
+async def test_silero_robot_runs_the_model_at_the_pause(
+    broker: MemoryBroker, tmp_path: Path, question: Pcm
+) -> None:
+    make_robot(tmp_path, "silero_eot", {"provider": "silero"})
+    service = VadService(VadSettings(robots_dir=tmp_path, instance_id="vad-eot"))
+    await service.start(broker.bus("vad"))
+    try:
+        client = broker.bus("test")
+        events = await collect(client, subjects.vad("call-eot"))
+        reply = await client.request(
+            subjects.assign("vad"),
+            AssignRequest(call_id="call-eot", role="vad", robot="silero_eot", sample_rate=8000),
+        )
+        assert isinstance(reply, AssignReply) and reply.accepted, reply
+        audio = resample(np.concatenate([silence(MODEL_RATE, 500), question]), MODEL_RATE, 8000)
+        items = chunks("call-eot", np.concatenate([audio, silence(8000, 300)]), 8000)
+        await stream(client, items)  # speech and the silence that makes the pause
+        await events.wait(lambda: len(events.of(VadSpeechPaused)) == 1, within=10)
+        (paused,) = events.of(VadSpeechPaused)
+        assert 0.0 <= paused.eot_probability <= 1.0  # the real model answered
+        tail = chunks("call-eot", silence(8000, 1500), 8000, first_seq=len(items))
+        await stream(client, tail)
+        await events.wait(lambda: len(events.of(VadSpeechEnded)) == 1)
+        (ended,) = events.of(VadSpeechEnded)
+        assert ended.audio_offset_ms == paused.audio_offset_ms
+        assert ended.eot_probability == paused.eot_probability and not ended.truncated
+        assert [m.type_name for m in events.messages] == [
+            "vad.speech_started",
+            "vad.speech_paused",
+            "vad.speech_ended",
+        ]
+    finally:
+        await service.drain(1.0)
