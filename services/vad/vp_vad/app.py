@@ -17,8 +17,9 @@ from voiceplatform.runtime.sessions import OwnedSessions
 from voiceplatform.wire import AssignRequest
 from voiceplatform.wire.messages import SUPPORTED_SAMPLE_RATES
 
+from .eot import EotModel
 from .metrics import SERVICE
-from .providers import build_model
+from .providers import build_eot_model, build_model
 from .session import VadSession
 from .settings import VadSettings
 
@@ -48,6 +49,8 @@ class VadService:
         metrics.FRAMES_IN.labels(SERVICE)
         if self.settings.preload_silero:
             await self._preload_silero()
+        if self.settings.preload_eot:
+            await self._preload_eot()
         self._ownership = CallOwnership(
             bus, "vad", self.settings.instance_id, self.settings.max_calls, self._accept
         )
@@ -64,15 +67,26 @@ class VadService:
             # energy robots still work; a silero robot's assignment will be rejected with the reason
             log.warning("vad.silero_unavailable", error=str(exc)[:200])
 
+    async def _preload_eot(self) -> None:
+        from .eot import EotModelMissing, load_shared_session
+
+        try:
+            await load_shared_session(self.settings.smart_turn_model)
+        except (EotModelMissing, OSError, RuntimeError) as exc:
+            # calls still work: their turns end on silence alone
+            log.warning("vad.eot_model_unavailable", error=str(exc)[:200])
+
     async def _accept(self, req: AssignRequest) -> None:
         assert self._bus is not None
         if req.sample_rate not in SUPPORTED_SAMPLE_RATES:
             raise ValueError(f"unsupported sample rate {req.sample_rate}")
         cfg = self.robots.get(req.robot).settings.vad
         model: VadModel | None = None
+        eot: EotModel | None = None
         if cfg.enabled:
             model = await build_model(cfg, self.settings.silero_model_path)
-        session = VadSession(self._bus, req.call_id, req.sample_rate, cfg, model, self._call_ended)
+            eot = await build_eot_model(cfg, self.settings.smart_turn_model)
+        session = VadSession(self._bus, req.call_id, req.sample_rate, cfg, model, self._call_ended, eot=eot)
         await session.start()
         self.owned.add(req.call_id, session)
 

@@ -1,11 +1,22 @@
-"""One call's VAD: audio frames in, ``vad.speech_started`` / ``vad.speech_ended`` out."""
+"""One call's VAD: audio frames in, ``vad.speech_started/paused/resumed/ended`` out.
+
+With an end-of-turn model, a pause sends the turn's audio (a bounded 8 s ring) to the model in the
+worker thread; ``vad.speech_paused`` goes out with the model's probability when it answers, and the
+answer sets the hang-over. A pause the caller ends before the model answered is never published
+(nor its resume). Frames and model answers publish under one lock, so events keep their order.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
+import numpy as np
 import structlog
 
 from voiceplatform import metrics, subjects
@@ -15,14 +26,54 @@ from voiceplatform.config import VadConfig
 from voiceplatform.logging import bind_call
 from voiceplatform.providers.interfaces import VadModel
 from voiceplatform.wire import AudioChunk, CallEnded, Message, VadSpeechEnded, VadSpeechStarted
+from voiceplatform.wire.messages import FRAME_MS, VadSpeechPaused, VadSpeechResumed
 
-from .metrics import FRAME_PROCESSING_MS, SERVICE
+from .eot import WINDOW_S, EotModel, executor
+from .metrics import EOT_INFERENCE_MS, EOT_RESULTS, EOT_WAIT_MS, FRAME_PROCESSING_MS, SERVICE, TURNS_ENDED
 from .providers import hysteresis
-from .segmenter import FrameScorer, Segmenter, SegmentEvent, SpeechEnd, SpeechStart
+from .segmenter import (
+    FrameScorer,
+    Hangover,
+    Segmenter,
+    SegmentEvent,
+    SpeechEnd,
+    SpeechPause,
+    SpeechResume,
+    SpeechStart,
+)
 
 log = structlog.get_logger("vp_vad.session")
 
 OnCallEnded = Callable[[str], Awaitable[None]]
+
+# audio in front of the confirmed start that goes to the end-of-turn model with the turn
+_EOT_PRE_ROLL_FRAMES = 25
+
+
+def build_segmenter(cfg: VadConfig, with_model: bool) -> Segmenter:
+    on, off = hysteresis(cfg)
+    pause = max(1, cfg.pause_ms // FRAME_MS)
+    hangover = None
+    if with_model:
+        short = pause + cfg.eot_short_ms // FRAME_MS
+        hangover = Hangover(short, max(short, cfg.eot_long_ms // FRAME_MS), cfg.eot_threshold)
+    return Segmenter(
+        cfg.min_speech_frames,
+        cfg.silence_frames,
+        on,
+        off,
+        pause_frames=pause,
+        hangover=hangover,
+        max_turn_frames=round(cfg.max_turn_s * 1000 / FRAME_MS),
+    )
+
+
+@dataclass
+class _Pause:
+    event: SpeechPause
+    published: bool = False
+    stale: threading.Event = field(default_factory=threading.Event)  # the worker skips stale jobs
+    task: asyncio.Task[None] | None = None
 
 
 class VadSession:
@@ -36,6 +87,7 @@ class VadSession:
         cfg: VadConfig,
         model: VadModel | None,
         on_call_ended: OnCallEnded,
+        eot: EotModel | None = None,
     ) -> None:
         self.bus = bus
         self.call_id = call_id
@@ -44,8 +96,8 @@ class VadSession:
         self.enabled = cfg.enabled and model is not None
         self.provider = model.name if model is not None else "none"
         self._scorer = FrameScorer(model, sample_rate) if model is not None else None
-        on, off = hysteresis(cfg)
-        self.segmenter = Segmenter(cfg.min_speech_frames, cfg.silence_frames, on, off)
+        self.eot = eot if self.enabled else None
+        self.segmenter = build_segmenter(cfg, self.eot is not None)
         self._on_call_ended = on_call_ended
         self._subs: list[Subscription] = []
         self._warned: set[str] = set()
@@ -56,6 +108,10 @@ class VadSession:
         self.dropped = 0
         self.last_activity = time.monotonic()
         self.closed = False
+        self._lock = asyncio.Lock()
+        self._pause: _Pause | None = None
+        # (seq, samples) of the last 8 s, kept only for the end-of-turn model
+        self._ring: deque[tuple[int, np.ndarray]] = deque(maxlen=WINDOW_S * 1000 // FRAME_MS)
         self._vad_subject = subjects.vad(call_id)
         self._frames_in = metrics.FRAMES_IN.labels(SERVICE)
         self._frame_ms = FRAME_PROCESSING_MS.labels(self.provider)
@@ -70,6 +126,7 @@ class VadSession:
                 provider=self.provider,
                 sample_rate=self.sample_rate,
                 enabled=self.enabled,
+                eot_model=self.eot.name if self.eot is not None else "none",
             )
 
     def _drop(self, reason: str, subject: str, **detail: object) -> None:
@@ -98,8 +155,9 @@ class VadSession:
             self._last_seq = chunk.seq
             self.last_activity = time.monotonic()
             return None
-        for event in self.process(chunk.seq, chunk.pcm):
-            await self._publish(event)
+        async with self._lock:
+            for event in self.process(chunk.seq, chunk.pcm):
+                await self._emit(event)
         return None
 
     def process(self, seq: int, pcm: bytes) -> list[SegmentEvent]:
@@ -109,7 +167,10 @@ class VadSession:
         if self._last_seq is not None and seq > self._last_seq + 1:
             self._scorer.discontinuity()
         self._last_seq = seq
-        probability = self._scorer.score(pcm_to_array(pcm))
+        samples = pcm_to_array(pcm)
+        if self.eot is not None:
+            self._ring.append((seq, samples))
+        probability = self._scorer.score(samples)
         events = self.segmenter.push(seq, probability)
         self._frame_ms.observe((time.perf_counter() - started) * 1000.0)
         self._frames_in.inc()
@@ -117,24 +178,129 @@ class VadSession:
         self.last_activity = time.monotonic()
         return events
 
-    async def _publish(self, event: SegmentEvent) -> None:
+    async def _emit(self, event: SegmentEvent) -> None:
+        """Publish one segmenter event (the caller holds the lock)."""
         if isinstance(event, SpeechStart):
             self._turns += 1
             self.turn_id = f"{self.call_id}-t{self._turns}-{secrets.token_hex(2)}"
-            msg: Message = VadSpeechStarted(
-                call_id=self.call_id, turn_id=self.turn_id, audio_offset_ms=event.offset_ms
-            )
             with bind_call(call_id=self.call_id, turn_id=self.turn_id):
                 log.info("vad.speech_started", audio_offset_ms=event.offset_ms)
+            await self._send(
+                VadSpeechStarted(call_id=self.call_id, turn_id=self.turn_id, audio_offset_ms=event.offset_ms)
+            )
+        elif isinstance(event, SpeechPause):
+            self._pause = _Pause(event)
+            if self.eot is None:
+                await self._publish_pause(self._pause, -1.0)
+            else:
+                self._pause.task = asyncio.create_task(
+                    self._run_eot(self._pause, self._turn_audio(event)), name=f"vad-eot-{self.call_id}"
+                )
+        elif isinstance(event, SpeechResume):
+            pause, self._pause = self._pause, None
+            if pause is not None:
+                pause.stale.set()
+                if pause.published:
+                    await self._send(
+                        VadSpeechResumed(
+                            call_id=self.call_id, turn_id=self.turn_id, audio_offset_ms=event.offset_ms
+                        )
+                    )
         else:
-            msg = VadSpeechEnded(
+            await self._publish_end(event)
+
+    async def _publish_end(self, event: SpeechEnd, reason: str | None = None) -> None:
+        pause, self._pause = self._pause, None
+        if pause is not None:
+            pause.stale.set()
+            if not pause.published:  # every end follows its pause (the model did not answer in time)
+                await self._publish_pause(pause, -1.0)
+        if reason is None:
+            reason = "truncated" if event.truncated else self._end_reason(event.eot_probability)
+        TURNS_ENDED.labels(reason).inc()
+        with bind_call(call_id=self.call_id, turn_id=self.turn_id):
+            log_fn = log.warning if event.truncated else log.info
+            log_fn(
+                "vad.turn_truncated" if event.truncated else "vad.speech_ended",
+                audio_offset_ms=event.offset_ms,
+                speech_ms=event.speech_ms,
+                eot_probability=round(event.eot_probability, 3),
+                reason=reason,
+            )
+        await self._send(
+            VadSpeechEnded(
                 call_id=self.call_id,
                 turn_id=self.turn_id,
                 audio_offset_ms=event.offset_ms,
                 speech_ms=event.speech_ms,
+                eot_probability=event.eot_probability,
+                truncated=event.truncated,
             )
+        )
+
+    def _end_reason(self, eot_probability: float) -> str:
+        if eot_probability < 0:
+            return "silence"
+        return "model_short" if eot_probability >= self.cfg.eot_threshold else "model_long"
+
+    async def _publish_pause(self, pause: _Pause, eot_probability: float) -> None:
+        pause.published = True
+        ev = pause.event
+        with bind_call(call_id=self.call_id, turn_id=self.turn_id):
+            log.info(
+                "vad.speech_paused", audio_offset_ms=ev.offset_ms, eot_probability=round(eot_probability, 3)
+            )
+        await self._send(
+            VadSpeechPaused(
+                call_id=self.call_id,
+                turn_id=self.turn_id,
+                audio_offset_ms=ev.offset_ms,
+                speech_ms=ev.speech_ms,
+                eot_probability=eot_probability,
+            )
+        )
+
+    def _turn_audio(self, pause: SpeechPause) -> np.ndarray:
+        first = pause.start_ms // FRAME_MS - _EOT_PRE_ROLL_FRAMES
+        parts = [samples for seq, samples in self._ring if first <= seq <= pause.seq]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+
+    async def _run_eot(self, pause: _Pause, audio: np.ndarray) -> None:
+        assert self.eot is not None
+        eot, rate = self.eot, self.sample_rate
+        asked = time.perf_counter()
+
+        def job() -> float | None:
+            if pause.stale.is_set():  # the caller resumed while this waited for the worker
+                return None
+            started = time.perf_counter()
+            p = eot.complete_probability(audio, rate)
+            EOT_INFERENCE_MS.observe((time.perf_counter() - started) * 1000.0)
+            return p
+
+        probability: float | None
+        try:
+            probability = await asyncio.get_running_loop().run_in_executor(executor(), job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a broken model must not take the call down: fall back to silence
+            EOT_RESULTS.labels("error").inc()
             with bind_call(call_id=self.call_id, turn_id=self.turn_id):
-                log.info("vad.speech_ended", audio_offset_ms=event.offset_ms, speech_ms=event.speech_ms)
+                log.warning("vad.eot_failed", error=str(exc)[:200], error_type=type(exc).__name__)
+            probability = None
+        EOT_WAIT_MS.observe((time.perf_counter() - asked) * 1000.0)
+        async with self._lock:
+            if self.closed or pause.stale.is_set() or self._pause is not pause:
+                EOT_RESULTS.labels("stale").inc()
+                return
+            if probability is not None:
+                complete = probability >= self.cfg.eot_threshold
+                EOT_RESULTS.labels("complete" if complete else "incomplete").inc()
+            await self._publish_pause(pause, -1.0 if probability is None else probability)
+            for event in self.segmenter.set_eot(pause.event.pause_id, probability):
+                await self._emit(event)
+
+    async def _send(self, msg: Message) -> None:
         await self.bus.publish(self._vad_subject, msg)
 
     async def _on_lifecycle(self, env: Envelope) -> Message | None:
@@ -147,13 +313,17 @@ class VadSession:
         """Stop listening; an utterance still open is ended so every start has its end."""
         if self.closed:
             return
-        self.closed = True
+        self.closed = True  # a model answer arriving from now on is dropped
         for sub in self._subs:
             await sub.unsubscribe()
         self._subs.clear()
-        end: SpeechEnd | None = self.segmenter.flush() if self.enabled else None
-        if end is not None:
-            await self._publish(end)
+        async with self._lock:
+            pending = self._pause.task if self._pause is not None else None
+            end: SpeechEnd | None = self.segmenter.flush() if self.enabled else None
+            if end is not None:
+                await self._publish_end(end, "flush")
+        if pending is not None:
+            pending.cancel()
         with bind_call(call_id=self.call_id):
             log.info(
                 "vad.session_closed",

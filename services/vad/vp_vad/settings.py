@@ -14,3 +14,7 @@ class VadSettings(ServiceSettings):
     idle_timeout_s: float = 120.0
     # load the silero session at start so the first silero call does not wait for it
     preload_silero: bool = True
+    # the end-of-turn model file (VP_SMART_TURN_MODEL); default <prefix>/share/voiceplatform/models/
+    smart_turn_model: Path | None = None
+    # load the end-of-turn model at start (only robots that use it need it)
+    preload_eot: bool = True

@@ -101,6 +101,17 @@ class VadConfig(_Section):
     silence_frames: int = Field(default=25, ge=1, le=500)
     min_speech_frames: int = Field(default=5, ge=1, le=500)
     pre_roll_ms: int = Field(default=200, ge=0, le=2000)
+    # end of turn: after pause_ms of silence the turn is "paused" (vad.speech_paused); without an
+    # end-of-turn model it ends after silence_frames, as before. With one ("auto": with silero only)
+    # it ends pause_ms + eot_short_ms after speech when the model finds the utterance complete
+    # (probability >= eot_threshold), else after eot_long_ms of silence in all
+    pause_ms: int = Field(default=200, ge=20, le=5000)
+    eot_model: Literal["auto", "none", "smart_turn"] = "auto"
+    eot_threshold: float = Field(default=0.5, gt=0, lt=1)
+    eot_short_ms: int = Field(default=100, ge=0, le=5000)
+    eot_long_ms: int = Field(default=1000, ge=20, le=10000)
+    # a turn longer than this is cut (vad.speech_ended truncated=True)
+    max_turn_s: float = Field(default=30.0, gt=0, le=600)
 
 
 class BargeInConfig(_Section):

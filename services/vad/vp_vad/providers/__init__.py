@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
 
 from voiceplatform.config import VadConfig
 from voiceplatform.providers.interfaces import VadModel
 from voiceplatform.providers.registry import ProviderRegistry
+
+if TYPE_CHECKING:
+    from ..eot import EotModel
+
+log = structlog.get_logger("vp_vad.providers")
 
 VAD_MODELS = ProviderRegistry(
     "vad",
@@ -40,3 +48,24 @@ async def build_model(cfg: VadConfig, silero_model_path: Path | None = None) -> 
         return model
     model = cls(cfg.energy_threshold)
     return model
+
+
+def wants_eot_model(cfg: VadConfig) -> bool:
+    """ "auto": the model with silero only; energy VAD keeps the plain silence rule."""
+    if cfg.eot_model == "auto":
+        return cfg.provider == "silero"
+    return cfg.eot_model == "smart_turn"
+
+
+async def build_eot_model(cfg: VadConfig, path: Path | None = None) -> EotModel | None:
+    """The end-of-turn model for a robot, or None (not wanted, or missing: turns end on silence)."""
+    if not wants_eot_model(cfg):
+        return None
+    from ..eot import EotModelMissing, SmartTurn, load_shared_session
+
+    try:
+        session = await load_shared_session(path)
+    except (EotModelMissing, OSError, RuntimeError) as exc:
+        log.warning("vad.eot_model_unavailable", error=str(exc)[:200])
+        return None
+    return SmartTurn(session)
