@@ -23,6 +23,11 @@ _SPACE = "[ \u00a0\u202f\u2009]"  # space, no-break space, narrow no-break space
 _GROUPED = re.compile(rf"(?<![\d.,])(?<!\d{_SPACE})(\d{{1,3}}(?:{_SPACE}\d{{3}})+)(?!{_SPACE}?\d)")
 _NUMBER = r"(\d+(?:[.,]\d+)?)"
 _DATE = re.compile(r"(?<![\d.])(\d{1,2})\.(\d{1,2})\.(\d{4}|\d{2})(?![\d])(?:\s?г\.)?")
+# "6 декабря": the day is a neuter ordinal ("шестое декабря")
+_DAY_MONTH = re.compile(
+    r"(?<![\d.,])([12]?\d|3[01])\s(января|февраля|марта|апреля|мая|июня|июля|августа|сентября|октября"
+    r"|ноября|декабря)(?![а-яё])"
+)
 # "в 2026 году", "2026 года", "2026 год": the year is an ordinal in the case of the word after it
 _YEAR = re.compile(r"(?<![\d.,])(\d{4})\s?(году|года|год)(?![а-яё])")
 _YEAR_CASE = {"году": "prepositional", "года": "genitive", "год": "nominative"}
@@ -164,6 +169,9 @@ def verbalize(text: str) -> str:
         text = pattern.sub(words, text)
     text = _GROUPED.sub(lambda m: re.sub(_SPACE, "", m[1]), text)
     text = _DATE.sub(_date, text)
+    text = _DAY_MONTH.sub(
+        lambda m: f"{num2words(int(m[1]), lang='ru', to='ordinal', gender='n')} {m[2]}", text
+    )
     text = _YEAR.sub(
         lambda m: f"{num2words(int(m[1]), lang='ru', to='ordinal', case=_YEAR_CASE[m[2]])} {m[2]}", text
     )
