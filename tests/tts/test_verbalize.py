@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from vp_tts.providers.festival_text import festival_safe_text
@@ -51,3 +53,12 @@ def test_no_digit_is_left_and_festival_keeps_every_word() -> None:
     assert not any(ch.isdigit() for ch in spoken)
     # nothing festival's letter-to-sound rules choke on is left, and no word is lost on the way
     assert len(festival_safe_text(spoken).split()) >= len(spoken.split()) - 2
+
+
+def test_any_mix_of_digits_and_symbols_becomes_words_without_error() -> None:
+    rng = random.Random(7)
+    alphabet = "0123456789 .,:%₽$€-рубкоп.г"
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))
+        assert not any(ch.isdigit() for ch in verbalize(text)), text
+    assert verbalize("1" * 40).split() == ["один"] * 40  # too long for a value: digit by digit

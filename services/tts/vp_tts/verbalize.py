@@ -92,19 +92,29 @@ def _form(number: str, unit: str) -> str:
     return many
 
 
+_DIGIT_WORDS = ["ноль", "один", "два", "три", "четыре", "пять", "шесть", "семь", "восемь", "девять"]
+_MAX_DIGITS = 15  # longer runs are codes or account numbers: read digit by digit
+
+
+def _digits(number: str) -> str:
+    return " ".join(_DIGIT_WORDS[int(d)] for d in number if d.isdigit())
+
+
 def _words(number: str, gender: str = "m") -> str:
     """ "1200" → "одна тысяча двести", "3,5" → "три целых пять десятых"."""
     number = number.replace(",", ".")
+    if sum(ch.isdigit() for ch in number) > _MAX_DIGITS:
+        return _digits(number)
     try:
         value = Decimal(number)
-    except InvalidOperation:
-        return number
-    if value == value.to_integral_value() and "." not in number:
-        if len(number) > 1 and number.startswith("0"):
-            # "007", "05": digits as written, not a value
-            return " ".join(str(num2words(int(d), lang="ru")) for d in number)
-        return str(num2words(int(value), lang="ru", gender=gender))
-    return str(num2words(value, lang="ru"))
+        if value == value.to_integral_value() and "." not in number:
+            if len(number) > 1 and number.startswith("0"):
+                return _digits(number)  # "007", "05": digits as written, not a value
+            return str(num2words(int(value), lang="ru", gender=gender))
+        return str(num2words(value, lang="ru"))
+    except (InvalidOperation, ValueError, KeyError, OverflowError):
+        # num2words cannot say it (tiny fractions, odd forms): the digits are still speech
+        return _digits(number)
 
 
 def _unit_of(token: str) -> str:
