@@ -72,6 +72,12 @@ async def test_closing_the_stream_stops_the_engine_at_once(provider: RhvoiceTts)
     assert engine.cancelled == before_cancelled + 1
 
 
+async def test_text_without_words_is_silence_not_an_error(provider: RhvoiceTts) -> None:
+    for text in ("", "…", " — ", "?!"):
+        chunks, _, _ = await collect(provider, text)
+        assert chunks == []
+
+
 async def test_voice_by_name_unknown_voice_and_other_engines_names(provider: RhvoiceTts) -> None:
     irina, _, _ = await collect(provider, "Добрый день.", "Irina")
     aleksandr, _, _ = await collect(provider, "Добрый день.", "aleksandr")  # names are case-blind

@@ -167,8 +167,8 @@ class RhvoiceVoice:
 
     async def stream_synthesize(self, text: str, voice: str) -> AsyncGenerator[bytes, None]:
         spoken = " ".join(verbalize(text).split())
-        if not spoken:
-            return
+        if not any(ch.isalnum() for ch in spoken):
+            return  # nothing speakable ("…", "—"): no audio, not an error
         engine = self.provider.engine()
         name = self.provider.resolve_voice(voice, self.options)
         resampler: StreamResampler | None = None
