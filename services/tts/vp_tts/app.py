@@ -45,6 +45,7 @@ from .text import normalize_text
 log = structlog.get_logger("vp_tts")
 
 PROVIDER_ENTRIES = {
+    "rhvoice": "vp_tts.providers.rhvoice:RhvoiceTts",
     "festival": "vp_tts.providers.festival:FestivalTts",
     "espeak": "vp_tts.providers.espeak:EspeakTts",
     # cloud voices: built per robot (its keys and options), see ``per_robot``
@@ -54,6 +55,10 @@ PROVIDER_ENTRIES = {
 }
 PROVIDERS = ProviderRegistry("tts", PROVIDER_ENTRIES)
 PRELOADED = "festival"
+# the default local voice: warmed at start where installed; absent, sentences fall through to festival
+RHVOICE = "rhvoice"
+# a robot whose config failed to load still speaks, with the local voices
+LOCAL_CHAIN = TtsConfig(provider=RHVOICE, fallback=["festival", "espeak"])
 
 
 class _ChainFailed(Exception):
@@ -97,6 +102,12 @@ class TtsService:
             except ProviderError as exc:
                 # sentences still go to the fallback chain; /health says not ready
                 log.error("tts.preload_failed", provider=PRELOADED, error=str(exc)[:200])
+        if self.settings.rhvoice_preload and RHVOICE in self.registry.names():
+            try:
+                await self._start_provider(self.provider(RHVOICE))
+            except ProviderError as exc:
+                # not installed here (Debian non-free): robots fall through to festival
+                log.warning("tts.rhvoice_unavailable", error=str(exc)[:300])
         self._control_sub = await bus.subscribe(subjects.ANY_CONTROL, self._on_control)
         self._sentence_sub = await bus.subscribe(
             subjects.ANY_LLM_SENTENCE, self._on_sentence, queue=subjects.queue_group("tts")
@@ -258,7 +269,7 @@ class TtsService:
                 SENTENCES.labels("empty").inc()
                 return
             robot = self._robot(msg.robot)
-            cfg = robot.settings.tts if robot is not None else TtsConfig(fallback=["espeak"])
+            cfg = robot.settings.tts if robot is not None else LOCAL_CHAIN
             try:
                 tail = await self._synthesize_chain(text, cfg, robot, out)
             except _ChainFailed as failure:
@@ -315,6 +326,9 @@ class TtsService:
         self, name: str, text: str, cfg: TtsConfig, robot: RobotConfig | None, out: SentenceOutput
     ) -> bytes:
         provider = self.provider(name, robot)
+        binder = getattr(provider, "for_robot", None)
+        if binder is not None:  # a process-wide engine with per-robot options (rhvoice)
+            provider = cast(TtsProvider, binder(robot))
         out.provider = provider.name
         ending: BaseException | None = None
         try:

@@ -34,6 +34,23 @@ class TtsSettings(ServiceSettings):
     festival_preload: bool = Field(
         default=True, validation_alias=_env("festival_preload", "VP_TTS_FESTIVAL_PRELOAD")
     )
+    # RHVoice (scripts/install-rhvoice.sh): the default voice and where Debian puts the library and data
+    rhvoice_voice: str = Field(
+        default="Irina", validation_alias=_env("rhvoice_voice", "VP_TTS_RHVOICE_VOICE")
+    )
+    rhvoice_library: str = Field(
+        default="libRHVoice.so.5", validation_alias=_env("rhvoice_library", "VP_TTS_RHVOICE_LIBRARY")
+    )
+    rhvoice_data_path: str = Field(
+        default="/usr/share/RHVoice", validation_alias=_env("rhvoice_data_path", "VP_TTS_RHVOICE_DATA_PATH")
+    )
+    rhvoice_config_path: str = Field(
+        default="/etc/RHVoice", validation_alias=_env("rhvoice_config_path", "VP_TTS_RHVOICE_CONFIG_PATH")
+    )
+    # load the engine and the default voice at start (the first sentence then starts in ~3 ms)
+    rhvoice_preload: bool = Field(
+        default=True, validation_alias=_env("rhvoice_preload", "VP_TTS_RHVOICE_PRELOAD")
+    )
     espeak_voice: str = Field(default="ru", validation_alias=_env("espeak_voice", "VP_TTS_ESPEAK_VOICE"))
     # audio is published in chunks of this length (at most 200 ms: the gateway plays as it arrives)
     chunk_ms: int = Field(default=100, ge=20, le=200, validation_alias=_env("chunk_ms", "VP_TTS_CHUNK_MS"))

@@ -63,7 +63,8 @@ class LlmConfig(_Section):
 
 
 class TtsConfig(_Section):
-    provider: str = "festival"
+    # RHVoice where scripts/install-rhvoice.sh could install it; otherwise the fallbacks speak
+    provider: str = "rhvoice"
     voice: str = ""
     # rate the provider synthesizes at; audio is resampled to the call's rate (8k phone, 16k web)
     sample_rate: int = Field(default=16000, ge=8000, le=48000)
@@ -71,6 +72,14 @@ class TtsConfig(_Section):
     providers: ProviderOptions = Field(default_factory=dict)
     # a provider that opened its stream but sent no audio by then is abandoned for the next one
     first_audio_timeout_s: float = Field(default=4.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _local_fallback(self) -> TtsConfig:
+        # the default voice needs Debian non-free packages: without an explicit chain, the other
+        # local voices follow it, so a machine without RHVoice still speaks
+        if self.provider == "rhvoice" and "fallback" not in self.model_fields_set:
+            self.fallback = ["festival", "espeak"]
+        return self
 
 
 class RealtimeConfig(_Section):
@@ -316,26 +325,41 @@ def load_robot(path: Path | str, root_env: Path | None = None) -> RobotConfig:
     )
 
 
+def _folder_stamp(folder: Path) -> tuple[float, ...]:
+    """What a robot's load depends on: config.json, its .env, and the folder's own entries."""
+    config_mtime = (folder / "config.json").stat().st_mtime  # FileNotFoundError: no robot
+    try:
+        env_mtime = (folder / ".env").stat().st_mtime
+    except FileNotFoundError:
+        env_mtime = 0.0
+    # a file added, removed or replaced by rename (editors save that way) changes the folder's mtime
+    return (config_mtime, env_mtime, folder.stat().st_mtime)
+
+
 class RobotRegistry:
-    """Robots by name from one folder, reloaded when their config.json changes."""
+    """Robots by name from one folder, loaded once and reused until their folder changes.
+
+    A changed config.json or .env, or a file added, removed or renamed in the folder, reloads it on
+    the next ``get``; otherwise ``get`` costs three ``stat`` calls.
+    """
 
     def __init__(self, robots_dir: Path | str) -> None:
         self.robots_dir = Path(robots_dir)
-        self._cache: dict[str, tuple[float, RobotConfig]] = {}
+        self._cache: dict[str, tuple[tuple[float, ...], RobotConfig]] = {}
 
     def get(self, name: str) -> RobotConfig:
         if not _ROBOT_NAME.match(name):
             raise RobotConfigError(name, ["invalid robot name"])
         folder = self.robots_dir / name
         try:
-            mtime = (folder / "config.json").stat().st_mtime
-        except FileNotFoundError:
+            stamp = _folder_stamp(folder)
+        except (FileNotFoundError, NotADirectoryError):
             raise RobotConfigError(name, [f"no robot {name!r} in {self.robots_dir}"]) from None
         cached = self._cache.get(name)
-        if cached and cached[0] == mtime:
+        if cached and cached[0] == stamp:
             return cached[1]
         robot = load_robot(folder)
-        self._cache[name] = (mtime, robot)
+        self._cache[name] = (stamp, robot)
         return robot
 
     def names(self) -> list[str]:

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator
 from voiceplatform.providers import ProviderConnectionError, ProviderProtocolError, ProviderTimeoutError
 
 from ..settings import TtsSettings
+from ..verbalize import verbalize
 
 PROVIDER = "espeak"
 SAMPLE_RATE = 22050
@@ -37,7 +38,7 @@ class EspeakTts:
         return voice if _VOICE.match(voice) else self.default_voice
 
     async def stream_synthesize(self, text: str, voice: str) -> AsyncGenerator[bytes, None]:
-        text = " ".join(text.split())
+        text = " ".join(verbalize(text).split())  # numbers, prices, dates in words
         if not text:
             return
         try:

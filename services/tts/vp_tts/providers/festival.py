@@ -13,6 +13,7 @@ from voiceplatform.audio import array_to_pcm, resample
 from voiceplatform.providers import ProviderProtocolError
 
 from ..settings import TtsSettings
+from ..verbalize import verbalize
 from .festival_pool import PROVIDER, FestivalPool
 from .festival_text import festival_safe_text
 
@@ -49,7 +50,7 @@ class FestivalTts:
         }
 
     async def stream_synthesize(self, text: str, voice: str) -> AsyncGenerator[bytes, None]:
-        safe = festival_safe_text(text)
+        safe = festival_safe_text(verbalize(text))
         if not safe:
             return  # nothing speakable (only symbols): no audio, not an error
         samples, rate = await self.pool.synthesize(safe, voice)
