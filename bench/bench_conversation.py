@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--robot", type=Path, default=REPO / "robots" / "pipeline_russian")
     p.add_argument("--phone", action="store_true", help="through gateway-fs (8 kHz only)")
     p.add_argument("--snr", type=float, default=30.0, help="background noise, dB below speech")
+    p.add_argument("--no-warmup", action="store_true", help="skip the uncounted one-utterance first call")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     args = p.parse_args(argv)
     if args.quick:
@@ -158,20 +159,27 @@ async def run_calls(
                 raise RuntimeError("gateway-fs did not log in to the peer's Event Socket")
             await asyncio.sleep(0.1)
     try:
-        for n, (voice, script, rate) in enumerate(calls, 1):
+        if not args.no_warmup:  # the first inference of each model is slow: keep it out of the figures
+            voice, script, rate = calls[0]
+            calls = [(voice, script[:1], rate), *calls]
+        total = len(calls) - (0 if args.no_warmup else 1)
+        for n, (voice, script, rate) in enumerate(calls, 1 if args.no_warmup else 0):
             items = call_items(corpus, voice, script, rate)
             tx: WebTransport | PhoneTransport
             if peer is not None:
-                tx = PhoneTransport(peer, f"ws://127.0.0.1:{env['VP_GATEWAY_FS_PORT']}", robot, voice)
+                tx = PhoneTransport(peer, f"ws://127.0.0.1:{env['VP_GATEWAY_FS_PORT']}/call", robot, voice)
             else:
                 tx = WebTransport(f"ws://127.0.0.1:{port}/ws", robot, rate, voice)
             started = time.monotonic()
             async with tx:
                 await run_script(tx, items)
-            logs.append(tx.log)
+            if n > 0:
+                logs.append(tx.log)
+            name = f"call {n}/{total}"
             print(
-                f"call {n}/{len(calls)}: {voice} {rate // 1000}k, {len(tx.log.played)} utterances, "
-                f"{len(tx.log.events)} events, {time.monotonic() - started:.0f} s",
+                f"{'warm-up call (not counted)' if n == 0 else name}: {voice} {rate // 1000}k, "
+                f"{len(tx.log.played)} utterances, {len(tx.log.events)} events, "
+                f"{time.monotonic() - started:.0f} s",
                 flush=True,
             )
     finally:
