@@ -8,9 +8,9 @@ gateway-fs with the FreeSWITCH peer at 8 kHz. The corpus is built by ``bench/con
 (cached under ~/.cache/voice-platform/bench-corpus). Calls = ``--calls`` x ``--rates``; call i uses
 script i and voice i (round robin). Metric definitions: ``bench/conversation_metrics.py``.
 
-    .venv/bin/python bench/bench_conversation.py [--calls 5] [--rates 16000 8000] [--json out.json]
+    .venv/bin/python bench/bench_conversation.py [--calls 8] [--rates 16000 8000] [--json out.json]
     .venv/bin/python bench/bench_conversation.py --quick --rates 16000     # smoke: 1 call, ~2 min
-    .venv/bin/python bench/bench_conversation.py --phone --calls 5         # gateway-fs, 8 kHz
+    .venv/bin/python bench/bench_conversation.py --phone --calls 8         # gateway-fs, 8 kHz
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ ESL_PASSWORD = "bench-conversation-esl"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--calls", type=int, default=5, help="calls per sample rate")
+    p.add_argument("--calls", type=int, default=8, help="calls per sample rate (8: every voice once)")
     p.add_argument("--voices", nargs="+", default=list(VOICES), help=f"from {', '.join(VOICES)}")
     p.add_argument("--rates", nargs="+", type=int, default=[16000, 8000], choices=[16000, 8000])
     p.add_argument("--quick", action="store_true", help="smoke subset: 1 call, 1 voice, 3 utterances")
@@ -268,6 +268,12 @@ def report(
     }
     every = [r for res in per_rate.values() for r in res]
     summaries["all"] = summarize(every, engine, sum(spurious.values()), len(logs))
+    by_voice = {
+        voice: summarize(
+            [r for r in every if r.voice == voice], engine, 0, sum(lg.voice == voice for lg in logs)
+        )
+        for voice in sorted({lg.voice for lg in logs})
+    }
     return {
         "transport": "phone" if args.phone else "web",
         "robot": args.robot.name,
@@ -277,6 +283,7 @@ def report(
         "corpus": str(corpus.folder),
         "notes": corpus.notes,
         "metrics": summaries,
+        "by_voice": by_voice,
         "utterances": [asdict(r) for r in every],
         "engine_transcripts": engine,
         "call_errors": [lg.error for lg in logs if lg.error],
@@ -325,6 +332,16 @@ def main(argv: list[str] | None = None) -> int:
     result = report(args, corpus, logs, engine)
     print()
     print(format_table(result["metrics"]))
+    print(f"\n{'voice (all rates)':20} {'WER platform':>12} {'WER engine':>11} {'split':>6} {'intent':>7}")
+    for voice, m in result["by_voice"].items():
+        cells = [m["wer_platform"], m["wer_engine"], m["split_rate"], m["intent_accuracy"]]
+        print(
+            f"{voice:20}"
+            + "".join(
+                f" {'-' if c is None else f'{c:.3f}':>{w}}"
+                for c, w in zip(cells, (12, 11, 6, 7), strict=True)
+            )
+        )
     print(f"\nlogs: {work / 'logs'}")
     if args.json:
         args.json.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")

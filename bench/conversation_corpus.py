@@ -3,8 +3,12 @@
 Kinds: ``plain`` questions labelled with the dialogue intent they should reach, ``pause`` (the same
 kind of sentence split at a clause boundary with 0.4-1.2 s of silence inside) and ``backchannel``
 ("угу", "ага", ...) that the caller says while the robot speaks. Voices: espeak-ng Russian variants,
-Festival's msu_ru_nsh and RHVoice when its ``RHVoice-test`` CLI is installed (skipped with a note
-otherwise). Every clip is levelled to one loudness, gets light white noise at ``snr_db`` and is kept
+Festival's msu_ru_nsh and RHVoice (its ``RHVoice-test`` CLI, else its library through the
+``rhvoice-wrapper`` package; skipped with a note when neither is installed). whisper-base hardly
+understands espeak-ng's formant Russian (engine-alone WER ~1.0) while Festival and RHVoice come out
+near 0, so read WER and intent accuracy per voice (the report has them).
+
+Every clip is levelled to one loudness, gets light white noise at ``snr_db`` and is kept
 at 16 kHz and as an 8 kHz copy (the phone path); the clean clip is kept for the engine-alone WER.
 
 Clips are generated once into ``~/.cache/voice-platform/bench-corpus/<hash of the spec>/``.
@@ -19,6 +23,7 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -105,21 +110,59 @@ QUICK_SCRIPT: tuple[tuple[str, str], ...] = (("price", ""), ("delivery_p", "bc_u
 # voice name -> (engine, engine voice, words-per-minute for espeak or 0)
 VOICES: dict[str, tuple[str, str, int]] = {
     "festival": ("festival", "msu_ru_nsh", 0),
-    "espeak-ru": ("espeak", "ru", 165),
-    "espeak-f3": ("espeak", "ru+f3", 150),
-    "espeak-m2-fast": ("espeak", "ru+m2", 195),
     "rhvoice-irina": ("rhvoice", "Irina", 0),
-    "rhvoice-anna": ("rhvoice", "Anna", 0),
     "rhvoice-aleksandr": ("rhvoice", "Aleksandr", 0),
+    "espeak-ru": ("espeak", "ru", 165),
+    "rhvoice-anna": ("rhvoice", "Anna", 0),
+    "espeak-f3": ("espeak", "ru+f3", 150),
     "rhvoice-elena": ("rhvoice", "Elena", 0),
+    "espeak-m2-fast": ("espeak", "ru+m2", 195),
 }
 QUICK_VOICES = ("festival",)
 PAUSES_S = (0.4, 0.6, 0.8, 1.0, 1.2)
 
 
+RHVOICE_DATA = Path("/usr/share/RHVoice")
+RHVOICE_LIBS = (Path("/usr/lib/x86_64-linux-gnu/libRHVoice.so.5"), Path("/usr/lib/libRHVoice.so.5"))
+_rhvoice_engine: Any = None
+
+
+def _rhvoice_library() -> Path | None:
+    """The RHVoice shared library when the CLI is absent but the library, its Russian voices and the
+    ``rhvoice-wrapper`` package are installed (Debian ships the library and voices without the CLI)."""
+    try:
+        import rhvoice_wrapper  # noqa: F401
+    except ImportError:
+        return None
+    if not (RHVOICE_DATA / "voices").is_dir():
+        return None
+    return next((lib for lib in RHVOICE_LIBS if lib.is_file()), None)
+
+
 def engine_available(engine: str) -> bool:
+    if engine == "rhvoice" and shutil.which("RHVoice-test") is None:
+        return _rhvoice_library() is not None
     binary = {"festival": "text2wave", "espeak": "espeak-ng", "rhvoice": "RHVoice-test"}[engine]
     return shutil.which(binary) is not None
+
+
+def _rhvoice_say(name: str, text: str, out: Path) -> None:
+    global _rhvoice_engine
+    if _rhvoice_engine is None:
+        from rhvoice_wrapper import TTS
+
+        cfg = Path(tempfile.mkdtemp(prefix="rhvoice-cfg-"))
+        _rhvoice_engine = TTS(
+            threads=1, lib_path=str(_rhvoice_library()), data_path=str(RHVOICE_DATA), config_path=str(cfg)
+        )
+    out.write_bytes(_rhvoice_engine.get(text, voice=name.lower(), format_="wav"))
+
+
+def close_engines() -> None:
+    global _rhvoice_engine
+    if _rhvoice_engine is not None:
+        _rhvoice_engine.join()  # its worker threads would keep the process alive
+        _rhvoice_engine = None
 
 
 def usable_voices(names: list[str]) -> tuple[list[str], list[str]]:
@@ -139,6 +182,9 @@ def synthesize(voice: str, text: str) -> tuple[Int16Array, int]:
     engine, name, wpm = VOICES[voice]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "say.wav"
+        if engine == "rhvoice" and shutil.which("RHVoice-test") is None:
+            _rhvoice_say(name, text, out)
+            return read_wav(out)
         if engine == "festival":
             cmd = ["text2wave", "-eval", f"(voice_{name}_clunits)", "-o", str(out)]
         elif engine == "espeak":
@@ -234,9 +280,12 @@ def build_corpus(
         return Corpus(folder, {k: Clip(**v) for k, v in data.items()}, notes)
     folder.mkdir(parents=True, exist_ok=True)
     corpus = Corpus(folder, notes=notes)
-    for v_index, voice in enumerate(usable):
-        for u_index, uid in enumerate(wanted):
-            _make_clips(corpus, BY_ID[uid], voice, snr_db, seed=1000 * v_index + u_index)
+    try:
+        for v_index, voice in enumerate(usable):
+            for u_index, uid in enumerate(wanted):
+                _make_clips(corpus, BY_ID[uid], voice, snr_db, seed=1000 * v_index + u_index)
+    finally:
+        close_engines()
     manifest.write_text(
         json.dumps({k: asdict(c) for k, c in corpus.clips.items()}, ensure_ascii=False, indent=1),
         encoding="utf-8",
