@@ -3,8 +3,8 @@
 Kinds: ``plain`` questions labelled with the dialogue intent they should reach, ``pause`` (the same
 kind of sentence split at a clause boundary with 0.4-1.2 s of silence inside) and ``backchannel``
 ("угу", "ага", ...) that the caller says while the robot speaks. Voices: espeak-ng Russian variants,
-Festival's msu_ru_nsh and RHVoice (its ``RHVoice-test`` CLI, else its library through the
-``rhvoice-wrapper`` package; skipped with a note when neither is installed). whisper-base hardly
+Festival's msu_ru_nsh and RHVoice (through the TTS service's own binding of its library; skipped
+with a note when it is not installed). whisper-base hardly
 understands espeak-ng's formant Russian (engine-alone WER ~1.0) while Festival and RHVoice come out
 near 0, so read WER and intent accuracy per voice (the report has them).
 
@@ -122,47 +122,41 @@ QUICK_VOICES = ("festival",)
 PAUSES_S = (0.4, 0.6, 0.8, 1.0, 1.2)
 
 
-RHVOICE_DATA = Path("/usr/share/RHVoice")
-RHVOICE_LIBS = (Path("/usr/lib/x86_64-linux-gnu/libRHVoice.so.5"), Path("/usr/lib/libRHVoice.so.5"))
-_rhvoice_engine: Any = None
+def _rhvoice_engine() -> Any:
+    """The project's own RHVoice binding (services/tts), the same engine the robot speaks with."""
+    from vp_tts.providers.rhvoice_engine import RhvoiceUnavailable, shared_engine
+    from vp_tts.settings import TtsSettings
 
-
-def _rhvoice_library() -> Path | None:
-    """The RHVoice shared library when the CLI is absent but the library, its Russian voices and the
-    ``rhvoice-wrapper`` package are installed (Debian ships the library and voices without the CLI)."""
+    settings = TtsSettings()
     try:
-        import rhvoice_wrapper  # noqa: F401
-    except ImportError:
+        return shared_engine(
+            settings.rhvoice_library, settings.rhvoice_data_path, settings.rhvoice_config_path
+        )
+    except RhvoiceUnavailable:
         return None
-    if not (RHVOICE_DATA / "voices").is_dir():
-        return None
-    return next((lib for lib in RHVOICE_LIBS if lib.is_file()), None)
 
 
 def engine_available(engine: str) -> bool:
-    if engine == "rhvoice" and shutil.which("RHVoice-test") is None:
-        return _rhvoice_library() is not None
-    binary = {"festival": "text2wave", "espeak": "espeak-ng", "rhvoice": "RHVoice-test"}[engine]
+    if engine == "rhvoice":
+        return _rhvoice_engine() is not None
+    binary = {"festival": "text2wave", "espeak": "espeak-ng"}[engine]
     return shutil.which(binary) is not None
 
 
-def _rhvoice_say(name: str, text: str, out: Path) -> None:
-    global _rhvoice_engine
-    if _rhvoice_engine is None:
-        from rhvoice_wrapper import TTS
+def _rhvoice_say(name: str, text: str) -> tuple[Int16Array, int]:
+    import asyncio
 
-        cfg = Path(tempfile.mkdtemp(prefix="rhvoice-cfg-"))
-        _rhvoice_engine = TTS(
-            threads=1, lib_path=str(_rhvoice_library()), data_path=str(RHVOICE_DATA), config_path=str(cfg)
-        )
-    out.write_bytes(_rhvoice_engine.get(text, voice=name.lower(), format_="wav"))
+    from vp_tts.providers.rhvoice_engine import Prosody
 
+    async def speak() -> tuple[bytes, int]:
+        pcm, rates = b"", {24000}
+        async for chunk_rate, chunk in _rhvoice_engine().synthesize(text, name, Prosody()):
+            pcm += chunk
+            rates = {chunk_rate}
+        return pcm, rates.pop()
 
-def close_engines() -> None:
-    global _rhvoice_engine
-    if _rhvoice_engine is not None:
-        _rhvoice_engine.join()  # its worker threads would keep the process alive
-        _rhvoice_engine = None
+    pcm, rate = asyncio.run(speak())
+    return np.frombuffer(pcm, dtype="<i2").astype(np.int16), rate
 
 
 def usable_voices(names: list[str]) -> tuple[list[str], list[str]]:
@@ -182,15 +176,12 @@ def synthesize(voice: str, text: str) -> tuple[Int16Array, int]:
     engine, name, wpm = VOICES[voice]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "say.wav"
-        if engine == "rhvoice" and shutil.which("RHVoice-test") is None:
-            _rhvoice_say(name, text, out)
-            return read_wav(out)
+        if engine == "rhvoice":
+            return _rhvoice_say(name, text)
         if engine == "festival":
             cmd = ["text2wave", "-eval", f"(voice_{name}_clunits)", "-o", str(out)]
-        elif engine == "espeak":
-            cmd = ["espeak-ng", "-v", name, "-s", str(wpm), "-w", str(out)]
         else:
-            cmd = ["RHVoice-test", "-p", name, "-o", str(out)]
+            cmd = ["espeak-ng", "-v", name, "-s", str(wpm), "-w", str(out)]
         subprocess.run(cmd, input=text.encode("utf-8"), check=True, capture_output=True, timeout=60)
         return read_wav(out)
 
@@ -280,12 +271,9 @@ def build_corpus(
         return Corpus(folder, {k: Clip(**v) for k, v in data.items()}, notes)
     folder.mkdir(parents=True, exist_ok=True)
     corpus = Corpus(folder, notes=notes)
-    try:
-        for v_index, voice in enumerate(usable):
-            for u_index, uid in enumerate(wanted):
-                _make_clips(corpus, BY_ID[uid], voice, snr_db, seed=1000 * v_index + u_index)
-    finally:
-        close_engines()
+    for v_index, voice in enumerate(usable):
+        for u_index, uid in enumerate(wanted):
+            _make_clips(corpus, BY_ID[uid], voice, snr_db, seed=1000 * v_index + u_index)
     manifest.write_text(
         json.dumps({k: asdict(c) for k, c in corpus.clips.items()}, ensure_ascii=False, indent=1),
         encoding="utf-8",
