@@ -72,6 +72,23 @@ def expected_replies(dialog: dict[str, Any], state: str, keyword: str) -> list[s
                 out.append(str(intent["reply"]))
         if out:
             break
+    if not out:
+        out = _builtin_replies(dialog, key)
+    return out
+
+
+def _builtin_replies(dialog: dict[str, Any], key: str) -> list[str]:
+    """Replies of the script engine's built-in intents (operator, goodbye) for ``key``."""
+    from vp_llm.script_loading import BUILTIN_DEFAULTS
+
+    out: list[str] = []
+    for kind, spec in BUILTIN_DEFAULTS.items():
+        if kind == "repeat":
+            continue  # the right answer to "repeat" is the previous reply (added by the caller)
+        spec = {**spec, **dialog.get("builtins", {}).get(kind, {})}
+        words = [normalize(str(k)) for k in spec.get("keywords", [])]
+        if any(w == key or w.startswith(key) for w in words):
+            out += [str(spec[k]) for k in ("reply", "unavailable") if spec.get(k)]
     return out
 
 
