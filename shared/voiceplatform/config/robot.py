@@ -47,6 +47,9 @@ class AsrConfig(_Section):
     max_new_tokens: int = Field(default=96, ge=8, le=440)
     fallback: list[str] = Field(default_factory=list)
     providers: ProviderOptions = Field(default_factory=dict)
+    # names, products, terms the robot expects to hear (added to the robot folder's vocabulary.txt,
+    # one term per line); whisper gets them as hotwords
+    vocabulary: list[str] = Field(default_factory=list)
 
 
 class LlmConfig(_Section):

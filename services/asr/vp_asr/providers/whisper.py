@@ -4,6 +4,11 @@ Whisper is not streaming: the provider collects the segment, then yields one fin
 Decoding runs in a worker thread behind a per-loop semaphore of one (2 cores: two parallel decodes
 would each take twice as long). A cancelled caller gets ``CancelledError`` at once; the thread cannot
 be interrupted, so it keeps the semaphore until it ends and its result is thrown away.
+
+Phone audio (8 kHz) is brought to whisper's 16 kHz by a polyphase resampler (soxr, high quality): a
+linear interpolator leaves images of the speech band above 4 kHz that whisper hears as hiss.
+The robot's vocabulary goes to whisper as ``hotwords`` (a prompt the decoder is conditioned on).
+Whisper's well-known "video subtitle" phrases on noise or silence are dropped as hallucinations.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import soxr
 import structlog
 
-from voiceplatform.audio import pcm_to_array, resample
+from voiceplatform.audio import pcm_to_array
 from voiceplatform.config import AsrConfig
 from voiceplatform.providers import ProviderError, ProviderProtocolError, Transcript
 from vp_asr.metrics import HALLUCINATIONS_DROPPED
@@ -34,6 +40,23 @@ log = structlog.get_logger("vp_asr.whisper")
 WHISPER_RATE = 16000
 COMPRESSION_RATIO_LIMIT = 2.4
 _WORD = re.compile(r"\w+")
+# what whisper says over noise, music or silence (subtitle credits of its training videos), matched
+# against the whole normalized transcript: a caller's "спасибо" alone is kept
+_HALLUCINATED = re.compile(
+    r"^(?:"
+    r"продолжение следует"
+    r"|субтитры (?:сделал|создавал|делал|подготовил|подогнал)\b.*"
+    r"|редактор субтитров\b.*"
+    r"|корректор\b.*"
+    r"|спасибо за (?:просмотр|внимание)"
+    r"|благодарю за (?:просмотр|внимание)"
+    r"|подписывайтесь на (?:канал|наш канал)\b.*"
+    r"|ставьте лайки\b.*"
+    r"|до новых встреч"
+    r"|(?:динамичная |спокойная |грустная |веселая )?музыка"
+    r"|аплодисменты"
+    r")$"
+)
 
 _decode_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
@@ -69,6 +92,37 @@ def is_repeat_loop(text: str) -> bool:
     return False
 
 
+def _normalized(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower().replace("ё", "е")))
+
+
+def is_hallucination(text: str) -> bool:
+    """A transcript made only of whisper's stock phrases (one or several of them)."""
+    parts = [_normalized(p) for p in re.split(r"[.!?…\n]+", text)]
+    parts = [p for p in parts if p]
+    return bool(parts) and all(_HALLUCINATED.match(p) for p in parts)
+
+
+def to_whisper_rate(samples: npt.NDArray[np.int16], sample_rate: int) -> npt.NDArray[np.float32]:
+    """int16 PCM at ``sample_rate`` to float32 at 16 kHz in [-1, 1)."""
+    audio = samples.astype(np.float32) / 32768.0
+    if sample_rate == WHISPER_RATE or audio.size == 0:
+        return audio
+    result: npt.NDArray[np.float32] = soxr.resample(audio, sample_rate, WHISPER_RATE, quality="HQ")
+    return result.astype(np.float32, copy=False)
+
+
+def hotwords(terms: list[str], limit: int = 60) -> str | None:
+    """The vocabulary as one hotword prompt; the first terms win when it is long (whisper's prompt
+    has room for about 220 tokens and a long one costs decode time on every segment)."""
+    words: list[str] = []
+    for term in terms:
+        term = " ".join(term.split())
+        if term and term not in words:
+            words.append(term)
+    return ", ".join(words[:limit]) or None
+
+
 @dataclass(frozen=True, slots=True)
 class _Decoded:
     text: str
@@ -85,6 +139,7 @@ class WhisperAsr:
         cfg = config or AsrConfig()
         self.beam_size = cfg.beam_size
         self.max_new_tokens = cfg.max_new_tokens
+        self.hotwords = hotwords(cfg.vocabulary)
         self._model = model
 
     @classmethod
@@ -104,9 +159,8 @@ class WhisperAsr:
         pcm = b"".join([chunk async for chunk in audio])
         if len(pcm) % 2:
             raise ProviderProtocolError(self.name, "odd PCM byte count")
-        samples = resample(pcm_to_array(pcm), sample_rate, WHISPER_RATE)
         lang = whisper_language(language)
-        decoded = await self._transcribe(samples.astype(np.float32) / 32768.0, lang)
+        decoded = await self._transcribe(to_whisper_rate(pcm_to_array(pcm), sample_rate), lang)
         if decoded.dropped:
             HALLUCINATIONS_DROPPED.labels(self.name, decoded.dropped).inc()
             log.info("asr.hallucination_dropped", reason=decoded.dropped, pii_text=decoded.text)
@@ -156,6 +210,7 @@ class WhisperAsr:
             "max_new_tokens": self.max_new_tokens,
             "vad_filter": False,  # our VAD already bounded the segment
             "without_timestamps": True,
+            "hotwords": self.hotwords,
         }
         segments, _info = model.transcribe(audio, **options)
         texts: list[str] = []
@@ -169,4 +224,6 @@ class WhisperAsr:
         text = " ".join(texts)
         if is_repeat_loop(text):
             return _Decoded(text, "repeat_loop")
+        if is_hallucination(text):
+            return _Decoded(text, "stock_phrase")
         return _Decoded(text)
