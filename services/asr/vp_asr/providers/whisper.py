@@ -98,7 +98,7 @@ def _normalized(text: str) -> str:
 
 def is_hallucination(text: str) -> bool:
     """A transcript made only of whisper's stock phrases (one or several of them)."""
-    parts = [_normalized(p) for p in re.split(r"[.!?…\n]+", text)]
+    parts = [_normalized(p) for p in re.split(r"[.!?…]+(?:\s+|$)|\n+", text)]
     parts = [p for p in parts if p]
     return bool(parts) and all(_HALLUCINATED.match(p) for p in parts)
 
