@@ -96,7 +96,8 @@ class Line:
         )
 
     async def resumed(self, turn_id: str, offset_ms: int) -> None:
-        await self.vad(VadSpeechResumed(call_id=self.caller.call_id, turn_id=turn_id, audio_offset_ms=offset_ms))
+        msg = VadSpeechResumed(call_id=self.caller.call_id, turn_id=turn_id, audio_offset_ms=offset_ms)
+        await self.vad(msg)
 
     async def continued(self, turn_id: str, by_turn_id: str) -> None:
         msg = ControlInterrupt(
