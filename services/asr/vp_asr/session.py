@@ -18,8 +18,6 @@ the utterance may still be on their way; the job waits for them (briefly).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -36,7 +34,6 @@ from voiceplatform.providers.usage import Outcome as UsageOutcome
 from voiceplatform.providers.usage import publish_usage
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.wire import (
-    FRAME_MS,
     AsrFinal,
     AudioChunk,
     CallEnded,
@@ -46,8 +43,8 @@ from voiceplatform.wire import (
     VadSpeechPaused,
     VadSpeechResumed,
     VadSpeechStarted,
-    frame_bytes,
 )
+from vp_asr.framebuffer import FrameBuffer
 from vp_asr.metrics import MERGES, SEGMENTS, SERVICE, SPECULATIVE
 from vp_asr.recognition import Failure, Outcome, UsageRecord, joined, recognize, run_chain
 from vp_asr.turns import TurnBook
@@ -119,17 +116,12 @@ class AsrSession:
         self.provider_problem = provider_problem
         self.tasks = tasks
         self._on_call_ended = on_call_ended
-        self._frames: dict[int, bytes] = {}
-        self._max_seq = -1
-        self._oldest_seq = 0  # every buffered seq is >= this
-        self._frame_arrived = asyncio.Event()
+        self.buffer = FrameBuffer(options.sample_rate, options.buffer_ms)
         self.book = TurnBook()
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self._published: OrderedDict[str, None] = OrderedDict()
         self._subs: list[Subscription] = []
         self.closed = False
-        self._frame_bytes = frame_bytes(options.sample_rate)
-        self._buffer_frames = max(1, math.ceil(options.buffer_ms / FRAME_MS))
 
     @property
     def provider_name(self) -> str:
@@ -153,7 +145,7 @@ class AsrSession:
         self._subs = []
         await self.tasks.cancel(self.call_id)
         self._jobs.clear()
-        self._frames.clear()
+        self.buffer.clear()
 
     # ---- handlers (short: long work goes to a task) -------------------------------------------
     async def _on_audio(self, env: Envelope) -> None:
@@ -168,24 +160,7 @@ class AsrSession:
             log.debug("asr.frame_dropped", call_id=self.call_id, reason=problem, seq=chunk.seq)
             return
         metrics.FRAMES_IN.labels(SERVICE).inc()
-        self._frames[chunk.seq] = chunk.pcm
-        if chunk.seq > self._max_seq:
-            self._max_seq = chunk.seq
-            self._evict_before(self._max_seq - self._buffer_frames + 1)
-        # wake every waiter, then arm a fresh event for the next frame
-        arrived, self._frame_arrived = self._frame_arrived, asyncio.Event()
-        arrived.set()
-
-    def _evict_before(self, oldest_kept: int) -> None:
-        """Drop frames older than the rolling window; O(frames evicted) on the per-frame path."""
-        if oldest_kept <= self._oldest_seq:
-            return
-        if oldest_kept - self._oldest_seq > len(self._frames):  # a jump in seq: rebuild once
-            self._frames = {seq: pcm for seq, pcm in self._frames.items() if seq >= oldest_kept}
-        else:
-            for seq in range(self._oldest_seq, oldest_kept):
-                self._frames.pop(seq, None)
-        self._oldest_seq = oldest_kept
+        self.buffer.add(chunk.seq, chunk.pcm)
 
     async def _on_vad(self, env: Envelope) -> None:
         msg = env.message
@@ -330,8 +305,8 @@ class AsrSession:
         from_ms = max(0, job.from_ms - opts.pre_roll_ms, end_ms - opts.max_segment_ms)
         too_short = job.speech_ms < opts.min_speech_ms and not job.merged
         if not too_short:
-            await self._wait_for_frames(end_ms)
-        pcm = self._cut(from_ms, end_ms)
+            await self.buffer.wait_for(end_ms, opts.tail_wait_ms / 1000)
+        pcm = self.buffer.cut(from_ms, end_ms)
         audio_ms = len(pcm) * 1000 // (2 * opts.sample_rate)
         if too_short or audio_ms < opts.min_speech_ms:
             return Outcome(audio_ms, too_short=True)
@@ -360,25 +335,8 @@ class AsrSession:
                 job, outcome.text, outcome.audio_ms, outcome.language, outcome.inference_ms, outcome.provider
             )
 
-    async def _wait_for_frames(self, end_ms: int) -> None:
-        """Until a frame at or past ``end_ms`` is buffered, or ``tail_wait_ms`` has passed."""
-        deadline = time.monotonic() + self.options.tail_wait_ms / 1000
-        while self._max_seq * FRAME_MS < end_ms:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.debug("asr.tail_wait_expired", end_ms=end_ms, last_offset_ms=self._max_seq * FRAME_MS)
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._frame_arrived.wait(), remaining)
-
     def _cut(self, from_ms: int, to_ms: int) -> bytes:
-        """PCM of [from_ms, to_ms) from the buffer; frames lost inside the span become silence."""
-        if not self._frames:
-            return b""
-        first = max(from_ms // FRAME_MS, min(self._frames))
-        last = min(math.ceil(to_ms / FRAME_MS) - 1, self._max_seq)
-        silence = bytes(self._frame_bytes)
-        return b"".join(self._frames.get(seq, silence) for seq in range(first, last + 1))
+        return self.buffer.cut(from_ms, to_ms)
 
     async def _publish_final(
         self,
