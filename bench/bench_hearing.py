@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -293,16 +294,36 @@ def latency_text(result: dict[str, Any]) -> str:
     )
 
 
-def beam_latency(timings: dict[int, list[tuple[float, float]]]) -> list[str]:
-    lines = []
-    for lo, hi in ((1.5, 3.0), (3.0, 5.0), (5.0, 9.0)):
-        cells = []
-        for beam, values in sorted(timings.items()):
-            ms = [d for s, d in values if lo <= s < hi]
-            cells.append(
-                f"beam {beam}: p50 {percentile(ms, 50):4.0f} p95 {percentile(ms, 95):4.0f} ms (n={len(ms)})"
-            )
-        lines.append(f"  clips {lo:.1f}-{hi:.1f} s  " + "   ".join(cells))
+def beam_timing(clips: list[Clip], repeats: int) -> list[str]:
+    """Decode time of beam 1 vs beam 5 on 2, 4, 6 and 8 s of speech, the two interleaved so that a
+    busy machine slows both alike; the median over clips and repeats."""
+    model = whisper_model.shared_model()
+    speech = np.concatenate([c.samples for c in clips if c.kind == "plain"])
+    lines = [f"  decode time (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores):"]
+    for seconds in (2, 4, 6, 8):
+        times: dict[int, list[float]] = {1: [], 5: []}
+        for rep in range(repeats):
+            start = rep * 3 * RATE
+            audio = whisper.to_whisper_rate(speech[start : start + seconds * RATE], RATE)
+            for beam in (1, 5) if rep % 2 == 0 else (5, 1):
+                started = time.monotonic()
+                segments, _ = model.transcribe(
+                    audio,
+                    language="ru",
+                    beam_size=beam,
+                    temperature=0.0,
+                    without_timestamps=True,
+                    condition_on_previous_text=False,
+                    max_new_tokens=96,
+                    vad_filter=False,
+                )
+                list(segments)
+                times[beam].append((time.monotonic() - started) * 1000)
+        cells = "   ".join(
+            f"beam {b}: p50 {percentile(v, 50):4.0f} p95 {percentile(v, 95):4.0f} ms"
+            for b, v in times.items()
+        )
+        lines.append(f"  {seconds} s segment  {cells}")
     return lines
 
 
@@ -314,7 +335,8 @@ async def main() -> None:
     )
     parser.add_argument("--latency-clips", type=int, default=16, help="clips of the real-time latency passes")
     parser.add_argument("--beam", type=int, default=0, help="platform beam size (0: the AsrConfig default)")
-    parser.add_argument("--skip", default="", help="comma list of: engine, platform, latency, vocab")
+    parser.add_argument("--skip", default="", help="comma list of: engine, beam, vocab, platform, latency")
+    parser.add_argument("--beam-repeats", type=int, default=6)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if not tools_available():
@@ -331,15 +353,14 @@ async def main() -> None:
     lines: list[str] = []
     if "engine" not in skip:
         for rate in (16000, 8000):
-            timings: dict[int, list[tuple[float, float]]] = {}
             for b in (1, 5):
-                texts, timings[b] = await asyncio.to_thread(engine_pass, clips, rate, b)
+                texts, _ = await asyncio.to_thread(engine_pass, clips, rate, b)
                 results[f"engine_{rate}_b{b}"] = res = scores(clips, texts)
                 lines.append(row(f"engine {rate // 1000}k beam {b}", res))
                 print(lines[-1], flush=True)
-            if rate == 16000:
-                lines += beam_latency(timings)
-                print("\n".join(lines[-3:]), flush=True)
+    if "beam" not in skip:
+        lines += await asyncio.to_thread(beam_timing, clips, args.beam_repeats)
+        print("\n".join(lines[-5:]), flush=True)
     if "vocab" not in skip:
         vocab = [c for c in clips if c.kind in ("vocab", "noise")]
         for label, extra in (

@@ -8,7 +8,13 @@ import pytest
 
 from voiceplatform.audio import resample
 from voiceplatform.config import AsrConfig
-from vp_asr.providers.whisper import WhisperAsr, hotwords, is_hallucination, to_whisper_rate
+from vp_asr.providers.whisper import (
+    WhisperAsr,
+    echoes_vocabulary,
+    hotwords,
+    is_hallucination,
+    to_whisper_rate,
+)
 
 
 def tone(freq: float, seconds: float = 1.0, rate: int = 8000, amplitude: float = 8000.0) -> np.ndarray:
@@ -96,3 +102,11 @@ def test_stock_phrases_are_hallucinations(text: str) -> None:
 )
 def test_real_speech_is_kept(text: str) -> None:
     assert not is_hallucination(text)
+
+
+def test_the_hotword_prompt_read_back_is_an_echo() -> None:
+    terms = ["Смарт Безлимит", "Газпромбанк", "Мир Супрем", "Пепперони"]
+    assert echoes_vocabulary("Смарт Безлимит, Газпромбанк, Мир Супрем, Пепперони, Мир Супрем", terms)
+    assert not echoes_vocabulary("Газпромбанк", terms), "one term alone may be what the caller said"
+    assert not echoes_vocabulary("Я клиент Газпромбанка, карта Мир Супрем", terms)
+    assert not echoes_vocabulary("Смарт Безлимит, Газпромбанк", [])

@@ -27,7 +27,8 @@ SEGMENTS = Counter(
 )
 HALLUCINATIONS_DROPPED = Counter(
     "vp_asr_hallucinations_dropped_total",
-    "Transcripts discarded as hallucinations, by reason (compression_ratio, repeat_loop, stock_phrase)",
+    "Transcripts discarded as hallucinations, by reason "
+    "(compression_ratio, repeat_loop, stock_phrase, prompt_echo)",
     ["provider", "reason"],
 )
 MODEL_LOAD_SECONDS = Gauge("vp_asr_model_load_seconds", "Time to assemble and load the model", ["provider"])

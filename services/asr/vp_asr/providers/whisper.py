@@ -39,6 +39,9 @@ log = structlog.get_logger("vp_asr.whisper")
 
 WHISPER_RATE = 16000
 COMPRESSION_RATIO_LIMIT = 2.4
+# measured: a prompt echo over noise or silence has a no-speech probability of 0.35-0.65, real
+# speech under 0.1; both conditions are needed to drop a transcript made only of vocabulary terms
+PROMPT_ECHO_NO_SPEECH = 0.2
 _WORD = re.compile(r"\w+")
 # what whisper says over noise, music or silence (subtitle credits of its training videos), matched
 # against the whole normalized transcript: a caller's "спасибо" alone is kept
@@ -103,6 +106,17 @@ def is_hallucination(text: str) -> bool:
     return bool(parts) and all(_HALLUCINATED.match(p) for p in parts)
 
 
+def echoes_vocabulary(text: str, terms: list[str]) -> bool:
+    """The transcript is only the hotword prompt read back (two terms or more, no other word): what
+    whisper makes of noise or silence when it is given hotwords."""
+    words = _normalized(text).split()
+    if not words or not terms:
+        return False
+    known = {w for term in terms for w in _normalized(term).split()}
+    found = sum(1 for term in terms if f" {_normalized(term)} " in f" {' '.join(words)} ")
+    return found >= 2 and all(w in known for w in words)
+
+
 def to_whisper_rate(samples: npt.NDArray[np.int16], sample_rate: int) -> npt.NDArray[np.float32]:
     """int16 PCM at ``sample_rate`` to float32 at 16 kHz in [-1, 1)."""
     audio = samples.astype(np.float32) / 32768.0
@@ -139,6 +153,7 @@ class WhisperAsr:
         cfg = config or AsrConfig()
         self.beam_size = cfg.beam_size
         self.max_new_tokens = cfg.max_new_tokens
+        self.vocabulary = list(cfg.vocabulary)
         self.hotwords = hotwords(cfg.vocabulary)
         self._model = model
 
@@ -214,11 +229,13 @@ class WhisperAsr:
         }
         segments, _info = model.transcribe(audio, **options)
         texts: list[str] = []
+        no_speech = 0.0
         for segment in segments:  # decoding happens lazily while iterating
             if cancelled.is_set():
                 return _Decoded("", "cancelled")
             if segment.compression_ratio > COMPRESSION_RATIO_LIMIT:
                 return _Decoded(segment.text.strip(), "compression_ratio")
+            no_speech = max(no_speech, segment.no_speech_prob)
             if segment.text.strip():
                 texts.append(segment.text.strip())
         text = " ".join(texts)
@@ -226,4 +243,6 @@ class WhisperAsr:
             return _Decoded(text, "repeat_loop")
         if is_hallucination(text):
             return _Decoded(text, "stock_phrase")
+        if no_speech >= PROMPT_ECHO_NO_SPEECH and echoes_vocabulary(text, self.vocabulary):
+            return _Decoded(text, "prompt_echo")
         return _Decoded(text)
