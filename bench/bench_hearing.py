@@ -374,7 +374,10 @@ async def main() -> None:
             print(lines[-1], [t for c, t in zip(vocab, texts, strict=False) if c.kind == "noise"], flush=True)
     if "platform" not in skip:
         for rate in (16000, 8000):
-            for mode in (Mode("legacy", legacy=True, beam=beam), Mode("platform", beam=beam)):
+            modes = [Mode("legacy", legacy=True, beam=beam), Mode("platform", beam=beam)]
+            if rate == 8000:
+                modes.append(Mode("platform+vocabulary", beam=beam, vocabulary=True))
+            for mode in modes:
                 res = await platform_pass(clips, rate, mode, args.speed)
                 results[f"{mode.name}_{rate}"] = out = scores(clips, res["texts"])
                 lines.append(row(f"{mode.name} {rate // 1000}k beam {beam}", out))

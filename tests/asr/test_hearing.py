@@ -285,3 +285,16 @@ async def test_the_robot_vocabulary_reaches_the_provider_and_follows_the_file(
     caller = FakeCaller(gateway_bus, robot="counter", sample_rate=RATE)
     assert (await caller.assign()).accepted
     assert CountingAsr.configs[-1].vocabulary == ["Смарт Безлимит", "Пепперони"]
+
+
+async def test_a_backlog_of_ended_turns_is_never_dropped(line: tuple[Line, Collector]) -> None:
+    ln, _ = line
+    CountingAsr.gate = asyncio.Event()  # the model is busy: every turn waits for its decode
+    for n in range(12):
+        start = 1000 + n * 1000
+        await ln.caller.speech_started(f"t{n}", start)
+        await ln.frames_until(start + 900)
+        await ln.caller.speech_ended(f"t{n}", start + 400, 400)
+    CountingAsr.gate.set()
+    finals = [await ln.caller.next_final() for _ in range(12)]
+    assert sorted(f.turn_id for f in finals) == sorted(f"t{n}" for n in range(12))

@@ -53,7 +53,7 @@ __all__ = ["AsrSession", "SessionOptions", "joined", "recognize"]
 
 log = structlog.get_logger("vp_asr.session")
 
-# jobs waiting for their turn's end; more than a few means lost vad.speech_ended events
+# speculative jobs waiting for their turn's end; more than a few means lost vad.speech_ended events
 _MAX_OPEN_TURNS = 8
 # turns whose final is out, remembered to tell a too-late continuation from an unknown one
 _MAX_PUBLISHED = 32
@@ -253,8 +253,9 @@ class AsrSession:
     def _start(self, job: _Job) -> None:
         self._jobs[job.turn_id] = job
         job.task = self.tasks.spawn(self._run(job), key=self.call_id, name=f"asr-{job.turn_id}")
-        while len(self._jobs) > _MAX_OPEN_TURNS:
-            oldest = next(iter(self._jobs.values()))
+        # only speculations wait for an end that may never come; ended turns are always finished
+        waiting = [j for j in self._jobs.values() if j.ended is None]
+        for oldest in waiting[: max(0, len(waiting) - _MAX_OPEN_TURNS)]:
             log.warning("asr.open_turns_dropped", turn_id=oldest.turn_id)
             self._discard(oldest, "never_ended")
 
