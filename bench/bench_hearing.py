@@ -191,7 +191,7 @@ async def _platform_pass(
     service = AsrService(settings)
     await service.start(broker.bus("asr"))
     bus = broker.bus("gateway")
-    call_id = f"hear-{mode.name}-{rate}"
+    call_id = f"hear-{mode.name.replace('+', '-')}-{rate}"
     finals: dict[str, tuple[AsrFinal, float]] = {}
 
     async def on_final(env: Envelope) -> None:
