@@ -277,6 +277,8 @@ class AsrSession:
                 outcome = await self._recognize(job, usage)
                 await job.turn_over.wait()  # a speculative job: until the turn ends at its offset
                 used = True
+                if self._jobs.get(job.turn_id) is job:  # from here on, nothing restarts it
+                    del self._jobs[job.turn_id]
                 await self._publish_outcome(job, outcome)
             except asyncio.CancelledError:
                 if job.ended is not None:  # a turn's recognition, not a discarded speculation
