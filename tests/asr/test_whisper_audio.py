@@ -84,6 +84,8 @@ def test_the_vocabulary_becomes_hotwords() -> None:
         "Продолжение следует... Спасибо за просмотр!",
         "ПОДПИСЫВАЙТЕСЬ НА КАНАЛ!",
         "Динамичная музыка",
+        "ТРЕВОЖНАЯ МУЗЫКА",
+        "Редактор субтитров Н. А.",
     ],
 )
 def test_stock_phrases_are_hallucinations(text: str) -> None:
