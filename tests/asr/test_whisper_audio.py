@@ -109,6 +109,7 @@ def test_real_speech_is_kept(text: str) -> None:
 def test_the_hotword_prompt_read_back_is_an_echo() -> None:
     terms = ["Смарт Безлимит", "Газпромбанк", "Мир Супрем", "Пепперони"]
     assert echoes_vocabulary("Смарт Безлимит, Газпромбанк, Мир Супрем, Пепперони, Мир Супрем", terms)
-    assert not echoes_vocabulary("Газпромбанк", terms), "one term alone may be what the caller said"
+    assert echoes_vocabulary("Мир Супрем", terms)
+    assert echoes_vocabulary("Смарт Безли", terms), "cut short by the token cap"
     assert not echoes_vocabulary("Я клиент Газпромбанка, карта Мир Супрем", terms)
     assert not echoes_vocabulary("Смарт Безлимит, Газпромбанк", [])
