@@ -88,12 +88,15 @@ class Line:
         await self.caller.bus.publish(subjects.vad(self.caller.call_id), msg)
         await asyncio.sleep(0.02)
 
-    async def paused(self, turn_id: str, offset_ms: int, speech_ms: int) -> None:
-        await self.vad(
-            VadSpeechPaused(
-                call_id=self.caller.call_id, turn_id=turn_id, audio_offset_ms=offset_ms, speech_ms=speech_ms
-            )
+    async def paused(self, turn_id: str, offset_ms: int, speech_ms: int, eot: float = -1.0) -> None:
+        msg = VadSpeechPaused(
+            call_id=self.caller.call_id,
+            turn_id=turn_id,
+            audio_offset_ms=offset_ms,
+            speech_ms=speech_ms,
+            eot_probability=eot,
         )
+        await self.vad(msg)
 
     async def resumed(self, turn_id: str, offset_ms: int) -> None:
         msg = VadSpeechResumed(call_id=self.caller.call_id, turn_id=turn_id, audio_offset_ms=offset_ms)
@@ -298,3 +301,17 @@ async def test_a_backlog_of_ended_turns_is_never_dropped(line: tuple[Line, Colle
     CountingAsr.gate.set()
     finals = [await ln.caller.next_final() for _ in range(12)]
     assert sorted(f.turn_id for f in finals) == sorted(f"t{n}" for n in range(12))
+
+
+async def test_a_pause_unlikely_to_end_the_turn_is_not_decoded(line: tuple[Line, Collector]) -> None:
+    ln, _ = line
+    skipped = speculative("skipped")
+    await ln.frames_until(1000)
+    await ln.caller.speech_started("t1", 1000)
+    await ln.frames_until(2300)
+    await ln.paused("t1", 2000, 1000, eot=0.05)
+    await asyncio.sleep(0.1)
+    assert CountingAsr.segments == [] and speculative("skipped") == skipped + 1
+    await ln.caller.speech_ended("t1", 2000, 1000)
+    assert (await ln.caller.next_final()).text == span(1000, 2000)
+    assert len(CountingAsr.segments) == 1

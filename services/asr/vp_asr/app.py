@@ -147,6 +147,7 @@ class AsrService:
             max_segment_ms=min(30_000, self.settings.buffer_ms - 2_000),
             min_speech_ms=self.settings.min_speech_ms,
             speculate=self.settings.speculate,
+            speculate_min_eot=self.settings.speculate_min_eot,
         )
         session = AsrSession(
             self.bus,

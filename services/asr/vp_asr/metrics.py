@@ -40,7 +40,8 @@ FALLBACKS = Counter(
 SPECULATIVE = Counter(
     "vp_asr_speculative_total",
     "Speculative recognitions started on vad.speech_paused: hit (published at the turn's end) or "
-    "miss_<why> (discarded: resumed, offset_changed, merged, paused_again, never_ended)",
+    "miss_<why> (discarded: resumed, offset_changed, merged, paused_again, never_ended), or skipped "
+    "(the end-of-turn probability was too low to start)",
     ["result"],
 )
 MERGES = Counter(

@@ -71,6 +71,9 @@ class SessionOptions:
     max_segment_ms: int = 30_000
     min_speech_ms: int = 200
     speculate: bool = True
+    # a pause whose end-of-turn probability is below this (when the VAD has a model) is not worth a
+    # decode: a discarded decode still holds the model until it ends, delaying the next turn
+    speculate_min_eot: float = 0.2
 
 
 @dataclass(slots=True, eq=False)
@@ -230,6 +233,9 @@ class AsrSession:
                 return  # a late pause of a turn already over
             self._discard(job, "paused_again")
         if not self.options.speculate:
+            return
+        if 0 <= paused.eot_probability < self.options.speculate_min_eot:
+            SPECULATIVE.labels("skipped").inc()
             return
         from_ms, merged = self._span(paused.turn_id, paused.audio_offset_ms, paused.speech_ms)
         self._start(_Job(paused.turn_id, paused.audio_offset_ms, from_ms, paused.speech_ms, merged, True))

@@ -18,6 +18,8 @@ class AsrSettings(ServiceSettings):
     post_roll_ms: int = Field(default=200, ge=0, le=1000)
     # start recognizing on vad.speech_paused; the result is ready when the turn ends there
     speculate: bool = True
+    # ...unless the VAD's end-of-turn model gives the pause less than this (-1, no model: always)
+    speculate_min_eot: float = Field(default=0.2, ge=0.0, le=1.0)
     # rolling caller-audio buffer per call: a 30 s (merged) segment plus the VAD's end delay
     buffer_ms: int = Field(default=32_000, ge=10_000, le=120_000)
     # shorter speech yields an empty asr.final without running the model
