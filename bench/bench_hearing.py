@@ -337,12 +337,14 @@ async def main() -> None:
     parser.add_argument("--beam", type=int, default=0, help="platform beam size (0: the AsrConfig default)")
     parser.add_argument("--skip", default="", help="comma list of: engine, beam, vocab, platform, latency")
     parser.add_argument("--beam-repeats", type=int, default=6)
+    parser.add_argument("--rates", default="16000,8000", help="call sample rates of the platform passes")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if not tools_available():
         sys.exit("needs festival (text2wave, festvox-ru) and espeak-ng")
     configure_logging("bench", "WARNING", json=True)
     skip = set(args.skip.split(","))
+    rates = [int(r) for r in args.rates.split(",")]
     clips = corpus(args.limit)
     print(f"{len(clips)} clips, {sum(c.samples.size for c in clips) / RATE:.0f} s of audio", flush=True)
     await asyncio.to_thread(whisper_model.shared_model)
@@ -373,7 +375,7 @@ async def main() -> None:
             lines.append(row(f"vocab clips 8k, {label}", res))
             print(lines[-1], [t for c, t in zip(vocab, texts, strict=False) if c.kind == "noise"], flush=True)
     if "platform" not in skip:
-        for rate in (16000, 8000):
+        for rate in rates:
             modes = [Mode("legacy", legacy=True, beam=beam), Mode("platform", beam=beam)]
             if rate == 8000:
                 modes.append(Mode("platform+vocabulary", beam=beam, vocabulary=True))
@@ -387,7 +389,7 @@ async def main() -> None:
         subset = [c for c in clips if c.kind == "plain"][:half] + [c for c in clips if c.kind == "paused"][
             :half
         ]
-        for rate in (8000, 16000):
+        for rate in rates:
             for spec in (False, True):
                 mode = Mode("spec" if spec else "nospec", speculate=spec, beam=beam)
                 res = await platform_pass(subset, rate, mode, 1.0)
