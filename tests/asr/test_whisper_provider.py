@@ -22,6 +22,7 @@ from vp_asr.providers.whisper import WhisperAsr, is_repeat_loop, whisper_languag
 class _Segment:
     text: str
     compression_ratio: float = 1.2
+    no_speech_prob: float = 0.01
 
 
 class ScriptedModel:
@@ -77,7 +78,27 @@ async def test_decoding_options_follow_the_robot_config() -> None:
     assert options["condition_on_previous_text"] is False
     assert options["vad_filter"] is False
     assert options["without_timestamps"] is True
+    assert options["hotwords"] is None
     assert model.audio_len == [16000], "8 kHz input is resampled to 16 kHz"
+
+
+async def test_the_vocabulary_is_sent_as_hotwords_and_its_echo_over_noise_is_dropped() -> None:
+    config = AsrConfig(vocabulary=["Газпромбанк", "Мир Супрем"])
+    heard = ScriptedModel([_Segment("Я клиент Газпромбанка, карта Мир Супрем")])
+    out = await _run(WhisperAsr(config, model=heard), b"\x00\x00" * 8000, 8000)
+    assert heard.calls[0]["hotwords"] == "Газпромбанк, Мир Супрем"
+    assert out[0].text == "Я клиент Газпромбанка, карта Мир Супрем"
+    echo = ScriptedModel([_Segment("Газпромбанк, Мир Супрем, Газпромбанк.", no_speech_prob=0.4)])
+    dropped = _metric("vp_asr_hallucinations_dropped_total", {"provider": "whisper", "reason": "prompt_echo"})
+    out = await _run(WhisperAsr(config, model=echo), b"\x00\x00" * 8000, 8000)
+    assert out[0].text == ""
+    assert (
+        _metric("vp_asr_hallucinations_dropped_total", {"provider": "whisper", "reason": "prompt_echo"})
+        == dropped + 1
+    )
+    said = ScriptedModel([_Segment("Газпромбанк, Мир Супрем.", no_speech_prob=0.02)])
+    out = await _run(WhisperAsr(config, model=said), b"\x00\x00" * 8000, 8000)
+    assert out[0].text == "Газпромбанк, Мир Супрем.", "the caller said the terms: confident speech"
 
 
 @pytest.mark.parametrize(

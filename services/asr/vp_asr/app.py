@@ -30,6 +30,7 @@ from voiceplatform.wire import SUPPORTED_SAMPLE_RATES, AssignRequest
 from vp_asr.metrics import MODEL_LOAD_SECONDS, SERVICE
 from vp_asr.session import AsrSession, SessionOptions
 from vp_asr.settings import AsrSettings
+from vp_asr.vocabulary import VocabularyFiles
 
 log = structlog.get_logger("vp_asr.app")
 
@@ -59,6 +60,7 @@ class AsrService:
         # cloud providers: one per (robot, provider), so the robot's calls share its connection
         self._robot_providers: RobotProviders[AsrProvider] = RobotProviders()
         self._draining = False
+        self.vocabularies = VocabularyFiles()
 
     # ---- Service protocol -------------------------------------------------------------------
     async def start(self, bus: Bus) -> None:
@@ -128,6 +130,7 @@ class AsrService:
         try:
             robot = self.robots.get(req.robot)
             asr_config, pre_roll_ms = robot.settings.asr, robot.settings.vad.pre_roll_ms
+            asr_config = self.vocabularies.with_vocabulary(asr_config, robot.path)
         except RobotConfigError as exc:
             problems.append(("robot_config", str(exc)))
         chain, skipped = self._make_chain(asr_config, robot)
@@ -138,9 +141,13 @@ class AsrService:
             sample_rate=req.sample_rate,
             language=asr_config.language,
             pre_roll_ms=pre_roll_ms,
+            post_roll_ms=self.settings.post_roll_ms,
             tail_wait_ms=self.settings.tail_wait_ms,
             buffer_ms=self.settings.buffer_ms,
+            max_segment_ms=min(30_000, self.settings.buffer_ms - 2_000),
             min_speech_ms=self.settings.min_speech_ms,
+            speculate=self.settings.speculate,
+            speculate_min_eot=self.settings.speculate_min_eot,
         )
         session = AsrSession(
             self.bus,

@@ -27,7 +27,8 @@ SEGMENTS = Counter(
 )
 HALLUCINATIONS_DROPPED = Counter(
     "vp_asr_hallucinations_dropped_total",
-    "Transcripts discarded as hallucinations, by reason (compression_ratio, repeat_loop)",
+    "Transcripts discarded as hallucinations, by reason "
+    "(compression_ratio, repeat_loop, stock_phrase, prompt_echo)",
     ["provider", "reason"],
 )
 MODEL_LOAD_SECONDS = Gauge("vp_asr_model_load_seconds", "Time to assemble and load the model", ["provider"])
@@ -35,4 +36,17 @@ FALLBACKS = Counter(
     "vp_asr_fallbacks_total",
     "Segments handed to the next provider of the chain after one failed on them",
     ["from_provider", "to_provider"],
+)
+SPECULATIVE = Counter(
+    "vp_asr_speculative_total",
+    "Speculative recognitions started on vad.speech_paused: hit (published at the turn's end) or "
+    "miss_<why> (discarded: resumed, offset_changed, merged, paused_again, never_ended), or skipped "
+    "(the end-of-turn probability was too low to start)",
+    ["result"],
+)
+MERGES = Counter(
+    "vp_asr_merges_total",
+    "Continuations (control.interrupt reason=continued), by when they arrived: ahead (before "
+    "recognition), restarted, pending (before the turn started), too_late, unknown_turn",
+    ["when"],
 )

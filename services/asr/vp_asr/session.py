@@ -1,24 +1,27 @@
-"""Per-call ASR state: a rolling frame buffer, VAD-bounded segments, one recognition task per turn.
+"""Per-call ASR state: a rolling frame buffer, VAD-bounded segments, one recognition job per turn.
 
-Provider-agnostic: the session hands a segment to any ``AsrProvider`` and publishes what it says.
-A call has a chain of providers (the robot's ``asr.provider`` then ``asr.fallback``): when one fails
-on a segment (any ``ProviderError``, a bad key included, or its own stall timeout) the same buffered
-segment goes to the next one. Once a provider has produced a final transcript the chain stops there.
-Every attempt (failed and cancelled ones too) is published as ``provider.usage`` with the audio the
-provider took, for cost.
-Audio and VAD events arrive on separate subscriptions, so when ``vad.speech_ended`` arrives the
-last frames of the utterance may still be on their way; the turn task waits for them (briefly).
+Provider-agnostic: the session hands a segment to its provider chain (see ``recognition``) and
+publishes what it says. A segment is the turn's speech plus ``pre_roll_ms`` before the VAD start
+(soft onsets score below the VAD threshold) and ``post_roll_ms`` after its end (the VAD's end offset
+sits on the last loud frame: word endings fade below it).
+
+Speculation: on ``vad.speech_paused`` the job starts at once on the speech so far; a
+``vad.speech_ended`` with the same offset publishes that result as soon as it is ready (no second
+decode); a ``vad.speech_resumed`` or an end at another offset discards it (its provider usage is
+published as ``cancelled``). Continuation: ``control.interrupt`` with reason ``continued`` makes the
+continuing turn's segment start at the continued turn's start (``TurnBook``), restarting a job that
+already began on the shorter audio; its final lists the merged turns.
+Audio and VAD events arrive on separate subscriptions, so when a VAD event arrives the last frames of
+the utterance may still be on their way; the job waits for them (briefly).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
-from typing import cast
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -26,25 +29,34 @@ from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.logging import bind_call
-from voiceplatform.providers import AsrProvider, ProviderError, Transcript
-from voiceplatform.providers.usage import outcome_of, publish_usage
+from voiceplatform.providers import AsrProvider
+from voiceplatform.providers.usage import Outcome as UsageOutcome
+from voiceplatform.providers.usage import publish_usage
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.wire import (
-    FRAME_MS,
     AsrFinal,
     AudioChunk,
     CallEnded,
+    ControlInterrupt,
     StageError,
     VadSpeechEnded,
+    VadSpeechPaused,
+    VadSpeechResumed,
     VadSpeechStarted,
-    frame_bytes,
 )
-from vp_asr.metrics import FALLBACKS, INFERENCE_MS, REAL_TIME_FACTOR, SEGMENTS, SERVICE
+from vp_asr.framebuffer import FrameBuffer
+from vp_asr.metrics import MERGES, SEGMENTS, SERVICE, SPECULATIVE
+from vp_asr.recognition import Failure, Outcome, UsageRecord, joined, recognize, run_chain
+from vp_asr.turns import TurnBook
+
+__all__ = ["AsrSession", "SessionOptions", "joined", "recognize"]
 
 log = structlog.get_logger("vp_asr.session")
 
-# speech-start offsets remembered per call; more than a few open turns means lost speech_ended events
+# speculative jobs waiting for their turn's end; more than a few means lost vad.speech_ended events
 _MAX_OPEN_TURNS = 8
+# turns whose final is out, remembered to tell a too-late continuation from an unknown one
+_MAX_PUBLISHED = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,51 +64,36 @@ class SessionOptions:
     sample_rate: int
     language: str = "ru-RU"
     pre_roll_ms: int = 200
-    tail_wait_ms: int = 150
-    buffer_ms: int = 30_000
+    post_roll_ms: int = 200
+    tail_wait_ms: int = 300
+    buffer_ms: int = 32_000
+    # whisper decodes 30 s in one window; a longer merged turn keeps its newest 30 s
+    max_segment_ms: int = 30_000
     min_speech_ms: int = 200
+    speculate: bool = True
+    # a pause whose end-of-turn probability is below this (when the VAD has a model) is not worth a
+    # decode: a discarded decode still holds the model until it ends, delaying the next turn
+    speculate_min_eot: float = 0.2
 
 
-async def recognize(
-    provider: AsrProvider,
-    pcm: bytes,
-    sample_rate: int,
-    language: str,
-    finals: list[Transcript] | None = None,
-    sent: list[int] | None = None,
-) -> Transcript:
-    """Run one segment through a provider; finals are joined (a streaming provider may give several).
+@dataclass(slots=True, eq=False)
+class _Job:
+    """The recognition of one turn's segment ``[from_ms - pre_roll, offset_ms + post_roll)``."""
 
-    ``finals``, when given, collects each final as it arrives, so a caller still has them when the
-    provider fails after producing some; ``sent`` likewise collects the byte counts of the audio the
-    provider took (what it was sent, for usage), a failed or cancelled attempt included.
-    """
+    turn_id: str
+    offset_ms: int
+    from_ms: int
+    speech_ms: int
+    merged: list[str]
+    speculative: bool
+    ended: VadSpeechEnded | None = None
+    received: float = 0.0  # monotonic time the turn's end arrived
+    turn_over: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
 
-    async def segment() -> AsyncIterator[bytes]:
-        if sent is not None:
-            sent.append(len(pcm))
-        yield pcm
-
-    heard: list[Transcript] = [] if finals is None else finals
-    stream = provider.stream_recognize(segment(), sample_rate, language)
-    async with contextlib.aclosing(cast(AsyncGenerator[Transcript, None], stream)) as transcripts:
-        async for transcript in transcripts:
-            if transcript.is_final:
-                heard.append(transcript)
-    return joined(heard)
-
-
-def joined(finals: list[Transcript]) -> Transcript:
-    text = " ".join(t.text for t in finals if t.text).strip()
-    language = next((t.language for t in reversed(finals) if t.language), "")
-    return Transcript(text=text, is_final=True, language=language)
-
-
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    kind: str
-    detail: str
-    retryable: bool
+    def end(self, ended: VadSpeechEnded, received: float) -> None:
+        self.ended, self.received = ended, received
+        self.turn_over.set()
 
 
 class AsrSession:
@@ -122,15 +119,12 @@ class AsrSession:
         self.provider_problem = provider_problem
         self.tasks = tasks
         self._on_call_ended = on_call_ended
-        self._frames: dict[int, bytes] = {}
-        self._max_seq = -1
-        self._oldest_seq = 0  # every buffered seq is >= this
-        self._frame_arrived = asyncio.Event()
-        self._turn_starts: dict[str, int] = {}
+        self.buffer = FrameBuffer(options.sample_rate, options.buffer_ms)
+        self.book = TurnBook()
+        self._jobs: OrderedDict[str, _Job] = OrderedDict()
+        self._published: OrderedDict[str, None] = OrderedDict()
         self._subs: list[Subscription] = []
         self.closed = False
-        self._frame_bytes = frame_bytes(options.sample_rate)
-        self._buffer_frames = max(1, math.ceil(options.buffer_ms / FRAME_MS))
 
     @property
     def provider_name(self) -> str:
@@ -140,6 +134,7 @@ class AsrSession:
         self._subs = [
             await self.bus.subscribe(subjects.audio_in(self.call_id), self._on_audio),
             await self.bus.subscribe(subjects.vad(self.call_id), self._on_vad),
+            await self.bus.subscribe(subjects.control(self.call_id), self._on_control),
             await self.bus.subscribe(subjects.lifecycle(self.call_id), self._on_lifecycle),
         ]
 
@@ -152,7 +147,8 @@ class AsrSession:
             await sub.unsubscribe()
         self._subs = []
         await self.tasks.cancel(self.call_id)
-        self._frames.clear()
+        self._jobs.clear()
+        self.buffer.clear()
 
     # ---- handlers (short: long work goes to a task) -------------------------------------------
     async def _on_audio(self, env: Envelope) -> None:
@@ -167,178 +163,203 @@ class AsrSession:
             log.debug("asr.frame_dropped", call_id=self.call_id, reason=problem, seq=chunk.seq)
             return
         metrics.FRAMES_IN.labels(SERVICE).inc()
-        self._frames[chunk.seq] = chunk.pcm
-        if chunk.seq > self._max_seq:
-            self._max_seq = chunk.seq
-            self._evict_before(self._max_seq - self._buffer_frames + 1)
-        # wake every waiter, then arm a fresh event for the next frame
-        arrived, self._frame_arrived = self._frame_arrived, asyncio.Event()
-        arrived.set()
-
-    def _evict_before(self, oldest_kept: int) -> None:
-        """Drop frames older than the rolling window; O(frames evicted) on the per-frame path."""
-        if oldest_kept <= self._oldest_seq:
-            return
-        if oldest_kept - self._oldest_seq > len(self._frames):  # a jump in seq: rebuild once
-            self._frames = {seq: pcm for seq, pcm in self._frames.items() if seq >= oldest_kept}
-        else:
-            for seq in range(self._oldest_seq, oldest_kept):
-                self._frames.pop(seq, None)
-        self._oldest_seq = oldest_kept
+        self.buffer.add(chunk.seq, chunk.pcm)
 
     async def _on_vad(self, env: Envelope) -> None:
         msg = env.message
+        if self.closed:
+            return
         if isinstance(msg, VadSpeechStarted):
-            self._turn_starts[msg.turn_id] = msg.audio_offset_ms
-            while len(self._turn_starts) > _MAX_OPEN_TURNS:
-                del self._turn_starts[next(iter(self._turn_starts))]
-        elif isinstance(msg, VadSpeechEnded) and not self.closed:
-            start_ms = self._turn_starts.pop(msg.turn_id, None)
-            self.tasks.spawn(
-                self._finish_turn(msg, start_ms, time.monotonic()),
-                key=self.call_id,
-                name=f"asr-{msg.turn_id}",
+            self.book.started(msg.turn_id, msg.audio_offset_ms)
+        elif isinstance(msg, VadSpeechPaused):
+            self._paused(msg)
+        elif isinstance(msg, VadSpeechResumed):
+            job = self._jobs.get(msg.turn_id)
+            if job is not None and job.ended is None:
+                self._discard(job, "resumed")
+        elif isinstance(msg, VadSpeechEnded):
+            self._ended(msg, time.monotonic())
+
+    async def _on_control(self, env: Envelope) -> None:
+        msg = env.message
+        if self.closed or not isinstance(msg, ControlInterrupt) or msg.reason != "continued":
+            return
+        if not msg.by_turn_id:
+            return
+        with bind_call(call_id=self.call_id, turn_id=msg.by_turn_id):
+            span = self.book.continued(msg.turn_id, msg.by_turn_id)
+            job = self._jobs.get(msg.by_turn_id)
+            if span is None:
+                # the continuing turn has not started yet (applied when it does), or the continued
+                # turn is too old to be remembered
+                known = self.book.span(msg.turn_id) is not None
+                MERGES.labels("pending" if known else "unknown_turn").inc()
+                log.info("asr.merge_deferred", continued=msg.turn_id, known=known)
+                return
+            if msg.by_turn_id in self._published and job is None:
+                MERGES.labels("too_late").inc()
+                log.warning("asr.merge_too_late", continued=msg.turn_id)
+                return
+            log.info("asr.merged", continued=msg.turn_id, merged=span.merged, from_ms=span.from_ms)
+            if job is None:
+                MERGES.labels("ahead").inc()
+                return
+            # recognition already began on the shorter audio: start over on the merged span
+            MERGES.labels("restarted").inc()
+            self._discard(job, "merged")
+            restarted = _Job(
+                job.turn_id, job.offset_ms, span.from_ms, job.speech_ms, list(span.merged), job.speculative
             )
+            if job.ended is not None:
+                restarted.end(job.ended, job.received)
+            self._start(restarted)
 
     async def _on_lifecycle(self, env: Envelope) -> None:
         if isinstance(env.message, CallEnded) and not self.closed:
             self._on_call_ended(self.call_id)
 
-    # ---- one turn ---------------------------------------------------------------------------
-    async def _finish_turn(self, ended: VadSpeechEnded, start_ms: int | None, received: float) -> None:
-        with bind_call(call_id=self.call_id, turn_id=ended.turn_id):
-            try:
-                await self._recognize_turn(ended, start_ms, received)
-            except asyncio.CancelledError:
-                SEGMENTS.labels("cancelled").inc()
-                log.info("asr.turn_cancelled")
-                raise
+    # ---- jobs -------------------------------------------------------------------------------
+    def _span(self, turn_id: str, end_ms: int, speech_ms: int) -> tuple[int, list[str]]:
+        """Where the turn's audio starts (a continued turn's start included) and the turns it merges."""
+        span = self.book.span(turn_id)
+        if span is None or span.start_ms > end_ms:
+            return max(0, end_ms - speech_ms), []
+        return span.from_ms, list(span.merged)
 
-    async def _recognize_turn(self, ended: VadSpeechEnded, start_ms: int | None, received: float) -> None:
+    def _paused(self, paused: VadSpeechPaused) -> None:
+        job = self._jobs.get(paused.turn_id)
+        if job is not None:
+            if job.ended is not None:
+                return  # a late pause of a turn already over
+            self._discard(job, "paused_again")
+        if not self.options.speculate:
+            return
+        if 0 <= paused.eot_probability < self.options.speculate_min_eot:
+            SPECULATIVE.labels("skipped").inc()
+            return
+        from_ms, merged = self._span(paused.turn_id, paused.audio_offset_ms, paused.speech_ms)
+        self._start(_Job(paused.turn_id, paused.audio_offset_ms, from_ms, paused.speech_ms, merged, True))
+
+    def _ended(self, ended: VadSpeechEnded, received: float) -> None:
+        from_ms, merged = self._span(ended.turn_id, ended.audio_offset_ms, ended.speech_ms)
+        job = self._jobs.get(ended.turn_id)
+        if job is not None and job.ended is None:
+            if job.offset_ms == ended.audio_offset_ms and job.from_ms == from_ms:
+                SPECULATIVE.labels("hit").inc()
+                job.end(ended, received)
+                return
+            self._discard(job, "offset_changed")
+        elif job is not None:
+            log.warning("asr.ended_twice", turn_id=ended.turn_id)
+            self._discard(job, "ended_twice")
+        job = _Job(ended.turn_id, ended.audio_offset_ms, from_ms, ended.speech_ms, merged, False)
+        job.end(ended, received)
+        self._start(job)
+
+    def _start(self, job: _Job) -> None:
+        self._jobs[job.turn_id] = job
+        job.task = self.tasks.spawn(self._run(job), key=self.call_id, name=f"asr-{job.turn_id}")
+        # only speculations wait for an end that may never come; ended turns are always finished
+        waiting = [j for j in self._jobs.values() if j.ended is None]
+        for oldest in waiting[: max(0, len(waiting) - _MAX_OPEN_TURNS)]:
+            log.warning("asr.open_turns_dropped", turn_id=oldest.turn_id)
+            self._discard(oldest, "never_ended")
+
+    def _discard(self, job: _Job, reason: str) -> None:
+        """Drop a job's result unseen: no final; its provider usage is published as cancelled."""
+        if self._jobs.get(job.turn_id) is job:
+            del self._jobs[job.turn_id]
+        if job.speculative and job.ended is None:
+            SPECULATIVE.labels(f"miss_{reason}").inc()
+        log.info("asr.job_discarded", turn_id=job.turn_id, reason=reason, offset_ms=job.offset_ms)
+        if job.task is not None:
+            job.task.cancel()
+
+    async def _run(self, job: _Job) -> None:
+        usage: list[UsageRecord] = []
+        used = False
+        with bind_call(call_id=self.call_id, turn_id=job.turn_id):
+            try:
+                outcome = await self._recognize(job, usage)
+                await job.turn_over.wait()  # a speculative job: until the turn ends at its offset
+                used = True
+                if self._jobs.get(job.turn_id) is job:  # from here on, nothing restarts it
+                    del self._jobs[job.turn_id]
+                await self._publish_outcome(job, outcome)
+            except asyncio.CancelledError:
+                if job.ended is not None:  # a turn's recognition, not a discarded speculation
+                    SEGMENTS.labels("cancelled").inc()
+                    log.info("asr.turn_cancelled")
+                raise
+            finally:
+                if self._jobs.get(job.turn_id) is job:
+                    del self._jobs[job.turn_id]
+                for record in usage:
+                    outcome_name: UsageOutcome = (
+                        record.outcome if used or record.outcome != "ok" else "cancelled"
+                    )
+                    await publish_usage(
+                        self.bus,
+                        self.call_id,
+                        stage="asr",
+                        provider=record.provider,
+                        turn_id=job.turn_id,
+                        audio_ms=record.audio_ms,
+                        outcome=outcome_name,
+                    )
+
+    async def _recognize(self, job: _Job, usage: list[UsageRecord]) -> Outcome:
         opts = self.options
-        end_ms = ended.audio_offset_ms
-        if start_ms is None or start_ms > end_ms:
-            start_ms = max(0, end_ms - ended.speech_ms)
-        too_short = ended.speech_ms < opts.min_speech_ms
+        end_ms = job.offset_ms + opts.post_roll_ms
+        from_ms = max(0, job.from_ms - opts.pre_roll_ms, end_ms - opts.max_segment_ms)
+        too_short = job.speech_ms < opts.min_speech_ms and not job.merged
         if not too_short:
-            await self._wait_for_frames(end_ms)
-        pcm = self._cut(max(0, start_ms - opts.pre_roll_ms), end_ms)
+            await self.buffer.wait_for(end_ms, opts.tail_wait_ms / 1000)
+        pcm = self.buffer.cut(from_ms, end_ms)
         audio_ms = len(pcm) * 1000 // (2 * opts.sample_rate)
         if too_short or audio_ms < opts.min_speech_ms:
-            SEGMENTS.labels("too_short").inc()
-            log.info("asr.segment_too_short", speech_ms=ended.speech_ms, audio_ms=audio_ms)
-            await self._publish_final(ended, "", audio_ms, received, "")
-            return
+            return Outcome(audio_ms, too_short=True)
         if not self.chain:
-            await self._report_error(ended.turn_id, "provider_unavailable", self.provider_problem, False)
+            return Outcome(audio_ms, failure=Failure("provider_unavailable", self.provider_problem, False))
+        log.debug("asr.segment", from_ms=from_ms, to_ms=end_ms, speculative=job.speculative)
+        return await run_chain(self.chain, pcm, opts.sample_rate, opts.language, usage)
+
+    async def _publish_outcome(self, job: _Job, outcome: Outcome) -> None:
+        ended = job.ended
+        assert ended is not None
+        self._published[job.turn_id] = None
+        while len(self._published) > _MAX_PUBLISHED:
+            self._published.popitem(last=False)
+        if outcome.too_short:
+            SEGMENTS.labels("too_short").inc()
+            log.info("asr.segment_too_short", speech_ms=ended.speech_ms, audio_ms=outcome.audio_ms)
+            await self._publish_final(job, "", outcome.audio_ms, "")
+        elif outcome.failure is not None:
             SEGMENTS.labels("error").inc()
-            return
-        failures: list[_Failure] = []
-        for position, provider in enumerate(self.chain):
-            if position:
-                FALLBACKS.labels(self.chain[position - 1].name, provider.name).inc()
-                log.warning(
-                    "asr.fallback",
-                    from_provider=self.chain[position - 1].name,
-                    to_provider=provider.name,
-                    kind=failures[-1].kind,
-                )
-            finals: list[Transcript] = []
-            started = time.monotonic()
-            failure = await self._attempt(provider, pcm, finals, ended.turn_id)
-            if failure is not None:
-                failures.append(failure)
-                if not any(t.text for t in finals):
-                    continue
-                # this provider already heard words of the turn: keep them, do not transcribe it twice
-                log.warning("asr.final_kept_after_failure", provider=provider.name, kind=failure.kind)
-            transcript = joined(finals)
-            inference_ms = (time.monotonic() - started) * 1000
-            INFERENCE_MS.labels(provider.name).observe(inference_ms)
-            REAL_TIME_FACTOR.labels(provider.name).observe(inference_ms / max(audio_ms, 1))
-            SEGMENTS.labels("text" if transcript.text else "empty").inc()
-            language = transcript.language or opts.language.split("-")[0]
+            failure = outcome.failure
+            await self._report_error(job.turn_id, failure.kind, failure.detail, failure.retryable)
+        else:
+            SEGMENTS.labels("text" if outcome.text else "empty").inc()
             await self._publish_final(
-                ended, transcript.text, audio_ms, received, language, inference_ms, provider.name
+                job, outcome.text, outcome.audio_ms, outcome.language, outcome.inference_ms, outcome.provider
             )
-            return
-        SEGMENTS.labels("error").inc()
-        last = failures[-1]
-        detail = "; ".join(f.detail for f in failures)
-        # another attempt may help when any provider of the chain failed for a passing reason
-        await self._report_error(ended.turn_id, last.kind, detail, any(f.retryable for f in failures))
-
-    async def _attempt(
-        self, provider: AsrProvider, pcm: bytes, finals: list[Transcript], turn_id: str
-    ) -> _Failure | None:
-        """One provider on one segment; finals land in ``finals`` as they arrive. None: it finished.
-
-        Whatever the ending (cancellation included), the audio the provider took is published as its
-        ``provider.usage``.
-        """
-        opts = self.options
-        sent: list[int] = []
-        ending: BaseException | None = None
-        try:
-            await recognize(provider, pcm, opts.sample_rate, opts.language, finals, sent)
-        except ProviderError as exc:
-            ending = exc
-            metrics.PROVIDER_ERRORS.labels(SERVICE, provider.name, exc.kind).inc()
-            log.warning("asr.provider_failed", provider=provider.name, kind=exc.kind, retryable=exc.retryable)
-            return _Failure(exc.kind, str(exc), exc.retryable)
-        except Exception as exc:
-            ending = exc
-            # a provider bug must not silence the robot either: the next provider gets the segment
-            metrics.PROVIDER_ERRORS.labels(SERVICE, provider.name, "internal").inc()
-            log.exception("asr.provider_crashed", provider=provider.name)
-            return _Failure("internal", f"{provider.name}: {type(exc).__name__}", False)
-        except BaseException as exc:  # cancelled (barge-in, call end, drain): counted, then re-raised
-            ending = exc
-            raise
-        finally:
-            await publish_usage(
-                self.bus,
-                self.call_id,
-                stage="asr",
-                provider=provider.name,
-                turn_id=turn_id,
-                audio_ms=sum(sent) * 1000 // (2 * opts.sample_rate),
-                outcome=outcome_of(ending),
-            )
-        return None
-
-    async def _wait_for_frames(self, end_ms: int) -> None:
-        """Until a frame at or past ``end_ms`` is buffered, or ``tail_wait_ms`` has passed."""
-        deadline = time.monotonic() + self.options.tail_wait_ms / 1000
-        while self._max_seq * FRAME_MS < end_ms:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.debug("asr.tail_wait_expired", end_ms=end_ms, last_offset_ms=self._max_seq * FRAME_MS)
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._frame_arrived.wait(), remaining)
 
     def _cut(self, from_ms: int, to_ms: int) -> bytes:
-        """PCM of [from_ms, to_ms) from the buffer; frames lost inside the span become silence."""
-        if not self._frames:
-            return b""
-        first = max(from_ms // FRAME_MS, min(self._frames))
-        last = min(math.ceil(to_ms / FRAME_MS) - 1, self._max_seq)
-        silence = bytes(self._frame_bytes)
-        return b"".join(self._frames.get(seq, silence) for seq in range(first, last + 1))
+        return self.buffer.cut(from_ms, to_ms)
 
     async def _publish_final(
         self,
-        ended: VadSpeechEnded,
+        job: _Job,
         text: str,
         audio_ms: int,
-        received: float,
         language: str,
         inference_ms: float = 0.0,
         provider: str = "",
     ) -> None:
+        ended = job.ended
+        assert ended is not None
         provider = provider or self.provider_name
-        processing_ms = int((time.monotonic() - received) * 1000)
+        processing_ms = int((time.monotonic() - job.received) * 1000)
         final = AsrFinal(
             call_id=self.call_id,
             turn_id=ended.turn_id,
@@ -348,6 +369,7 @@ class AsrSession:
             speech_end_ts_ms=ended.ts_ms,
             processing_ms=processing_ms,
             provider=provider,
+            merged=list(job.merged),
         )
         await self.bus.publish(subjects.asr(self.call_id), final)
         metrics.STAGE_LATENCY.labels(SERVICE, "asr").observe(processing_ms)
@@ -358,6 +380,8 @@ class AsrSession:
             inference_ms=round(inference_ms),
             empty=not text,
             provider=provider,
+            speculative=job.speculative,
+            merged=job.merged,
             since_speech_end_ms=now_ms() - ended.ts_ms,
             pii_text=text,
         )

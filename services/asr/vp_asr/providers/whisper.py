@@ -4,6 +4,11 @@ Whisper is not streaming: the provider collects the segment, then yields one fin
 Decoding runs in a worker thread behind a per-loop semaphore of one (2 cores: two parallel decodes
 would each take twice as long). A cancelled caller gets ``CancelledError`` at once; the thread cannot
 be interrupted, so it keeps the semaphore until it ends and its result is thrown away.
+
+Phone audio (8 kHz) is brought to whisper's 16 kHz by a polyphase resampler (soxr, high quality): a
+linear interpolator leaves images of the speech band above 4 kHz that whisper hears as hiss.
+The robot's vocabulary goes to whisper as ``hotwords`` (a prompt the decoder is conditioned on).
+Whisper's well-known "video subtitle" phrases on noise or silence are dropped as hallucinations.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import soxr
 import structlog
 
-from voiceplatform.audio import pcm_to_array, resample
+from voiceplatform.audio import pcm_to_array
 from voiceplatform.config import AsrConfig
 from voiceplatform.providers import ProviderError, ProviderProtocolError, Transcript
 from vp_asr.metrics import HALLUCINATIONS_DROPPED
@@ -33,7 +39,27 @@ log = structlog.get_logger("vp_asr.whisper")
 
 WHISPER_RATE = 16000
 COMPRESSION_RATIO_LIMIT = 2.4
+# measured: a prompt echo over noise or silence has a no-speech probability of 0.35-0.65, real
+# speech under 0.1; both conditions are needed to drop a transcript made only of vocabulary terms
+PROMPT_ECHO_NO_SPEECH = 0.2
 _WORD = re.compile(r"\w+")
+# what whisper says over noise, music or silence (subtitle credits of its training videos), matched
+# against the whole normalized transcript: a caller's "спасибо" alone is kept
+_HALLUCINATED = re.compile(
+    r"^(?:"
+    r"продолжение следует"
+    r"|субтитры (?:сделал|создавал|делал|подготовил|подогнал)\b.*"
+    r"|редактор субтитров\b.*"
+    r"|корректор\b.*"
+    r"|спасибо за (?:просмотр|внимание)"
+    r"|благодарю за (?:просмотр|внимание)"
+    r"|подписывайтесь на (?:канал|наш канал)\b.*"
+    r"|ставьте лайки\b.*"
+    r"|до новых встреч"
+    r"|(?:\w+ )?музыка"
+    r"|аплодисменты"
+    r")$"
+)
 
 _decode_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
@@ -69,6 +95,53 @@ def is_repeat_loop(text: str) -> bool:
     return False
 
 
+def _normalized(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower().replace("ё", "е")))
+
+
+def is_hallucination(text: str) -> bool:
+    """A transcript made only of whisper's stock phrases (one or several of them)."""
+    if _HALLUCINATED.match(_normalized(text)):  # one phrase (its initials may hold dots)
+        return True
+    parts = [_normalized(p) for p in re.split(r"[.!?…]+(?:\s+|$)|\n+", text)]
+    parts = [p for p in parts if p]
+    return bool(parts) and all(_HALLUCINATED.match(p) for p in parts)
+
+
+def echoes_vocabulary(text: str, terms: list[str]) -> bool:
+    """The transcript is only words of the hotword prompt read back (the last one maybe cut short):
+    what whisper makes of noise or silence when it is given hotwords. Alone this would also match a
+    caller who said just a product name, so the provider checks the no-speech probability too."""
+    words = _normalized(text).split()
+    known = {w for term in terms for w in _normalized(term).split()}
+    if not words or not known:
+        return False
+    *head, last = words
+    return all(w in known for w in head) and (
+        last in known or (len(last) >= 3 and any(k.startswith(last) for k in known))
+    )
+
+
+def to_whisper_rate(samples: npt.NDArray[np.int16], sample_rate: int) -> npt.NDArray[np.float32]:
+    """int16 PCM at ``sample_rate`` to float32 at 16 kHz in [-1, 1)."""
+    audio = samples.astype(np.float32) / 32768.0
+    if sample_rate == WHISPER_RATE or audio.size == 0:
+        return audio
+    result: npt.NDArray[np.float32] = soxr.resample(audio, sample_rate, WHISPER_RATE, quality="HQ")
+    return result.astype(np.float32, copy=False)
+
+
+def hotwords(terms: list[str], limit: int = 60) -> str | None:
+    """The vocabulary as one hotword prompt; the first terms win when it is long (whisper's prompt
+    has room for about 220 tokens and a long one costs decode time on every segment)."""
+    words: list[str] = []
+    for term in terms:
+        term = " ".join(term.split())
+        if term and term not in words:
+            words.append(term)
+    return ", ".join(words[:limit]) or None
+
+
 @dataclass(frozen=True, slots=True)
 class _Decoded:
     text: str
@@ -85,6 +158,8 @@ class WhisperAsr:
         cfg = config or AsrConfig()
         self.beam_size = cfg.beam_size
         self.max_new_tokens = cfg.max_new_tokens
+        self.vocabulary = list(cfg.vocabulary)
+        self.hotwords = hotwords(cfg.vocabulary)
         self._model = model
 
     @classmethod
@@ -104,9 +179,8 @@ class WhisperAsr:
         pcm = b"".join([chunk async for chunk in audio])
         if len(pcm) % 2:
             raise ProviderProtocolError(self.name, "odd PCM byte count")
-        samples = resample(pcm_to_array(pcm), sample_rate, WHISPER_RATE)
         lang = whisper_language(language)
-        decoded = await self._transcribe(samples.astype(np.float32) / 32768.0, lang)
+        decoded = await self._transcribe(to_whisper_rate(pcm_to_array(pcm), sample_rate), lang)
         if decoded.dropped:
             HALLUCINATIONS_DROPPED.labels(self.name, decoded.dropped).inc()
             log.info("asr.hallucination_dropped", reason=decoded.dropped, pii_text=decoded.text)
@@ -156,17 +230,24 @@ class WhisperAsr:
             "max_new_tokens": self.max_new_tokens,
             "vad_filter": False,  # our VAD already bounded the segment
             "without_timestamps": True,
+            "hotwords": self.hotwords,
         }
         segments, _info = model.transcribe(audio, **options)
         texts: list[str] = []
+        no_speech = 0.0
         for segment in segments:  # decoding happens lazily while iterating
             if cancelled.is_set():
                 return _Decoded("", "cancelled")
             if segment.compression_ratio > COMPRESSION_RATIO_LIMIT:
                 return _Decoded(segment.text.strip(), "compression_ratio")
+            no_speech = max(no_speech, segment.no_speech_prob)
             if segment.text.strip():
                 texts.append(segment.text.strip())
         text = " ".join(texts)
         if is_repeat_loop(text):
             return _Decoded(text, "repeat_loop")
+        if is_hallucination(text):
+            return _Decoded(text, "stock_phrase")
+        if no_speech >= PROMPT_ECHO_NO_SPEECH and echoes_vocabulary(text, self.vocabulary):
+            return _Decoded(text, "prompt_echo")
         return _Decoded(text)
