@@ -89,3 +89,11 @@ def http_get(url: str) -> tuple[int, bytes]:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def turns_summary(turns: list[dict]) -> list[tuple[str, str, str, object]]:
+    """Each turn as (turn id tail, outcome, what the caller said, voice-to-voice ms): for messages."""
+    return [
+        (str(t["turn_id"])[-7:], t.get("outcome", ""), t.get("user_text", ""), t.get("voice_to_voice_ms"))
+        for t in turns
+    ]

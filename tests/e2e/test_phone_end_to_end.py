@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.audio_fixtures import festival_available, utterance
+from tests.e2e.conftest import turns_summary
 from tests.e2e.test_call_end_to_end import stored
 from voiceplatform import subjects
 from voiceplatform.audio import rms
@@ -76,7 +77,9 @@ async def test_phone_call_greeting_reply_hangup_and_record(platform, postgres_ds
 
 
 async def test_phone_barge_in_breaks_playback_within_100_ms(platform, postgres_dsn, redis_url):
-    first = utterance("Здравствуйте! Расскажите, что вы продаёте?", rate=PHONE_RATE)
+    # a question with a long reply: gateway-fs sends robot audio ahead of what FreeSWITCH has
+    # played, so the caller must speak while the gateway still has the reply to send
+    first = utterance("Расскажите, что вы продаёте?", rate=PHONE_RATE)
     over = utterance("Подождите, подождите, у меня вопрос про доставку.", rate=PHONE_RATE)
     caller = np.concatenate([silence(3.5), first, silence(0.5)])
     bus, starts = await speech_starts(platform)
@@ -88,15 +91,14 @@ async def test_phone_barge_in_breaks_playback_within_100_ms(platform, postgres_d
             esl_port=platform.esl_port,
             esl_password=platform.esl_password,
             tail_s=25,
-            # speak over the reply once it has played 1.5 s: a barge-in, not a continuation
-            over_reply=(np.concatenate([over, silence(1.0)]), 1.5),
+            # speak over the reply once it has played 1.2 s: a barge-in, not a continuation
+            over_reply=(np.concatenate([over, silence(1.0)]), 1.2),
         )
     finally:
         await bus.close()
-    interrupted = [t for t in result.turns if t["interrupted"]]
-    assert interrupted, (result.turns, platform.logs_text())
+    interrupted = [t for t in result.turns if t.get("outcome") == "cut"]  # a barge-in, not a continuation
+    assert interrupted, (turns_summary(result.turns), platform.logs_text())
     assert result.flushes, "gateway-fs never sent uuid_break"
-    assert interrupted[0].get("outcome") == "cut", interrupted  # a barge-in, not a continuation
     _row, turns, *_ = await stored(postgres_dsn, redis_url, result.call_id)
     cut = [t for t in turns if t["interrupted"]]
     assert cut and cut[0]["played_text"] != cut[0]["bot_text"]

@@ -580,3 +580,43 @@ async def test_a_late_stage_event_neither_reorders_nor_overwrites_the_history(
         ("user", "t2", "сколько стоит"),
         ("assistant", "t2", "Сто рублей."),
     ]
+
+
+async def test_a_continued_turn_is_no_turn_of_its_own_and_no_barge_in(
+    gateway_bus: NatsBus, js_nats_url: str, recorder: RecorderService, pg: asyncpg.Connection
+) -> None:
+    call_id = new_call_id()
+    lc = subjects.lifecycle(call_id)
+    await play(
+        gateway_bus,
+        [
+            (lc, CallStarted(call_id=call_id, robot="bot", channel="web", sample_rate=16000, ts_ms=T0)),
+            (subjects.asr(call_id), AsrFinal(call_id=call_id, turn_id="t1", text="скажите", ts_ms=T0 + 10)),
+            (
+                subjects.control(call_id),
+                ControlInterrupt(
+                    call_id=call_id, turn_id="t1", by_turn_id="t2", reason="continued", ts_ms=T0 + 20
+                ),
+            ),
+            (
+                subjects.asr(call_id),
+                AsrFinal(
+                    call_id=call_id, turn_id="t2", text="скажите сколько стоит", merged=["t1"], ts_ms=T0 + 30
+                ),
+            ),
+            (
+                lc,
+                TurnMetrics(call_id=call_id, turn_id="t2", user_text="скажите сколько стоит", ts_ms=T0 + 40),
+            ),
+            # a stage's late word about the merged turn does not bring it back
+            (
+                subjects.llm_done(call_id),
+                LlmDone(call_id=call_id, turn_id="t1", text="", sentences=0, ts_ms=T0 + 50),
+            ),
+        ],
+    )
+    await settle(recorder, js_nats_url, 6)
+    rows = await pg.fetch("SELECT turn_id FROM call_turns WHERE call_id = $1", call_id)
+    assert [r["turn_id"] for r in rows] == ["t2"]
+    call = await pg.fetchrow("SELECT turns, barge_ins FROM calls WHERE call_id = $1", call_id)
+    assert (call["turns"], call["barge_ins"]) == (1, 0)

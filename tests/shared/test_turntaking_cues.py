@@ -18,13 +18,16 @@ def test_finished_utterances(text: str) -> None:
     assert not ends_incomplete(text)
 
 
-@pytest.mark.parametrize("text", ["Угу", "ага.", "Да-да", "мм", "ага, понятно", "Да, да, конечно."])
+@pytest.mark.parametrize(
+    "text", ["Угу", "ага.", "Да-да", "мм", "ага, понятно", "Да, да, конечно.", "Адга?", "Уху."]
+)
 def test_backchannels(text: str) -> None:
     assert is_backchannel(text)
 
 
 @pytest.mark.parametrize(
-    "text", ["", "нет", "Стоп", "Да, я хочу заказать корм", "подождите", "угу а сколько стоит доставка"]
+    "text",
+    ["", "нет", "Стоп", "Да, я хочу заказать корм", "подождите", "угу а сколько стоит доставка", "до", "ого"],
 )
 def test_not_backchannels(text: str) -> None:
     assert not is_backchannel(text)

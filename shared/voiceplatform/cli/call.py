@@ -62,6 +62,7 @@ class CallResult:
     break_times: list[float] = field(default_factory=list)  # phone: uuid_break arrivals, monotonic
     end_reason: str = ""
     greeting_first_audio_s: float | None = None
+    continued: list[str] = field(default_factory=list)  # turns merged into a later utterance
 
 
 async def place_call(
@@ -95,8 +96,7 @@ async def place_call(
                         result.audio_starts.append(now)
                         if result.greeting_first_audio_s is None:
                             result.greeting_first_audio_s = now
-                    if replying and reply_audio_since < 0:
-                        reply_audio_since = now
+                        reply_audio_since = now if replying else -1.0  # playing without a break since
                     last_audio_at = now
                     result.robot_audio += message
                     continue
@@ -113,6 +113,10 @@ async def place_call(
                 elif kind == "turn.metrics":
                     pending_utterances -= 1
                     result.turns.append(event)
+                elif kind == "turn.cancelled" and event.get("reason") == "continued":
+                    result.continued.append(str(event.get("turn_id", "")))
+                    if not any(t.get("turn_id") == event.get("turn_id") for t in result.turns):
+                        pending_utterances -= 1  # merged into a later utterance, answered there
                 elif kind == "bot.sentence" and not str(event.get("turn_id", "")).endswith("-greeting"):
                     replying = True
                 elif kind == "playback.flush":
@@ -142,8 +146,9 @@ async def place_call(
         if over_reply is not None:
             deadline = time.monotonic() + tail_s
             while not receiver.done() and time.monotonic() < deadline:
-                heard_for = time.monotonic() - t0 - reply_audio_since
-                if reply_audio_since >= 0 and heard_for >= over_reply[1]:
+                now = time.monotonic() - t0
+                playing = now - last_audio_at < 0.1
+                if playing and reply_audio_since >= 0 and now - reply_audio_since >= over_reply[1]:
                     break
                 await send(silence)
             for frame in frames(over_reply[0], FRAME):
@@ -316,10 +321,13 @@ async def _until_reply_heard_for(
             e.get("type") == "bot.sentence" and not str(e.get("turn_id", "")).endswith("-greeting")
             for e in tracker.events
         )
-        if replying and tracker.robot_idle_for() == 0.0:
+        # FreeSWITCH plays a reply as a queue of short files: a gap between two is still the reply
+        if replying and tracker.robot_idle_for() < 0.25:
             playing_since = playing_since or time.monotonic()
             if time.monotonic() - playing_since >= delay_s:
                 return
+        else:
+            playing_since = None  # a cut reply does not count: wait for one that keeps playing
         await call.stream_silence(0.02)
 
 
@@ -350,6 +358,13 @@ class _PhoneTracker:
                 self.pending += 1
             elif (kind == "asr.final" and not str(event.get("text", "")).strip()) or kind == "turn.metrics":
                 self.pending -= 1
+            elif kind == "turn.cancelled" and event.get("reason") == "continued":
+                reported = any(
+                    e.get("type") == "turn.metrics" and e.get("turn_id") == event.get("turn_id")
+                    for e in self.events
+                )
+                if not reported:
+                    self.pending -= 1  # merged into a later utterance, answered there
 
     def robot_idle_for(self) -> float:
         plays = self.call.plays
@@ -365,6 +380,8 @@ class _PhoneTracker:
                 result.call_id = str(event.get("call_id", ""))
             elif event.get("type") == "turn.metrics":
                 result.turns.append(event)
+            elif event.get("type") == "turn.cancelled" and event.get("reason") == "continued":
+                result.continued.append(str(event.get("turn_id", "")))
             elif event.get("type") == "call.ended":
                 result.end_reason = str(event.get("reason", ""))
         last_stop: float | None = None

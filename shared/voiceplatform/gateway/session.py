@@ -317,28 +317,37 @@ class CallSession:
         return turn is None or turn.may_play(now_ms())
 
     async def _playout_loop(self) -> None:
+        """Send robot frames paced at real time, at most ``lead_frames`` ahead of the clock.
+
+        The schedule survives an underrun (a streaming voice delivers a sentence in chunks): after
+        one the loop may catch up to the lead again, never further, so what was sent stays close to
+        what was heard. A new turn, or a paused or held one, starts a fresh schedule.
+        """
         next_t: float | None = None
         playing: str | None = None
+        lead_s = self.lead_frames * FRAME_S
         with bind_call(call_id=self.call_id):
             while not self.ended:
-                item = self.playout.next_frame() if self._may_play_front() else None
+                item: tuple[str, bytes] | None = None
+                if self._may_play_front():
+                    item = self.playout.next_frame()
+                else:
+                    playing, next_t = None, None  # the caller's side was flushed, or got nothing yet
                 await self._complete_finished()
                 if item is None:
-                    next_t = None
-                    playing = None
                     self._audio_ready.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._audio_ready.wait(), timeout=0.05)
                     continue
                 turn_id, frame = item
                 if turn_id != playing:
-                    playing = turn_id
+                    playing, next_t = turn_id, None
                     await self._first_frame(turn_id)
                 await self.sink.send_audio(frame)
                 now = time.monotonic()
                 self.keeper.quiet_since = now
-                if next_t is None:
-                    next_t = now - self.lead_frames * FRAME_S
+                if next_t is None or next_t < now - lead_s:
+                    next_t = now - lead_s
                 next_t += FRAME_S
                 if next_t > now:
                     await asyncio.sleep(next_t - now)
@@ -346,7 +355,9 @@ class CallSession:
     async def _first_frame(self, turn_id: str) -> None:
         turn = self.turns.get(turn_id)
         ts = now_ms()
-        if turn is not None and not turn.first_played_ts_ms:
+        if turn is not None and turn.first_played_ts_ms:
+            return  # resumed after a pause: the turn's playback started long ago
+        if turn is not None:
             turn.first_played_ts_ms = ts
             if turn.state is TurnState.THINKING:
                 turn.advance(TurnState.SPEAKING)

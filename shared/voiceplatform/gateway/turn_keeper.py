@@ -211,9 +211,12 @@ class TurnKeeper:
             played_ms=turn.played_ms,
         )
         await self.sink.send_event({"type": "turn.cancelled", "turn_id": cut.turn_id, "reason": cut.reason})
-        # a caller turn is on record once its utterance ended (a continued one too: its outcome says
-        # where its words went); one cut while still listening never reached the dialogue
-        if turn.kind is not TurnKind.CALLER or turn.speech_end_ts_ms or turn.expects_reply or was_heard:
+        # a caller turn is on record once its utterance ended, except a continued one the caller
+        # never heard a word of: its words are the next turn's (that turn's asr.final lists it in
+        # ``merged``); one cut while still listening never reached the dialogue
+        merged_unheard = cut.reason == "continued" and not was_heard
+        on_record = turn.speech_end_ts_ms or turn.expects_reply or was_heard
+        if turn.kind is not TurnKind.CALLER or (on_record and not merged_unheard):
             await self.report(turn)
 
     async def pause(self, pause: Pause) -> None:

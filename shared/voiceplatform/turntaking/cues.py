@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from rapidfuzz.distance import Levenshtein
+
 _WORD = re.compile(r"[а-яёa-z0-9]+(?:-[а-яёa-z0-9]+)*", re.IGNORECASE)
 
 # words after which a Russian sentence cannot end (conjunctions, prepositions, particles that
@@ -155,6 +157,7 @@ _BACKCHANNEL_WORDS = frozenset(
         "верно",
     ]
 )
+_LONG_BACKCHANNEL_WORDS = tuple(w for w in _BACKCHANNEL_WORDS if len(w) >= 3)
 # longest backchannel we accept, in words: "да да понятно" yes, a real sentence no
 _BACKCHANNEL_MAX_WORDS = 3
 
@@ -179,7 +182,20 @@ def ends_incomplete(text: str) -> bool:
     return bool(tail) and tail[-1] in _INCOMPLETE_LAST
 
 
+def _feedback_word(word: str) -> bool:
+    """A backchannel word, or one letter away from one: a recognizer hears a short, quiet "ага" as
+    "адга" or "угу" as "уху" (words of three letters or more only, so "да"/"до" stay apart)."""
+    if word in _BACKCHANNEL_WORDS:
+        return True
+    if len(word) < 3:
+        return False
+    return any(
+        len(known) >= 3 and Levenshtein.distance(word, known, score_cutoff=1) <= 1
+        for known in _BACKCHANNEL_WORDS
+    )
+
+
 def is_backchannel(text: str) -> bool:
     """True when every word is listener feedback and there are only a few of them."""
     found = words(text)
-    return 0 < len(found) <= _BACKCHANNEL_MAX_WORDS and all(w in _BACKCHANNEL_WORDS for w in found)
+    return 0 < len(found) <= _BACKCHANNEL_MAX_WORDS and all(_feedback_word(w) for w in found)

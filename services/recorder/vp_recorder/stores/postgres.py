@@ -18,7 +18,7 @@ import asyncpg
 import msgspec
 
 from voiceplatform.turn_figures import turn_figures
-from voiceplatform.wire import AsrFinal, CallEnded, CallStarted, LlmDone, TurnMetrics
+from voiceplatform.wire import AsrFinal, CallEnded, CallStarted, ControlInterrupt, LlmDone, TurnMetrics
 from vp_recorder.directory import record_caller, sync_scenarios
 from vp_recorder.events import ms_to_datetime
 from vp_recorder.migrate import apply_migrations
@@ -73,18 +73,32 @@ ON CONFLICT (call_id, turn_id) DO UPDATE SET
     tts_latency_ms = EXCLUDED.tts_latency_ms
 """
 
+# a caller turn the gateway merged into a later one (control.interrupt reason "continued") before
+# the caller heard any reply is no turn of its own: its words are in the later turn's transcript
+_MERGED_AWAY = """
+    EXISTS (SELECT 1 FROM call_events e WHERE e.call_id = $1 AND e.turn_id = $2
+            AND e.type = 'control.interrupt' AND e.data->>'reason' = 'continued')
+    AND NOT EXISTS (SELECT 1 FROM call_events e WHERE e.call_id = $1 AND e.turn_id = $2
+                    AND e.type = 'turn.metrics')
+"""
+
 # providers and usage come from the stages themselves, possibly before the gateway's account
-_UPSERT_TURN_LLM = """
+_UPSERT_TURN_LLM = f"""
 INSERT INTO call_turns (call_id, turn_id, llm_provider, prompt_tokens, completion_tokens)
-VALUES ($1, $2, $3, $4, $5)
+SELECT $1::text, $2::text, $3::text, $4::integer, $5::integer WHERE NOT ({_MERGED_AWAY})
 ON CONFLICT (call_id, turn_id) DO UPDATE SET
     llm_provider = EXCLUDED.llm_provider, prompt_tokens = EXCLUDED.prompt_tokens,
     completion_tokens = EXCLUDED.completion_tokens
 """
 
-_UPSERT_TURN_ASR = """
-INSERT INTO call_turns (call_id, turn_id, asr_provider) VALUES ($1, $2, $3)
+_UPSERT_TURN_ASR = f"""
+INSERT INTO call_turns (call_id, turn_id, asr_provider)
+SELECT $1::text, $2::text, $3::text WHERE NOT ({_MERGED_AWAY})
 ON CONFLICT (call_id, turn_id) DO UPDATE SET asr_provider = EXCLUDED.asr_provider
+"""
+
+_DELETE_MERGED_AWAY = f"""
+DELETE FROM call_turns WHERE call_id = $1 AND turn_id = $2 AND {_MERGED_AWAY}
 """
 
 _REFRESH_CALL = """
@@ -93,7 +107,8 @@ UPDATE calls c SET
              WHERE e.call_id = c.call_id AND e.type = 'turn.metrics'),
     barge_ins = (SELECT count(DISTINCT e.turn_id) FROM call_events e
                  WHERE e.call_id = c.call_id AND e.type = 'control.interrupt'
-                   AND e.data->>'by_turn_id' <> ''),
+                   AND e.data->>'by_turn_id' <> ''
+                   AND COALESCE(e.data->>'reason', 'barge_in') = 'barge_in'),
     errors = (SELECT count(*) FROM call_events e WHERE e.call_id = c.call_id AND e.type = 'stage.error'),
     last_prompt = COALESCE((SELECT e.data->>'to_prompt' FROM call_events e
                             WHERE e.call_id = c.call_id AND e.type = 'prompt.switched'
@@ -228,6 +243,8 @@ class PostgresStore:
             )
         elif isinstance(msg, AsrFinal):
             await conn.execute(_UPSERT_TURN_ASR, msg.call_id, msg.turn_id, msg.provider)
+        elif isinstance(msg, ControlInterrupt) and msg.reason == "continued":
+            await conn.execute(_DELETE_MERGED_AWAY, msg.call_id, msg.turn_id)
 
 
 def _earliest(events: Sequence[StoredEvent]) -> dict[str, int]:
