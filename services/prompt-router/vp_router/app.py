@@ -271,17 +271,8 @@ class RouterService:
                 )
             await self._publish(
                 subjects.llm_request(msg.call_id),
-                LlmRequest(
-                    call_id=msg.call_id,
-                    turn_id=msg.turn_id,
-                    robot=robot.name,
-                    prompt_id=state.prompt_id,
-                    system_prompt=robot.prompt_text(state.prompt_id),
-                    history=history,
-                    user_text=msg.text,
-                    sample_rate=state.sample_rate,
-                    speech_end_ts_ms=msg.speech_end_ts_ms,
-                    dialog_state=state.script_state,
+                llm_request(
+                    state, robot, msg.turn_id, history, msg.text, speech_end_ts_ms=msg.speech_end_ts_ms
                 ),
             )
             elapsed_ms = (time.perf_counter() - received) * 1000
@@ -358,18 +349,7 @@ class RouterService:
             history = [m for m in state.history if m.content][-self.settings.history_limit :]
             await self._publish(
                 subjects.llm_request(msg.call_id),
-                LlmRequest(
-                    call_id=msg.call_id,
-                    turn_id=msg.turn_id,
-                    robot=robot.name,
-                    prompt_id=state.prompt_id,
-                    system_prompt=robot.prompt_text(state.prompt_id),
-                    history=history,
-                    user_text="",
-                    sample_rate=state.sample_rate,
-                    dialog_state=state.script_state,
-                    event="no_input",
-                ),
+                llm_request(state, robot, msg.turn_id, history, "", event="no_input"),
             )
             log.info("router.no_input", count=msg.count, silence_ms=msg.silence_ms, prompt_id=state.prompt_id)
 
@@ -390,6 +370,32 @@ class RouterService:
                 log.info("router.no_dialog_state", on=event)
                 return
             log.info(event, outcome=saved[1], turns=saved[0].turns)
+
+
+def llm_request(
+    state: DialogState,
+    robot: RobotConfig,
+    turn_id: str,
+    history: list[ChatMessage],
+    user_text: str,
+    *,
+    speech_end_ts_ms: int = 0,
+    event: str = "",
+) -> LlmRequest:
+    """The bot turn to generate, from the call's dialogue state (the active prompt, the script state)."""
+    return LlmRequest(
+        call_id=state.call_id,
+        turn_id=turn_id,
+        robot=robot.name,
+        prompt_id=state.prompt_id,
+        system_prompt=robot.prompt_text(state.prompt_id),
+        history=history,
+        user_text=user_text,
+        sample_rate=state.sample_rate,
+        speech_end_ts_ms=speech_end_ts_ms,
+        dialog_state=state.script_state,
+        event=event,
+    )
 
 
 def build() -> tuple[RouterService, RouterSettings]:
