@@ -39,10 +39,23 @@ def test_new_turn_long_after_supersedes_a_pending_reply() -> None:
     ]
 
 
-def test_speech_just_after_the_reply_started_is_a_continuation() -> None:
+def test_speech_just_after_the_reply_started_pauses_it_and_going_on_is_a_continuation() -> None:
     x = caller_turn("x", TurnState.SPEAKING, speech_end=T0, played_at=T0 + 600)
     y = Turn("y", speech_start_ts_ms=T0 + 1200)
-    assert policy(continuation_played_ms=1000).on_caller_speech([x], y, T0 + 1200) == [
+    p = policy(continuation_played_ms=1000, backchannel_max_ms=900)
+    assert p.on_caller_speech([x], y, T0 + 1200) == [Pause("x", "y", continues=True)]
+    x.paused_by, x.pause_continues = "y", True
+    assert p.on_caller_speaking([x], y, T0 + 2100) == [Cut("x", "continued", "y")]
+    # "ага" instead: the reply resumes
+    y.advance(TurnState.THINKING)
+    y.user_text = "ага"
+    assert p.on_transcript([x], y) == [Resume("x"), Cut("y", "backchannel")]
+
+
+def test_without_resume_on_backchannel_speech_just_after_the_reply_started_continues_at_once() -> None:
+    x = caller_turn("x", TurnState.SPEAKING, speech_end=T0, played_at=T0 + 600)
+    y = Turn("y", speech_start_ts_ms=T0 + 1200)
+    assert policy(resume_on_backchannel=False).on_caller_speech([x], y, T0 + 1200) == [
         Cut("x", "continued", "y")
     ]
 

@@ -225,6 +225,7 @@ class TurnKeeper:
         if turn is None or not turn.live:
             return
         turn.paused_by = pause.by_turn_id
+        turn.pause_continues = pause.continues
         # what the sink had sent ahead was probably not heard: it plays again on a resume
         ahead_ms = self.ahead_ms
         self.playout.rewind(pause.turn_id, ahead_ms * self.sample_rate // 1000 * 2)

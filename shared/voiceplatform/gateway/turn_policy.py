@@ -10,12 +10,13 @@ When the caller starts speaking (new utterance ``Y``), each live robot turn ``X`
   ``X`` is cut as *continued* and ``Y`` is recognized from ``X``'s start (one utterance, one reply).
   Otherwise ``X`` is *superseded*: a newer caller turn always wins over a reply not yet heard, so
   replies never queue behind stale ones.
-- ``X`` speaking for at most ``continuation_played_ms``, answering a caller utterance: continued too
-  (the caller had only paused).
-- ``X`` speaking longer (or the greeting, a re-prompt): the robot is *paused* at once (as fast as a
-  barge-in) and the decision waits: caller speech past ``backchannel_max_ms``, or a transcript that
-  is more than a backchannel, cuts ``X`` (*barge-in*); a backchannel ("угу") or noise resumes ``X``
-  and ``Y`` leaves the dialogue. Without ``resume_on_backchannel`` the cut is immediate.
+- ``X`` speaking: the robot is *paused* at once (as fast as a barge-in) and the decision waits. A
+  backchannel ("угу") or noise resumes ``X`` and ``Y`` leaves the dialogue. Caller speech past
+  ``backchannel_max_ms`` cuts ``X``: as *continued* when ``X`` answers a caller utterance and had
+  played for at most ``continuation_played_ms`` (the caller had only paused; ``Y`` is still being
+  spoken, so the ASR can still merge it), else as a *barge-in*. A short utterance with real words
+  is a barge-in (its transcript is out: too late to merge). Without ``resume_on_backchannel`` the
+  cut is immediate.
 
 When an utterance's transcript ends unfinished ("... и", "... что", "э-э"), its reply is held for
 ``incomplete_hold_ms`` so a caller who goes on is continued before the robot says anything.
@@ -42,6 +43,8 @@ class Cut:
 class Pause:
     turn_id: str
     by_turn_id: str
+    # the reply had only just started: long speech continues the caller's utterance (not a barge-in)
+    continues: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +88,13 @@ class Policy:
             return Cut(turn.turn_id, "continued" if gap_ok else "superseded", new.turn_id)
         # speaking
         heard_ms = now_ms - turn.first_played_ts_ms if turn.first_played_ts_ms else 0
-        if turn.kind is TurnKind.CALLER and heard_ms <= cfg.continuation_played_ms:
+        just_started = turn.kind is TurnKind.CALLER and heard_ms <= cfg.continuation_played_ms
+        if cfg.resume_on_backchannel and not turn.paused_by and (just_started or self.barge_in):
+            # silent at once; "ага" resumes it, more speech continues or interrupts it
+            return Pause(turn.turn_id, new.turn_id, continues=just_started)
+        if just_started:
             return Cut(turn.turn_id, "continued", new.turn_id)
-        if not self.barge_in:
-            return None
-        if cfg.resume_on_backchannel and not turn.paused_by:
-            return Pause(turn.turn_id, new.turn_id)
-        return Cut(turn.turn_id, "barge_in", new.turn_id)
+        return Cut(turn.turn_id, "barge_in", new.turn_id) if self.barge_in else None
 
     def on_caller_speaking(self, paused: Iterable[Turn], caller: Turn, now_ms: int) -> list[Action]:
         """Checked while ``caller`` keeps speaking over paused turns: long speech is a barge-in."""
@@ -99,7 +102,7 @@ class Policy:
             return []
         if now_ms - caller.speech_start_ts_ms < self.cfg.backchannel_max_ms:
             return []
-        return [Cut(t.turn_id, "barge_in", caller.turn_id) for t in paused]
+        return [Cut(t.turn_id, _long_speech_cut(t), caller.turn_id) for t in paused]
 
     def on_transcript(self, paused: Iterable[Turn], caller: Turn) -> list[Action]:
         """``caller``'s transcript arrived while it pauses ``paused``: backchannel or barge-in."""
@@ -111,14 +114,21 @@ class Policy:
             actions: list[Action] = [Resume(t.turn_id) for t in turns]
             actions.append(Cut(caller.turn_id, "backchannel"))
             return actions
+        # words that came after their own transcript: too late to merge, so a barge-in either way
         return [Cut(t.turn_id, "barge_in", caller.turn_id) for t in turns]
 
     def on_transcript_timeout(self, paused: Iterable[Turn], caller: Turn) -> list[Action]:
-        """No transcript in time: never leave the robot silent, treat it as a barge-in."""
-        return [Cut(t.turn_id, "barge_in", caller.turn_id) for t in paused]
+        """No transcript in time: never leave the robot silent, treat it as more than a backchannel."""
+        return [Cut(t.turn_id, _long_speech_cut(t), caller.turn_id) for t in paused]
 
     def hold_ms(self, text: str) -> int:
         """How long the reply to an utterance with this transcript waits for the caller to go on."""
         if self.realtime or not text.strip():
             return 0
         return self.cfg.incomplete_hold_ms if ends_incomplete(text) else 0
+
+
+def _long_speech_cut(turn: Turn) -> str:
+    """Speech that is more than a backchannel over a paused reply: the caller going on with the
+    utterance the reply had just started to answer, or a barge-in."""
+    return "continued" if turn.pause_continues else "barge_in"

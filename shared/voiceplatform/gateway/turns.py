@@ -73,6 +73,8 @@ class Turn:
     expects_reply: bool = False
     # the caller turn whose speech paused this reply (a barge-in not yet confirmed), else ""
     paused_by: str = ""
+    # that pause came just after the reply started: long speech continues the utterance
+    pause_continues: bool = False
     # wall-clock ms before which the reply must not start (the utterance ended unfinished)
     hold_until_ms: int = 0
     hangup_after: bool = False
