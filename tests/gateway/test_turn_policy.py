@@ -156,3 +156,10 @@ def test_table_forgets_old_final_turns_but_keeps_live_ones() -> None:
         done.advance(TurnState.DONE, "played")
         table.add(done)
     assert table.get("live") is live and table.get("d4") is not None and table.get("d0") is None
+
+
+def test_a_caller_who_stopped_inside_the_turn_is_judged_by_words_not_by_the_timer() -> None:
+    x = caller_turn("x", TurnState.SPEAKING, played_at=T0)
+    y = Turn("y", speech_start_ts_ms=T0 + 100)
+    y.speech_paused = True  # "ага", then silence the VAD has not yet called the end of the turn
+    assert policy(backchannel_max_ms=900).on_caller_speaking([x], y, T0 + 2000) == []

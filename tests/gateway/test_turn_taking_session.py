@@ -227,3 +227,26 @@ async def test_a_voice_streaming_in_chunks_is_paced_never_more_than_the_lead_ahe
     early = [i for i, t in enumerate(times) if t < times[0] + (i - lead - 2) * 0.02]
     assert not early, f"frames sent ahead of real time: {early[:5]}"
     await session.end("test")
+
+
+async def test_a_backchannel_whose_turn_ends_late_still_resumes_the_robot(broker, robot):
+    """The VAD may hold the turn open past backchannel_max_ms (the end-of-turn hang-over): the pause
+    after "ага" says the caller stopped, so the transcript decides, not the timer."""
+    from voiceplatform.wire import VadSpeechPaused
+
+    session, sink, workers, seen = await start_call(broker, robot)
+    call = session.call_id
+    await asyncio.sleep(0.2)
+    await started(workers, call, "u1")
+    await reply(workers, call, "u1", ["Первое длинное предложение ответа."], chunk_frames=150)
+    await wait_for(lambda: state_of(session, "u1") == "speaking")
+    await asyncio.sleep(1.2)
+    await started(workers, call, "u2")
+    await workers.publish(
+        subjects.vad(call), VadSpeechPaused(call_id=call, turn_id="u2", audio_offset_ms=400, speech_ms=400)
+    )
+    await asyncio.sleep(1.2)  # past backchannel_max_ms, the turn still open
+    await workers.publish(subjects.asr(call), AsrFinal(call_id=call, turn_id="u2", text="ага"))
+    await wait_for(lambda: any(e["type"] == "playback.resumed" for e in sink.events))
+    assert not interrupts(seen, "u1")
+    await session.end("test")

@@ -40,6 +40,8 @@ from voiceplatform.wire import (
     StageError,
     TtsAudio,
     VadSpeechEnded,
+    VadSpeechPaused,
+    VadSpeechResumed,
     VadSpeechStarted,
     frame_bytes,
 )
@@ -397,6 +399,8 @@ class CallSession:
             await self.sink.send_event({"type": "vad.speech_started", "turn_id": msg.turn_id})
         elif isinstance(msg, VadSpeechEnded):
             self.keeper.caller_ended(msg)
+        elif isinstance(msg, VadSpeechPaused | VadSpeechResumed):
+            self.keeper.caller_paused(msg.turn_id, isinstance(msg, VadSpeechPaused))
         return None
 
     async def _on_asr(self, env: Envelope) -> Message | None:

@@ -120,6 +120,12 @@ class TurnKeeper:
         else:
             await self.apply(actions)  # at once: no task hop
 
+    def caller_paused(self, turn_id: str, paused: bool) -> None:
+        """``vad.speech_paused`` / ``vad.speech_resumed``: whether the caller is silent inside a turn."""
+        turn = self.turns.get(turn_id)
+        if turn is not None:
+            turn.speech_paused = paused
+
     def caller_ended(self, msg: VadSpeechEnded) -> None:
         self.quiet_since = time.monotonic()
         ended = self.turns.get(msg.turn_id) or self.turns.add(Turn(msg.turn_id))
@@ -236,22 +242,29 @@ class TurnKeeper:
         self.spawn(self._settle_pause(pause.by_turn_id), f"settle-{pause.by_turn_id}")
 
     async def _settle_pause(self, caller_turn_id: str) -> None:
-        """Barge-in if the caller keeps talking; if no transcript comes in time, barge-in too."""
-        cfg = self.cfg
+        """Decide a pause the transcript has not decided: the caller speaking on past
+        ``backchannel_max_ms`` cuts the reply; a caller who stopped (paused or ended) gets
+        ``backchannel_transcript_wait_ms`` for the transcript, then the reply is cut too."""
         caller = self.turns.get(caller_turn_id)
         if caller is None:
             return
-        wait_s = max(0.0, (caller.speech_start_ts_ms + cfg.backchannel_max_ms - now_ms()) / 1000)
-        await asyncio.sleep(wait_s)
+        stopped_since: int | None = None
         with bind_call(call_id=self.call_id):
-            await self.apply(
-                self.policy.on_caller_speaking(self.turns.paused_by(caller_turn_id), caller, now_ms())
-            )
-            await asyncio.sleep(cfg.backchannel_transcript_wait_ms / 1000)
-            paused = self.turns.paused_by(caller_turn_id)
-            if paused:
-                log.warning("call.backchannel_undecided", turn_id=caller_turn_id)
-                await self.apply(self.policy.on_transcript_timeout(paused, caller))
+            while paused := self.turns.paused_by(caller_turn_id):
+                now = now_ms()
+                actions = self.policy.on_caller_speaking(paused, caller, now)
+                if actions:
+                    await self.apply(actions)
+                    return
+                if caller.state is TurnState.LISTENING and not caller.speech_paused:
+                    stopped_since = None
+                else:
+                    stopped_since = stopped_since or now
+                    if now - stopped_since >= self.cfg.backchannel_transcript_wait_ms:
+                        log.warning("call.backchannel_undecided", turn_id=caller_turn_id)
+                        await self.apply(self.policy.on_transcript_timeout(paused, caller))
+                        return
+                await asyncio.sleep(0.05)
 
     async def resume(self, turn_id: str) -> None:
         turn = self.turns.get(turn_id)

@@ -98,8 +98,8 @@ class Policy:
 
     def on_caller_speaking(self, paused: Iterable[Turn], caller: Turn, now_ms: int) -> list[Action]:
         """Checked while ``caller`` keeps speaking over paused turns: long speech is a barge-in."""
-        if caller.state is not TurnState.LISTENING:
-            return []
+        if caller.state is not TurnState.LISTENING or caller.speech_paused:
+            return []  # the caller stopped: the transcript decides
         if now_ms - caller.speech_start_ts_ms < self.cfg.backchannel_max_ms:
             return []
         return [Cut(t.turn_id, _long_speech_cut(t), caller.turn_id) for t in paused]

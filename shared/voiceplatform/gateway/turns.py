@@ -75,6 +75,8 @@ class Turn:
     paused_by: str = ""
     # that pause came just after the reply started: long speech continues the utterance
     pause_continues: bool = False
+    # the caller is silent inside this utterance (vad.speech_paused, not yet resumed or ended)
+    speech_paused: bool = False
     # wall-clock ms before which the reply must not start (the utterance ended unfinished)
     hold_until_ms: int = 0
     hangup_after: bool = False
