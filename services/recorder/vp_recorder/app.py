@@ -23,6 +23,7 @@ from voiceplatform.bus.nats import NatsBus
 from vp_recorder.api import RecorderApi, build_api
 from vp_recorder.consumer import Parker, StoreConsumer
 from vp_recorder.metrics import SERVICE
+from vp_recorder.orphans import OrphanSweeper
 from vp_recorder.public import NatsEventsStore, PublicEvents
 from vp_recorder.reader import JetStreamCallReader
 from vp_recorder.reports.telegram import TelegramReporter
@@ -67,6 +68,7 @@ class RecorderService:
         self.settings = settings
         self.consumers: list[StoreConsumer] = []
         self._accepting = False
+        self.sweeper: OrphanSweeper | None = None
         # made before start(): the runner builds the HTTP app before it starts the service
         self.api = RecorderApi(settings)
 
@@ -123,6 +125,11 @@ class RecorderService:
             )
             self.consumers.append(consumer)
             consumer.start()
+        if s.orphan_after_s > 0:
+            self.sweeper = OrphanSweeper(
+                bus, js, s.stream_name, self.api.run, s.orphan_after_s, s.orphan_sweep_every_s
+            )
+            await self.sweeper.start()
         self._accepting = True
         log.info("recorder.started", stores=[c.name for c in self.consumers], stream=s.stream_name)
 
@@ -133,6 +140,8 @@ class RecorderService:
     async def drain(self, timeout: float) -> None:
         """Finish the batches in hand, then stop; anything unacked is delivered again later."""
         self._accepting = False
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         await asyncio.gather(*(consumer.stop(timeout) for consumer in self.consumers))
         await self.api.aclose()
         log.info("recorder.drained", written={c.name: c.written for c in self.consumers})

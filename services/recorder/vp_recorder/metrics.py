@@ -18,3 +18,6 @@ PARKED = Counter(
 BACKLOG = Gauge("vp_recorder_backlog_events", "Events in the stream not yet written by the store", ["store"])
 LAG = Gauge("vp_recorder_lag_seconds", "Age of the newest event the store has written", ["store"])
 PUBLIC_EVENTS = Counter("vp_recorder_public_events_total", "Public call events published, by type", ["type"])
+ORPHANS_CLOSED = Counter(
+    "vp_recorder_orphans_closed_total", "Calls closed as gateway_lost because their gateway died"
+)

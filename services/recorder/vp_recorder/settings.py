@@ -35,6 +35,11 @@ class RecorderSettings(ServiceSettings):
     store_retry_min_s: float = 0.2
     store_retry_max_s: float = 5.0
 
+    # a call whose gateway instance has announced no presence for this long (or that restarted
+    # under the same id) is closed as ``gateway_lost``; 0 turns the sweeper off
+    orphan_after_s: float = 10.0
+    orphan_sweep_every_s: float = 1.0
+
     # JSON call logs under <call_logs_dir or robots_dir>/<robot>/logs/
     call_logs: bool = True
     call_logs_dir: Path | None = None

@@ -84,7 +84,7 @@ class GatewayDirectory:
 
     async def _on_presence(self, env: Envelope) -> Message | None:
         beat = env.message
-        if isinstance(beat, WorkerHeartbeat):
+        if isinstance(beat, WorkerHeartbeat) and beat.ready:
             self._seen(beat.role, beat.instance_id)
         return None
 

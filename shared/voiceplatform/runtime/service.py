@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from voiceplatform import subjects
 from voiceplatform.bus import Bus
 from voiceplatform.bus.nats import NatsBus
+from voiceplatform.clock import now_ms
 from voiceplatform.config.settings import ServiceSettings
 from voiceplatform.logging import configure_logging, register_secret
 from voiceplatform.wire import WorkerHeartbeat
@@ -106,13 +107,13 @@ async def run_service(
         bus_ref.append(bus)
         await service.start(bus)
         state["phase"] = "running"
-        presence_task = asyncio.create_task(_announce(bus, service, settings), name="presence")
+        presence_task = asyncio.create_task(_announce(bus, service, settings, state), name="presence")
         log.info("service.started", http_port=port, instance_id=settings.instance_id)
         await stop.wait()
         state["phase"] = "draining"
-        presence_task.cancel()
         log.info("service.draining", timeout_s=settings.drain_timeout_s)
         await service.drain(settings.drain_timeout_s)
+        presence_task.cancel()  # alive (not ready) until drained: its calls are not orphans yet
         await bus.drain()
     finally:
         server.should_exit = True
@@ -120,12 +121,23 @@ async def run_service(
         log.info("service.stopped")
 
 
-async def _announce(bus: Bus, service: Service, settings: ServiceSettings) -> None:
-    beat = WorkerHeartbeat(call_id="", role=service.name, instance_id=settings.instance_id)
+async def _announce(bus: Bus, service: Service, settings: ServiceSettings, state: dict[str, str]) -> None:
+    """Presence each second while the process lives; ``ready`` says whether it takes work now.
+
+    A gateway that is alive but not ready (a stage missing, draining) still owns its calls: the
+    recorder closes them as ``gateway_lost`` only when its presence stops altogether.
+    """
+    since_ms = now_ms()
     while True:
-        if service.ready():
-            with contextlib.suppress(Exception):
-                await bus.publish(subjects.presence(service.name), beat)
+        beat = WorkerHeartbeat(
+            call_id="",
+            role=service.name,
+            instance_id=settings.instance_id,
+            since_ms=since_ms,
+            ready=state["phase"] == "running" and service.ready(),
+        )
+        with contextlib.suppress(Exception):
+            await bus.publish(subjects.presence(service.name), beat)
         await asyncio.sleep(1.0)
 
 

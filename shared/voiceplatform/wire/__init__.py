@@ -3,6 +3,7 @@
 from voiceplatform.wire.codec import WireError, decode, encode
 from voiceplatform.wire.messages import (
     FRAME_MS,
+    GATEWAY_LOST,
     INTERRUPT_REASONS,
     SUPPORTED_SAMPLE_RATES,
     AsrFinal,
@@ -40,6 +41,7 @@ from voiceplatform.wire.messages import (
 
 __all__ = [
     "FRAME_MS",
+    "GATEWAY_LOST",
     "INTERRUPT_REASONS",
     "SUPPORTED_SAMPLE_RATES",
     "AsrFinal",

@@ -51,6 +51,10 @@ class CallStarted(Message, tag="call.started"):
     gateway_id: str = ""
 
 
+# ``CallEnded.reason`` the recorder publishes for a call whose gateway died without ending it
+GATEWAY_LOST = "gateway_lost"
+
+
 class CallEnded(Message, tag="call.ended"):
     reason: str
     duration_ms: int = 0
@@ -110,12 +114,20 @@ class OwnerReleased(Message, tag="assign.released"):
 
 
 class WorkerHeartbeat(Message, tag="worker.heartbeat"):
-    """Liveness of one worker instance and the calls it owns. ``call_id`` is unused (empty)."""
+    """Liveness of one worker instance and the calls it owns. ``call_id`` is unused (empty).
+
+    As presence (``subjects.presence``): ``since_ms`` is the wall clock at which this process
+    started (0 from older senders), so a gateway restarted under the same ``instance_id`` is told
+    apart from its previous life; ``ready`` is False while the instance is alive but takes no work
+    (starting, missing a stage, draining). Older senders announced only when ready.
+    """
 
     role: str
     instance_id: str
     calls: list[str] = msgspec.field(default_factory=list)
     capacity: int = 0
+    since_ms: int = 0
+    ready: bool = True
 
 
 # ---- audio ----------------------------------------------------------------------------------------
