@@ -21,6 +21,10 @@ from vp_recorder.app import RecorderService
 from vp_recorder.settings import RecorderSettings
 from vp_recorder.stores.postgres import quote_ident
 
+# the recorder API's bearer tokens in every test's settings (test_api_auth covers the roles)
+OPERATOR_TOKEN = "test-operator-token-0123456789"
+READONLY_TOKEN = "test-readonly-token-0123456789"
+
 
 def new_call_id() -> str:
     return f"rec-{uuid.uuid4().hex[:12]}"
@@ -39,6 +43,8 @@ def make_settings(postgres_dsn: str, redis_url: str, schema: str, **overrides: o
         "store_retry_min_s": 0.05,
         "store_retry_max_s": 0.3,
         "call_logs": False,
+        "api_operator_token": OPERATOR_TOKEN,
+        "api_readonly_token": READONLY_TOKEN,
     }
     values.update(overrides)
     return RecorderSettings(**values)  # type: ignore[arg-type]

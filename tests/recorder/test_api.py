@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from starlette.applications import Starlette
 from structlog.testing import capture_logs
 
-from tests.recorder.conftest import new_call_id, settle, stream_messages
+from tests.recorder.conftest import OPERATOR_TOKEN, new_call_id, settle, stream_messages
 from tests.recorder.test_directory import copy_robots
 from tests.recorder.test_recorder import T0, call_sequence, play
 from voiceplatform import subjects
@@ -50,9 +50,10 @@ def app_of(service: RecorderService) -> Starlette:
 
 
 @asynccontextmanager
-async def client_of(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+async def client_of(app: Starlette, token: str | None = OPERATOR_TOKEN) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://recorder") as client:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    async with httpx.AsyncClient(transport=transport, base_url="http://recorder", headers=headers) as client:
         yield client
 
 

@@ -18,7 +18,7 @@ import nats
 import yaml
 from nats.aio.msg import Msg
 
-from tests.recorder.conftest import new_call_id, settle
+from tests.recorder.conftest import OPERATOR_TOKEN, new_call_id, settle
 from tests.recorder.test_call_events_contract import ASYNCAPI, SCHEMA_OF_TYPE, broken, validator
 from tests.recorder.test_mongo import ListReader
 from voiceplatform import subjects
@@ -212,7 +212,8 @@ async def test_recorded_call_exposes_usage_in_the_api_the_view_and_call_ended(
     app = recorder.asgi_app()
     assert app is not None
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://recorder") as client:
+    headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://recorder", headers=headers) as client:
         response = await client.get(f"/calls/{call_id}")
     assert response.status_code == 200
     assert response.json()["metadata"]["usage"]["by_provider"] == EXPECTED_ROWS

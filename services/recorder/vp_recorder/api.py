@@ -8,6 +8,10 @@
 - ``GET /calls/{call_id}/turns``: the per-turn figures (``call_turns``) in the order the turns began;
 - ``GET /scenarios/{robot}/{name}``: one scenario through the Redis cache (``scenario:{robot}:{name}``).
 
+Every route needs a bearer token (``api_auth``): the operator token sees everything, the read-only
+token gets no caller numbers (null; no ``caller`` filter), no transcripts (403) and turns without
+their texts.
+
 The PostgreSQL pool is made on the first request that needs it, so the recorder starts (and records
 into the stream) while PostgreSQL is down; a request that cannot reach it gets 503 with a JSON error.
 Errors never carry exception texts (a DSN could be in one): clients get a fixed message, logs the type.
@@ -36,6 +40,7 @@ from starlette.routing import Route
 from voiceplatform import subjects
 from voiceplatform.wire import CallStarted
 from voiceplatform.wire.codec import MESSAGE_TYPES
+from vp_recorder.api_auth import ApiAuth, AuthError, Role, redact_call, redact_turn, require_operator
 from vp_recorder.directory import get_scenario
 from vp_recorder.scenario_cache import ScenarioCache
 from vp_recorder.settings import RecorderSettings
@@ -120,6 +125,7 @@ class RecorderApi:
         self._dsn = settings.postgres_dsn.get_secret_value()
         self.schema = settings.postgres_schema
         self.reader: CallEventReader | None = None
+        self.auth = ApiAuth.from_settings(settings)
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._closed = False
@@ -341,16 +347,16 @@ def _checked_name(request: Request, name: str) -> str:
 # ---- rows as JSON -------------------------------------------------------------------------------
 
 
-def call_row(row: asyncpg.Record) -> dict[str, Any]:
+def call_row(row: asyncpg.Record, role: Role = "operator") -> dict[str, Any]:
     item = dict(row.items())
     item["started_at"], item["ended_at"] = iso(row["started_at"]), iso(row["ended_at"])
-    return item
+    return redact_call(item, role)
 
 
-def turn_row(row: asyncpg.Record) -> dict[str, Any]:
+def turn_row(row: asyncpg.Record, role: Role = "operator") -> dict[str, Any]:
     item = dict(row.items())
     item["speech_end_at"] = iso(row["speech_end_at"])
-    return item
+    return redact_turn(item, role)
 
 
 # ---- the app ------------------------------------------------------------------------------------
@@ -358,13 +364,17 @@ def turn_row(row: asyncpg.Record) -> dict[str, Any]:
 
 def build_api(api: RecorderApi) -> Starlette:
     async def list_calls(request: Request) -> Response:
-        sql, args, limit = list_calls_query(_single_params(request, LIST_PARAMS))
+        role = api.auth.role(request)
+        params = _single_params(request, LIST_PARAMS)
+        if params.get("caller"):
+            require_operator(role, "the caller filter")
+        sql, args, limit = list_calls_query(params)
         rows = await api.run(lambda conn: conn.fetch(sql, *args))
         page = rows[:limit]
         more = len(rows) > limit
         return JSONResponse(
             {
-                "calls": [call_row(r) for r in page],
+                "calls": [call_row(r, role) for r in page],
                 "limit": limit,
                 # the next page: ?before=<next_before>&before_id=<next_before_id> (same filters)
                 "next_before": page[-1]["started_at"].astimezone(UTC).isoformat() if more else None,
@@ -373,6 +383,7 @@ def build_api(api: RecorderApi) -> Starlette:
         )
 
     async def call_transcript(request: Request) -> Response:
+        require_operator(api.auth.role(request), "a transcript")
         call_id = _checked_call_id(request)
         _single_params(request, ())
         events, source = await api.call_events(call_id)
@@ -381,6 +392,7 @@ def build_api(api: RecorderApi) -> Starlette:
         return JSONResponse(build_transcript(events), headers={"Vp-Source": source})
 
     async def call_turns(request: Request) -> Response:
+        role = api.auth.role(request)
         call_id = _checked_call_id(request)
         _single_params(request, ())
 
@@ -393,9 +405,10 @@ def build_api(api: RecorderApi) -> Starlette:
         rows = await api.run(query)
         if rows is None:
             raise ApiError(404, f"no call {call_id!r} in postgres")
-        return JSONResponse({"call_id": call_id, "turns": [turn_row(r) for r in rows]})
+        return JSONResponse({"call_id": call_id, "turns": [turn_row(r, role) for r in rows]})
 
     async def scenario(request: Request) -> Response:
+        api.auth.role(request)  # robot configuration, not personal: either role
         robot, name = _checked_name(request, "robot"), _checked_name(request, "name")
         _single_params(request, ())
         found = await api.scenarios.get(robot, name)
@@ -407,6 +420,10 @@ def build_api(api: RecorderApi) -> Starlette:
         assert isinstance(exc, ApiError)
         headers = {"Retry-After": RETRY_AFTER_S} if exc.status == 503 else None
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+
+    async def auth_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, AuthError)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -423,5 +440,10 @@ def build_api(api: RecorderApi) -> Starlette:
             Route("/calls/{call_id}/turns", call_turns, methods=["GET"]),
             Route("/scenarios/{robot}/{name}", scenario, methods=["GET"]),
         ],
-        exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
+        exception_handlers={
+            ApiError: api_error,
+            AuthError: auth_error,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
     )

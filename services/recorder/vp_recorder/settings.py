@@ -35,6 +35,12 @@ class RecorderSettings(ServiceSettings):
     store_retry_min_s: float = 0.2
     store_retry_max_s: float = 5.0
 
+    # bearer tokens of the HTTP API (operator: everything; readonly: no caller numbers, no
+    # transcripts); the env values win over the file `vp up` writes. None at all: the API is locked.
+    api_operator_token: SecretStr | None = None
+    api_readonly_token: SecretStr | None = None
+    api_tokens_file: Path | None = None
+
     # a call whose gateway instance has announced no presence for this long (or that restarted
     # under the same id) is closed as ``gateway_lost``; 0 turns the sweeper off
     orphan_after_s: float = 10.0

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     up.add_argument("--exit-after-demo", action="store_true", help="stop everything after the demo call")
     up.add_argument("--ready-timeout", type=float, default=180.0)
+    up.add_argument("--status-port", type=int, default=8100, help="vp up's own /health (restarts, give-ups)")
 
     call = sub.add_parser("call", help="play a recorded caller (WAV) into a robot exactly as a browser would")
     call.add_argument("--robot", required=True, help="robot folder, e.g. robots/pipeline_russian")

@@ -16,6 +16,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from voiceplatform.cli.supervisor import StatusServer, Supervisor
+from voiceplatform.config.api_tokens import TOKENS_FILE, ensure_tokens_file
+
 SERVICES: tuple[tuple[str, str], ...] = (
     ("recorder", "vp_recorder"),
     ("prompt-router", "vp_router"),
@@ -30,7 +33,6 @@ SERVICES: tuple[tuple[str, str], ...] = (
 FIRST_WORKER_PORT = 8101
 GATEWAY_FS_PORT = 8090  # where FreeSWITCH's mod_audio_stream (or `vp call --phone`) connects
 ESL_PASSWORD_FILE = "fs_esl_password"
-MAX_RESTARTS = 3
 
 
 @dataclass
@@ -44,10 +46,15 @@ class ServiceProcess:
     log_file: Any = field(default=None, repr=False)
 
     def start(self) -> None:
+        if self.log_file is not None:
+            self.log_file.close()  # a restart: the previous run's handle
         self.log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module], env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT
         )
+
+    def poll(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
 
     def tail(self, lines: int = 15) -> str:
         try:
@@ -185,6 +192,7 @@ def run_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     procs: list[ServiceProcess] = []
+    status: StatusServer | None = None
     try:
         print("starting infrastructure (embedded servers where no URL is set)…", flush=True)
         infra.start()
@@ -197,6 +205,10 @@ def run_up(args: argparse.Namespace) -> int:
             "PYTHONUNBUFFERED": "1",
         }
         base_env.setdefault("VP_FS_ESL_PASSWORD", dev_esl_password(workdir))
+        base_env.setdefault("VP_API_TOKENS_FILE", str(ensure_tokens_file(workdir / TOKENS_FILE)))
+        print(
+            f"recorder API bearer tokens (operator, readonly): {base_env['VP_API_TOKENS_FILE']}", flush=True
+        )
         procs = start_services(base_env, logs, args.port, _scale(args))
         print(f"started {len(procs)} service processes; logs in {logs}", flush=True)
         health = f"http://127.0.0.1:{args.port}/health"
@@ -227,19 +239,23 @@ def run_up(args: argparse.Namespace) -> int:
             run_call(demo_args)
             if args.exit_after_demo:
                 return 0
-        print("\nrunning; Ctrl-C to stop", flush=True)
+        supervisor = Supervisor(procs, report=lambda line: print(line, flush=True))
+        try:
+            status = StatusServer(supervisor, args.status_port).start()
+            print(
+                f"\nrunning; vp up status at http://127.0.0.1:{status.port}/health; Ctrl-C to stop",
+                flush=True,
+            )
+        except OSError as exc:  # the port is taken: supervise anyway, without the endpoint
+            print(f"\nrunning (no status endpoint: port {args.status_port}: {exc.strerror}); Ctrl-C to stop")
         while not stopping:
             time.sleep(0.5)
-            for p in procs:
-                if p.proc is not None and p.proc.poll() is not None and not stopping:
-                    if p.restarts >= MAX_RESTARTS:
-                        print(f"{p.name} keeps failing:\n{p.tail()}", file=sys.stderr)
-                        return 1
-                    p.restarts += 1
-                    print(f"{p.name} exited ({p.proc.returncode}); restarting", file=sys.stderr)
-                    p.start()
+            if not stopping:
+                supervisor.step()
         return 0
     finally:
+        if status is not None:
+            status.stop()
         print("stopping services (draining)…", flush=True)
         stop_services(procs)
         infra.stop()
