@@ -7,11 +7,13 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
+
 from tests.recorder.conftest import OPERATOR_TOKEN, READONLY_TOKEN, new_call_id, settle
 from tests.recorder.test_api import app_of, client_of
 from tests.recorder.test_recorder import call_sequence, play
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.config.api_tokens import ensure_tokens_file, read_tokens_file
+from voiceplatform.config.api_tokens import ApiTokensError, ensure_tokens_file, read_tokens_file
 from voiceplatform.runtime.service import build_http_app
 from vp_recorder.api import RecorderApi, build_api
 from vp_recorder.app import RecorderService
@@ -129,3 +131,12 @@ async def test_tokens_file_is_0600_kept_across_starts_and_read_by_the_recorder(
             assert (await client.get("/calls/some-call")).status_code == 401
     finally:
         await api.aclose()
+
+
+def test_unreadable_or_malformed_tokens_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ApiTokensError, match="cannot read"):
+        read_tokens_file(tmp_path / "missing")
+    bad = tmp_path / "bad"
+    bad.write_text("admin=xyz\n")
+    with pytest.raises(ApiTokensError, match="bad:1"):
+        read_tokens_file(bad)

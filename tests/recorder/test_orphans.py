@@ -186,8 +186,8 @@ async def test_dead_gateway_calls_closed_everywhere_live_ones_untouched(
 ) -> None:
     fast = settings.model_copy(update={"orphan_after_s": 1.0, "orphan_sweep_every_s": 0.2})
     # two recorders sweep the same calls: the close must happen once
-    await start_recorder(fast)
-    await start_recorder(fast)
+    first = await start_recorder(fast)
+    second = await start_recorder(fast)
     public: list[dict[str, object]] = []
     nc = await nats.connect(js_nats_url)
 
@@ -247,6 +247,8 @@ async def test_dead_gateway_calls_closed_everywhere_live_ones_untouched(
         msgs = await psub.fetch(10, timeout=2)
         ends = [m for m in msgs if isinstance(decode(m.data), CallEnded)]
         assert len(ends) == 1
+        assert first.sweeper is not None and second.sweeper is not None
+        assert first.sweeper.closed + second.sweeper.closed == 1
         await psub.unsubscribe()
     finally:
         await nc.close()

@@ -33,7 +33,7 @@ import structlog
 from nats.js import JetStreamContext
 
 from voiceplatform import subjects
-from voiceplatform.bus import Bus, Envelope
+from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.bus.jetstream import read_subject
 from voiceplatform.clock import now_ms
 from voiceplatform.wire import GATEWAY_LOST, CallEnded, Message, WireError, WorkerHeartbeat, decode, encode
@@ -48,6 +48,7 @@ FORGET_S = 600.0
 # a call closed here is not looked at again for this long (PostgreSQL may lag behind the stream)
 CLOSED_MEMORY_S = 300.0
 MAX_CALLS_PER_SWEEP = 1000
+MAX_TICK_S = 2.0
 
 _ACTIVE_CALLS = """
 SELECT call_id, gateway_id, started_at FROM calls
@@ -102,7 +103,8 @@ class PresenceBook:
     def tick(self) -> None:
         """Advance every instance's silence by the listening time since the last tick."""
         now = self._clock()
-        elapsed = max(0.0, now - self._last_tick)
+        # a stalled loop (busy machine, slow query) must not count time it did not listen through
+        elapsed = min(max(0.0, now - self._last_tick), MAX_TICK_S)
         self._last_tick = now
         listening = self.listening()
         for instance_id, entry in list(self._instances.items()):
@@ -147,6 +149,8 @@ class OrphanSweeper:
         self._recent: dict[str, float] = {}
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        self._sub: Subscription | None = None
 
     async def start(self) -> None:
         self._sub = await self.bus.subscribe(subjects.ANY_PRESENCE, self._on_presence)
@@ -158,8 +162,10 @@ class OrphanSweeper:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
+            self._sub = None
 
     async def _on_presence(self, env: Envelope) -> Message | None:
         beat = env.message
@@ -175,7 +181,11 @@ class OrphanSweeper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # PostgreSQL or JetStream out of reach: next round
-                log.warning("recorder.orphan_sweep_failed", error=type(exc).__name__)
+                if not self._failing:  # once per outage
+                    log.warning("recorder.orphan_sweep_failed", error=type(exc).__name__)
+                self._failing = True
+            else:
+                self._failing = False
 
     async def sweep(self) -> list[str]:
         """One round: close every orphan found; returns their call ids."""
@@ -195,7 +205,6 @@ class OrphanSweeper:
         return closed
 
     async def close(self, call: ActiveCall, why: str) -> None:
-        self._recent[call.call_id] = self._clock()
         if not await self._ended_in_stream(call.call_id):
             now = now_ms()
             ended = CallEnded(
@@ -205,15 +214,19 @@ class OrphanSweeper:
                 ts_ms=now,
             )
             # the message id makes a second recorder's close of the same call a duplicate
-            await self.js.publish(
+            ack = await self.js.publish(
                 subjects.lifecycle(call.call_id),
                 encode(ended),
                 headers={"Nats-Msg-Id": f"{GATEWAY_LOST}:{call.call_id}"},
             )
-            self.closed += 1
-            ORPHANS_CLOSED.inc()
-            log.warning("recorder.call_orphaned", call_id=call.call_id, gateway_id=call.gateway_id, why=why)
+            if not ack.duplicate:  # else another recorder closed it first
+                self.closed += 1
+                ORPHANS_CLOSED.inc()
+                log.warning(
+                    "recorder.call_orphaned", call_id=call.call_id, gateway_id=call.gateway_id, why=why
+                )
         await self._delete_dialog(call.call_id)
+        self._recent[call.call_id] = self._clock()  # done: PostgreSQL may show it active a while
 
     async def _ended_in_stream(self, call_id: str) -> bool:
         try:

@@ -32,8 +32,12 @@ def ensure_tokens_file(path: Path) -> Path:
 
 def read_tokens_file(path: Path) -> dict[str, str]:
     """``{role: token}`` from the file; a malformed line or unknown role is a clear error."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ApiTokensError(f"cannot read the API tokens file {path}: {exc.strerror}") from None
     found: dict[str, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
