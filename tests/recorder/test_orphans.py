@@ -7,24 +7,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
+import httpx
 import nats
 import nats.js.errors
 import pytest
 import redis.asyncio as aioredis
 from nats.aio.msg import Msg
+from websockets.asyncio.client import connect
 
 from tests.recorder.conftest import new_call_id
 from voiceplatform import subjects
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.clock import now_ms
+from voiceplatform.devinfra import free_port
 from voiceplatform.wire import GATEWAY_LOST, CallEnded, CallStarted, WorkerHeartbeat, decode
 from vp_recorder.app import RecorderService
 from vp_recorder.orphans import ActiveCall, PresenceBook
 from vp_recorder.settings import RecorderSettings
 
+ROBOTS = Path(__file__).resolve().parents[2] / "robots"
 StartRecorder = Callable[[RecorderSettings], Awaitable[RecorderService]]
 WITHIN_S = 30.0  # a generous bound for a busy machine; the sweeper's own bound is ~lost_after + 2 s
 
@@ -286,3 +295,95 @@ async def test_gateway_restarted_under_same_id_keeps_new_calls(
     await until(lambda: active(after))
     await asyncio.sleep(1.0)
     assert await active(after)
+
+
+# ---- real processes: gateway-web killed with SIGKILL mid-call -----------------------------------
+
+
+def _service(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def test_gateway_process_killed_mid_call_is_closed_as_gateway_lost(
+    settings: RecorderSettings,
+    pg: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    js_nats_url: str,
+    tmp_path: Path,
+) -> None:
+    """The recorder and gateway-web as processes (as `vp up` runs them); the gateway dies without a
+    word; the recorder, hearing only its own presence, closes the call."""
+    gateway_port, recorder_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "NATS_URL": js_nats_url,
+        "POSTGRES_DSN": settings.postgres_dsn.get_secret_value(),
+        "REDIS_URL": settings.redis_url.get_secret_value(),
+        "ROBOTS_DIR": str(ROBOTS),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "VP_HTTP_PORT": "0",
+        "VP_POSTGRES_SCHEMA": settings.postgres_schema,
+        "VP_STREAM_NAME": settings.stream_name,
+        "VP_PARKED_STREAM_NAME": settings.parked_stream_name,
+        "VP_CALL_LOGS": "false",
+        "VP_ORPHAN_AFTER_S": "2",
+        "VP_ORPHAN_SWEEP_EVERY_S": "0.5",
+    }
+    recorder = _service("vp_recorder", {**env, "VP_HTTP_PORT": str(recorder_port)}, tmp_path / "recorder.log")
+    gateway = _service("vp_gateway_web", {**env, "VP_HTTP_PORT": str(gateway_port)}, tmp_path / "gw.log")
+    logs = lambda: (tmp_path / "recorder.log").read_text() + (tmp_path / "gw.log").read_text()  # noqa: E731
+    try:
+
+        async def both_up() -> bool:
+            assert gateway.poll() is None and recorder.poll() is None, logs()
+            async with httpx.AsyncClient() as client:
+                try:
+                    # the recorder records (stream made) once its /health is 200; the gateway may
+                    # still miss pipeline stages (503), but it takes calls
+                    rec = await client.get(f"http://127.0.0.1:{recorder_port}/health")
+                    await client.get(f"http://127.0.0.1:{gateway_port}/health")
+                except httpx.TransportError:
+                    return False
+            return rec.status_code == 200
+
+        await until(both_up, 90)
+        ws = await connect(f"ws://127.0.0.1:{gateway_port}/ws")
+        await ws.send(json.dumps({"type": "start", "robot": "pipeline_russian"}))
+        started = json.loads(await ws.recv())
+        assert started["type"] == "call.started", started
+        call_id = started["call_id"]
+
+        async def active() -> bool:
+            row = await call_row(pg, call_id)
+            return row is not None and row["status"] == "active"
+
+        await until(active, 60)
+        assert await pg.fetchval("SELECT gateway_id FROM calls WHERE call_id = $1", call_id)
+        gateway.send_signal(signal.SIGKILL)
+        gateway.wait(timeout=10)
+        ws.transport.abort()
+
+        async def closed() -> bool:
+            row = await call_row(pg, call_id)
+            return row is not None and row["status"] == "ended"
+
+        await until(closed, 60)
+        row = await call_row(pg, call_id)
+        assert row is not None and row["end_reason"] == GATEWAY_LOST, logs()
+
+        async def redis_closed() -> bool:
+            return await redis_client.hget(f"call:{call_id}", "end_reason") == GATEWAY_LOST
+
+        await until(redis_closed, 30)
+        assert "recorder.call_orphaned" in (tmp_path / "recorder.log").read_text()
+    finally:
+        for proc in (gateway, recorder):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
