@@ -14,12 +14,8 @@ import asyncio
 import asyncpg
 import pytest
 
-from tests.audio_fixtures import festival_available, utterance
-from tests.chaos.conftest import ChaosPlatform
-from tests.chaos.dialogue import Dialogue, hold_dialogue
-from tests.chaos.faults import LogWatch, OwnerWatch, hit
-from voiceplatform import subjects
-from voiceplatform.bus.nats import NatsBus
+from tests.audio_fixtures import festival_available
+from tests.chaos.scenario import QUESTIONS, call_with_fault
 
 pytestmark = [
     pytest.mark.e2e,
@@ -27,57 +23,6 @@ pytestmark = [
     pytest.mark.chaos,
     pytest.mark.skipif(not festival_available(), reason="festival with the Russian voice is not installed"),
 ]
-
-QUESTIONS = [
-    "Здравствуйте! У меня есть собака, что вы можете предложить?",
-    "А какие у вас цены, это дорого?",
-    "Хорошо, а что есть для детей?",
-    "Спасибо, а доставка у вас есть?",
-]
-FAULT_TURN = 1  # the second utterance
-STREAMING = ("vad", "asr")
-
-
-async def call_with_fault(platform: ChaosPlatform, role: str, how: str) -> tuple[Dialogue, str]:
-    """Hold the dialogue; hit ``role`` at turn 2 (streaming owners mid-utterance, per-turn workers as
-    the turn is worked on). Returns the dialogue and the name of the instance hit."""
-    bus = await NatsBus.connect(platform.env["NATS_URL"], "chaos-test")
-    owners = OwnerWatch(role)
-    sub = await bus.subscribe(subjects.heartbeat(role), owners.on_heartbeat) if role in STREAMING else None
-    logs = LogWatch(platform.role(role))
-    hit_name: list[str] = []
-    tasks: list[asyncio.Task[None]] = []
-
-    async def fault(call_id: str) -> None:
-        if role in STREAMING:
-            pid = await owners.owner(call_id)
-            proc = next(p for p in platform.role(role) if p.proc is not None and p.proc.pid == pid)
-        else:
-            proc = await logs.worker_of(call_id)
-        hit(proc, how)
-        hit_name.append(proc.name)
-
-    async def hook(dialogue: Dialogue, turn: int, moment: str) -> None:
-        if turn != FAULT_TURN:
-            return
-        if moment == "speaking":
-            if role in STREAMING:
-                tasks.append(asyncio.create_task(fault(dialogue.call_id)))
-            else:
-                logs.arm()  # the turn's work starts at the utterance's end: watch the logs from here
-        elif moment == "spoken" and role not in STREAMING:
-            tasks.append(asyncio.create_task(fault(dialogue.call_id)))
-
-    try:
-        utterances = [utterance(q) for q in QUESTIONS]
-        dialogue = await hold_dialogue(platform.url, "pipeline_russian", utterances, hook=hook)
-        for task in tasks:
-            await task  # a fault that found no target fails the test here
-    finally:
-        if sub is not None:
-            await sub.unsubscribe()
-        await bus.close()
-    return dialogue, hit_name[0] if hit_name else ""
 
 
 async def recorded_turns(dsn: str, call_id: str) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
