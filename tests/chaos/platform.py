@@ -37,7 +37,8 @@ class ChaosPlatform:
 
     def restore(self, timeout_s: float = 120.0) -> None:
         """Every instance running again (frozen ones killed first) and the pipeline ready."""
-        restarted = {p.name: _log_size(p) for p in self.procs if p.name in restore(self.procs)}
+        sizes = {p.name: _log_size(p) for p in self.procs}
+        restarted = {name: sizes[name] for name in restore(self.procs)}
         deadline = time.monotonic() + timeout_s
         for p in self.procs:
             if p.name not in restarted:
@@ -48,6 +49,11 @@ class ChaosPlatform:
                 time.sleep(0.2)
         if not wait_ready(self.health, max(1.0, deadline - time.monotonic()), self.procs):
             raise PlatformError(f"platform not ready after restore:\n{self.logs_text()}")
+
+    def stop(self) -> None:
+        stop_services(self.procs)
+        if self.nats is not None:
+            self.nats.stop()
 
 
 def _log_size(p: ServiceProcess) -> int:
@@ -64,11 +70,6 @@ def _log_tail(p: ServiceProcess, offset: int) -> bytes:
             return f.read()
     except OSError:
         return b""
-
-    def stop(self) -> None:
-        stop_services(self.procs)
-        if self.nats is not None:
-            self.nats.stop()
 
 
 def launch(workdir: Path, postgres_dsn: str, redis_url: str, instances: int = 2) -> ChaosPlatform:
