@@ -226,6 +226,7 @@ class TtsService:
                 # the gateway waits for this sentence: close it and say why
                 await self._reject_bad_rate(msg)
             return None
+        log.info("tts.sentence_started", call_id=msg.call_id, turn_id=msg.turn_id, index=msg.index)
         self._tasks.spawn(
             self._run_sentence(msg, received_at), key=msg.turn_id, name=f"tts-{msg.turn_id}-{msg.index}"
         )
