@@ -1,0 +1,172 @@
+"""The channels our FreeSWITCH has announced on the Event Socket: the only ones a stream may serve.
+
+Every channel event carries the channel's data (``switch_channel_event_set_data``): ``Unique-ID``,
+``Caller-Caller-ID-Number``, ``Caller-Destination-Number``, ``variable_*``. The registry keeps the
+latest facts per live channel, from ``CHANNEL_CREATE`` (or any later channel event) to
+``CHANNEL_HANGUP``; a hung-up channel is remembered briefly so that a late stream is refused as
+``channel_ended`` rather than ``unknown_channel``.
+
+A stream may reach gateway-fs before its channel's events do (the ESL and the WebSocket are two
+sockets): ``wait`` gives the announcement a short time. Channels created while the ESL was down
+were never announced: ``lookup`` then asks FreeSWITCH itself (``uuid_dump``), which only the
+holder of the stream secret can make us do.
+
+Bounded: at most ``MAX_CHANNELS`` live entries (the oldest are dropped first, counted), and a
+live entry older than ``MAX_AGE_S`` without a hangup is forgotten (an event lost in an outage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+import structlog
+from prometheus_client import Counter, Histogram
+
+from voiceplatform import metrics
+from vp_gateway_fs.esl_frames import EslEvent, parse_headers
+
+log = structlog.get_logger("vp_gateway_fs.channels")
+
+MAX_CHANNELS = 20000
+MAX_AGE_S = 4 * 3600.0
+ENDED_MEMORY_S = 60.0
+ENDED_EVENTS = ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY")
+# a stream's channel: known at once (event), after a wait (waited), from uuid_dump (asked), or not
+LOOKUPS = Counter("vp_gateway_fs_channel_lookup_total", "How a stream's channel was found", ["how"])
+WAIT_MS = Histogram(
+    "vp_gateway_fs_channel_wait_ms",
+    "How long a stream waited for its channel's announcement on the Event Socket",
+    buckets=metrics.LATENCY_BUCKETS_MS,
+)
+EVICTED = Counter("vp_gateway_fs_channels_evicted_total", "Channel entries dropped to stay bounded")
+
+
+@dataclass(frozen=True)
+class ChannelFacts:
+    """What FreeSWITCH says about a channel (never what the stream's metadata claims)."""
+
+    uuid: str
+    caller: str = ""  # Caller-Caller-ID-Number
+    caller_name: str = ""  # Caller-Caller-ID-Name
+    destination: str = ""  # Caller-Destination-Number: the dialled number
+    direction: str = ""  # Call-Direction
+    answered: bool = False
+    variables: dict[str, str] = field(default_factory=dict)  # variable_* without the prefix
+
+    @classmethod
+    def from_headers(cls, uuid: str, headers: dict[str, str]) -> ChannelFacts:
+        return cls(
+            uuid=uuid,
+            caller=headers.get("Caller-Caller-ID-Number", "")[:64],
+            caller_name=headers.get("Caller-Caller-ID-Name", "")[:64],
+            destination=headers.get("Caller-Destination-Number", "")[:64],
+            direction=headers.get("Call-Direction", ""),
+            answered=headers.get("Answer-State", "") == "answered",
+            variables={k[9:]: v[:256] for k, v in headers.items() if k.startswith("variable_")},
+        )
+
+
+@dataclass
+class _Entry:
+    facts: ChannelFacts
+    seen: float
+    ended: float | None = None
+
+
+class ChannelRegistry:
+    def __init__(self, max_channels: int = MAX_CHANNELS) -> None:
+        self.max_channels = max_channels
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # ---- from the ESL reader ------------------------------------------------------------------------
+    def on_event(self, event: EslEvent) -> None:
+        uuid = event.uuid
+        has_channel_data = event.name.startswith("CHANNEL_") or "Caller-Destination-Number" in event.headers
+        if not uuid or not has_channel_data:
+            return  # not a channel event (heartbeats, BACKGROUND_JOB, ...)
+        entry = self._entries.get(uuid)
+        if event.name in ENDED_EVENTS:
+            if entry is not None and entry.ended is None:
+                entry.ended = event.received
+            elif entry is None:
+                self._remember(uuid, _Entry(ChannelFacts(uuid), event.received, event.received))
+            return
+        if entry is not None and entry.ended is not None:
+            return  # an event of a channel already hung up (a late CUSTOM): it stays ended
+        facts = ChannelFacts.from_headers(uuid, event.headers)
+        if entry is None:
+            self._remember(uuid, _Entry(facts, event.received))
+        else:
+            entry.facts, entry.seen = facts, event.received
+        for waiter in self._waiters.pop(uuid, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _remember(self, uuid: str, entry: _Entry) -> None:
+        self._entries[uuid] = entry
+        self._entries.move_to_end(uuid)
+        now = time.monotonic()
+        while self._entries:
+            oldest_uuid, oldest = next(iter(self._entries.items()))
+            stale = (oldest.ended is not None and now - oldest.ended > ENDED_MEMORY_S) or (
+                now - oldest.seen > MAX_AGE_S
+            )
+            if len(self._entries) <= self.max_channels and not stale:
+                break
+            del self._entries[oldest_uuid]
+            if not stale:
+                EVICTED.inc()
+
+    # ---- for streams ----------------------------------------------------------------------------------
+    def live(self, uuid: str) -> ChannelFacts | None:
+        entry = self._entries.get(uuid)
+        return entry.facts if entry is not None and entry.ended is None else None
+
+    def ended(self, uuid: str) -> bool:
+        entry = self._entries.get(uuid)
+        return entry is not None and entry.ended is not None
+
+    async def wait(self, uuid: str, timeout: float) -> ChannelFacts | None:
+        """The live channel's facts, waiting up to ``timeout`` for its announcement."""
+        if self.live(uuid) is not None or self.ended(uuid):
+            LOOKUPS.labels("event").inc()
+            return self.live(uuid)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.setdefault(uuid, []).append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(uuid)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[uuid]
+        WAIT_MS.observe((loop.time() - started) * 1000)
+        LOOKUPS.labels("waited").inc()
+        return self.live(uuid)
+
+    def learn_from_dump(self, uuid: str, text: str) -> ChannelFacts | None:
+        """``uuid_dump <uuid>`` output (URL-encoded ``Name: value`` lines) → facts, or None (-ERR)."""
+        if not text.strip() or text.lstrip().startswith("-"):
+            return None
+        headers = {
+            name: "" if value == "_undef_" else unquote(value) for name, value in parse_headers(text).items()
+        }
+        if headers.get("Unique-ID", uuid) != uuid:
+            return None
+        facts = ChannelFacts.from_headers(uuid, headers)
+        self._remember(uuid, _Entry(facts, time.monotonic()))
+        LOOKUPS.labels("asked").inc()
+        return facts
