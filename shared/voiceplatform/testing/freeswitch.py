@@ -24,7 +24,8 @@ Two races of the real thing it models on demand:
   sends that many audio frames, then the metadata.
 - stream before event: FreeSWITCH delivers events to Event Socket listeners from its own queue,
   so under load a stream can reach the gateway before the channel's CHANNEL_CREATE does.
-  ``event_delay_s`` delays every event's delivery (in order) by that long.
+  ``event_delay_s`` delays every event's delivery (in order) by that long; ``flush_events``
+  delivers what is held at once.
 
 The stream URL is whatever the caller of ``place_call`` gives: the dialplan's
 ``<base>/<uuid>?key=<secret>`` (``voiceplatform.phone_stream.stream_url``).
@@ -291,9 +292,16 @@ class FreeSwitchPeer:
             due, event = self._delayed[0]
             wait = due - time.monotonic()
             if wait > 0:
-                await asyncio.sleep(wait)
+                await asyncio.sleep(min(wait, 0.05))  # re-checked: flush_events may have emptied it
+                continue
             self._delayed.popleft()
             self._deliver(event)
+
+    def flush_events(self) -> None:
+        """Deliver every delayed event now, in order; later events go out at once again."""
+        self.event_delay_s = 0.0
+        while self._delayed:
+            self._deliver(self._delayed.popleft()[1])
 
     def spawn(self, coro: Coroutine[Any, Any, Any], key: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, key=key)
