@@ -11,13 +11,15 @@ sockets): ``wait`` gives the announcement a short time. Channels created while t
 were never announced: ``lookup`` then asks FreeSWITCH itself (``uuid_dump``), which only the
 holder of the stream secret can make us do.
 
-Bounded: at most ``MAX_CHANNELS`` live entries (the oldest are dropped first, counted), and a
-live entry older than ``MAX_AGE_S`` without a hangup is forgotten (an event lost in an outage).
+Bounded: at most ``MAX_CHANNELS`` live entries (the oldest are dropped first, counted) with at most
+``MAX_VARIABLES`` variables each; a live entry older than ``MAX_AGE_S`` without a hangup is
+forgotten (an event lost in an outage), an ended one after ``ENDED_MEMORY_S``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -31,7 +33,8 @@ from vp_gateway_fs.esl_frames import EslEvent, parse_headers
 
 log = structlog.get_logger("vp_gateway_fs.channels")
 
-MAX_CHANNELS = 20000
+MAX_CHANNELS = 5000
+MAX_VARIABLES = 64
 MAX_AGE_S = 4 * 3600.0
 ENDED_MEMORY_S = 60.0
 ENDED_EVENTS = ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY")
@@ -66,7 +69,11 @@ class ChannelFacts:
             destination=headers.get("Caller-Destination-Number", "")[:64],
             direction=headers.get("Call-Direction", ""),
             answered=headers.get("Answer-State", "") == "answered",
-            variables={k[9:]: v[:256] for k, v in headers.items() if k.startswith("variable_")},
+            variables=dict(
+                itertools.islice(
+                    ((k[9:], v[:256]) for k, v in headers.items() if k.startswith("variable_")), MAX_VARIABLES
+                )
+            ),
         )
 
 
@@ -74,17 +81,17 @@ class ChannelFacts:
 class _Entry:
     facts: ChannelFacts
     seen: float
-    ended: float | None = None
 
 
 class ChannelRegistry:
     def __init__(self, max_channels: int = MAX_CHANNELS) -> None:
         self.max_channels = max_channels
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._live: OrderedDict[str, _Entry] = OrderedDict()  # in order of first announcement
+        self._ended: OrderedDict[str, float] = OrderedDict()  # in order of hangup
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._live)
 
     # ---- from the ESL reader ------------------------------------------------------------------------
     def on_event(self, event: EslEvent) -> None:
@@ -92,47 +99,50 @@ class ChannelRegistry:
         has_channel_data = event.name.startswith("CHANNEL_") or "Caller-Destination-Number" in event.headers
         if not uuid or not has_channel_data:
             return  # not a channel event (heartbeats, BACKGROUND_JOB, ...)
-        entry = self._entries.get(uuid)
         if event.name in ENDED_EVENTS:
-            if entry is not None and entry.ended is None:
-                entry.ended = event.received
-            elif entry is None:
-                self._remember(uuid, _Entry(ChannelFacts(uuid), event.received, event.received))
-            return
-        if entry is not None and entry.ended is not None:
-            return  # an event of a channel already hung up (a late CUSTOM): it stays ended
-        facts = ChannelFacts.from_headers(uuid, event.headers)
-        if entry is None:
-            self._remember(uuid, _Entry(facts, event.received))
+            self._end(uuid, event.received)
+        elif uuid not in self._ended:  # a late event of a hung-up channel (CUSTOM, ...) changes nothing
+            self._learn(ChannelFacts.from_headers(uuid, event.headers), event.received)
+
+    def _learn(self, facts: ChannelFacts, now: float) -> None:
+        uuid = facts.uuid
+        entry = self._live.get(uuid)
+        if entry is not None:
+            entry.facts, entry.seen = facts, now
         else:
-            entry.facts, entry.seen = facts, event.received
+            self._live[uuid] = _Entry(facts, now)
+            while len(self._live) > self.max_channels:
+                self._live.popitem(last=False)
+                EVICTED.inc()
+            while self._live:  # a channel whose hangup we missed (an ESL outage) is forgotten in time
+                oldest = next(iter(self._live.values()))
+                if now - oldest.seen <= MAX_AGE_S:
+                    break
+                self._live.popitem(last=False)
         for waiter in self._waiters.pop(uuid, []):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _remember(self, uuid: str, entry: _Entry) -> None:
-        self._entries[uuid] = entry
-        self._entries.move_to_end(uuid)
-        now = time.monotonic()
-        while self._entries:
-            oldest_uuid, oldest = next(iter(self._entries.items()))
-            stale = (oldest.ended is not None and now - oldest.ended > ENDED_MEMORY_S) or (
-                now - oldest.seen > MAX_AGE_S
-            )
-            if len(self._entries) <= self.max_channels and not stale:
+    def _end(self, uuid: str, now: float) -> None:
+        self._live.pop(uuid, None)
+        self._ended[uuid] = now
+        self._ended.move_to_end(uuid)
+        while self._ended:
+            oldest = next(iter(self._ended.values()))
+            if now - oldest <= ENDED_MEMORY_S and len(self._ended) <= self.max_channels:
                 break
-            del self._entries[oldest_uuid]
-            if not stale:
-                EVICTED.inc()
+            self._ended.popitem(last=False)
+        for waiter in self._waiters.pop(uuid, []):
+            if not waiter.done():
+                waiter.set_result(None)
 
     # ---- for streams ----------------------------------------------------------------------------------
     def live(self, uuid: str) -> ChannelFacts | None:
-        entry = self._entries.get(uuid)
-        return entry.facts if entry is not None and entry.ended is None else None
+        entry = self._live.get(uuid)
+        return entry.facts if entry is not None else None
 
     def ended(self, uuid: str) -> bool:
-        entry = self._entries.get(uuid)
-        return entry is not None and entry.ended is not None
+        return uuid in self._ended
 
     async def wait(self, uuid: str, timeout: float) -> ChannelFacts | None:
         """The live channel's facts, waiting up to ``timeout`` for its announcement."""
@@ -167,6 +177,6 @@ class ChannelRegistry:
         if headers.get("Unique-ID", uuid) != uuid:
             return None
         facts = ChannelFacts.from_headers(uuid, headers)
-        self._remember(uuid, _Entry(facts, time.monotonic()))
+        self._learn(facts, time.monotonic())
         LOOKUPS.labels("asked").inc()
         return facts
