@@ -49,6 +49,7 @@ from voiceplatform.cli.up import Infra, start_services, stop_services, wait_read
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 180
 ESL_PASSWORD = "bench-conversation-esl"
+STREAM_SECRET = "bench-conversation-stream-key"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -136,6 +137,7 @@ def platform_env(work: Path, phone: bool) -> tuple[Infra, dict[str, str]]:
     if phone:
         env.update(
             VP_FS_ESL_PASSWORD=ESL_PASSWORD,
+            VP_FS_STREAM_SECRET=STREAM_SECRET,
             VP_FS_ESL_PORT=str(free_block(1)),
             VP_GATEWAY_FS_PORT=str(free_block(1)),
         )
@@ -167,7 +169,8 @@ async def run_calls(
             items = call_items(corpus, voice, script, rate)
             tx: WebTransport | PhoneTransport
             if peer is not None:
-                tx = PhoneTransport(peer, f"ws://127.0.0.1:{env['VP_GATEWAY_FS_PORT']}/call", robot, voice)
+                base = f"ws://127.0.0.1:{env['VP_GATEWAY_FS_PORT']}/call"
+                tx = PhoneTransport(peer, base, robot, voice, secret=STREAM_SECRET)
             else:
                 tx = WebTransport(f"ws://127.0.0.1:{port}/ws", robot, rate, voice)
             started = time.monotonic()

@@ -71,6 +71,7 @@ from voiceplatform.devinfra import EmbeddedNats, free_port
 from voiceplatform.testing import FreeSwitchPeer
 
 PASSWORD = "bench-phone-esl-secret"
+STREAM_SECRET = "bench-phone-stream-secret"
 GREETING = "Здравствуйте! Чем могу помочь?"
 READY_TIMEOUT_S = 90.0
 RECORD_TIMEOUT_S = 30.0
@@ -100,6 +101,7 @@ class GatewayProcess:
             "NATS_URL": nats_url,
             "ROBOTS_DIR": str(robots),
             "VP_FS_ESL_PASSWORD": PASSWORD,
+            "VP_FS_STREAM_SECRET": STREAM_SECRET,
             "VP_FS_ESL_PORT": str(esl_port),
             "VP_HTTP_PORT": str(self.http_port),
             "VP_FS_GREETING_CACHE_DIR": str(workdir / "greetings"),
@@ -255,6 +257,7 @@ class PhoneStack:
             seconds=0.0,
             hangover_s=self.silence_frames * 0.02,
             speech=speech,
+            secret=STREAM_SECRET,
         )
 
     def pids(self) -> dict[str, int]:

@@ -24,6 +24,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
 from voiceplatform.audio import Int16Array
+from voiceplatform.phone_stream import stream_url
 
 BACKCHANNEL_DELAY_S = 0.8
 ROBOT_QUIET_S = 1.2  # no robot audio for this long: the reply is over
@@ -265,8 +266,11 @@ class PhoneTransport:
 
     RATE = 8000
 
-    def __init__(self, peer: Any, url: str, robot: str, voice: str, number: str = "7000") -> None:
+    def __init__(
+        self, peer: Any, url: str, robot: str, voice: str, number: str = "7000", *, secret: str
+    ) -> None:
         self.peer, self.url, self.robot, self.number = peer, url, robot, number
+        self.secret = secret  # VP_FS_STREAM_SECRET: the key the dialplan puts in the stream URL
         self.log = CallLog(voice, self.RATE, "phone")
         self.call: Any = None
         self._t0 = 0.0
@@ -286,7 +290,7 @@ class PhoneTransport:
         )
         self._t0 = time.monotonic()
         self.call = await self.peer.place_call(
-            f"{self.url.rstrip('/')}/{uuid}",
+            stream_url(self.url, uuid, self.secret),
             destination=self.number,
             caller="vp-bench",
             metadata=metadata,

@@ -38,6 +38,7 @@ from bench.platform_report import percentile
 from voiceplatform import subjects
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.nats import NatsBus
+from voiceplatform.phone_stream import stream_url
 from voiceplatform.testing import FreeSwitchPeer, PeerCall, Playback
 from voiceplatform.wire import AudioChunk, Message
 
@@ -162,6 +163,7 @@ class CallPlan:
     hangover_s: float
     speech: bytes
     caller: str = "79990001122"
+    secret: str = ""  # VP_FS_STREAM_SECRET of the gateway under test
 
 
 async def run_call(
@@ -170,7 +172,7 @@ async def run_call(
     """One call from answer to hangup; ``stats`` None: a warm-up whose problems raise instead."""
     metadata = json.dumps({"dnis": NUMBER, "caller": plan.caller, "rate": RATE})
     call = await peer.place_call(
-        f"{plan.ws_base}/{plan.uuid}",
+        stream_url(plan.ws_base, plan.uuid, plan.secret),
         destination=NUMBER,
         caller=plan.caller,
         metadata=metadata,

@@ -19,12 +19,15 @@ import jsonschema
 import pytest
 import yaml
 
+from voiceplatform.phone_stream import stream_url
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "deploy" / "compose"
 FS_DIR = COMPOSE_DIR / "freeswitch"
 CONF = FS_DIR / "conf"
 SCHEMA = Path(__file__).with_name("compose-spec.json")
 PASSWORD = "s3cret-esl-pass"
+STREAM_SECRET = "stream-key-of-the-deploy-tests"
 FS_GLOBALS = {"local_ip_v4": "172.31.197.5", "script_dir": "/usr/local/freeswitch/scripts"}
 DIRECTIVE = re.compile(r'<X-PRE-PROCESS cmd="(?P<cmd>[^"]*)" data="(?P<data>[^"]*)"/>', re.IGNORECASE)
 MODULES = {"mod_event_socket", "mod_sofia", "mod_dptools", "mod_commands", "mod_sndfile"}
@@ -118,7 +121,7 @@ def raw_compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def compose(raw_compose: dict[str, Any]) -> dict[str, Any]:
-    result = interpolate(raw_compose, {"VP_FS_ESL_PASSWORD": PASSWORD})
+    result = interpolate(raw_compose, {"VP_FS_ESL_PASSWORD": PASSWORD, "VP_FS_STREAM_SECRET": STREAM_SECRET})
     assert isinstance(result, dict)
     return result
 
@@ -152,6 +155,14 @@ def test_esl_password_is_required_and_shared(raw_compose: dict[str, Any], compos
     assert services["freeswitch"]["environment"]["VP_FS_ESL_PASSWORD"] == PASSWORD
     assert services["gateway-fs"]["environment"]["VP_FS_ESL_PASSWORD"] == PASSWORD
     assert "ClueCon" not in (COMPOSE_DIR / "docker-compose.yml").read_text()
+
+
+def test_stream_secret_is_required_and_shared(raw_compose: dict[str, Any], compose: dict[str, Any]) -> None:
+    with pytest.raises(InterpolationError, match="VP_FS_STREAM_SECRET"):
+        interpolate(raw_compose, {"VP_FS_ESL_PASSWORD": PASSWORD})
+    services = compose["services"]
+    assert services["freeswitch"]["environment"]["VP_FS_STREAM_SECRET"] == STREAM_SECRET
+    assert services["gateway-fs"]["environment"]["VP_FS_STREAM_SECRET"] == STREAM_SECRET
 
 
 def test_every_build_context_and_copied_file_exists(compose: dict[str, Any]) -> None:
@@ -191,6 +202,7 @@ def test_gateway_fs_service_settings_load(compose: dict[str, Any], monkeypatch: 
     settings = settings_module.GatewayFsSettings(_env_file=None)
     assert (settings.http_port, settings.fs_esl_host, settings.fs_esl_port) == (8090, "freeswitch", 8021)
     assert settings_module.password_problem(settings) is None
+    assert settings_module.stream_secret_problem(settings) is None
     assert str(settings.fs_recordings_dir) == "/recordings"
     assert settings_module.parse_routes(settings.fs_routes)["7000"] == "pipeline_russian"
     assert (REPO / "robots" / settings.fs_default_robot / "config.json").is_file()
@@ -323,9 +335,12 @@ def test_dialplan_starts_the_stream_to_gateway_fs_then_parks(
     command = command.replace("${caller_id_number}", "79990001122")
     uuid, action, url, mix, rate, metadata = _audio_stream_args(command)
     assert (uuid, action, mix, rate) == ("c0ffee-uuid", "start", "mono", "8k")
-    assert url == "ws://gateway-fs:8090/call/c0ffee-uuid"
+    assert url == f"ws://gateway-fs:8090/call/c0ffee-uuid?key={STREAM_SECRET}"
+    # the form gateway-fs and its clients use
+    assert url == stream_url("ws://gateway-fs:8090/call", "c0ffee-uuid", STREAM_SECRET)
     assert json.loads(metadata) == {"dnis": "7000", "caller": "79990001122", "rate": 8000}
     host_port = url.removeprefix("ws://").split("/")[0]
+    assert "robot_stream_secret" not in preprocess({})[1]  # no default key: the entry point requires one
     assert host_port == f"gateway-fs:{compose['services']['gateway-fs']['environment']['VP_HTTP_PORT']}"
     raw = (CONF / "dialplan" / "default.xml").read_text()
     assert "{&quot;dnis&quot;:&quot;$1&quot;" in raw  # JSON quotes written as XML entities
@@ -380,7 +395,7 @@ session = {
   hangup = function(self, cause) calls[#calls + 1] = "hangup " .. cause end,
 }
 freeswitch = {
-  getGlobalVariable = function(name) return nil end,
+  getGlobalVariable = function(name) return ({robot_stream_secret = "lua-stream-key-0123456"})[name] end,
   consoleLog = function(level, text) calls[#calls + 1] = "log " .. level end,
   API = function()
     return {executeString = function(self, cmd) calls[#calls + 1] = "api " .. cmd; return REPLY end}
@@ -407,7 +422,7 @@ def test_robot_lua_starts_the_same_stream(reply: str, tmp_path: Path) -> None:
     assert (uuid, action, url, mix, rate) == (
         "c0ffee-uuid",
         "start",
-        "ws://gateway-fs:8090/call/c0ffee-uuid",
+        "ws://gateway-fs:8090/call/c0ffee-uuid?key=lua-stream-key-0123456",
         "mono",
         "8k",
     )
@@ -444,14 +459,31 @@ def _entrypoint(env: dict[str, str], *command: str) -> subprocess.CompletedProce
     ],
 )
 def test_entrypoint_refuses_a_missing_stock_or_unsafe_password(password: str, reason: str) -> None:
-    result = _entrypoint({"VP_FS_ESL_PASSWORD": password}, "echo", "started")
+    env = {"VP_FS_ESL_PASSWORD": password, "VP_FS_STREAM_SECRET": STREAM_SECRET}
+    result = _entrypoint(env, "echo", "started")
     assert result.returncode != 0 and "started" not in result.stdout
     assert "VP_FS_ESL_PASSWORD" in result.stderr and reason in result.stderr
     assert len(password) < 8 or password not in result.stderr  # a secret is never echoed
 
 
+@pytest.mark.parametrize(
+    ("secret", "reason"),
+    [("", "not set"), ("short-key", "shorter than 16"), ("with&ampersand-0123456", "may hold only")],
+)
+def test_entrypoint_refuses_a_missing_short_or_unsafe_stream_secret(secret: str, reason: str) -> None:
+    result = _entrypoint({"VP_FS_ESL_PASSWORD": PASSWORD, "VP_FS_STREAM_SECRET": secret}, "echo", "started")
+    assert result.returncode != 0 and "started" not in result.stdout
+    assert "VP_FS_STREAM_SECRET" in result.stderr and reason in result.stderr
+    assert not secret or secret not in result.stderr
+
+
 def test_entrypoint_unsets_empty_settings_then_execs_the_command() -> None:
-    env = {"VP_FS_ESL_PASSWORD": PASSWORD, "VP_FS_EXTERNAL_IP": "", "VP_FS_LOG_LEVEL": "debug"}
+    env = {
+        "VP_FS_ESL_PASSWORD": PASSWORD,
+        "VP_FS_STREAM_SECRET": STREAM_SECRET,
+        "VP_FS_EXTERNAL_IP": "",
+        "VP_FS_LOG_LEVEL": "debug",
+    }
     result = _entrypoint(env, "env")
     assert result.returncode == 0, result.stderr
     assert "VP_FS_EXTERNAL_IP" not in result.stdout  # so vars.xml keeps its default

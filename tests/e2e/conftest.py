@@ -26,6 +26,7 @@ class Platform:
     phone_url: str = ""  # gateway-fs: where mod_audio_stream connects (ws://…/call)
     esl_port: int = 0  # where gateway-fs expects FreeSWITCH's Event Socket (the test's peer)
     esl_password: str = ""
+    stream_secret: str = ""  # the key gateway-fs requires in the stream URL
 
     def logs_text(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.tail(30)}" for p in self.procs)
@@ -59,6 +60,7 @@ def platform(private_nats: str, postgres_dsn: str, redis_url: str, tmp_path_fact
         "PYTHONUNBUFFERED": "1",
         # gateway-fs logs in to the FreeSWITCH peer a phone test starts on this port
         "VP_FS_ESL_PASSWORD": "e2e-esl-secret-not-cluecon",
+        "VP_FS_STREAM_SECRET": "e2e-stream-secret-0123456789",
         "VP_FS_ESL_PORT": str(free_port()),
         "VP_GATEWAY_FS_PORT": str(free_port()),
     }
@@ -74,6 +76,7 @@ def platform(private_nats: str, postgres_dsn: str, redis_url: str, tmp_path_fact
         phone_url=f"ws://127.0.0.1:{env['VP_GATEWAY_FS_PORT']}/call",
         esl_port=int(env["VP_FS_ESL_PORT"]),
         esl_password=env["VP_FS_ESL_PASSWORD"],
+        stream_secret=env["VP_FS_STREAM_SECRET"],
     )
     try:
         if not wait_ready(platform.health, 180, procs):

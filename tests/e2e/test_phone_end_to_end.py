@@ -57,6 +57,7 @@ async def test_phone_call_greeting_reply_hangup_and_record(platform, postgres_ds
         caller,
         esl_port=platform.esl_port,
         esl_password=platform.esl_password,
+        stream_secret=platform.stream_secret,
         tail_s=25,
     )
     assert result.call_id.startswith("phone-"), platform.logs_text()
@@ -90,6 +91,7 @@ async def test_phone_barge_in_breaks_playback_within_100_ms(platform, postgres_d
             caller,
             esl_port=platform.esl_port,
             esl_password=platform.esl_password,
+            stream_secret=platform.stream_secret,
             tail_s=25,
             # speak over the reply once it has played 1.2 s: a barge-in, not a continuation
             over_reply=(np.concatenate([over, silence(1.0)]), 1.2),
@@ -110,3 +112,58 @@ async def test_phone_barge_in_breaks_playback_within_100_ms(platform, postgres_d
         lags.append(broke - before[-1])
     print(f"speech start detected → uuid_break: {[round(x * 1000, 1) for x in lags]} ms")
     assert max(lags) < 0.1, lags
+
+
+async def test_a_spoofed_stream_creates_no_call_and_no_caller(platform, postgres_dsn):
+    """A WebSocket from something that is not our FreeSWITCH: without the key, or with it but for a
+    channel FreeSWITCH never announced. Neither creates a call, so the spoofed number never reaches
+    the recorder's ``users``."""
+    import asyncio
+    import contextlib
+    import json
+    import uuid as uuid_module
+
+    import asyncpg
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    from tests.e2e.conftest import http_get
+    from voiceplatform.phone_stream import stream_url
+    from voiceplatform.testing import FreeSwitchPeer
+
+    spoofed = f"7{uuid_module.uuid4().int % 10**10:010d}"
+    peer = FreeSwitchPeer(esl_password=platform.esl_password, esl_port=platform.esl_port)
+    await peer.start()  # gateway-fs's FreeSWITCH is up (and has announced no such channel)
+    try:
+        deadline = time.monotonic() + 15
+        while not any(c.line.startswith("event ") for c in peer.commands) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        closes = []
+        for key in ("", "wrong-key-0123456789abcdef", platform.stream_secret):
+            uuid = str(uuid_module.uuid4())
+            url = stream_url(platform.phone_url, uuid, key) if key else f"{platform.phone_url}/{uuid}"
+            ws = await connect(url)
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps({"dnis": "7000", "caller": spoofed, "uuid": uuid}))
+                await ws.send(bytes(320))
+                while True:
+                    await ws.recv()
+            closes.append((ws.close_code, ws.close_reason))
+    finally:
+        await peer.stop()
+    assert closes == [
+        (1008, "stream key missing or wrong"),
+        (1008, "stream key missing or wrong"),
+        (1008, "FreeSWITCH announced no such channel"),
+    ]
+    metrics_url = platform.phone_url.replace("ws://", "http://").removesuffix("/call") + "/metrics"
+    _, body = http_get(metrics_url)
+    text = body.decode()
+    for reason in ("no_secret", "bad_secret", "unknown_channel"):
+        assert f'vp_gateway_fs_rejected_total{{reason="{reason}"}} 1.0' in text
+    await asyncio.sleep(2.0)  # what a call would have published has reached the recorder by now
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        assert await conn.fetchval("select count(*) from users where phone = $1", spoofed) == 0
+    finally:
+        await conn.close()

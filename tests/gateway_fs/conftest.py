@@ -21,6 +21,7 @@ from voiceplatform.audio import write_wav
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.devinfra import free_port
+from voiceplatform.phone_stream import stream_url
 from voiceplatform.runtime import run_service
 from voiceplatform.testing import FreeSwitchPeer, PeerCall
 from voiceplatform.wire import AssignReply, LlmSentence, Message, TtsAudio
@@ -28,6 +29,7 @@ from vp_gateway_fs.app import GatewayFs
 from vp_gateway_fs.settings import GatewayFsSettings
 
 PASSWORD = "peer-esl-secret-1"
+STREAM_SECRET = "stream-secret-of-the-tests-0123"
 RATE = 8000
 TONES = {"bot": (440.0, 0.5, "7000"), "other": (660.0, 0.5, "7001"), "long": (330.0, 3.0, "7002")}
 
@@ -64,12 +66,16 @@ class Stack:
     def of(self, kind: type, call_id: str | None = None) -> list[Any]:
         return [m for m in self.seen if isinstance(m, kind) and (call_id is None or m.call_id == call_id)]
 
+    def url(self, uuid: str, secret: str = STREAM_SECRET) -> str:
+        """The stream URL the dialplan builds for channel ``uuid``."""
+        return stream_url(self.ws_base, uuid, secret)
+
     async def call(self, destination: str = "7000", *, metadata: Any = "default", **kw: Any) -> PeerCall:
         uuid = str(uuidlib.uuid4())
         if metadata == "default":
             metadata = json.dumps({"dnis": destination, "caller": "79990001122"})
         call = await self.peer.place_call(
-            f"{self.ws_base}/{uuid}", destination=destination, metadata=metadata, uuid=uuid, **kw
+            self.url(uuid), destination=destination, metadata=metadata, uuid=uuid, **kw
         )
         self.calls.append(call)
         return call
@@ -94,6 +100,7 @@ async def stack(private_nats: str, tmp_path: Path) -> AsyncIterator[Stack]:
         robots_dir=robots,
         fs_esl_port=peer.esl_port,
         fs_esl_password=SecretStr(PASSWORD),
+        fs_stream_secret=SecretStr(STREAM_SECRET),
         fs_esl_reconnect_max_s=0.3,
         fs_recordings_dir=tmp_path / "recordings",
         fs_metadata_timeout_s=0.5,

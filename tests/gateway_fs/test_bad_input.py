@@ -10,9 +10,10 @@ from prometheus_client import REGISTRY
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.gateway_fs.conftest import Stack
+from tests.gateway_fs.conftest import STREAM_SECRET, Stack
 from tests.waiting import wait_for
 from voiceplatform.devinfra import free_port
+from voiceplatform.phone_stream import stream_url
 from voiceplatform.wire import AudioChunk, CallEnded, CallStarted
 
 
@@ -56,17 +57,25 @@ async def test_text_where_audio_is_expected_is_counted_and_ignored(stack: Stack)
     await call.hangup()
 
 
-async def test_no_metadata_without_a_default_robot_is_refused_and_hung_up(stack: Stack) -> None:
-    before = rejected("no_metadata")
-    call = await stack.call("7000", metadata=None)  # audio frames first
+async def test_no_metadata_is_routed_by_the_channels_dialled_number(stack: Stack) -> None:
+    before = bad("no_metadata")
+    call = await stack.call("7001", metadata=None)  # audio frames only: FreeSWITCH's channel data decides
+    await wait_for(lambda: stack.of(CallStarted))
+    assert stack.of(CallStarted)[0].robot == "other" and bad("no_metadata") == before + 1
+    await call.hangup()
+
+
+async def test_no_metadata_and_no_route_is_refused_and_hung_up(stack: Stack) -> None:
+    before = rejected("no_route")
+    call = await stack.call("9999", metadata=None)
     await call.ended.wait()
-    assert call.hangup_cause == "CALL_REJECTED" and rejected("no_metadata") == before + 1
+    assert call.hangup_cause == "UNALLOCATED_NUMBER" and rejected("no_route") == before + 1
     assert not stack.of(CallStarted)  # a call that never started has no record
 
 
-async def test_no_metadata_goes_to_the_default_robot_when_there_is_one(stack: Stack) -> None:
+async def test_no_route_goes_to_the_default_robot_when_there_is_one(stack: Stack) -> None:
     stack.service.router.default_robot = "other"
-    call = await stack.call("7000", metadata=None)
+    call = await stack.call("9999", metadata=None)
     await wait_for(lambda: stack.of(CallStarted))
     assert stack.of(CallStarted)[0].robot == "other"
     await call.hangup()
@@ -75,28 +84,31 @@ async def test_no_metadata_goes_to_the_default_robot_when_there_is_one(stack: St
 async def test_unroutable_number_gets_a_policy_close_and_the_others_go_on(stack: Stack) -> None:
     good = await stack.call("7000")
     await wait_for(lambda: stack.of(CallStarted))
-    before = rejected("no_route")
+    before, garbled = rejected("no_route"), bad("bad_metadata")
     call = await stack.call("9999")
     await call.ended.wait()
     assert call.hangup_cause == "UNALLOCATED_NUMBER" and rejected("no_route") == before + 1
-    garbage = await stack.call("7001", metadata="{not json")  # unusable metadata: as if none
-    await garbage.ended.wait()
-    assert garbage.hangup_cause == "CALL_REJECTED"
-    assert len(stack.of(CallStarted)) == 1 and good.uuid in stack.service.calls
+    # unusable metadata is counted; the channel's dialled number still routes the call
+    garbage = await stack.call("7001", metadata="{not json")
+    await wait_for(lambda: len(stack.of(CallStarted)) == 2)
+    assert stack.of(CallStarted)[1].robot == "other" and bad("bad_metadata") == garbled + 1
+    assert good.uuid in stack.service.calls
     good_id = f"phone-{good.uuid}"
     count = len(stack.of(AudioChunk, good_id))
     await wait_for(lambda: len(stack.of(AudioChunk, good_id)) > count + 5)  # still streaming
     await good.hangup()
+    await garbage.hangup()
 
 
 async def test_stream_without_a_channel_uuid_is_refused(stack: Stack) -> None:
-    call = await stack.peer.place_call(stack.ws_base, destination="7000", metadata='{"dnis":"7000"}')
+    no_uuid = f"{stack.ws_base}?key={STREAM_SECRET}"
+    call = await stack.peer.place_call(no_uuid, destination="7000", metadata='{"dnis":"7000"}')
     await wait_for(lambda: stack.peer.events_named("mod_audio_stream::disconnect", call.uuid))
     assert not stack.of(CallStarted)
-    # the uuid may come in the metadata instead of the URL
+    # the uuid may come in the metadata instead of the URL (it is checked against the ESL all the same)
     meta = json.dumps({"dnis": "7000", "uuid": "0f0e0d0c-1111-2222-3333-444455556666"})
     second = await stack.peer.place_call(
-        stack.ws_base, destination="7000", metadata=meta, uuid="0f0e0d0c-1111-2222-3333-444455556666"
+        no_uuid, destination="7000", metadata=meta, uuid="0f0e0d0c-1111-2222-3333-444455556666"
     )
     await wait_for(lambda: stack.of(CallStarted))
     await second.hangup()
@@ -115,16 +127,17 @@ async def test_stream_closing_mid_sentence_ends_the_call_and_hangs_up(stack: Sta
 
 
 async def test_refusals_close_the_socket_with_1008(stack: Stack) -> None:
-    async with connect(f"{stack.ws_base}/0f0e0d0c-aaaa-bbbb-cccc-444455556666") as ws:
+    async with connect(stack.url("0f0e0d0c-aaaa-bbbb-cccc-444455556666")) as ws:
         await ws.send(json.dumps({"dnis": "9999"}))
         with pytest.raises(ConnectionClosed):
             await ws.recv()
-    assert ws.close_code == 1008 and "9999" in (ws.close_reason or "")
+    assert ws.close_code == 1008 and "no such channel" in (ws.close_reason or "")
 
 
 async def test_a_stream_that_cannot_reach_any_gateway_gets_its_channel_hung_up(stack: Stack) -> None:
     dead = f"ws://127.0.0.1:{free_port()}/call"  # nothing listens: mod_audio_stream::error code 6
-    call = await stack.peer.place_call(f"{dead}/0f0e0d0c-dead-4444-8888-444455556666", destination="7000")
+    url = stream_url(dead, "0f0e0d0c-dead-4444-8888-444455556666", STREAM_SECRET)
+    call = await stack.peer.place_call(url, destination="7000")
     await asyncio.wait_for(call.ended.wait(), 5)
     assert call.hangup_cause == "NORMAL_TEMPORARY_FAILURE"
 

@@ -30,6 +30,7 @@ from vp_gateway_fs.app import GatewayFs
 from vp_gateway_fs.settings import GatewayFsSettings
 
 PASSWORD = "vp-call-phone-secret"
+STREAM_SECRET = "vp-call-phone-stream-secret"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -63,6 +64,7 @@ async def platform(private_nats: str, tmp_path: Path) -> AsyncIterator[Platform]
         robots_dir=robots,
         fs_esl_port=esl_port,
         fs_esl_password=SecretStr(PASSWORD),
+        fs_stream_secret=SecretStr(STREAM_SECRET),
         fs_esl_reconnect_max_s=0.2,
         drain_timeout_s=1.0,
     )
@@ -95,6 +97,7 @@ async def test_place_phone_call_reports_the_turn_like_web_mode(platform: Platfor
         resample(samples, 16000, 8000),
         esl_port=platform.esl_port,
         esl_password=PASSWORD,
+        stream_secret=STREAM_SECRET,
         tail_s=5,
     )
     assert result.call_id.startswith("phone-")
@@ -110,7 +113,9 @@ async def test_place_phone_call_reports_the_turn_like_web_mode(platform: Platfor
 async def test_vp_call_phone_command_prints_the_same_report(platform: Platform, tmp_path: Path) -> None:
     wav = caller_wav(tmp_path / "caller.wav")
     out = tmp_path / "reply.wav"
-    env = {**os.environ, "VP_FS_ESL_PASSWORD": PASSWORD, "PYTHONPATH": str(REPO)}
+    secrets = {"VP_FS_ESL_PASSWORD": PASSWORD, "VP_FS_STREAM_SECRET": STREAM_SECRET}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, **secrets, "PYTHONPATH": path}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -1,7 +1,8 @@
 """gateway-fs: phone calls from FreeSWITCH, as the workers see a browser call (apart from 8 kHz).
 
-Wiring: the mod_audio_stream WebSocket (``/call/{uuid}``, stream.py), one ESL connection to
-FreeSWITCH shared by every call (esl.py; events are routed to the call by ``Unique-ID``), the
+Wiring: the mod_audio_stream WebSocket (``/call/{uuid}?key=<secret>``, stream.py), one ESL connection
+to FreeSWITCH shared by every call (esl.py; events are routed to the call by ``Unique-ID``, and every
+channel it announces is kept in ``ChannelRegistry``: a stream is served only for one of those), the
 ``GatewayDirectory`` of workers, ``/health`` (200 only with the whole pipeline and the ESL up) and
 ``/metrics``, and the drain on SIGTERM that gateway-web does.
 
@@ -30,17 +31,24 @@ from voiceplatform.gateway import GatewayDirectory
 from voiceplatform.logging import register_secret
 from voiceplatform.runtime import TaskRegistry, cancel_and_wait
 from vp_gateway_fs.call import PhoneCall
+from vp_gateway_fs.channels import ChannelRegistry
 from vp_gateway_fs.esl import EslClient, EslError, EslEvent
 from vp_gateway_fs.greeting import GreetingCache
 from vp_gateway_fs.routing import RobotRouter
-from vp_gateway_fs.settings import GatewayFsSettings, parse_routes, password_problem
+from vp_gateway_fs.settings import (
+    GatewayFsSettings,
+    parse_routes,
+    password_problem,
+    stream_secret_problem,
+)
 from vp_gateway_fs.sink import command_failed
 from vp_gateway_fs.stream import StreamHandler
 
 log = structlog.get_logger("vp_gateway_fs")
 SERVICE = "gateway-fs"
 SUBSCRIPTION = (
-    "CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE DTMF PLAYBACK_START PLAYBACK_STOP CUSTOM "
+    "CHANNEL_CREATE CHANNEL_PARK CHANNEL_ANSWER CHANNEL_HANGUP CHANNEL_HANGUP_COMPLETE "
+    "DTMF PLAYBACK_START PLAYBACK_STOP CUSTOM "
     "mod_audio_stream::play mod_audio_stream::connect mod_audio_stream::disconnect mod_audio_stream::error"
 )
 ANSWER_MEMORY_S = 60.0
@@ -54,11 +62,13 @@ class GatewayFs:
     name = SERVICE
 
     def __init__(self, settings: GatewayFsSettings) -> None:
-        problem = password_problem(settings)
+        problem = password_problem(settings) or stream_secret_problem(settings)
         if problem:
             raise GatewayConfigError(problem)
         password = settings.fs_esl_password.get_secret_value()
         register_secret(password)
+        register_secret(settings.fs_stream_secret.get_secret_value())
+        self.channels = ChannelRegistry()  # what FreeSWITCH announced: the only channels we serve
         self.settings = settings
         self.router = RobotRouter(
             RobotRegistry(settings.robots_dir), parse_routes(settings.fs_routes), settings.fs_default_robot
@@ -142,6 +152,7 @@ class GatewayFs:
     # ---- ESL ------------------------------------------------------------------------------------------
     def _on_esl_event(self, event: EslEvent) -> None:
         uuid = event.uuid
+        self.channels.on_event(event)
         call = self.calls.get(uuid)
         if event.name == "CHANNEL_ANSWER" and call is None:
             cutoff = time.monotonic() - ANSWER_MEMORY_S

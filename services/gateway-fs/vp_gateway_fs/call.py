@@ -34,6 +34,7 @@ from voiceplatform.wire import (
     StageError,
     TtsAudio,
 )
+from vp_gateway_fs.channels import ChannelFacts
 from vp_gateway_fs.esl import EslClient, EslError, EslEvent
 from vp_gateway_fs.greeting import GreetingCapture
 from vp_gateway_fs.sink import FsSink, command_failed
@@ -64,8 +65,10 @@ class PhoneCall:
         recordings_dir: Path,
         answered_at: float | None = None,
         greeting_capture: GreetingCapture | None = None,
+        facts: ChannelFacts | None = None,
     ) -> None:
         self.uuid = uuid
+        self.facts = facts or ChannelFacts(uuid)  # caller, dialled number: as FreeSWITCH announced them
         self.session = session
         self.sink = sink
         self.bus = bus

@@ -1,7 +1,8 @@
 """gateway-fs settings (env ``VP_*``, read once at start).
 
 The ESL password has no usable default: the stock ``ClueCon`` is refused unless
-``VP_FS_ESL_ALLOW_DEFAULT_PASSWORD=true`` (a developer's own FreeSWITCH on loopback).
+``VP_FS_ESL_ALLOW_DEFAULT_PASSWORD=true`` (a developer's own FreeSWITCH on loopback). The stream
+secret ``VP_FS_STREAM_SECRET`` (voiceplatform.phone_stream) is required too: no stream is taken without it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 
 from voiceplatform.config import ServiceSettings
+from voiceplatform.phone_stream import secret_problem
 
 STOCK_PASSWORD = "ClueCon"
 
@@ -22,6 +24,11 @@ class GatewayFsSettings(ServiceSettings):
     fs_esl_port: int = 8021
     fs_esl_password: SecretStr = SecretStr("")
     fs_esl_allow_default_password: bool = False
+    # the per-deployment key FreeSWITCH's dialplan puts in the stream URL (?key=...): required
+    fs_stream_secret: SecretStr = SecretStr("")
+    # a stream for a channel not yet announced on the Event Socket waits this long for the event,
+    # then FreeSWITCH is asked (uuid_dump); a channel it does not know is refused
+    fs_channel_wait_s: float = Field(default=1.0, gt=0, le=10)
     # one ESL api command (uuid_broadcast, uuid_break, ...) waits this long for FreeSWITCH's answer
     fs_esl_command_timeout_s: float = Field(default=2.0, gt=0)
     # reconnect back-off doubles from 0.1 s up to this cap
@@ -38,6 +45,9 @@ class GatewayFsSettings(ServiceSettings):
     fs_greeting_cache_dir: Path | None = None
     # seconds to wait for the metadata text frame after the WebSocket opens
     fs_metadata_timeout_s: float = Field(default=2.0, gt=0)
+    # caller audio that arrives before the metadata (mod_audio_stream sends what it queued during
+    # the handshake first) is held, in order, up to this many frames while the metadata is awaited
+    fs_early_audio_max_frames: int = Field(default=50, ge=1, le=500)
     # robot audio segments pushed to FreeSWITCH (see sink.py for the arithmetic behind the numbers)
     fs_lead_frames: int = Field(default=25, ge=2, le=100)
     fs_first_segment_ms: int = Field(default=160, ge=20, le=2000)
@@ -59,6 +69,11 @@ def password_problem(settings: GatewayFsSettings) -> str | None:
             "(or VP_FS_ESL_ALLOW_DEFAULT_PASSWORD=true for a private development FreeSWITCH)"
         )
     return None
+
+
+def stream_secret_problem(settings: GatewayFsSettings) -> str | None:
+    """Why the configured stream secret must not be used, or None (the value is never returned)."""
+    return secret_problem(settings.fs_stream_secret.get_secret_value())
 
 
 def parse_routes(text: str) -> dict[str, str]:

@@ -3,16 +3,27 @@
 The dialplan starts the stream ``mono`` (the caller alone) at 8k or 16k; the metadata's ``rate`` or
 ``VP_FS_SAMPLE_RATE`` says which.
 
-``/call/{uuid}`` (the dialplan puts ``${uuid}`` in the URL; ``/call`` with ``"uuid"`` in the
-metadata works too). Bad input never takes the gateway down and never leaves a call unrecorded:
+Who may stream (checked in this order; each refusal is closed with 1008 and a reason, logged and
+counted in ``vp_gateway_fs_rejected_total{reason}``):
+- ``?key=<VP_FS_STREAM_SECRET>`` in the URL, compared in constant time (``no_secret``,
+  ``bad_secret``); nothing else about such a stream is read or acted on;
+- ``/call/{uuid}`` names a channel our FreeSWITCH announced on the Event Socket and has not hung up
+  (``unknown_channel``, ``channel_ended``; channels.py waits briefly for a late event, then asks
+  FreeSWITCH with ``uuid_dump``). These refusals never ``uuid_kill``: a stranger must not be able
+  to hang up a real caller by naming their channel.
+The caller and dialled numbers come from the channel's Event Socket data; the metadata is a hint
+(its ``robot`` key and ``rate`` are used; a caller or number that disagrees is logged and counted).
+
+Caller audio that arrives before the metadata (mod_audio_stream sends what it queued during a slow
+handshake first) is held, up to ``VP_FS_EARLY_AUDIO_MAX_FRAMES`` frames, and delivered first, in
+order. Bad input never takes the gateway down and never leaves a call unrecorded:
 - frames that are not whole 20 ms frames (odd sizes, odd byte counts) are re-framed by
   ``FrameAssembler`` and counted; oversized ones are dropped and counted;
-- text frames after the metadata are counted and ignored;
-- no metadata (audio first, or nothing within ``VP_FS_METADATA_TIMEOUT_S``): the default robot,
-  or, without one, a refusal;
-- a refused stream (no route, unusable metadata, no channel uuid) is closed with 1008 and its channel
-  hung up (``uuid_kill``, cause UNALLOCATED_NUMBER or CALL_REJECTED). It never started a call, so
-  it has no call record: it is logged and counted in ``vp_gateway_fs_rejected_total{reason}``;
+- text frames after the metadata are counted and ignored; unusable or missing metadata is counted
+  and the call is routed by the channel's dialled number alone;
+- a stream of a real channel refused for routing (no robot for the number) is closed with 1008 and
+  its channel hung up (``uuid_kill``, cause UNALLOCATED_NUMBER). It never started a call, so it
+  has no call record;
 - the stream closing while FreeSWITCH has not reported a hangup (a dropped socket, a stream
   stopped mid-sentence): the call ends with reason ``stream_closed`` and the channel is hung up,
   since a caller nobody hears must not be left in a parked call.
@@ -33,8 +44,10 @@ from voiceplatform import metrics
 from voiceplatform.config import RobotConfig
 from voiceplatform.gateway import CallSession, FrameAssembler
 from voiceplatform.logging import bind_call
+from voiceplatform.phone_stream import KEY_PARAM, secret_matches
 from voiceplatform.wire import frame_bytes
 from vp_gateway_fs.call import PhoneCall
+from vp_gateway_fs.channels import LOOKUPS, ChannelFacts
 from vp_gateway_fs.esl import EslError
 from vp_gateway_fs.routing import NO_METADATA, RoutingError, StreamMeta, parse_metadata
 from vp_gateway_fs.sink import FsSink, command_failed
@@ -47,6 +60,14 @@ SERVICE = "gateway-fs"
 _FRAMES_IN = metrics.FRAMES_IN.labels(SERVICE)  # bound once: the audio path runs 50 times a second per call
 BAD_INPUT = Counter("vp_gateway_fs_bad_input_total", "Stream frames rejected or repaired", ["reason"])
 REJECTED = Counter("vp_gateway_fs_rejected_total", "Streams refused before a call started", ["reason"])
+EARLY_AUDIO = Counter(
+    "vp_gateway_fs_early_audio_frames_total", "Caller audio frames that came before the metadata (kept)"
+)
+MISMATCH = Counter(
+    "vp_gateway_fs_metadata_mismatch_total",
+    "Stream metadata that disagrees with FreeSWITCH's channel data",
+    ["field"],
+)
 _UUID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
 # how long a closed stream waits for FreeSWITCH's CHANNEL_HANGUP_COMPLETE to name the reason
 HANGUP_GRACE_S = 0.5
@@ -56,17 +77,32 @@ class StreamHandler:
     def __init__(self, gateway: GatewayFs) -> None:
         self.gw = gateway
         self.settings = gateway.settings
+        self.secret = gateway.settings.fs_stream_secret.get_secret_value()
 
     async def handle(self, ws: WebSocket, path_uuid: str | None) -> None:
         await ws.accept()
-        meta, first_audio = await self._first_frame(ws)
-        if meta is None:
+        key = ws.query_params.get(KEY_PARAM)
+        if not secret_matches(key, self.secret):
+            # not our FreeSWITCH: nothing it names is touched (no uuid_kill of a real caller's channel)
+            reason = "no_secret" if not key else "bad_secret"
+            await self._reject(ws, "", reason, "stream key missing or wrong", kill=False)
+            return
+        opening = await self._opening(ws)
+        if opening is None:
             return  # closed before saying anything
+        meta, early = opening
         uuid = path_uuid or meta.uuid
         if path_uuid and meta.uuid and meta.uuid != path_uuid:
             log.warning("fs.stream_uuid_mismatch", path_uuid=path_uuid)
         if not uuid or not _UUID.match(uuid):
             await self._reject(ws, "", "no_uuid", "the stream names no channel uuid (use /call/${uuid})")
+            return
+        facts = await self._channel(uuid)
+        if facts is None:
+            ended = self.gw.channels.ended(uuid)
+            reason = "channel_ended" if ended else "unknown_channel"
+            message = "the channel has ended" if ended else "FreeSWITCH announced no such channel"
+            await self._reject(ws, uuid, reason, message, kill=False)
             return
         if not self.gw.accepting or self.gw.bus is None:
             await self._reject(ws, uuid, "draining", "gateway is not accepting calls", code=1013)
@@ -74,38 +110,72 @@ class StreamHandler:
         if uuid in self.gw.calls:
             await self._reject(ws, uuid, "duplicate", "a stream for this channel is already open", kill=False)
             return
-        if not meta.present and not self.gw.router.default_robot:
-            await self._reject(
-                ws, uuid, "no_metadata", "the stream sent no metadata and there is no default robot"
-            )
-            return
+        _compare(meta, facts)
+        # routing by what FreeSWITCH says; the dialplan's robot choice (channel variable vp_robot, else
+        # the metadata's robot key) still counts: the stream proved it comes from our FreeSWITCH
+        robot_key = facts.variables.get("vp_robot", "") or meta.robot
         try:
-            robot, how = self.gw.router.route(meta)
+            robot, how = self.gw.router.route(StreamMeta(robot=robot_key, dnis=facts.destination))
         except RoutingError as exc:
             await self._reject(ws, uuid, exc.reason, str(exc), cause="UNALLOCATED_NUMBER")
             return
         rate = meta.rate or self.settings.fs_sample_rate
-        await self._run_call(ws, uuid, robot=robot, how=how, meta=meta, rate=rate, first_audio=first_audio)
+        await self._run_call(ws, uuid, robot=robot, how=how, facts=facts, rate=rate, early=early)
 
-    async def _first_frame(self, ws: WebSocket) -> tuple[StreamMeta | None, bytes | None]:
+    async def _opening(self, ws: WebSocket) -> tuple[StreamMeta, list[bytes]] | None:
+        """The metadata and the audio that came before it (held in order, bounded), or None if closed.
+
+        mod_audio_stream sends the metadata when its handshake completes, but audio the channel
+        produced meanwhile may go first (one frame per 20 ms of a slow handshake): it is kept.
+        """
+        early: list[bytes] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.fs_metadata_timeout_s
+        while True:
+            try:
+                message = await asyncio.wait_for(ws.receive(), max(deadline - loop.time(), 0.001))
+            except TimeoutError:
+                break
+            except (WebSocketDisconnect, RuntimeError):
+                return None
+            if message.get("type") == "websocket.disconnect":
+                return None
+            data = message.get("bytes")
+            if data is None:
+                if early:
+                    EARLY_AUDIO.inc(len(early))
+                    log.info("fs.audio_before_metadata", frames=len(early))
+                try:
+                    return parse_metadata(message.get("text") or ""), early
+                except RoutingError:
+                    BAD_INPUT.labels("bad_metadata").inc()
+                    log.error("fs.bad_metadata")
+                    return NO_METADATA, early
+            if len(data) > self.settings.max_message_bytes:
+                BAD_INPUT.labels("too_large").inc()
+                continue
+            early.append(data)
+            if len(early) >= self.settings.fs_early_audio_max_frames:
+                break
+        BAD_INPUT.labels("no_metadata").inc()
+        return NO_METADATA, early
+
+    async def _channel(self, uuid: str) -> ChannelFacts | None:
+        """The live channel ``uuid`` as FreeSWITCH announced it; None when FreeSWITCH has no such channel."""
+        registry = self.gw.channels
+        facts = await registry.wait(uuid, self.settings.fs_channel_wait_s)
+        if facts is not None or registry.ended(uuid):
+            return facts
+        # never announced: perhaps created while the ESL was down; FreeSWITCH itself decides
         try:
-            first = await asyncio.wait_for(ws.receive(), timeout=self.settings.fs_metadata_timeout_s)
-        except TimeoutError:
-            BAD_INPUT.labels("no_metadata").inc()
-            return NO_METADATA, None
-        except (WebSocketDisconnect, RuntimeError):
-            return None, None
-        if first.get("type") == "websocket.disconnect":
-            return None, None
-        if first.get("bytes") is not None:
-            BAD_INPUT.labels("no_metadata").inc()
-            return NO_METADATA, first["bytes"]
-        try:
-            return parse_metadata(first.get("text") or ""), None
-        except RoutingError:
-            BAD_INPUT.labels("bad_metadata").inc()
-            log.error("fs.bad_metadata")
-            return NO_METADATA, None
+            reply = await self.gw.esl.api(f"uuid_dump {uuid}")
+        except EslError:
+            facts = None
+        else:
+            facts = registry.learn_from_dump(uuid, reply.text)
+        if facts is None:
+            LOOKUPS.labels("unknown").inc()
+        return facts
 
     async def _reject(
         self,
@@ -141,9 +211,9 @@ class StreamHandler:
         *,
         robot: RobotConfig,
         how: str,
-        meta: StreamMeta,
+        facts: ChannelFacts,
         rate: int,
-        first_audio: bytes | None,
+        early: list[bytes],
     ) -> None:
         gw = self.gw
         assert gw.bus is not None
@@ -168,12 +238,13 @@ class StreamHandler:
             sink=sink,
             directory=gw.directory,
             call_id=call_id,
-            caller=meta.caller,
+            caller=facts.caller,
             gateway_id=self.settings.instance_id,
             lead_frames=self.settings.fs_lead_frames,
             greeting_audio=gw.greetings.cached(robot, rate),
         )
         call = PhoneCall(
+            facts=facts,
             uuid=uuid,
             session=session,
             sink=sink,
@@ -187,11 +258,13 @@ class StreamHandler:
         gw.calls[uuid] = call
         assembler = FrameAssembler(rate, rate)
         with bind_call(call_id=call.call_id):
-            log.info("fs.call_routed", uuid=uuid, robot=robot.name, how=how, rate=rate, pii_dnis=meta.dnis)
+            log.info(
+                "fs.call_routed", uuid=uuid, robot=robot.name, how=how, rate=rate, pii_dnis=facts.destination
+            )
             try:
                 await call.start()
-                if first_audio:
-                    await self._audio(call, assembler, first_audio, rate)
+                for data in early:  # held while the metadata was awaited: first, in order
+                    await self._audio(call, assembler, data, rate)
                 reason = await self._receive_loop(ws, call, assembler, rate)
                 if reason == "stream_closed":
                     # FreeSWITCH closes the stream when the caller hangs up: let its event name the reason
@@ -235,3 +308,16 @@ class StreamHandler:
         _FRAMES_IN.inc()
         for piece in assembler.push(data):
             await call.session.push_audio(piece)
+
+
+def _digits(number: str) -> str:
+    return "".join(c for c in number if c.isdigit())
+
+
+def _compare(meta: StreamMeta, facts: ChannelFacts) -> None:
+    """The metadata is a hint: where it disagrees with the channel, FreeSWITCH wins and it is logged."""
+    pairs = (("caller", meta.caller, facts.caller), ("dnis", meta.dnis, facts.destination))
+    for name, claimed, actual in pairs:
+        if claimed and _digits(claimed) != _digits(actual):
+            MISMATCH.labels(name).inc()
+            log.warning("fs.metadata_mismatch", field=name, pii_metadata=claimed, pii_channel=actual)

@@ -24,6 +24,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 
 from voiceplatform.audio import Int16Array, frames, read_wav, resample, rms, write_wav
+from voiceplatform.phone_stream import find_stream_secret, stream_url
 
 if TYPE_CHECKING:
     from voiceplatform.testing import PeerCall
@@ -254,6 +255,7 @@ async def place_phone_call(
     *,
     esl_port: int,
     esl_password: str,
+    stream_secret: str,
     number: str = "7000",
     tail_s: float = 20.0,
     login_timeout_s: float = GATEWAY_LOGIN_TIMEOUT_S,
@@ -283,7 +285,11 @@ async def place_phone_call(
         metadata = json.dumps({"robot": robot, "dnis": number, "caller": "vp-call", "rate": PHONE_RATE})
         t0 = time.monotonic()
         call = await peer.place_call(
-            f"{url.rstrip('/')}/{uuid}", destination=number, caller="vp-call", metadata=metadata, uuid=uuid
+            stream_url(url, uuid, stream_secret),
+            destination=number,
+            caller="vp-call",
+            metadata=metadata,
+            uuid=uuid,
         )
         tracker = _PhoneTracker(call, t0)
         watcher = asyncio.create_task(tracker.watch())
@@ -407,6 +413,10 @@ def run_phone_call(args: argparse.Namespace) -> int:
     if not password:
         print("vp call --phone: set VP_FS_ESL_PASSWORD (the password gateway-fs uses)", file=sys.stderr)
         return 2
+    stream_secret = find_stream_secret()  # VP_FS_STREAM_SECRET, else the one `vp up` generated
+    if not stream_secret:
+        print("vp call --phone: set VP_FS_STREAM_SECRET (the stream secret gateway-fs uses)", file=sys.stderr)
+        return 2
     from voiceplatform.logging import configure_logging
 
     configure_logging("vp-call", "WARNING")  # the peer's log lines go to stderr, never into --json output
@@ -421,6 +431,7 @@ def run_phone_call(args: argparse.Namespace) -> int:
                 samples,
                 esl_port=args.esl_port,
                 esl_password=password,
+                stream_secret=stream_secret,
                 number=args.number,
                 tail_s=args.tail_s,
             )

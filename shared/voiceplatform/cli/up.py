@@ -209,6 +209,9 @@ def run_up(args: argparse.Namespace) -> int:
         print(
             f"recorder API bearer tokens (operator, readonly): {base_env['VP_API_TOKENS_FILE']}", flush=True
         )
+        from voiceplatform.phone_stream import SECRET_ENV, dev_stream_secret  # gateway-fs's stream key
+
+        base_env.setdefault(SECRET_ENV, dev_stream_secret(workdir))
         procs = start_services(base_env, logs, args.port, _scale(args))
         print(f"started {len(procs)} service processes; logs in {logs}", flush=True)
         health = f"http://127.0.0.1:{args.port}/health"

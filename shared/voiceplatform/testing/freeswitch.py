@@ -16,6 +16,19 @@ Strict on purpose: replies, framing and event serialization are FreeSWITCH's byt
 failure tests: ``fail_next`` (the next use of an API command answers a given reply),
 ``reject_password``, ``drop_esl`` (every ESL socket cut, as when FreeSWITCH restarts),
 ``PeerCall.close_stream_abruptly`` / ``send_ws_text`` / ``send_ws_bytes``.
+
+Two races of the real thing it models on demand:
+- audio before metadata: mod_audio_stream sends the caller audio it queued during a slow WebSocket
+  handshake before its metadata text frame (a handshake answered 20 ms late put one frame first,
+  100 ms five). ``early_audio_frames`` (peer-wide, or ``place_call(early_frames=N)``): the stream
+  sends that many audio frames, then the metadata.
+- stream before event: FreeSWITCH delivers events to Event Socket listeners from its own queue,
+  so under load a stream can reach the gateway before the channel's CHANNEL_CREATE does.
+  ``event_delay_s`` delays every event's delivery (in order) by that long; ``flush_events``
+  delivers what is held at once.
+
+The stream URL is whatever the caller of ``place_call`` gives: the dialplan's
+``<base>/<uuid>?key=<secret>`` (``voiceplatform.phone_stream.stream_url``).
 """
 
 from __future__ import annotations
@@ -83,6 +96,10 @@ class FreeSwitchPeer:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.record_stereo = record_stereo  # uuid_record: caller left, robot right (else mixed mono)
         self.reject_password = False
+        self.early_audio_frames = 0  # audio frames each new stream sends before its metadata
+        self.event_delay_s = 0.0  # events reach ESL listeners this much later (in order)
+        self._delayed: deque[tuple[float, FsEvent]] = deque()
+        self._delivering: asyncio.Task[Any] | None = None
         self.commands: list[EslCommand] = []
         # recent events, for assertions; a load generator keeps few (a big history slows every GC)
         self.fired: deque[FsEvent] = deque(maxlen=history)
@@ -152,6 +169,7 @@ class FreeSwitchPeer:
         stream_rate: int | None = None,
         mix: str = "mono",
         idle_silence: bool = True,
+        early_frames: int | None = None,
     ) -> PeerCall:
         """A call arrives. ``ws_url`` None: the dialplan starts no stream (the gateway may, by API).
 
@@ -159,6 +177,8 @@ class FreeSwitchPeer:
         goes out at ``stream_rate`` (default: the same), resampled as mod_audio_stream does.
         ``idle_silence``: between ``stream_pcm`` calls the phone keeps sending silence frames, as a
         real channel does; False leaves the stream quiet instead (cheaper for load tests).
+        ``early_frames``: audio frames the stream sends before its metadata (default: the peer's
+        ``early_audio_frames``), the handshake race of the real module.
         """
         call = PeerCall(
             self,
@@ -171,6 +191,7 @@ class FreeSwitchPeer:
             stream_rate=stream_rate or rate,
             mix_type=mix,
             idle_silence=idle_silence,
+            early_frames=self.early_audio_frames if early_frames is None else early_frames,
         )
         self.calls[call.uuid] = call
         self.all_calls.append(call)
@@ -255,8 +276,32 @@ class FreeSwitchPeer:
 
     def fire(self, event: FsEvent) -> None:
         self.fired.append(event)
+        if self.event_delay_s > 0 or self._delayed:
+            self._delayed.append((time.monotonic() + self.event_delay_s, event))
+            if self._delivering is None or self._delivering.done():
+                self._delivering = self._tasks.spawn(self._deliver_delayed(), key="events")
+            return
+        self._deliver(event)
+
+    def _deliver(self, event: FsEvent) -> None:
         for listener in list(self.listeners):
             listener.deliver(event)
+
+    async def _deliver_delayed(self) -> None:
+        while self._delayed:
+            due, event = self._delayed[0]
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 0.05))  # re-checked: flush_events may have emptied it
+                continue
+            self._delayed.popleft()
+            self._deliver(event)
+
+    def flush_events(self) -> None:
+        """Deliver every delayed event now, in order; later events go out at once again."""
+        self.event_delay_s = 0.0
+        while self._delayed:
+            self._deliver(self._delayed.popleft()[1])
 
     def spawn(self, coro: Coroutine[Any, Any, Any], key: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, key=key)

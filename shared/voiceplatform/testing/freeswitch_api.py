@@ -15,7 +15,7 @@ from typing import Protocol
 
 from voiceplatform.testing.freeswitch_call import PeerCall
 from voiceplatform.testing.freeswitch_channel import cause_name
-from voiceplatform.testing.freeswitch_wire import separate_string
+from voiceplatform.testing.freeswitch_wire import separate_string, serialize_plain
 
 STREAM_USAGE = (
     "-USAGE: <uuid> [start | stop | send_text | pause | resume | graceful-shutdown ] [wss-url | path]"
@@ -108,6 +108,15 @@ async def uuid_record(host: ApiHost, arg: str) -> str:
 
 async def uuid_exists(host: ApiHost, arg: str) -> str:
     return "true" if arg and host.locate(arg) is not None else "false"
+
+
+async def uuid_dump(host: ApiHost, arg: str) -> str:
+    """A CHANNEL_DATA event of the channel, serialized as plain events are (URL-encoded values)."""
+    argv = separate_string(arg, 2)
+    call = host.locate(argv[0]) if argv else None
+    if call is None:
+        return "-ERR No such channel!\n"
+    return serialize_plain(call.host.make_event("CHANNEL_DATA", call.channel_data())).decode("utf-8")
 
 
 async def uuid_answer(host: ApiHost, arg: str) -> str:
@@ -256,6 +265,7 @@ COMMANDS: dict[str, ApiFunction] = {
     "uuid_transfer": uuid_transfer,
     "uuid_record": uuid_record,
     "uuid_exists": uuid_exists,
+    "uuid_dump": uuid_dump,
     "uuid_answer": uuid_answer,
     "uuid_send_dtmf": uuid_send_dtmf,
     "uuid_setvar": uuid_setvar,

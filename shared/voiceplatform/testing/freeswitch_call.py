@@ -65,8 +65,10 @@ class PeerCall:
         stream_rate: int,
         mix_type: str,
         idle_silence: bool,
+        early_frames: int = 0,
     ) -> None:
         self.host = host
+        self.early_frames = early_frames  # audio frames its stream sends before the metadata
         self.uuid, self.destination, self.caller, self.rate = uuid, destination, caller, rate
         self.ws_url, self.metadata, self.stream_rate, self.mix_type = ws_url, metadata, stream_rate, mix_type
         self.idle_silence = idle_silence
@@ -211,7 +213,7 @@ class PeerCall:
         """``uuid_audio_stream start``: None when a stream is attached already or the call is over."""
         if self.stream is not None or self.state == "hangup":
             return None
-        self.stream = AudioStream(self, url, mix_type, rate, metadata)
+        self.stream = AudioStream(self, url, mix_type, rate, metadata, self.early_frames)
         return self.stream
 
     def stream_detached(self, stream: AudioStream) -> None:

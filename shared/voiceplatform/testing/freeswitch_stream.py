@@ -1,7 +1,10 @@
 """The mod_audio_stream side of a peer channel (protocols.md 9a, amigniter/mod_audio_stream).
 
 One WebSocket client per channel ("media bug"). On open it sends the start metadata as the first
-text frame, then fires ``mod_audio_stream::connect``; binary frames of L16 at the stream rate
+text frame, then fires ``mod_audio_stream::connect``. The real module may send audio before the
+metadata: frames the channel queued while a slow handshake was pending go out first (measured: a
+handshake answered 20 ms late put one frame first, 100 ms five). ``early_frames`` models that race:
+that many audio frames, then the metadata. binary frames of L16 at the stream rate
 follow, one per 20 ms of the call (the channel's media clock drives ``feed``). Text from the
 server: a valid ``streamAudio`` message is written to ``<temp>/<uuid>_<n>.tmp.<ext>`` and fires
 ``mod_audio_stream::play`` (the ``data`` object without ``audioData``, plus ``file``); anything else
@@ -52,8 +55,18 @@ def _item(obj: dict[str, Any], key: str) -> tuple[str, Any] | None:
 
 
 class AudioStream:
-    def __init__(self, host: StreamHost, url: str, mix_type: str, rate: int, metadata: str | None) -> None:
+    def __init__(
+        self,
+        host: StreamHost,
+        url: str,
+        mix_type: str,
+        rate: int,
+        metadata: str | None,
+        early_frames: int = 0,
+    ) -> None:
         self.host = host
+        # audio frames sent before the metadata: what a slow handshake queued (one per 20 ms late)
+        self._early_left = early_frames
         self.url = url
         self.mix_type = mix_type  # mono | mixed | stereo
         self.rate = rate
@@ -87,7 +100,7 @@ class AudioStream:
             )
             self.host.stream_detached(self)
             return False
-        if self.metadata:
+        if self.metadata and not self._early_left:
             await self.ws.send(self.metadata)
         self.host.fire_custom("mod_audio_stream::connect", cjson_dumps({"status": "connected"}))
         self._receiver = self.host.spawn(self._receive(self.ws), f"fs-stream-rx-{self.host.uuid}")
@@ -119,6 +132,11 @@ class AudioStream:
             return
         if isinstance(data, bytes):
             self.frames_sent += 1
+            if self._early_left:
+                self._early_left -= 1
+                if not self._early_left and self.metadata:
+                    with contextlib.suppress(ConnectionClosed):
+                        await self.ws.send(self.metadata)
 
     async def stop(self, text: str | None) -> None:
         """``uuid_audio_stream stop [text]``: the text frame; the close and its disconnect event follow

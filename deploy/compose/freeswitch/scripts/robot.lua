@@ -27,10 +27,13 @@ local uuid = session:get_uuid()
 local dnis = (argv and argv[1]) or session:getVariable("destination_number") or ""
 local caller = session:getVariable("caller_id_number") or ""
 local ws_url = freeswitch.getGlobalVariable("robot_ws_url") or "ws://gateway-fs:8090/call"
+-- gateway-fs refuses a stream without the deployment's key (VP_FS_STREAM_SECRET, URL-safe by rule)
+local stream_key = freeswitch.getGlobalVariable("robot_stream_secret") or ""
 
 session:answer()
 -- the metadata is the last argument of `start` and may hold spaces: it takes the rest of the line
-local command = "uuid_audio_stream " .. uuid .. " start " .. ws_url .. "/" .. uuid .. " mono 8k "
+local command = "uuid_audio_stream " .. uuid .. " start " .. ws_url .. "/" .. uuid .. "?key=" .. stream_key
+    .. " mono 8k "
     .. metadata(dnis, caller)
 local reply = freeswitch.API():executeString(command) or ""
 if not reply:match("^%+OK") then
