@@ -244,6 +244,23 @@ async def test_the_line_is_never_said_over_the_caller(broker, robot):
     await session.end("test")
 
 
+async def test_an_llm_that_fails_before_its_first_sentence_gives_the_line_too(broker, robot):
+    session, sink, workers, seen = await start_call(broker, robot)
+    call = session.call_id
+    await wait_for(lambda: len(sink.audio) >= 5)
+    await caller_turn(workers, call, "u1")
+    await wait_for(lambda: session.turns.get("u1") is not None and session.turns.get("u1").expects_reply)
+    await workers.publish(
+        subjects.lifecycle(call),
+        StageError(call_id=call, stage="llm", kind="provider", detail="every provider failed", turn_id="u1"),
+    )
+    await wait_for(lambda: metrics_of(seen, "u1") is not None, timeout=10)
+    assert metrics_of(seen, "u1").outcome == "fallback"
+    assert fallback_frames() in heard(sink)
+    assert [e.kind for e in errors_of(seen, "u1")] == ["provider"]  # the llm's own, no second one
+    await session.end("test")
+
+
 async def test_a_robot_says_its_own_line(broker, robot):
     own = (np.sin(np.arange(RATE // 2) / 5) * 8000).astype(np.int16)  # 500 ms
     write_wav(robot.path / "fallback.wav", own, RATE)

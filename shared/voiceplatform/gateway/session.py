@@ -496,6 +496,9 @@ class CallSession:
                 if turn.state is TurnState.LISTENING:
                     turn.advance(TurnState.THINKING)
                 turn.advance(TurnState.DONE, "no_reply")  # nothing recognized: no bot turn follows
+            elif msg.stage in ("llm", "prompt-router", "router") and not turn.sentences:
+                # the whole reply is lost: the caller hears the fallback line, not silence
+                await self.keeper.fall_back(turn, msg.stage, failed=True)
             elif msg.stage in ("llm", "prompt-router", "router"):
                 # the reply stops where it failed: play what was said, then the turn is done
                 self.playout.set_expected(msg.turn_id, len(turn.sentences))

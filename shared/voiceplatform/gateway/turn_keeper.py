@@ -23,7 +23,6 @@ from voiceplatform import subjects
 from voiceplatform.bus import Bus
 from voiceplatform.clock import now_ms
 from voiceplatform.config.robot import RobotSettings
-from voiceplatform.gateway.deadlines import Missed
 from voiceplatform.gateway.fallback_line import FallbackLine
 from voiceplatform.gateway.playout import Playout
 from voiceplatform.gateway.stage_errors import publish_stage_error
@@ -49,10 +48,11 @@ NO_INPUT = Counter("vp_gateway_no_input_total", "Re-prompts after the caller sta
 RESUMES = Counter(
     "vp_gateway_turns_resumed_total", "Robot turns resumed after a backchannel or noise paused them"
 )
-DEADLINES_MISSED = Counter(
-    "vp_gateway_deadlines_missed_total",
-    "Robot turns whose stage missed its deadline, by stage and whether the fallback line played",
-    ["stage", "line"],
+FALLBACKS = Counter(
+    "vp_gateway_fallbacks_total",
+    "Robot replies replaced by the fallback line: by stage, why (deadline, failed) and whether the "
+    "line played (played, skipped: the caller was speaking)",
+    ["stage", "why", "line"],
 )
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], None]
@@ -316,29 +316,27 @@ class TurnKeeper:
             if turn.kind is TurnKind.GREETING or turn.fallback_stage:
                 continue  # the greeting has no line to fall back on; a fallback is said once
             missed = turn.clock.missed(now, self.settings.deadlines)
-            if missed is not None:
-                await self.fall_back(turn, missed)
+            if missed is None:
+                continue
+            log.warning(
+                "call.deadline_missed",
+                turn_id=turn.turn_id,
+                stage=missed.stage,
+                awaited=missed.awaited,
+                waited_ms=missed.waited_ms,
+            )
+            await self.fall_back(turn, missed.stage, missed.detail)
 
-    async def fall_back(self, turn: Turn, missed: Missed) -> None:
-        """``missed``: record it, stop the reply upstream and drop its audio, then say the robot's
+    async def fall_back(self, turn: Turn, stage: str, detail: str = "", *, failed: bool = False) -> None:
+        """``stage`` missed its deadline (``failed``: it reported its own stage.error instead, so
+        none is published here): stop the reply upstream and drop its audio, then say the robot's
         fallback line in its place, unless the caller is speaking (the line would talk over them;
         their new utterance gets its own reply). The turn ends with outcome ``fallback``."""
-        turn.fallback_stage = missed.stage
-        log.warning(
-            "call.deadline_missed",
-            turn_id=turn.turn_id,
-            stage=missed.stage,
-            awaited=missed.awaited,
-            waited_ms=missed.waited_ms,
-        )
-        await publish_stage_error(
-            self.bus,
-            self.call_id,
-            stage=missed.stage,
-            kind="deadline",
-            detail=missed.detail,
-            turn_id=turn.turn_id,
-        )
+        turn.fallback_stage = stage
+        if not failed:
+            await publish_stage_error(
+                self.bus, self.call_id, stage=stage, kind="deadline", detail=detail, turn_id=turn.turn_id
+            )
         audio = self.playout.drop(turn.turn_id)
         turn.heard_before_fallback = audio.played_text() if audio else ""
         turn.played_ms = self.ms(audio.played_bytes) if audio else 0
@@ -354,7 +352,7 @@ class TurnKeeper:
         )
         caller_speaking = bool(turn.paused_by) or self.turns.listening() is not None
         pcm = b"" if caller_speaking or self.fallback_line is None else self.fallback_line.pcm()
-        DEADLINES_MISSED.labels(missed.stage, "played" if pcm else "skipped").inc()
+        FALLBACKS.labels(stage, "failed" if failed else "deadline", "played" if pcm else "skipped").inc()
         turn.paused_by = ""
         turn.hold_until_ms = 0
         if pcm and self.fallback_line is not None:
