@@ -177,6 +177,7 @@ async def test_a_reply_that_never_comes_becomes_the_fallback_line(broker, robot)
     assert m.outcome == "fallback" and not m.interrupted
     assert m.bot_text == DEFAULT_TEXT == m.played_text and m.user_text == "у меня собака"
     assert fallback_frames() in heard(sink)  # the caller heard the whole line
+    assert {"type": "bot.sentence", "turn_id": "u1", "index": 0, "text": DEFAULT_TEXT} in sink.events
     assert session.turns.get("u1").state is TurnState.DONE
 
     # the reply turns up after all: dropped, and the deadline never fires twice

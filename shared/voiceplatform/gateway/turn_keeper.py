@@ -360,6 +360,9 @@ class TurnKeeper:
             self.playout.add_audio(turn.turn_id, 0, pcm, last=True, text=turn.fallback_text)
             self.playout.set_expected(turn.turn_id, 1)
             self.wake()  # the playout finishes the turn when the line has played
+            await self.sink.send_event(
+                {"type": "bot.sentence", "turn_id": turn.turn_id, "index": 0, "text": turn.fallback_text}
+            )
             return
         turn.played_text = turn.heard_before_fallback
         if turn.state is TurnState.LISTENING:
