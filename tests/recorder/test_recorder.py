@@ -390,6 +390,40 @@ async def test_interrupt_before_llm_done_truncates_the_bot_entry(
     assert [(h["role"], h["text"], h["interrupted"]) for h in history] == [("assistant", "Сейчас", True)]
 
 
+async def test_a_fallback_turn_is_no_interruption_in_the_history(
+    gateway_bus: NatsBus, js_nats_url: str, recorder: RecorderService, redis_client: aioredis.Redis
+) -> None:
+    """A reply whose stage missed its deadline: the gateway stopped it upstream (the llm says
+    interrupted) and said the fallback line; its turn.metrics is the final account."""
+    call_id = new_call_id()
+    c = {"call_id": call_id, "turn_id": "t1"}
+    line = "Простите, заминка. Повторите, пожалуйста."
+    await play(
+        gateway_bus,
+        [
+            (subjects.asr(call_id), AsrFinal(**c, text="у меня собака")),
+            (
+                subjects.lifecycle(call_id),
+                StageError(**c, stage="llm", kind="deadline", detail="no first llm.sentence after 6001 ms"),
+            ),
+            (subjects.control(call_id), ControlInterrupt(**c, reason="deadline")),
+            (subjects.llm_done(call_id), LlmDone(**c, text="", sentences=0, interrupted=True)),
+            (
+                subjects.lifecycle(call_id),
+                TurnMetrics(
+                    **c, user_text="у меня собака", bot_text=line, played_text=line, outcome="fallback"
+                ),
+            ),
+        ],
+    )
+    await settle(recorder, js_nats_url, 5)
+    history = [json.loads(x) for x in await redis_client.lrange(f"call:{call_id}:history", 0, -1)]
+    assert [(h["role"], h["text"], h["interrupted"]) for h in history] == [
+        ("user", "у меня собака", False),
+        ("assistant", line, False),
+    ]
+
+
 async def test_replaying_the_whole_stream_changes_nothing(
     gateway_bus: NatsBus,
     js_nats_url: str,

@@ -289,7 +289,12 @@ def test_barge_in_keeps_full_text_and_what_was_played() -> None:
     assert bot["voice_to_voice_ms"] == 700
     assert doc["metadata"]["barge_ins"] == 1
     interrupt = next(e for e in doc["pipeline_log"] if e["type"] == "control.interrupt")
-    assert interrupt["detail"] == {"by_turn_id": "t2", "played_ms": 900, "played_text": "У нас три тарифа."}
+    assert interrupt["detail"] == {
+        "by_turn_id": "t2",
+        "played_ms": 900,
+        "played_text": "У нас три тарифа.",
+        "reason": "barge_in",
+    }
     # the interrupting utterance follows the interrupted reply
     assert [(g["turn_id"], g["role"]) for g in doc["segments"]] == [
         ("t1", "user"),

@@ -87,11 +87,16 @@ def _detail(msg: Message) -> dict[str, Any]:
         case PromptSwitched():
             return {"from": msg.from_prompt, "to": msg.to_prompt, "matched": msg.matched}
         case ControlInterrupt():
-            return {"by_turn_id": msg.by_turn_id, "played_ms": msg.played_ms, "played_text": msg.played_text}
+            return {
+                "by_turn_id": msg.by_turn_id,
+                "played_ms": msg.played_ms,
+                "played_text": msg.played_text,
+                "reason": msg.reason,
+            }
         case ControlHangup():
             return {"reason": msg.reason, "graceful": msg.graceful}
         case TurnMetrics():
-            return {"interrupted": msg.interrupted, **turn_figures(msg)}
+            return {"interrupted": msg.interrupted, "outcome": msg.outcome, **turn_figures(msg)}
         case StageError():
             return {"stage": msg.stage, "kind": msg.kind, "retryable": msg.retryable, "detail": msg.detail}
         case ProviderUsage():

@@ -3,6 +3,7 @@
 from voiceplatform.config.robot import (
     AsrConfig,
     BargeInConfig,
+    DeadlinesConfig,
     LlmConfig,
     RealtimeConfig,
     RobotConfig,
@@ -19,6 +20,7 @@ from voiceplatform.config.settings import ServiceSettings
 __all__ = [
     "AsrConfig",
     "BargeInConfig",
+    "DeadlinesConfig",
     "LlmConfig",
     "RealtimeConfig",
     "RobotConfig",

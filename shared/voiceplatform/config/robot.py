@@ -154,6 +154,25 @@ class TurnsConfig(_Section):
     no_input_s: float = Field(default=10.0, ge=0, le=300)
 
 
+class DeadlinesConfig(_Section):
+    """How long the gateway waits for each stage of a reply before the robot's fallback line
+    (``fallback.wav``) is played instead of silence (see voiceplatform.gateway.deadlines).
+
+    Sized above the redelivery of a request whose worker died or hung (about 2 s) plus the stage's
+    own slow case, so a retried request still answers in time (docs/turn-taking.md). Pipeline
+    robots only: a realtime model judges and voices its turns itself.
+    """
+
+    enabled: bool = True
+    # the caller's turn ended (asr.final with words, or a re-prompt began) → first llm.sentence
+    # (prompt router and llm together)
+    reply_ms: int = Field(default=6000, ge=500, le=120_000)
+    # an llm.sentence → the next llm.sentence or llm.done
+    sentence_ms: int = Field(default=6000, ge=500, le=120_000)
+    # an llm.sentence → its first tts.audio chunk, and a chunk → the next until the sentence's last
+    audio_ms: int = Field(default=5000, ge=500, le=120_000)
+
+
 class RouteRule(_Section):
     prompt: str
     keywords: list[str] = Field(default_factory=list)
@@ -195,12 +214,16 @@ class RobotSettings(_Section):
     mode: Literal["pipeline", "realtime", "llm_script"] = "pipeline"
     language: str = "ru"
     greeting_text: str = ""
+    # the words of the robot's fallback.wav, said when a stage misses its deadline (empty: the
+    # platform's default line, whose words are voiceplatform.gateway.fallback_line.DEFAULT_TEXT)
+    fallback_text: str = ""
     asr: AsrConfig = Field(default_factory=AsrConfig)
     llm: LlmConfig = Field(default_factory=LlmConfig)
     tts: TtsConfig = Field(default_factory=TtsConfig)
     vad: VadConfig = Field(default_factory=VadConfig)
     barge_in: BargeInConfig = Field(default_factory=BargeInConfig)
     turns: TurnsConfig = Field(default_factory=TurnsConfig)
+    deadlines: DeadlinesConfig = Field(default_factory=DeadlinesConfig)
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     # file (in the robot folder) of the deterministic dialogue script used by llm.provider=script
@@ -229,6 +252,11 @@ class RobotConfig:
     @property
     def greeting_wav(self) -> Path | None:
         p = self.path / "greeting.wav"
+        return p if p.is_file() else None
+
+    @property
+    def fallback_wav(self) -> Path | None:
+        p = self.path / "fallback.wav"
         return p if p.is_file() else None
 
     @property

@@ -17,9 +17,11 @@ from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfig
 from voiceplatform.gateway.assign import assign_until_accepted
+from voiceplatform.gateway.fallback_line import FallbackLine
 from voiceplatform.gateway.greeting import greeting_pcm
 from voiceplatform.gateway.owners import GatewayDirectory, owned_roles_for
 from voiceplatform.gateway.playout import Playout
+from voiceplatform.gateway.stage_errors import publish_stage_error
 from voiceplatform.gateway.turn_keeper import TurnKeeper
 from voiceplatform.gateway.turn_policy import Cut
 from voiceplatform.gateway.turns import Turn, TurnKind, TurnState, TurnTable
@@ -121,6 +123,7 @@ class CallSession:
             ahead_ms=lead_frames * 20 + sink_ahead_ms,
             spawn=self._spawn,
             wake=self._audio_ready.set,
+            fallback_line=FallbackLine(robot, sample_rate),
         )
         self.greeting_turn = f"{self.call_id}-greeting"
         self.ended = False
@@ -177,6 +180,8 @@ class CallSession:
             self._spawn(self._max_duration(), "max-duration")
             if self.robot.settings.turns.no_input_s > 0 and self.robot.settings.mode != "realtime":
                 self._spawn(self.keeper.watch_silence(lambda: self.ended), "no-input")
+            if self.robot.settings.deadlines.enabled and self.robot.settings.mode != "realtime":
+                self._spawn(self.keeper.watch_deadlines(lambda: self.ended), "deadlines")
             await self.sink.send_event(
                 {
                     "type": "call.started",
@@ -270,9 +275,8 @@ class CallSession:
             self._assigning.discard(role)
 
     async def _publish_error(self, stage: str, kind: str, detail: str, turn_id: str = "") -> None:
-        await self.bus.publish(
-            subjects.lifecycle(self.call_id),
-            StageError(call_id=self.call_id, stage=stage, kind=kind, detail=detail, turn_id=turn_id),
+        await publish_stage_error(
+            self.bus, self.call_id, stage=stage, kind=kind, detail=detail, turn_id=turn_id
         )
 
     # ---- robot-initiated turns: the greeting and re-prompts ------------------------------------------
@@ -381,7 +385,7 @@ class CallSession:
             turn.played_ms = self.keeper.ms(audio.played_bytes)
             if turn.state is TurnState.LISTENING:
                 turn.advance(TurnState.THINKING)
-            turn.advance(TurnState.DONE, "played" if audio.played_bytes else "no_reply")
+            turn.advance(TurnState.DONE, turn.completed_outcome(bool(audio.played_bytes)))
             await self.keeper.report(turn)
             if turn.transfer_to:
                 await self.bus.publish(
@@ -410,9 +414,10 @@ class CallSession:
         return None
 
     def _live_reply(self, turn_id: str) -> Turn | None:
-        """The live turn a reply message belongs to, or None (stale: counted and dropped)."""
+        """The live turn a reply message belongs to, or None (stale, or the reply was replaced by
+        the fallback line after a missed deadline: counted and dropped)."""
         turn = self.turns.get(turn_id)
-        if turn is None or not turn.live:
+        if turn is None or not turn.accepts_reply:
             return None
         return turn
 
@@ -427,6 +432,7 @@ class CallSession:
         turn.expects_reply = True
         turn.first_sentence_ts_ms = turn.first_sentence_ts_ms or msg.ts_ms
         turn.sentences[msg.index] = msg.text
+        turn.clock.sentence(msg.index, now_ms())
         self.playout.turn(msg.turn_id).sentence(msg.index).text = msg.text
         await self.sink.send_event(
             {"type": "bot.sentence", "turn_id": msg.turn_id, "index": msg.index, "text": msg.text}
@@ -441,6 +447,7 @@ class CallSession:
         if turn is None:
             return None
         self.playout.set_expected(msg.turn_id, msg.sentences)
+        turn.clock.llm_done()
         turn.hangup_after = turn.hangup_after or msg.hangup
         turn.transfer_to = turn.transfer_to or msg.transfer_to
         self._audio_ready.set()
@@ -461,6 +468,7 @@ class CallSession:
             msg.pcm = b""
         if not turn.first_audio_ts_ms and msg.pcm:
             turn.first_audio_ts_ms = msg.ts_ms
+        turn.clock.audio(msg.index, msg.last, now_ms())
         self.playout.add_audio(msg.turn_id, msg.index, msg.pcm, msg.last, msg.text)
         self._audio_ready.set()
         return None
@@ -488,8 +496,12 @@ class CallSession:
                 if turn.state is TurnState.LISTENING:
                     turn.advance(TurnState.THINKING)
                 turn.advance(TurnState.DONE, "no_reply")  # nothing recognized: no bot turn follows
+            elif msg.stage in ("llm", "prompt-router", "router") and not turn.sentences:
+                # the whole reply is lost: the caller hears the fallback line, not silence
+                await self.keeper.fall_back(turn, msg.stage, failed=True)
             elif msg.stage in ("llm", "prompt-router", "router"):
                 # the reply stops where it failed: play what was said, then the turn is done
                 self.playout.set_expected(msg.turn_id, len(turn.sentences))
+                turn.clock.llm_done()
                 self._audio_ready.set()
         return None

@@ -2,7 +2,9 @@
 
 The call session owns the transport and the bus handlers; this object owns the turn table and
 everything done to a turn once the policy (``turn_policy``) has decided: interrupt it upstream with
-its reason, flush or pause the caller's playback, resume after a backchannel, report its figures.
+its reason, flush or pause the caller's playback, resume after a backchannel, report its figures;
+and the stage deadlines of every turn (``deadlines``): a missed one replaces the reply with the
+robot's fallback line.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from voiceplatform import subjects
 from voiceplatform.bus import Bus
 from voiceplatform.clock import now_ms
 from voiceplatform.config.robot import RobotSettings
+from voiceplatform.gateway.fallback_line import FallbackLine
 from voiceplatform.gateway.playout import Playout
+from voiceplatform.gateway.stage_errors import publish_stage_error
 from voiceplatform.gateway.turn_policy import Action, Cut, Pause, Policy
 from voiceplatform.gateway.turns import Turn, TurnKind, TurnState, TurnTable, metrics_event
 from voiceplatform.logging import bind_call
@@ -44,6 +48,12 @@ NO_INPUT = Counter("vp_gateway_no_input_total", "Re-prompts after the caller sta
 RESUMES = Counter(
     "vp_gateway_turns_resumed_total", "Robot turns resumed after a backchannel or noise paused them"
 )
+FALLBACKS = Counter(
+    "vp_gateway_fallbacks_total",
+    "Robot replies replaced by the fallback line: by stage, why (deadline, failed) and whether the "
+    "line played (played, skipped: the caller was speaking)",
+    ["stage", "why", "line"],
+)
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], None]
 
@@ -61,6 +71,7 @@ class TurnKeeper:
         ahead_ms: int,
         spawn: Spawn,
         wake: Callable[[], None],
+        fallback_line: FallbackLine | None = None,
     ) -> None:
         self.call_id = call_id
         self.bus = bus
@@ -78,6 +89,7 @@ class TurnKeeper:
         self.turns_completed = 0
         self.quiet_since = time.monotonic()  # last moment the caller or the robot was heard
         self.no_input_count = 0  # re-prompts in a row
+        self.fallback_line = fallback_line
 
     async def watch_silence(self, ended: Callable[[], bool]) -> None:
         """Re-prompt a caller who says nothing after the robot finished (the brain chooses the words)."""
@@ -93,7 +105,9 @@ class TurnKeeper:
                     continue
                 self.no_input_count += 1
                 turn_id = f"{self.call_id}-n{self.no_input_count}-{uuid.uuid4().hex[:4]}"
-                self.turns.add(Turn(turn_id, TurnKind.NO_INPUT, TurnState.THINKING, expects_reply=True))
+                turn = Turn(turn_id, TurnKind.NO_INPUT, TurnState.THINKING, expects_reply=True)
+                turn.clock.reply_expected(now_ms())
+                self.turns.add(turn)
                 self.quiet_since = time.monotonic()
                 NO_INPUT.inc()
                 log.info("call.no_input", turn_id=turn_id, silence_ms=int(silence * 1000))
@@ -153,6 +167,7 @@ class TurnKeeper:
             return  # a backchannel: it leaves the dialogue
         if msg.text.strip() or turn.expects_reply:
             turn.expects_reply = True
+            turn.clock.reply_expected(now_ms())
             hold = self.policy.hold_ms(msg.text)
             if hold:
                 turn.hold_until_ms = msg.ts_ms + hold
@@ -283,6 +298,77 @@ class TurnKeeper:
         if caller is not None and caller.state is TurnState.LISTENING:
             with bind_call(call_id=self.call_id):
                 await self.apply(actions)
+
+    # ---- stage deadlines ----------------------------------------------------------------------------
+    async def watch_deadlines(self, ended: Callable[[], bool], every_s: float = 0.1) -> None:
+        with bind_call(call_id=self.call_id):
+            while not ended():
+                await asyncio.sleep(every_s)
+                await self.check_deadlines(now_ms())
+
+    async def check_deadlines(self, now: int) -> None:
+        """Replace every live reply whose stage missed its deadline at ``now`` with the fallback line.
+
+        Not for realtime robots: their model decides whether and when to answer, and voices it."""
+        if not self.settings.deadlines.enabled or self.policy.realtime:
+            return
+        for turn in self.turns.live():
+            if turn.kind is TurnKind.GREETING or turn.fallback_stage:
+                continue  # the greeting has no line to fall back on; a fallback is said once
+            missed = turn.clock.missed(now, self.settings.deadlines)
+            if missed is None:
+                continue
+            log.warning(
+                "call.deadline_missed",
+                turn_id=turn.turn_id,
+                stage=missed.stage,
+                awaited=missed.awaited,
+                waited_ms=missed.waited_ms,
+            )
+            await self.fall_back(turn, missed.stage, missed.detail)
+
+    async def fall_back(self, turn: Turn, stage: str, detail: str = "", *, failed: bool = False) -> None:
+        """``stage`` missed its deadline (``failed``: it reported its own stage.error instead, so
+        none is published here): stop the reply upstream and drop its audio, then say the robot's
+        fallback line in its place, unless the caller is speaking (the line would talk over them;
+        their new utterance gets its own reply). The turn ends with outcome ``fallback``."""
+        turn.fallback_stage = stage
+        if not failed:
+            await publish_stage_error(
+                self.bus, self.call_id, stage=stage, kind="deadline", detail=detail, turn_id=turn.turn_id
+            )
+        audio = self.playout.drop(turn.turn_id)
+        turn.heard_before_fallback = audio.played_text() if audio else ""
+        turn.played_ms = self.ms(audio.played_bytes) if audio else 0
+        await self.bus.publish(
+            subjects.control(self.call_id),
+            ControlInterrupt(
+                call_id=self.call_id,
+                turn_id=turn.turn_id,
+                played_ms=turn.played_ms,
+                played_text=turn.heard_before_fallback,
+                reason="deadline",
+            ),
+        )
+        caller_speaking = bool(turn.paused_by) or self.turns.listening() is not None
+        pcm = b"" if caller_speaking or self.fallback_line is None else self.fallback_line.pcm()
+        FALLBACKS.labels(stage, "failed" if failed else "deadline", "played" if pcm else "skipped").inc()
+        turn.paused_by = ""
+        turn.hold_until_ms = 0
+        if pcm and self.fallback_line is not None:
+            turn.fallback_text = self.fallback_line.text
+            self.playout.add_audio(turn.turn_id, 0, pcm, last=True, text=turn.fallback_text)
+            self.playout.set_expected(turn.turn_id, 1)
+            self.wake()  # the playout finishes the turn when the line has played
+            await self.sink.send_event(
+                {"type": "bot.sentence", "turn_id": turn.turn_id, "index": 0, "text": turn.fallback_text}
+            )
+            return
+        turn.played_text = turn.heard_before_fallback
+        if turn.state is TurnState.LISTENING:
+            turn.advance(TurnState.THINKING)
+        turn.advance(TurnState.DONE, "fallback")
+        await self.report(turn)
 
     async def wake_after(self, ms: int) -> None:
         await asyncio.sleep(ms / 1000)

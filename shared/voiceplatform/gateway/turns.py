@@ -12,7 +12,13 @@ greeting, or a re-prompt after the caller stayed silent. Its life::
 its transcript or reply is on the way; ``speaking``: the reply's audio is playing. ``done`` and
 ``cut`` are final: whatever arrives later for the turn is stale and dropped. Every per-turn fact of
 the gateway (timestamps, texts, a pause for a possible backchannel, a hold for an unfinished
-utterance, hangup or transfer after the reply) lives on this object and nowhere else.
+utterance, hangup or transfer after the reply, the stage deadlines of ``clock``) lives on this
+object and nowhere else.
+
+A stage that misses its deadline (``deadlines``) turns the reply into a *fallback*: the rest of the
+reply is dropped, the robot's fallback line plays in its place under the same turn id (a live
+turn, so the caller can still barge in), and the turn ends ``done`` with outcome ``fallback``.
+Messages of the reply that arrive after that are stale (``accepts_reply`` is false).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from voiceplatform.gateway.deadlines import StageClock
 from voiceplatform.wire import TurnMetrics
 
 
@@ -59,7 +66,7 @@ class Turn:
     turn_id: str
     kind: TurnKind = TurnKind.CALLER
     state: TurnState = TurnState.LISTENING
-    # how it ended: "played", "no_reply", or a cut reason ("cut" for a barge-in)
+    # how it ended: "played", "no_reply", "fallback", or a cut reason ("cut" for a barge-in)
     outcome: str = ""
     user_text: str = ""
     speech_start_ts_ms: int = 0
@@ -83,14 +90,34 @@ class Turn:
     transfer_to: str = ""
     played_text: str = ""
     played_ms: int = 0
+    # what the reply's stages are awaited for, since when (the per-stage deadlines)
+    clock: StageClock = field(default_factory=StageClock)
+    # the stage that missed its deadline ("" while none did): the reply became the fallback line
+    fallback_stage: str = ""
+    # the fallback: the part of the reply heard before it, and the line said in its place
+    heard_before_fallback: str = ""
+    fallback_text: str = ""
 
     @property
     def live(self) -> bool:
         return self.state in LIVE_STATES
 
     @property
+    def accepts_reply(self) -> bool:
+        """Whether the reply's sentences and audio are still wanted (live, not replaced by a fallback)."""
+        return self.live and not self.fallback_stage
+
+    @property
     def bot_text(self) -> str:
+        if self.fallback_stage:
+            return " ".join(p for p in (self.heard_before_fallback, self.fallback_text) if p)
         return " ".join(self.sentences[i] for i in sorted(self.sentences))
+
+    def completed_outcome(self, played: bool) -> str:
+        """The outcome of a turn whose audio played to its end (``played``: any audio at all)."""
+        if self.fallback_stage:
+            return "fallback"
+        return "played" if played else "no_reply"
 
     def advance(self, to: TurnState, outcome: str = "") -> None:
         """Move to ``to``; a move the state machine does not allow is a bug, raised loudly."""

@@ -295,7 +295,7 @@ class LlmDone(Message, tag="llm.done"):
     transfer_to: str = ""
 
 
-INTERRUPT_REASONS = ("barge_in", "continued", "superseded", "backchannel", "call_ended")
+INTERRUPT_REASONS = ("barge_in", "continued", "superseded", "backchannel", "call_ended", "deadline")
 
 
 class ControlInterrupt(Message, tag="control.interrupt"):
@@ -309,7 +309,9 @@ class ControlInterrupt(Message, tag="control.interrupt"):
     - ``superseded``: a newer caller turn (``by_turn_id``) came before this reply was heard;
     - ``backchannel``: this caller turn was only "угу"/noise while the robot spoke: its reply is
       dropped and its text leaves the dialogue (``by_turn_id`` is empty);
-    - ``call_ended``: the call ended before the reply finished.
+    - ``call_ended``: the call ended before the reply finished;
+    - ``deadline``: a stage of the reply missed the gateway's deadline (a ``stage.error`` with kind
+      ``deadline`` says which); the robot's fallback line is said instead, the rest is not wanted.
     """
 
     turn_id: str
@@ -344,7 +346,8 @@ class TurnMetrics(Message, tag="turn.metrics"):
     interrupted: bool = False
     played_text: str = ""
     # how the bot turn ended: "played", "cut" (barge-in), "continued", "superseded", "backchannel",
-    # "no_reply" (nothing to say), "call_ended"; "" from gateways older than this field
+    # "no_reply" (nothing to say), "call_ended", "fallback" (a stage missed its deadline: the
+    # fallback line was said instead of the rest); "" from gateways older than this field
     outcome: str = ""
 
 

@@ -161,7 +161,11 @@ class RedisStore:
             await self._put_entry(r, m.call_id, "user", m.turn_id, m.user_text, ts_ms, False)
         bot_text = m.played_text if m.interrupted else m.bot_text
         if bot_text or m.interrupted:
-            await self._put_entry(r, m.call_id, "assistant", m.turn_id, bot_text, m.ts_ms, m.interrupted)
+            # final: a reply replaced by the fallback line after a missed deadline was stopped
+            # upstream (llm.done says interrupted) but is no interruption of what the caller heard
+            await self._put_entry(
+                r, m.call_id, "assistant", m.turn_id, bot_text, m.ts_ms, m.interrupted, final=True
+            )
             fields["last_bot_text"] = bot_text
         return fields
 
@@ -183,8 +187,11 @@ class RedisStore:
         ts_ms: int,
         interrupted: bool,
         append: bool = True,
+        final: bool = False,
     ) -> bool:
-        """Update the history entry of (role, turn) in place, or append it. True when it existed."""
+        """Update the history entry of (role, turn) in place, or append it. True when it existed.
+
+        A stage's report only ever marks an entry interrupted; the gateway's ``final`` one decides."""
         key = history_key(call_id)
         async with r.pipeline(transaction=True) as pipe:
             pipe.llen(key)
@@ -198,7 +205,7 @@ class RedisStore:
                 updated = {
                     **entry,
                     "text": text,
-                    "interrupted": interrupted or bool(entry.get("interrupted")),
+                    "interrupted": interrupted or (not final and bool(entry.get("interrupted"))),
                 }
                 if updated != entry:
                     await r.lset(key, first + offset, _entry_json(updated))
