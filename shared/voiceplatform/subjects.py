@@ -119,6 +119,10 @@ def presence(service: str) -> str:
 
 
 ANY_PRESENCE = f"{PREFIX}.svc.*.presence"
+# every role's service subjects (the gateways' permissions: they assign and watch every role)
+ANY_ASSIGN = f"{PREFIX}.svc.*.assign"
+ANY_HEARTBEAT = f"{PREFIX}.svc.*.heartbeat"
+ANY_RELEASED = f"{PREFIX}.svc.*.released"
 
 
 def queue_group(role: str) -> str:
