@@ -8,7 +8,10 @@ forbidden one would have arrived before it had the server let it through.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import stat
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ from voiceplatform.devinfra import EmbeddedNats
 from voiceplatform.wire import ControlHangup
 
 CALL = "authcall1"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "call_events_subscriber.py"
 
 
 @pytest.fixture(scope="module")
@@ -394,3 +398,26 @@ async def test_tls_for_multi_host(creds: LocalCredentials, tmp_path: Path) -> No
             )
     finally:
         server.stop()
+
+
+async def test_the_example_subscriber_follows_events_as_the_read_only_user(
+    server: EmbeddedNats, creds: LocalCredentials, as_user: Any
+) -> None:
+    env = {**os.environ, "NATS_USER": CALL_EVENTS_USER, "NATS_PASSWORD": creds.nats[CALL_EVENTS_USER]}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLE), "--url", server.url, "--count", "1",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None and proc.stdout is not None
+    try:
+        ready = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert ready.decode().strip() == "subscribed to call_events.>", ready
+        recorder = await as_user("recorder")
+        event = {"id": "c1:1", "type": "call.started", "v": 1, "call_id": "c1", "ts_ms": 1, "data": {}}
+        await recorder.nc.publish(subjects.call_event("call.started"), json.dumps(event).encode())
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert out.decode().startswith("call.started c1")

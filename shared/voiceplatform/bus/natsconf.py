@@ -42,7 +42,9 @@ def password_env(user: str) -> str:
 
 
 def new_password() -> str:
-    return secrets.token_urlsafe(24)
+    """192 random bits as letters and digits, starting with a letter: nats-server parses the value of
+    an environment reference as a config token, so a password like ``-1a…`` would read as a number."""
+    return "vp" + secrets.token_hex(24)
 
 
 def _q(value: str) -> str:
