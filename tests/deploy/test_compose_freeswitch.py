@@ -19,6 +19,8 @@ import jsonschema
 import pytest
 import yaml
 
+from voiceplatform.bus import natsconf, permissions
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "deploy" / "compose"
 FS_DIR = COMPOSE_DIR / "freeswitch"
@@ -31,6 +33,10 @@ MODULES = {"mod_event_socket", "mod_sofia", "mod_dptools", "mod_commands", "mod_
 MODULES |= {"mod_native_file", "mod_lua", "mod_audio_stream", "mod_dialplan_xml", "mod_console"}
 
 # ---- emulations of what reads these files: docker compose's interpolation, FreeSWITCH's pre-processor
+
+
+# compose also requires a password per NATS user (deploy/compose/nats.conf)
+NATS_PASSWORDS = {natsconf.password_env(user): f"nats{i}" for i, user in enumerate(permissions.USERS)}
 
 
 class InterpolationError(Exception):
@@ -118,7 +124,7 @@ def raw_compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def compose(raw_compose: dict[str, Any]) -> dict[str, Any]:
-    result = interpolate(raw_compose, {"VP_FS_ESL_PASSWORD": PASSWORD})
+    result = interpolate(raw_compose, {"VP_FS_ESL_PASSWORD": PASSWORD, **NATS_PASSWORDS})
     assert isinstance(result, dict)
     return result
 
@@ -145,9 +151,9 @@ def test_compose_valid_against_spec_before_and_after_interpolation(
 
 def test_esl_password_is_required_and_shared(raw_compose: dict[str, Any], compose: dict[str, Any]) -> None:
     with pytest.raises(InterpolationError, match="VP_FS_ESL_PASSWORD"):
-        interpolate(raw_compose, {})
+        interpolate(raw_compose, NATS_PASSWORDS)
     with pytest.raises(InterpolationError, match="VP_FS_ESL_PASSWORD"):
-        interpolate(raw_compose, {"VP_FS_ESL_PASSWORD": ""})
+        interpolate(raw_compose, {"VP_FS_ESL_PASSWORD": "", **NATS_PASSWORDS})
     services = compose["services"]
     assert services["freeswitch"]["environment"]["VP_FS_ESL_PASSWORD"] == PASSWORD
     assert services["gateway-fs"]["environment"]["VP_FS_ESL_PASSWORD"] == PASSWORD

@@ -165,7 +165,7 @@ async def test_a_service_cannot_publish_outside_its_subjects(
 async def test_only_gateways_publish_caller_audio_and_control() -> None:
     for user, grant in SERVICE_GRANTS.items():
         gateway = user.startswith("gateway-")
-        assert (subjects.ANY_AUDIO_IN in grant.publish) == gateway, user
+        assert (subjects.ANY_CALLER_AUDIO in grant.publish) == gateway, user
         assert (subjects.ANY_CONTROL in grant.publish) == (gateway or user == "realtime"), user
 
 

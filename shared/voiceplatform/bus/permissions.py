@@ -115,7 +115,7 @@ def _owner(role: str, publish: tuple[str, ...], subscribe: tuple[str, ...]) -> G
     return _service(
         role,
         (subjects.heartbeat(role), subjects.released(role), *publish),
-        (subjects.assign(role), *subscribe),
+        (subjects.assign(role), subjects.assign_to_any_instance(role), *subscribe),
         responds=True,
     )
 
@@ -126,11 +126,12 @@ def _unique(items: tuple[str, ...]) -> tuple[str, ...]:
 
 _GATEWAY = (
     (
-        subjects.ANY_AUDIO_IN,
+        subjects.ANY_CALLER_AUDIO,
         subjects.ANY_CONTROL,
         subjects.ANY_LIFECYCLE,
         subjects.ANY_LLM_SENTENCE,  # the greeting is spoken as a sentence of the robot
         subjects.ANY_ASSIGN,
+        subjects.ANY_ASSIGN_TO_INSTANCE,
     ),
     (
         subjects.ALL_CALLS,
@@ -146,12 +147,12 @@ SERVICE_GRANTS: dict[str, Grant] = {
     "vad": _owner(
         "vad",
         (subjects.any_call("vad"), subjects.ANY_LIFECYCLE),
-        (subjects.ANY_AUDIO_IN, subjects.ANY_CONTROL, subjects.ANY_LIFECYCLE),
+        (subjects.ANY_CALLER_AUDIO, subjects.ANY_CONTROL, subjects.ANY_LIFECYCLE),
     ),
     "asr": _owner(
         "asr",
         (subjects.ANY_ASR, subjects.ANY_LIFECYCLE),
-        (subjects.ANY_AUDIO_IN, subjects.any_call("vad"), subjects.ANY_CONTROL, subjects.ANY_LIFECYCLE),
+        (subjects.ANY_CALLER_AUDIO, subjects.any_call("vad"), subjects.ANY_CONTROL, subjects.ANY_LIFECYCLE),
     ),
     "realtime": _owner(
         "realtime",
@@ -164,7 +165,7 @@ SERVICE_GRANTS: dict[str, Grant] = {
             subjects.ANY_LIFECYCLE,
             subjects.ANY_CONTROL,  # hangs up a call whose realtime provider is gone for good
         ),
-        (subjects.ANY_AUDIO_IN, subjects.ANY_CONTROL, subjects.ANY_LIFECYCLE),
+        (subjects.ANY_CALLER_AUDIO, subjects.ANY_CONTROL, subjects.ANY_LIFECYCLE),
     ),
     "prompt-router": _service(
         "prompt-router",
