@@ -22,10 +22,11 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from voiceplatform import subjects
-from voiceplatform.bus.auth import NatsAuth, NatsAuthError
+from voiceplatform.bus.auth import NatsAuth, NatsAuthError, note_permission_denied
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.bus.natsconf import ServerTls
 from voiceplatform.bus.permissions import (
@@ -144,6 +145,9 @@ REFUSED = [
     ("vad", subjects.control(CALL), subjects.vad(CALL)),
     ("prompt-router", subjects.asr(CALL), subjects.llm_request(CALL)),
     ("prompt-router", subjects.control(CALL), subjects.llm_request(CALL)),
+    ("realtime", subjects.audio_in(CALL), subjects.tts_audio(CALL)),
+    ("gateway-web", subjects.tts_audio(CALL), subjects.audio_in(CALL)),
+    ("gateway-fs", subjects.asr(CALL), subjects.control(CALL)),
     ("recorder", subjects.audio_in(CALL), subjects.call_event("call.started")),
     ("recorder", subjects.control(CALL), subjects.call_event("call.started")),
 ]
@@ -421,3 +425,29 @@ async def test_the_example_subscriber_follows_events_as_the_read_only_user(
             proc.kill()
     assert proc.returncode == 0
     assert out.decode().startswith("call.started c1")
+
+
+async def test_a_refused_publish_is_counted_and_logged_by_the_bus(
+    server: EmbeddedNats, creds: LocalCredentials
+) -> None:
+    labels = {"service": "tts", "operation": "publish", "stage": "control"}
+    before = REGISTRY.get_sample_value("vp_nats_permission_denied_total", labels) or 0.0
+    auth = NatsAuth("tts", SecretStr(creds.nats["tts"]))
+    bus = await NatsBus.connect(server.url, "tts", **auth.options())
+    try:
+        await bus.publish(subjects.control(CALL), ControlHangup(call_id=CALL, reason="injected"))
+        await bus.client.flush()
+        for _ in range(400):  # the server's -ERR arrives asynchronously
+            if (REGISTRY.get_sample_value("vp_nats_permission_denied_total", labels) or 0.0) > before:
+                break
+            await asyncio.sleep(0.05)
+        assert REGISTRY.get_sample_value("vp_nats_permission_denied_total", labels) == before + 1
+        assert bus.connected  # a refused publish does not cost the connection
+    finally:
+        await bus.close()
+
+
+def test_permission_errors_are_recognised() -> None:
+    detail = "nats: 'Permissions Violation for Subscription to \"vp.call.>\"'"
+    assert note_permission_denied("call-events", detail)
+    assert not note_permission_denied("tts", "nats: stale connection")

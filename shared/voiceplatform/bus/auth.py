@@ -7,15 +7,35 @@ inbox (``_INBOX.<user>``), the only inbox its permissions let it read (``bus.per
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import SecretStr
 
+from voiceplatform import metrics
 from voiceplatform.bus.permissions import inbox
 from voiceplatform.config.settings import ServiceSettings
+
+log = structlog.get_logger("voiceplatform.bus")
+
+
+_DENIED = re.compile(r"permissions violation for (\w+) to \"?([^\"'\s]+)", re.IGNORECASE)
+
+
+def note_permission_denied(service: str, detail: str) -> bool:
+    """When ``detail`` (a nats-py error) is the server refusing a publish or subscription, log it
+    once as an error and count it (``vp_nats_permission_denied_total``); whether it was one."""
+    found = _DENIED.search(detail)
+    if found is None:
+        return False
+    operation, subject = found[1].lower(), found[2]
+    metrics.NATS_PERMISSION_DENIED.labels(service, operation, metrics.stage_of(subject)).inc()
+    log.error("nats.permission_denied", operation=operation, subject=subject)
+    return True
 
 
 class NatsAuthError(ValueError):
