@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     env["ROBOTS_DIR"] = str(args.robot.parent)
     first = free_block(14)  # gateway-web, then one port per other service
     port = first
-    procs = start_services(env, work / "logs", port, first_port=first + 1)
+    procs = start_services(env, work / "logs", port, first_port=first + 1, extra_env=infra.service_env)
     try:
         if not wait_ready(f"http://127.0.0.1:{port}/health", READY_TIMEOUT_S, procs):
             print("platform not ready; logs in", work / "logs", file=sys.stderr)

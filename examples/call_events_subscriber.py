@@ -9,6 +9,10 @@ Run it next to a running platform::
     python examples/call_events_subscriber.py --url nats://10.0.0.5:4222 --count 20
     python examples/call_events_subscriber.py --call-id web-0001     # one call only
 
+A platform with NATS security on (``vp up``, compose) lets integrators in as the read-only user
+``call-events``: set ``NATS_USER=call-events`` and ``NATS_PASSWORD`` (``vp up``: the ``call-events``
+entry of ``.vp/credentials.json``; compose: ``NATS_PASSWORD_CALL_EVENTS`` in deploy/compose/.env).
+
 It prints one line per event, for example::
 
     call.started web-0001 robot=pipeline_russian channel=web
@@ -116,7 +120,10 @@ async def follow(url: str, count: int | None, call_id: str | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
-    nc = await nats.connect(url, name="call-events-subscriber")
+    login: dict[str, Any] = {}
+    if os.environ.get("NATS_USER"):
+        login = {"user": os.environ["NATS_USER"], "password": os.environ.get("NATS_PASSWORD", "")}
+    nc = await nats.connect(url, name="call-events-subscriber", **login)
     try:
         await nc.subscribe(SUBJECT, cb=on_message)
         await nc.flush()  # the server has the subscription: events from now on reach us

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -11,6 +12,7 @@ import asyncpg
 import nats
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from voiceplatform.devinfra import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_port, port_open
 
@@ -125,3 +127,47 @@ def test_context_manager_stops(tmp_path: Path, server_cls: type[EmbeddedNats] | 
     with server_cls.start(tmp_path) as server:
         assert server.running
     assert not server.running
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+async def test_embedded_redis_with_a_password(tmp_path: Path) -> None:
+    password = "redis-" + uuid.uuid4().hex
+    server = EmbeddedRedis.start(tmp_path / "redis", password=password)
+    try:
+        assert password not in _cmdline(server.process.pid)  # in a 0600 config file instead
+        assert stat.S_IMODE((tmp_path / "redis" / "redis.conf").stat().st_mode) == 0o600
+        anonymous = aioredis.from_url(f"redis://127.0.0.1:{server.port}/0")
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            await anonymous.set("k", "v")
+        await anonymous.aclose()
+        client = aioredis.from_url(server.url)
+        await client.set("k", "v")
+        assert await client.get("k") == b"v"
+        await client.aclose()
+    finally:
+        server.stop()
+
+
+async def test_embedded_postgres_takes_a_password_even_on_a_trust_cluster() -> None:
+    # a data dir from before passwords (trust) is closed on the next start with a password
+    workdir = Path("/tmp") / f"vp-devinfra-test-{uuid.uuid4().hex[:8]}"
+    password = "pg-" + uuid.uuid4().hex
+    try:
+        EmbeddedPostgres.start(workdir).stop()
+        server = EmbeddedPostgres.start(workdir, password=password)
+        try:
+            assert password in server.dsn and password not in _cmdline(server.process.pid)
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{server.port}/vp")
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(f"postgresql://postgres:wrong@127.0.0.1:{server.port}/vp")
+            conn = await asyncpg.connect(server.dsn)
+            assert await conn.fetchval("SELECT current_database()") == "vp"
+            await conn.close()
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

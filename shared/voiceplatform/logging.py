@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import structlog
 
@@ -24,9 +25,16 @@ MASK = "***"
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a secret value so it is masked in every log line (values under 4 chars are ignored)."""
+    """Remember a secret value so it is masked in every log line (values under 4 chars are ignored).
+    A URL's password (``postgresql://user:pw@host/db``) is masked on its own too."""
     if value and len(value) >= 4:
         _secrets.add(value)
+        try:
+            password = urlsplit(value).password
+        except ValueError:
+            password = None
+        if password:
+            _secrets.update(p for p in (password, unquote(password)) if len(p) >= 4)
 
 
 def mask_secrets(text: str) -> str:

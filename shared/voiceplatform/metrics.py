@@ -29,6 +29,11 @@ PROVIDER_ERRORS = Counter(
     "vp_provider_errors_total", "Provider failures by provider and kind", ["service", "provider", "kind"]
 )
 TURNS = Counter("vp_turns_total", "Bot turns handled, by outcome", ["service", "outcome"])
+NATS_PERMISSION_DENIED = Counter(
+    "vp_nats_permission_denied_total",
+    "Publishes and subscriptions the NATS server refused for this service's user, by operation",
+    ["service", "operation", "stage"],
+)
 
 
 def stage_of(subject: str) -> str:

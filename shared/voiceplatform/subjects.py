@@ -74,6 +74,8 @@ def any_call(stage: str) -> str:
 
 ALL_CALLS = f"{PREFIX}.call.>"
 ANY_AUDIO_IN = any_call("audio.in")
+# caller audio in every form (``audio.in``, and any copy a gateway re-sends): gateways alone publish it
+ANY_CALLER_AUDIO = any_call("audio.>")
 ANY_ASR = any_call("asr")
 ANY_LLM_REQUEST = any_call("llm.request")
 ANY_LLM_SENTENCE = any_call("llm.sentence")
@@ -119,6 +121,16 @@ def presence(service: str) -> str:
 
 
 ANY_PRESENCE = f"{PREFIX}.svc.*.presence"
+# every role's service subjects (the gateways' permissions: they assign and watch every role)
+ANY_ASSIGN = f"{PREFIX}.svc.*.assign"
+ANY_ASSIGN_TO_INSTANCE = f"{PREFIX}.svc.*.assign.*"  # an assignment addressed to one instance
+ANY_HEARTBEAT = f"{PREFIX}.svc.*.heartbeat"
+ANY_RELEASED = f"{PREFIX}.svc.*.released"
+
+
+def assign_to_any_instance(role: str) -> str:
+    """Assignments addressed to one instance of the role (what an owner may receive besides ``assign``)."""
+    return f"{PREFIX}.svc.{check_token(role)}.assign.*"
 
 
 def queue_group(role: str) -> str:

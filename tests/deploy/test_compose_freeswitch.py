@@ -19,6 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
+from voiceplatform.bus import natsconf, permissions
 from voiceplatform.phone_stream import stream_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +35,10 @@ MODULES = {"mod_event_socket", "mod_sofia", "mod_dptools", "mod_commands", "mod_
 MODULES |= {"mod_native_file", "mod_lua", "mod_audio_stream", "mod_dialplan_xml", "mod_console"}
 
 # ---- emulations of what reads these files: docker compose's interpolation, FreeSWITCH's pre-processor
+
+
+# compose also requires a password per NATS user (deploy/compose/nats.conf)
+NATS_PASSWORDS = {natsconf.password_env(user): f"nats{i}" for i, user in enumerate(permissions.USERS)}
 
 
 class InterpolationError(Exception):
@@ -121,7 +126,8 @@ def raw_compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def compose(raw_compose: dict[str, Any]) -> dict[str, Any]:
-    result = interpolate(raw_compose, {"VP_FS_ESL_PASSWORD": PASSWORD, "VP_FS_STREAM_SECRET": STREAM_SECRET})
+    env = {"VP_FS_ESL_PASSWORD": PASSWORD, "VP_FS_STREAM_SECRET": STREAM_SECRET, **NATS_PASSWORDS}
+    result = interpolate(raw_compose, env)
     assert isinstance(result, dict)
     return result
 
@@ -148,9 +154,9 @@ def test_compose_valid_against_spec_before_and_after_interpolation(
 
 def test_esl_password_is_required_and_shared(raw_compose: dict[str, Any], compose: dict[str, Any]) -> None:
     with pytest.raises(InterpolationError, match="VP_FS_ESL_PASSWORD"):
-        interpolate(raw_compose, {})
+        interpolate(raw_compose, NATS_PASSWORDS)
     with pytest.raises(InterpolationError, match="VP_FS_ESL_PASSWORD"):
-        interpolate(raw_compose, {"VP_FS_ESL_PASSWORD": ""})
+        interpolate(raw_compose, {"VP_FS_ESL_PASSWORD": "", **NATS_PASSWORDS})
     services = compose["services"]
     assert services["freeswitch"]["environment"]["VP_FS_ESL_PASSWORD"] == PASSWORD
     assert services["gateway-fs"]["environment"]["VP_FS_ESL_PASSWORD"] == PASSWORD
@@ -159,7 +165,7 @@ def test_esl_password_is_required_and_shared(raw_compose: dict[str, Any], compos
 
 def test_stream_secret_is_required_and_shared(raw_compose: dict[str, Any], compose: dict[str, Any]) -> None:
     with pytest.raises(InterpolationError, match="VP_FS_STREAM_SECRET"):
-        interpolate(raw_compose, {"VP_FS_ESL_PASSWORD": PASSWORD})
+        interpolate(raw_compose, {"VP_FS_ESL_PASSWORD": PASSWORD, **NATS_PASSWORDS})
     services = compose["services"]
     assert services["freeswitch"]["environment"]["VP_FS_STREAM_SECRET"] == STREAM_SECRET
     assert services["gateway-fs"]["environment"]["VP_FS_STREAM_SECRET"] == STREAM_SECRET

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from voiceplatform.cli.up import ServiceProcess, start_services, stop_services, wait_ready
+from voiceplatform.cli.up import SERVICES, ServiceProcess, start_services, stop_services, wait_ready
+from voiceplatform.credentials import LocalCredentials
 from voiceplatform.devinfra import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,17 +29,25 @@ class Platform:
     esl_port: int = 0  # where gateway-fs expects FreeSWITCH's Event Socket (the test's peer)
     esl_password: str = ""
     stream_secret: str = ""  # the key gateway-fs requires in the stream URL
+    # connect options of the NATS operator user, for a test that watches the bus (NatsBus.connect)
+    nats_admin: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def logs_text(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.tail(30)}" for p in self.procs)
 
 
 @pytest.fixture(scope="package")
-def private_nats(tmp_path_factory) -> Iterator[str]:
-    """A NATS server of the platform's own: no queue group on it is shared with other tests or tools."""
+def credentials(tmp_path_factory) -> LocalCredentials:
+    return LocalCredentials.load_or_create(tmp_path_factory.mktemp("vp-data"))
+
+
+@pytest.fixture(scope="package")
+def private_nats(tmp_path_factory, credentials: LocalCredentials) -> Iterator[str]:
+    """A NATS server of the platform's own: no queue group on it is shared with other tests or tools.
+    Security on, as under `vp up`: every service logs in as its own user, held to its subjects."""
     from voiceplatform.devinfra import EmbeddedNats
 
-    server = EmbeddedNats.start(tmp_path_factory.mktemp("nats"))
+    server = EmbeddedNats.start(tmp_path_factory.mktemp("nats"), passwords=credentials.nats)
     try:
         yield server.url
     finally:
@@ -45,7 +55,9 @@ def private_nats(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="package")
-def platform(private_nats: str, postgres_dsn: str, redis_url: str, tmp_path_factory) -> Iterator[Platform]:
+def platform(
+    private_nats: str, credentials: LocalCredentials, postgres_dsn: str, redis_url: str, tmp_path_factory
+) -> Iterator[Platform]:
     nats_url = private_nats
     logs = tmp_path_factory.mktemp("platform-logs")
     port = free_port()
@@ -66,7 +78,8 @@ def platform(private_nats: str, postgres_dsn: str, redis_url: str, tmp_path_fact
     }
     # two instances of every worker: assignment, queue groups and KV state must hold across instances
     scale = {name: 2 for name in ("vad", "asr", "prompt-router", "llm", "tts", "recorder")}
-    procs = start_services(env, logs, port, scale=scale, first_port=free_port())
+    logins = {name: credentials.nats_env(name) for name, _ in SERVICES}
+    procs = start_services(env, logs, port, scale=scale, first_port=free_port(), extra_env=logins)
     platform = Platform(
         f"ws://127.0.0.1:{port}/ws",
         f"http://127.0.0.1:{port}/health",
@@ -77,6 +90,7 @@ def platform(private_nats: str, postgres_dsn: str, redis_url: str, tmp_path_fact
         esl_port=int(env["VP_FS_ESL_PORT"]),
         esl_password=env["VP_FS_ESL_PASSWORD"],
         stream_secret=env["VP_FS_STREAM_SECRET"],
+        nats_admin=credentials.admin_options(),
     )
     try:
         if not wait_ready(platform.health, 180, procs):

@@ -37,7 +37,7 @@ def silence(s: float) -> np.ndarray:
 
 async def speech_starts(platform) -> tuple[NatsBus, list[float]]:
     """Monotonic arrival times of every vad.speech_started, as the platform's bus delivers them."""
-    bus = await NatsBus.connect(platform.env["NATS_URL"], "e2e-phone-observer")
+    bus = await NatsBus.connect(platform.env["NATS_URL"], "e2e-phone-observer", **platform.nats_admin)
     starts: list[float] = []
 
     async def seen(env: Envelope) -> None:

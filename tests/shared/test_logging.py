@@ -55,3 +55,11 @@ def test_library_log_lines_are_masked_by_the_stdlib_filter() -> None:
     finally:
         lib.removeHandler(handler)
     assert "lib-secret-value-4242" not in out.getvalue() and "Authorization: api-key ***" in out.getvalue()
+
+
+def test_the_password_of_a_registered_url_is_masked_on_its_own(capsys):
+    configure_logging("test-svc", json=True)
+    register_secret("postgresql://postgres:pg-pass-7781@127.0.0.1:5432/vp")
+    structlog.get_logger("t").warning("db.login_failed", detail="password pg-pass-7781 refused")
+    out = capsys.readouterr().err
+    assert "pg-pass-7781" not in out and "db.login_failed" in out

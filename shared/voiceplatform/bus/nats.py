@@ -15,6 +15,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue as NatsKv
 
+from voiceplatform.bus.auth import note_permission_denied
 from voiceplatform.bus.base import (
     BusError,
     Handler,
@@ -81,6 +82,8 @@ class NatsBus:
     @classmethod
     async def connect(cls, url: str, service: str, **options: Any) -> NatsBus:
         async def on_error(exc: Exception) -> None:
+            if note_permission_denied(service, str(exc)):
+                return
             log.warning("nats.error", error=type(exc).__name__, detail=str(exc)[:200])
 
         async def on_disconnect() -> None:

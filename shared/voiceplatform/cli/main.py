@@ -46,7 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--esl-port", type=int, default=8021, help="--phone: Event Socket port to listen on")
     call.add_argument("--number", default="7000", help="--phone: the dialed number (DNIS)")
 
+    from voiceplatform.bus import natsconf
+
+    natsconf.add_arguments(
+        sub.add_parser("nats-config", help="print the compose nats.conf (users, permissions); fill a .env")
+    )
+
     args = parser.parse_args(argv)
+    if args.command == "nats-config":
+        return natsconf.run(args)
     if args.command == "up":
         from voiceplatform.cli.up import run_up
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -70,26 +71,31 @@ class Infra:
         self.workdir = workdir
         self._servers: list[Any] = []
         self.env: dict[str, str] = {}
+        self.service_env: dict[str, dict[str, str]] = {}  # per service name: its NATS credentials
 
     def start(self) -> None:
         from voiceplatform import devinfra
+        from voiceplatform.credentials import LocalCredentials
 
+        # embedded servers get passwords generated at first start (<workdir>/credentials.json, 0600)
+        creds = LocalCredentials.load_or_create(self.workdir)
         if os.environ.get("NATS_URL"):
             self.env["NATS_URL"] = os.environ["NATS_URL"]
         else:
-            nats = devinfra.EmbeddedNats.start(self.workdir / "nats")
+            nats = devinfra.EmbeddedNats.start(self.workdir / "nats", passwords=creds.nats)
             self._servers.append(nats)
             self.env["NATS_URL"] = nats.url
+            self.service_env = {name: creds.nats_env(name) for name, _ in SERVICES}
         if os.environ.get("POSTGRES_DSN"):
             self.env["POSTGRES_DSN"] = os.environ["POSTGRES_DSN"]
         else:
-            pg = devinfra.EmbeddedPostgres.start(self.workdir / "postgres")
+            pg = devinfra.EmbeddedPostgres.start(self.workdir / "postgres", password=creds.postgres)
             self._servers.append(pg)
             self.env["POSTGRES_DSN"] = pg.dsn
         if os.environ.get("REDIS_URL"):
             self.env["REDIS_URL"] = os.environ["REDIS_URL"]
         else:
-            redis = devinfra.EmbeddedRedis.start(self.workdir / "redis")
+            redis = devinfra.EmbeddedRedis.start(self.workdir / "redis", password=creds.redis)
             self._servers.append(redis)
             self.env["REDIS_URL"] = redis.url
 
@@ -115,8 +121,10 @@ def start_services(
     gateway_port: int,
     scale: dict[str, int] | None = None,
     first_port: int = FIRST_WORKER_PORT,
+    extra_env: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[ServiceProcess]:
-    """Start every service as its own process (``python -m vp_<name>``), logs to ``logs``."""
+    """Start every service as its own process (``python -m vp_<name>``), logs to ``logs``;
+    ``extra_env`` adds variables to one service (by name: its NATS user and password)."""
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[ServiceProcess] = []
     port = first_port
@@ -124,7 +132,7 @@ def start_services(
         if name == "gateway-fs" and not env.get("VP_FS_ESL_PASSWORD"):
             continue  # it refuses to start without an Event Socket password
         for i in range((scale or {}).get(name, 1)):
-            service_env = dict(env)
+            service_env = {**env, **(extra_env or {}).get(name, {})}
             if name == "gateway-web":
                 service_env["VP_HTTP_PORT"] = str(gateway_port)
             elif name == "gateway-fs":
@@ -212,7 +220,7 @@ def run_up(args: argparse.Namespace) -> int:
         from voiceplatform.phone_stream import SECRET_ENV, dev_stream_secret  # gateway-fs's stream key
 
         base_env.setdefault(SECRET_ENV, dev_stream_secret(workdir))
-        procs = start_services(base_env, logs, args.port, _scale(args))
+        procs = start_services(base_env, logs, args.port, _scale(args), extra_env=infra.service_env)
         print(f"started {len(procs)} service processes; logs in {logs}", flush=True)
         health = f"http://127.0.0.1:{args.port}/health"
         if not wait_ready(health, args.ready_timeout, procs):

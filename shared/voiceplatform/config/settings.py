@@ -23,6 +23,14 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VP_", env_file=".env", extra="ignore")
 
     nats_url: str = Field(default="nats://127.0.0.1:4222", validation_alias="NATS_URL")
+    # the service's NATS user (voiceplatform.bus.permissions); none: connect anonymously
+    nats_user: str | None = Field(default=None, validation_alias="NATS_USER")
+    nats_password: SecretStr | None = Field(default=None, validation_alias="NATS_PASSWORD")
+    # TLS to NATS (multi-host): the CA that signed the server's certificate; a client certificate
+    # and key when the server verifies clients
+    nats_tls_ca: Path | None = Field(default=None, validation_alias="NATS_TLS_CA")
+    nats_tls_cert: Path | None = Field(default=None, validation_alias="NATS_TLS_CERT")
+    nats_tls_key: Path | None = Field(default=None, validation_alias="NATS_TLS_KEY")
     robots_dir: Path = Field(default=Path("robots"), validation_alias="ROBOTS_DIR")
     postgres_dsn: SecretStr = Field(
         default=SecretStr("postgresql://postgres@127.0.0.1:5432/postgres"), validation_alias="POSTGRES_DSN"

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from voiceplatform import subjects
 from voiceplatform.bus import Bus
+from voiceplatform.bus.auth import NatsAuth
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.clock import now_ms
 from voiceplatform.config.settings import ServiceSettings
@@ -78,7 +79,7 @@ async def run_service(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain gracefully."""
-    for secret in (settings.postgres_dsn, settings.redis_url, settings.mongo_uri):
+    for secret in (settings.postgres_dsn, settings.redis_url, settings.mongo_uri, settings.nats_password):
         if secret is not None:
             register_secret(secret.get_secret_value())
     stop = stop or asyncio.Event()
@@ -103,7 +104,7 @@ async def run_service(
 
     try:
         if bus is None:
-            bus = await NatsBus.connect(settings.nats_url, service.name)
+            bus = await NatsBus.connect(settings.nats_url, service.name, **NatsAuth.of(settings).options())
         bus_ref.append(bus)
         await service.start(bus)
         state["phase"] = "running"
