@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
+from voiceplatform.providers.errors import ProviderError
+
 if TYPE_CHECKING:
     from voiceplatform.config import RobotConfig
     from voiceplatform.providers.keypool import KeyHealthStore
@@ -34,6 +36,13 @@ class ProviderContext:
     options: Any = None
     settings: Any = None
     key_health: KeyHealthStore | None = None
+
+    def require_robot(self, provider: str) -> RobotConfig:
+        """The robot, for a provider built from its keys and options."""
+        if self.robot is None:
+            problem = "needs the robot's configuration, which did not load"
+            raise ProviderError(provider, problem, retryable=False)
+        return self.robot
 
 
 class ProviderBase:

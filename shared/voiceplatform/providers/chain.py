@@ -96,6 +96,7 @@ class UsageReport:
 @dataclass(slots=True, eq=False)
 class Attempt(Generic[P]):
     provider: P
+    name: str  # the provider's name in the chain (the robot's configuration)
     position: int
     usage: Usage = field(default_factory=Usage)
     output: bool = False  # an output chunk of this attempt reached the stage
@@ -199,7 +200,7 @@ class ProviderChain(Generic[P]):
             attempt: Attempt[P] | None = None
             try:
                 provider = entry.build() if isinstance(entry, Lazy) else entry
-                attempt = Attempt(provider, position)
+                attempt = Attempt(provider, name, position)
                 await self._attempt(attempt, open_stream, consume, is_output)
             except Exception as exc:
                 failure = self._failed(name, exc, attempt)
@@ -253,8 +254,9 @@ class ProviderChain(Generic[P]):
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
-                    name = attempt.provider.name
-                    raise ProviderTimeoutError(name, f"no {self.output_word} within {timeout_s} s") from None
+                    raise ProviderTimeoutError(
+                        attempt.name, f"no {self.output_word} within {timeout_s} s"
+                    ) from None
                 if is_output(chunk):
                     deadline = None  # output is flowing: the provider's own timeouts govern the rest
                     attempt.output = True
@@ -292,7 +294,7 @@ class ProviderChain(Generic[P]):
         return failure
 
     async def _report_usage(self, attempt: Attempt[P], outcome: UsageOutcome) -> None:
-        report = UsageReport(self.stage, attempt.provider.name, attempt.usage, outcome)
+        report = UsageReport(self.stage, attempt.name, attempt.usage, outcome)
         if self._usage_sink is not None:
             await self._usage_sink(report)
             return
