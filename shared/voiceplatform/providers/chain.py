@@ -15,9 +15,9 @@ one on the same input until one streams to its end:
   stalled and cancelled ones included) is reported once, with the amounts the stage filled in on
   ``Attempt.usage``: published as ``provider.usage`` unless the stage collects the reports itself.
 - **One error mapping.** A ``ProviderError`` keeps its ``kind`` and ``retryable``; an unknown provider
-  name is ``unknown_provider`` (not retryable); any other exception (a provider bug) is ``internal``,
-  retryable (the next provider is tried), logged with its traceback and published with its class and
-  a short masked message only.
+  name is ``unknown_provider`` and a provider's bad options ``robot_config`` (neither retryable); any
+  other exception (a provider bug) is ``internal``, retryable (the next provider is tried), logged
+  with its traceback and published with its class and a short masked message only.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from prometheus_client import Counter
 
 from voiceplatform import metrics
 from voiceplatform.bus import Bus
+from voiceplatform.config import RobotConfigError
 from voiceplatform.providers.errors import (
     ProviderError,
     ProviderTimeoutError,
@@ -47,6 +48,7 @@ log = structlog.get_logger("voiceplatform.providers.chain")
 
 UNEXPECTED_KIND = "internal"
 UNKNOWN_KIND = "unknown_provider"
+CONFIG_KIND = "robot_config"
 
 
 class Named(Protocol):
@@ -138,6 +140,8 @@ def map_error(provider: str, exc: BaseException) -> Failure:
     """The one mapping from what a provider raised to a published failure."""
     if isinstance(exc, ProviderError):
         return Failure(provider, exc.kind, safe_text(str(exc)), exc.retryable)
+    if isinstance(exc, RobotConfigError):  # the provider's options in the robot's config are wrong
+        return Failure(provider, CONFIG_KIND, safe_text(str(exc)), False)
     if isinstance(exc, UnknownProvider):
         return Failure(provider, UNKNOWN_KIND, safe_text(str(exc.args[0] if exc.args else exc)), False)
     return Failure(provider, UNEXPECTED_KIND, unexpected_detail(provider, exc), True)
@@ -287,7 +291,7 @@ class ProviderChain(Generic[P]):
             "retryable": failure.retryable,
             "output_out": attempt is not None and attempt.output,
         }
-        if isinstance(exc, ProviderError | UnknownProvider):
+        if isinstance(exc, ProviderError | UnknownProvider | RobotConfigError):
             log.warning("provider.failed", detail=failure.detail, **fields)
         else:  # a bug: the traceback goes to the log, never into a published message
             log.exception("provider.crashed", **fields)
