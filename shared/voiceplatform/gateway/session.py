@@ -24,6 +24,7 @@ from voiceplatform.gateway.turn_keeper import TurnKeeper
 from voiceplatform.gateway.turn_policy import Cut
 from voiceplatform.gateway.turns import Turn, TurnKind, TurnState, TurnTable
 from voiceplatform.logging import bind_call
+from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.runtime.tasks import TaskRegistry
 from voiceplatform.wire import (
     AsrFinal,
@@ -270,9 +271,8 @@ class CallSession:
             self._assigning.discard(role)
 
     async def _publish_error(self, stage: str, kind: str, detail: str, turn_id: str = "") -> None:
-        await self.bus.publish(
-            subjects.lifecycle(self.call_id),
-            StageError(call_id=self.call_id, stage=stage, kind=kind, detail=detail, turn_id=turn_id),
+        await publish_stage_error(
+            self.bus, call_id=self.call_id, stage=stage, kind=kind, detail=detail, turn_id=turn_id
         )
 
     # ---- robot-initiated turns: the greeting and re-prompts ------------------------------------------

@@ -46,7 +46,7 @@ class ProviderContext:
 
 
 class ProviderBase:
-    name: str = ""
+    name: str  # set by every subclass
     scope: ClassVar[Scope] = "robot"
 
     @classmethod
