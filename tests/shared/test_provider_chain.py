@@ -262,3 +262,27 @@ async def test_a_chain_that_never_finished_summarises_every_failure() -> None:
     assert summary is not None
     assert (summary.kind, summary.retryable) == ("connection", True)
     assert "HTTP 401" in summary.detail and "connection failed" in summary.detail
+
+
+class Plain:
+    """Not a ProviderBase: the registry refuses it instead of guessing how to build it."""
+
+    name = "plain"
+
+
+def test_the_registry_builds_by_one_convention_and_refuses_other_classes() -> None:
+    from tests.asr.local import LocalAsr
+    from voiceplatform.config import AsrConfig
+    from voiceplatform.providers import ProviderRegistry
+    from voiceplatform.providers.base import ProviderContext
+
+    registry = ProviderRegistry(
+        "asr", {"local": "tests.asr.local:LocalAsr", "plain": "tests.shared.test_provider_chain:Plain"}
+    )
+    config = AsrConfig(language="en-US")
+    built = registry.build("local", ProviderContext(options=config))
+    assert isinstance(built, LocalAsr) and built.config is config and built.scope == "call"
+    with pytest.raises(TypeError, match="not a ProviderBase"):
+        registry.load("plain")
+    with pytest.raises(UnknownProvider):
+        registry.load("missing")
