@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
 from voiceplatform import subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.providers import ProviderRegistry, Transcript
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 from voiceplatform.wire import LlmSentence, Message, TtsAudio
 
 INSTANT = "instant"
@@ -34,11 +35,16 @@ def tone_pcm(sample_rate: int, ms: int = TONE_MS) -> bytes:
     return (np.sin(2 * np.pi * TONE_HZ * t) * TONE_AMPLITUDE).astype("<i2").tobytes()
 
 
-class InstantAsr:
+class InstantAsr(ProviderBase):
     """Consumes the segment and returns a fixed Russian text at once."""
 
     name = INSTANT
     sample_rates = (8000, 16000)
+    scope = "call"
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls()
 
     def __init__(self, *_: Any, **__: Any) -> None:
         pass
@@ -51,10 +57,15 @@ class InstantAsr:
         yield Transcript(text=ASR_TEXT, is_final=True, language="ru")
 
 
-class InstantTts:
+class InstantTts(ProviderBase):
     """Yields ``TONE_MS`` of a tone at once, whatever the text."""
 
     name = INSTANT
+    scope = "process"
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls(ctx.settings)
 
     def __init__(self, config: Any = None, *_: Any, **__: Any) -> None:
         tts_config = getattr(getattr(config, "settings", None), "tts", config)  # TtsConfig or RobotConfig

@@ -13,11 +13,12 @@ from typing import ClassVar
 
 import numpy as np
 
+from tests.asr.local import LocalAsr
 from voiceplatform.config import AsrConfig
 from voiceplatform.providers import Transcript
 
 
-class CountingAsr:
+class CountingAsr(LocalAsr):
     name = "counting"
     sample_rates = (8000, 16000)
     segments: ClassVar[list[bytes]] = []

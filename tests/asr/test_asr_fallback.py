@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.asr.caller import FakeCaller
+from tests.asr.local import LocalAsr
 from tests.stand_ins.yandex_stt_server import YandexSttStandIn
 from voiceplatform.audio import Int16Array
 from voiceplatform.bus.memory import MemoryBroker, MemoryBus
@@ -33,7 +34,7 @@ FOLDER = "b1gfallbackfolder"
 YANDEX_FINAL = "Здравствуйте у меня есть собака."
 
 
-class BackupAsr:
+class BackupAsr(LocalAsr):
     """A local provider (built per call): one final naming how much audio it was given."""
 
     name = "backup"
@@ -54,7 +55,7 @@ class BackupAsr:
         yield Transcript(f"запасной {len(pcm)}", is_final=True, language="ru")
 
 
-class FinalThenFailAsr:
+class FinalThenFailAsr(LocalAsr):
     """Gives one final, then loses its connection: the turn must not go to the next provider."""
 
     name = "flaky"
@@ -72,7 +73,7 @@ class FinalThenFailAsr:
         raise ProviderConnectionError(self.name, "connection reset")
 
 
-class BrokenAsr:
+class BrokenAsr(LocalAsr):
     """Fails on every segment with a non-retryable error."""
 
     name = "broken"

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.asr.caller import FakeCaller
+from tests.asr.local import LocalAsr
 from voiceplatform import subjects
 from voiceplatform.audio import Int16Array, resample
 from voiceplatform.bus import Envelope, NoResponders
@@ -26,7 +27,7 @@ from vp_asr.settings import AsrSettings
 pytestmark = pytest.mark.slow  # the service preloads the real whisper model
 
 
-class FailingAsr:
+class FailingAsr(LocalAsr):
     """A provider whose backend always times out (as a cloud ASR would)."""
 
     name = "failing"

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.asr.caller import FakeCaller
+from tests.asr.local import LocalAsr
 from tests.llm.helpers import Collector
 from voiceplatform import subjects
 from voiceplatform.bus.memory import MemoryBroker, MemoryBus
@@ -29,7 +30,7 @@ from vp_asr.settings import AsrSettings
 RATE = 16000
 
 
-class _Local:
+class _Local(LocalAsr):
     sample_rates = (8000, 16000)
 
     def __init__(self, config: AsrConfig) -> None:

@@ -243,7 +243,7 @@ async def test_unknown_robot_or_provider_fails_the_turn_not_the_service(
     robot = make_openai_robot("weird", provider="nonexistent")
     await send(broker, request("t2", robot, "Привет"))
     errors = await out.wait(StageError, count=2)
-    assert {(e.turn_id, e.kind) for e in errors} == {("t1", "robot_config"), ("t2", "setup")}
+    assert {(e.turn_id, e.kind) for e in errors} == {("t1", "robot_config"), ("t2", "unknown_provider")}
     await send(broker, request("t3", "pipeline_russian", "Привет"))
     await out.wait(LlmDone, turn_id="t3")
 

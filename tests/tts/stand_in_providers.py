@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Self
 
 import numpy as np
 
 from voiceplatform.audio import array_to_pcm
 from voiceplatform.providers import ProviderConnectionError, ProviderTimeoutError
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 from vp_tts.settings import TtsSettings
 
 RATE = 16000
@@ -19,15 +21,25 @@ def tone(ms: int, rate: int = RATE, freq: float = 440.0) -> bytes:
     return array_to_pcm((np.sin(2 * np.pi * freq * t) * 8000).astype(np.int16))
 
 
-class FailingTts:
+class LocalFake(ProviderBase):
+    """Built once per process from the service settings, like a local engine."""
+
+    scope = "process"
+
+    def __init__(self, settings: TtsSettings) -> None:
+        self.settings = settings
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls(ctx.settings)
+
+
+class FailingTts(LocalFake):
     """Fails before any audio, like an engine that is down."""
 
     name = "failing"
     sample_rate = RATE
     calls = 0
-
-    def __init__(self, settings: TtsSettings) -> None:
-        self.settings = settings
 
     async def stream_synthesize(self, text: str, voice: str) -> AsyncIterator[bytes]:
         type(self).calls += 1
@@ -35,21 +47,18 @@ class FailingTts:
         yield b""  # pragma: no cover - makes this an async generator
 
 
-class BreaksMidwayTts:
+class BreaksMidwayTts(LocalFake):
     """Yields one chunk, then fails: the sentence must not be restarted in another voice."""
 
     name = "breaks_midway"
     sample_rate = RATE
-
-    def __init__(self, settings: TtsSettings) -> None:
-        self.settings = settings
 
     async def stream_synthesize(self, text: str, voice: str) -> AsyncIterator[bytes]:
         yield tone(100)
         raise ProviderTimeoutError(self.name, "stalled")
 
 
-class SlowTts:
+class SlowTts(LocalFake):
     """A long sentence streamed slowly (100 ms chunks every 50 ms); records being closed."""
 
     name = "slow"
@@ -57,9 +66,6 @@ class SlowTts:
     chunks = 60
     started = 0
     closed = 0
-
-    def __init__(self, settings: TtsSettings) -> None:
-        self.settings = settings
 
     async def stream_synthesize(self, text: str, voice: str) -> AsyncIterator[bytes]:
         type(self).started += 1

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from tests.llm.helpers import Collector
 from tests.tts.conftest import write_robot
-from tests.tts.stand_in_providers import RATE, SlowTts, tone
+from tests.tts.stand_in_providers import RATE, LocalFake, SlowTts, tone
 from voiceplatform import subjects
 from voiceplatform.bus.memory import MemoryBroker
 from voiceplatform.providers import ProviderRegistry
@@ -31,28 +31,22 @@ TEXT = "**Добрый день!** Чем могу помочь?"
 SENT = normalize_text(TEXT)
 
 
-class QuickTts:
+class QuickTts(LocalFake):
     """Two short chunks at once."""
 
     name = "quick"
     sample_rate = RATE
-
-    def __init__(self, settings: TtsSettings) -> None:
-        self.settings = settings
 
     async def stream_synthesize(self, text: str, voice: str) -> AsyncIterator[bytes]:
         yield tone(40)
         yield tone(40)
 
 
-class SilentTts:
+class SilentTts(LocalFake):
     """Opens its stream and never sends audio (until closed)."""
 
     name = "silent"
     sample_rate = RATE
-
-    def __init__(self, settings: TtsSettings) -> None:
-        self.settings = settings
 
     async def stream_synthesize(self, text: str, voice: str) -> AsyncIterator[bytes]:
         await asyncio.Event().wait()

@@ -1,10 +1,11 @@
 """The ASR service: owns calls by assignment, one ``AsrSession`` per call.
 
 Providers are chosen per robot through a lazy registry: ``asr.provider`` then ``asr.fallback``, the
-chain a session walks when a provider fails on a segment. A local provider class is built per call as
-``cls(asr_config)``; it may offer ``preload()`` (blocking, run in a thread at start so the model is
-loaded once per process, before the instance takes calls) and ``is_loaded()`` for health. A cloud
-provider (``per_robot = True``) is built as ``cls(robot)`` once per robot and shared by its calls. A
+chain a session walks when a provider fails on a segment. Every provider class is a ``ProviderBase``
+built by ``from_context``: a local one (``scope = "call"``) per call from the robot's ``AsrConfig``;
+its ``preload()`` runs in a thread at start so the model is loaded once per process, before the
+instance takes calls, and ``is_loaded()`` feeds health. A cloud provider (``scope = "robot"``) is
+built once per robot (its keys and options) and shared by its calls. A
 provider that cannot be built (unknown name, missing key) is left out of the chain with a logged
 problem; only a call left with no provider at all gets a ``provider_unavailable`` stage error.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from starlette.applications import Starlette
@@ -23,6 +24,7 @@ from voiceplatform.bus import Bus
 from voiceplatform.config import AsrConfig, RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.logging import mask_secrets
 from voiceplatform.providers import AsrProvider, ProviderError, ProviderRegistry
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 from voiceplatform.providers.registry import RobotProviders, UnknownProvider
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.ownership import CallOwnership
@@ -56,7 +58,7 @@ class AsrService:
         self.tasks = TaskRegistry()
         self.ownership: CallOwnership | None = None
         self.bus: Bus | None = None
-        self._preloaded: dict[str, type[Any]] = {}
+        self._preloaded: dict[str, type[ProviderBase]] = {}
         # cloud providers: one per (robot, provider), so the robot's calls share its connection
         self._robot_providers: RobotProviders[AsrProvider] = RobotProviders()
         self._draining = False
@@ -74,17 +76,15 @@ class AsrService:
 
     async def _preload(self, name: str) -> None:
         cls = self.providers.load(name)
-        preload = getattr(cls, "preload", None)
-        if preload is not None:
-            started = time.monotonic()
-            await asyncio.to_thread(preload)
-            seconds = time.monotonic() - started
-            MODEL_LOAD_SECONDS.labels(name).set(seconds)
-            log.info("asr.provider_preloaded", provider=name, seconds=round(seconds, 2))
+        started = time.monotonic()
+        await asyncio.to_thread(cls.preload)
+        seconds = time.monotonic() - started
+        MODEL_LOAD_SECONDS.labels(name).set(seconds)
+        log.info("asr.provider_preloaded", provider=name, seconds=round(seconds, 2))
         self._preloaded[name] = cls
 
     def models_loaded(self) -> bool:
-        return all(getattr(cls, "is_loaded", lambda: True)() for cls in self._preloaded.values()) and (
+        return all(cls.is_loaded() for cls in self._preloaded.values()) and (
             set(self._preloaded) >= set(self.settings.preload_providers)
         )
 
@@ -200,11 +200,11 @@ class AsrService:
         name = name or config.provider
         try:
             cls = self._preloaded.get(name) or self.providers.load(name)
-            if getattr(cls, "per_robot", False):
+            if cls.scope != "call":
                 if robot is None:
                     return None, f"{name}: needs the robot's configuration, which did not load"
-                return self._robot_provider(cls, robot), ""
-            provider: AsrProvider = cls(config)
+                return self._robot_provider(cls, robot, config), ""
+            provider = cast(AsrProvider, cls.from_context(ProviderContext(robot=robot, options=config)))
         except UnknownProvider as exc:
             return None, str(exc.args[0])
         except ProviderError as exc:
@@ -219,9 +219,9 @@ class AsrService:
             return None, f"{name}: {type(exc).__name__}"
         return provider, ""
 
-    def _robot_provider(self, cls: type[Any], robot: RobotConfig) -> AsrProvider:
-        made: AsrProvider = self._robot_providers.get(robot, str(cls.name), lambda: cls(robot))
-        return made
+    def _robot_provider(self, cls: type[ProviderBase], robot: RobotConfig, config: AsrConfig) -> AsrProvider:
+        ctx = ProviderContext(robot=robot, options=config)
+        return self._robot_providers.get(robot, cls.name, lambda: cast(AsrProvider, cls.from_context(ctx)))
 
     def _call_ended(self, call_id: str) -> None:
         # closing unsubscribes the handler that saw call.ended, so it must run in a task of its own

@@ -21,7 +21,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -30,15 +30,14 @@ from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.logging import bind_call
 from voiceplatform.providers import AsrProvider
-from voiceplatform.providers.usage import Outcome as UsageOutcome
-from voiceplatform.providers.usage import publish_usage
+from voiceplatform.providers.chain import UsageReport, publish_report
 from voiceplatform.runtime import TaskRegistry
+from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.wire import (
     AsrFinal,
     AudioChunk,
     CallEnded,
     ControlInterrupt,
-    StageError,
     VadSpeechEnded,
     VadSpeechPaused,
     VadSpeechResumed,
@@ -46,7 +45,7 @@ from voiceplatform.wire import (
 )
 from vp_asr.framebuffer import FrameBuffer
 from vp_asr.metrics import MERGES, SEGMENTS, SERVICE, SPECULATIVE
-from vp_asr.recognition import Failure, Outcome, UsageRecord, joined, recognize, run_chain
+from vp_asr.recognition import Failure, Outcome, joined, recognize, run_chain
 from vp_asr.turns import TurnBook
 
 __all__ = ["AsrSession", "SessionOptions", "joined", "recognize"]
@@ -276,7 +275,7 @@ class AsrSession:
             job.task.cancel()
 
     async def _run(self, job: _Job) -> None:
-        usage: list[UsageRecord] = []
+        usage: list[UsageReport] = []
         used = False
         with bind_call(call_id=self.call_id, turn_id=job.turn_id):
             try:
@@ -295,20 +294,11 @@ class AsrSession:
                 if self._jobs.get(job.turn_id) is job:
                     del self._jobs[job.turn_id]
                 for record in usage:
-                    outcome_name: UsageOutcome = (
-                        record.outcome if used or record.outcome != "ok" else "cancelled"
-                    )
-                    await publish_usage(
-                        self.bus,
-                        self.call_id,
-                        stage="asr",
-                        provider=record.provider,
-                        turn_id=job.turn_id,
-                        audio_ms=record.audio_ms,
-                        outcome=outcome_name,
-                    )
+                    if not used and record.outcome == "ok":
+                        record = replace(record, outcome="cancelled")
+                    await publish_report(self.bus, self.call_id, job.turn_id, record)
 
-    async def _recognize(self, job: _Job, usage: list[UsageRecord]) -> Outcome:
+    async def _recognize(self, job: _Job, usage: list[UsageReport]) -> Outcome:
         opts = self.options
         end_ms = job.offset_ms + opts.post_roll_ms
         from_ms = max(0, job.from_ms - opts.pre_roll_ms, end_ms - opts.max_segment_ms)
@@ -387,16 +377,14 @@ class AsrSession:
         )
 
     async def _report_error(self, turn_id: str, kind: str, detail: str, retryable: bool) -> None:
-        await self.bus.publish(
-            subjects.lifecycle(self.call_id),
-            StageError(
-                call_id=self.call_id,
-                stage="asr",
-                kind=kind,
-                detail=detail[:500],
-                turn_id=turn_id,
-                retryable=retryable,
-            ),
+        await publish_stage_error(
+            self.bus,
+            call_id=self.call_id,
+            stage="asr",
+            kind=kind,
+            detail=detail,
+            turn_id=turn_id,
+            retryable=retryable,
         )
 
     async def publish_problem(self, kind: str, detail: str) -> None:

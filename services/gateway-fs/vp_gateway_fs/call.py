@@ -25,13 +25,13 @@ from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.gateway import CallSession
 from voiceplatform.logging import bind_call
 from voiceplatform.runtime import TaskRegistry, cancel_and_wait
+from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.wire import (
     CallDtmf,
     ControlInterrupt,
     ControlRecord,
     ControlTransfer,
     Message,
-    StageError,
     TtsAudio,
 )
 from vp_gateway_fs.channels import ChannelFacts
@@ -239,4 +239,6 @@ class PhoneCall:
 
     async def _error(self, kind: str, detail: str) -> None:
         log.error("fs.control_failed", call_id=self.call_id, kind=kind, detail=detail)
-        await self._publish(StageError(call_id=self.call_id, stage="gateway-fs", kind=kind, detail=detail))
+        await publish_stage_error(
+            self.bus, call_id=self.call_id, stage="gateway-fs", kind=kind, detail=detail
+        )

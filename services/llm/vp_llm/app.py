@@ -11,7 +11,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from prometheus_client import Counter
@@ -20,12 +20,15 @@ from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.logging import bind_call
-from voiceplatform.providers import LlmOptions, LlmProvider, ProviderError, ProviderRegistry
+from voiceplatform.providers import LlmOptions, LlmProvider, ProviderRegistry
+from voiceplatform.providers.base import ProviderContext
+from voiceplatform.providers.chain import Failure, Lazy, ProviderChain
 from voiceplatform.providers.keypool import BusKeyHealthStore, KeyHealthStore
 from voiceplatform.providers.registry import RobotProviders
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.recent import RecentTurns
-from voiceplatform.wire import ControlInterrupt, LlmRequest, Message, StageError
+from voiceplatform.runtime.stage_errors import publish_stage_error
+from voiceplatform.wire import ControlInterrupt, LlmRequest, Message
 from vp_llm.settings import LlmSettings
 from vp_llm.turn import SERVICE, TurnOutput, build_messages
 
@@ -49,12 +52,7 @@ ProviderFactory = Callable[[str, RobotConfig], LlmProvider]
 
 
 def registry_factory(name: str, robot: RobotConfig, key_health: KeyHealthStore | None = None) -> LlmProvider:
-    cls = PROVIDERS.load(name)
-    if key_health is not None and getattr(cls, "uses_key_health", False):
-        keyed: LlmProvider = cls(robot, health=key_health)
-        return keyed
-    provider: LlmProvider = cls(robot)
-    return provider
+    return cast(LlmProvider, PROVIDERS.build(name, ProviderContext(robot=robot, key_health=key_health)))
 
 
 class LlmService:
@@ -165,16 +163,14 @@ class LlmService:
 
     async def _stage_error(self, req: LlmRequest, kind: str, detail: str, retryable: bool) -> None:
         assert self._bus is not None
-        await self._bus.publish(
-            subjects.lifecycle(req.call_id),
-            StageError(
-                call_id=req.call_id,
-                stage="llm",
-                kind=kind,
-                detail=detail[:300],
-                turn_id=req.turn_id,
-                retryable=retryable,
-            ),
+        await publish_stage_error(
+            self._bus,
+            call_id=req.call_id,
+            stage="llm",
+            kind=kind,
+            detail=detail,
+            turn_id=req.turn_id,
+            retryable=retryable,
         )
 
     async def _run_turn(self, req: LlmRequest, started: float) -> None:
@@ -222,30 +218,25 @@ class LlmService:
         )
         messages = build_messages(req)
         log.info("llm.turn_started", provider=cfg.provider, turn_event=req.event, pii_user_text=req.user_text)
-        for name in [cfg.provider, *cfg.fallback]:
-            if out.published:
-                break  # never retry after text went out: the caller may already hear it
-            out.reset()
-            try:
-                provider = self._provider(robot, name)
-                await out.stream(provider, messages, options, cfg.first_token_timeout_s)
-                return "ok"
-            except ProviderError as exc:
-                metrics.PROVIDER_ERRORS.labels(SERVICE, name, exc.kind).inc()
-                log.warning(
-                    "llm.provider_failed",
-                    provider=name,
-                    kind=exc.kind,
-                    retryable=exc.retryable,
-                    detail=str(exc)[:300],
-                    published=out.published,
-                )
-                await self._stage_error(req, exc.kind, str(exc), exc.retryable)
-            except Exception as exc:
-                # unknown provider name, broken dialog.json, a provider bug: fail the turn, not us
-                metrics.PROVIDER_ERRORS.labels(SERVICE, name, "setup").inc()
-                log.exception("llm.provider_unusable", provider=name)
-                await self._stage_error(req, "setup", f"{name}: {type(exc).__name__}: {exc}", False)
+        chain: ProviderChain[LlmProvider] = ProviderChain(
+            "llm",
+            [
+                Lazy(name, functools.partial(self._provider, robot, name))
+                for name in [cfg.provider, *cfg.fallback]
+            ],
+            bus=self._bus,
+            call_id=req.call_id,
+            turn_id=req.turn_id,
+            first_chunk_timeout_s=cfg.first_token_timeout_s,
+            output_word="text",
+        )
+
+        async def failed(failure: Failure) -> None:
+            await self._stage_error(req, failure.kind, failure.detail, failure.retryable)
+
+        outcome = await out.run(chain, messages, options, on_failure=failed)
+        if outcome.finished:
+            return "ok"
         return "failed"
 
 

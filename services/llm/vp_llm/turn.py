@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncGenerator
-from typing import cast
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus
-from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider, ProviderTimeoutError
-from voiceplatform.providers.usage import outcome_of, publish_usage
+from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider
+from voiceplatform.providers.chain import Attempt, ChainOutcome, Failure, ProviderChain
 from voiceplatform.sentences import SentenceSplitter
 from voiceplatform.wire import ChatMessage, LlmDone, LlmRequest, LlmSentence
 
@@ -63,79 +60,52 @@ class TurnOutput:
     def text(self) -> str:
         return "".join(self.parts).strip()
 
-    async def stream(
+    async def run(
         self,
-        provider: LlmProvider,
+        chain: ProviderChain[LlmProvider],
         messages: list[ChatMessage],
         options: LlmOptions,
-        first_token_timeout_s: float | None = None,
-    ) -> None:
-        """Run one provider to the end; ProviderError and CancelledError propagate.
+        on_failure: Callable[[Failure], Awaitable[None]] | None = None,
+    ) -> ChainOutcome:
+        """Run the turn through the provider chain; CancelledError propagates.
 
-        A provider that opens its stream but yields no text within ``first_token_timeout_s`` raises
-        ProviderTimeoutError, so the chain fails over while nothing has been said yet. However the
-        attempt ends, the tokens the provider reported are published as its ``provider.usage``.
+        A provider that fails before a sentence went out hands the turn to the next one (this
+        output is reset); once a sentence was published the turn ends with what was said. The
+        chain's first-chunk deadline counts text only, and each attempt's tokens are its usage.
         """
-        self.provider = provider.name
-        ending: BaseException | None = None
-        try:
-            await self._stream(provider, messages, options, first_token_timeout_s)
-        except BaseException as exc:
-            ending = exc
-            raise
-        finally:
-            req = self.req
-            await publish_usage(
-                self.bus,
-                req.call_id,
-                stage="llm",
-                provider=provider.name,
-                turn_id=req.turn_id,
-                model=self.model,
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=self.completion_tokens,
-                outcome=outcome_of(ending),
-            )
 
-    async def _stream(
-        self,
-        provider: LlmProvider,
-        messages: list[ChatMessage],
-        options: LlmOptions,
-        first_token_timeout_s: float | None,
-    ) -> None:
-        # providers are async generators (the interface promises aclose() aborts the request)
-        stream = cast(AsyncGenerator[LlmChunk, None], provider.stream_complete(messages, options))
-        loop = asyncio.get_running_loop()
-        deadline = None if first_token_timeout_s is None else loop.time() + first_token_timeout_s
-        async with contextlib.aclosing(stream) as chunks:
-            while True:
-                try:
-                    if deadline is None:
-                        chunk = await anext(chunks)
-                    else:
-                        async with asyncio.timeout_at(deadline):
-                            chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise ProviderTimeoutError(
-                        provider.name, f"no text within {first_token_timeout_s} s"
-                    ) from None
-                if chunk.text:
-                    deadline = None  # text is flowing: the provider's own timeouts govern the rest
-                    self.parts.append(chunk.text)
-                    for sentence in self.splitter.feed(chunk.text):
-                        await self._publish(sentence, last=False)
-                self.prompt_tokens = max(self.prompt_tokens, chunk.prompt_tokens)
-                self.completion_tokens = max(self.completion_tokens, chunk.completion_tokens)
-                self.model = chunk.meta.get("model", self.model)
-                if chunk.dialog_state is not None:
-                    self.dialog_state = chunk.dialog_state
-                self.end_call = self.end_call or chunk.end_call
-                self.transfer_to = chunk.transfer_to or self.transfer_to
-        for sentence in self.splitter.flush():
-            await self._publish(sentence, last=True)
+        def open_stream(attempt: Attempt[LlmProvider]) -> AsyncIterator[LlmChunk]:
+            self.reset()
+            self.provider = attempt.provider.name
+            return attempt.provider.stream_complete(messages, options)
+
+        outcome = await chain.run(
+            open_stream,
+            self._consume,
+            is_output=lambda chunk: bool(chunk.text),
+            committed=lambda: self.published > 0,
+            on_failure=on_failure,
+        )
+        if outcome.finished:
+            for sentence in self.splitter.flush():
+                await self._publish(sentence, last=True)
+        return outcome
+
+    async def _consume(self, attempt: Attempt[LlmProvider], chunk: LlmChunk) -> None:
+        if chunk.text:
+            self.parts.append(chunk.text)
+            for sentence in self.splitter.feed(chunk.text):
+                await self._publish(sentence, last=False)
+        self.prompt_tokens = max(self.prompt_tokens, chunk.prompt_tokens)
+        self.completion_tokens = max(self.completion_tokens, chunk.completion_tokens)
+        self.model = chunk.meta.get("model", self.model)
+        if chunk.dialog_state is not None:
+            self.dialog_state = chunk.dialog_state
+        self.end_call = self.end_call or chunk.end_call
+        self.transfer_to = chunk.transfer_to or self.transfer_to
+        usage = attempt.usage
+        usage.prompt_tokens, usage.completion_tokens = self.prompt_tokens, self.completion_tokens
+        usage.model = self.model
 
     async def _publish(self, sentence: str, last: bool) -> None:
         if self.published == 0:

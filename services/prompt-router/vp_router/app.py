@@ -25,6 +25,7 @@ from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.logging import bind_call
 from voiceplatform.runtime import TaskRegistry
+from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.wire import (
     AsrFinal,
     CallEnded,
@@ -36,7 +37,6 @@ from voiceplatform.wire import (
     LlmRequest,
     Message,
     PromptSwitched,
-    StageError,
 )
 from vp_router.dialog_state import DialogConflict, DialogState, DialogStateError, DialogStore
 from vp_router.routing import Route, RouteCache
@@ -139,16 +139,15 @@ class RouterService:
     async def _stage_error(self, call_id: str, turn_id: str, kind: str, detail: str, retryable: bool) -> None:
         ROUTER_DROPS.labels(kind).inc()
         log.warning("router.stage_error", kind=kind, detail=detail[:300])
-        await self._publish(
-            subjects.lifecycle(call_id),
-            StageError(
-                call_id=call_id,
-                stage="router",
-                kind=kind,
-                detail=detail[:300],
-                turn_id=turn_id,
-                retryable=retryable,
-            ),
+        assert self._bus is not None
+        await publish_stage_error(
+            self._bus,
+            call_id=call_id,
+            stage="router",
+            kind=kind,
+            detail=detail,
+            turn_id=turn_id,
+            retryable=retryable,
         )
 
     # ---- subscriptions: hand the work to the call's queue ---------------------------------------

@@ -49,6 +49,7 @@ from voiceplatform.providers.realtime import (
 )
 from voiceplatform.providers.usage import publish_usage
 from voiceplatform.resampling import StreamResampler
+from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.wire import (
     AsrFinal,
     AudioChunk,
@@ -58,7 +59,6 @@ from voiceplatform.wire import (
     LlmDone,
     LlmSentence,
     Message,
-    StageError,
     TtsAudio,
     VadSpeechEnded,
     VadSpeechStarted,
@@ -205,16 +205,14 @@ class RealtimeCallSession:
 
     async def _stage_error(self, exc: ProviderError, turn_id: str = "") -> None:
         metrics.PROVIDER_ERRORS.labels(SERVICE, self.provider.name, exc.kind).inc()
-        await self.bus.publish(
-            subjects.lifecycle(self.call_id),
-            StageError(
-                call_id=self.call_id,
-                stage="realtime",
-                kind=exc.kind,
-                detail=str(exc)[:300],
-                turn_id=turn_id,
-                retryable=exc.retryable,
-            ),
+        await publish_stage_error(
+            self.bus,
+            call_id=self.call_id,
+            stage="realtime",
+            kind=exc.kind,
+            detail=str(exc),
+            turn_id=turn_id,
+            retryable=exc.retryable,
         )
 
     async def _abandon_replies(self) -> None:

@@ -10,25 +10,26 @@ cancelled ones too) is published as ``provider.usage`` with the characters it wa
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import structlog
 
-from voiceplatform import metrics, subjects
+from voiceplatform import subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry, TtsConfig
 from voiceplatform.logging import bind_call
-from voiceplatform.providers import ProviderError, ProviderRegistry, ProviderTimeoutError, TtsProvider
-from voiceplatform.providers.registry import RobotProviders, UnknownProvider, aclose_all
-from voiceplatform.providers.usage import outcome_of, publish_usage
+from voiceplatform.providers import ProviderError, ProviderRegistry, TtsProvider
+from voiceplatform.providers.base import ProviderBase, ProviderContext
+from voiceplatform.providers.chain import Attempt, Lazy, ProviderChain
+from voiceplatform.providers.registry import RobotProviders, aclose_all
 from voiceplatform.resampling import StreamResampler
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.recent import RecentTurns
-from voiceplatform.wire import SUPPORTED_SAMPLE_RATES, ControlInterrupt, LlmSentence, Message, StageError
+from voiceplatform.runtime.stage_errors import publish_stage_error
+from voiceplatform.wire import SUPPORTED_SAMPLE_RATES, ControlInterrupt, LlmSentence, Message
 
 from .metrics import (
     CHARS,
@@ -48,7 +49,7 @@ PROVIDER_ENTRIES = {
     "rhvoice": "vp_tts.providers.rhvoice:RhvoiceTts",
     "festival": "vp_tts.providers.festival:FestivalTts",
     "espeak": "vp_tts.providers.espeak:EspeakTts",
-    # cloud voices: built per robot (its keys and options), see ``per_robot``
+    # cloud voices: built per robot (its keys and options), see ``ProviderBase.scope``
     "yandex": "vp_tts.providers.yandex:YandexTts",
     "elevenlabs": "vp_tts.providers.elevenlabs:ElevenLabsTts",
     "zvukogram": "vp_tts.providers.zvukogram:ZvukogramTts",
@@ -84,7 +85,7 @@ class TtsService:
         self._bus: Bus | None = None
         self._tasks = TaskRegistry()
         self._interrupted = RecentTurns(settings.interrupt_memory_s)
-        self._providers: dict[str, TtsProvider] = {}
+        self._providers: dict[str, ProviderBase] = {}
         # cloud providers hold a robot's keys: one instance per (robot, provider), rebuilt on reload
         self._robot_providers: RobotProviders[TtsProvider] = RobotProviders()
         self._sentence_sub: Subscription | None = None
@@ -98,13 +99,13 @@ class TtsService:
             SENTENCES_DROPPED.labels(reason)  # series exist at 0 from the start
         if self.settings.festival_preload and PRELOADED in self.registry.names():
             try:
-                await self._start_provider(self.provider(PRELOADED))
+                await self._start_provider(PRELOADED)
             except ProviderError as exc:
                 # sentences still go to the fallback chain; /health says not ready
                 log.error("tts.preload_failed", provider=PRELOADED, error=str(exc)[:200])
         if self.settings.rhvoice_preload and RHVOICE in self.registry.names():
             try:
-                await self._start_provider(self.provider(RHVOICE))
+                await self._start_provider(RHVOICE)
             except ProviderError as exc:
                 # not installed here (Debian non-free): robots fall through to festival
                 log.warning("tts.rhvoice_unavailable", error=str(exc)[:300])
@@ -142,9 +143,9 @@ class TtsService:
             "providers": sorted(self._providers),
         }
         for name, provider in self._providers.items():
-            reporter = getattr(provider, "health", None)
-            if reporter is not None:
-                info[name] = reporter()
+            details = provider.health()
+            if details:
+                info[name] = details
         return info
 
     def asgi_app(self) -> None:
@@ -154,30 +155,28 @@ class TtsService:
     def provider(self, name: str, robot: RobotConfig | None = None) -> TtsProvider:
         """Provider ``name``: process-wide for local engines, per robot for cloud ones."""
         cls = self.registry.load(name)
-        if not getattr(cls, "per_robot", False):
-            found = self._providers.get(name)
-            if found is None:
-                found = cls(self.settings)
-                self._providers[name] = found
-            return found
+        if cls.scope == "process":
+            return cast(TtsProvider, self._local(name, cls))
         if robot is None:
             raise ProviderError(
                 name, "needs the robot's configuration, which failed to load", retryable=False
             )
-        return self._robot_providers.get(robot, name, lambda: cls(robot))
+        ctx = ProviderContext(robot=robot, settings=self.settings)
+        return self._robot_providers.get(robot, name, lambda: cast(TtsProvider, cls.from_context(ctx)))
+
+    def _local(self, name: str, cls: type[ProviderBase]) -> ProviderBase:
+        found = self._providers.get(name)
+        if found is None:
+            found = cls.from_context(ProviderContext(settings=self.settings))
+            self._providers[name] = found
+        return found
+
+    async def _start_provider(self, name: str) -> None:
+        await self._local(name, self.registry.load(name)).start()
 
     @staticmethod
-    async def _start_provider(provider: TtsProvider) -> None:
-        starter = getattr(provider, "start", None)
-        if starter is not None:
-            await starter()
-
-    @staticmethod
-    def _provider_ready(provider: TtsProvider | None) -> bool:
-        if provider is None:
-            return False
-        check = getattr(provider, "ready", None)
-        return bool(check()) if check is not None else True
+    def _provider_ready(provider: ProviderBase | None) -> bool:
+        return provider is not None and provider.ready()
 
     async def close_providers(self) -> None:
         providers, self._providers = list(self._providers.values()), {}
@@ -239,16 +238,14 @@ class TtsService:
 
     async def _stage_error(self, msg: LlmSentence, kind: str, detail: str, retryable: bool) -> None:
         assert self._bus is not None
-        await self._bus.publish(
-            subjects.lifecycle(msg.call_id),
-            StageError(
-                call_id=msg.call_id,
-                stage="tts",
-                kind=kind,
-                detail=detail[:300],
-                turn_id=msg.turn_id,
-                retryable=retryable,
-            ),
+        await publish_stage_error(
+            self._bus,
+            call_id=msg.call_id,
+            stage="tts",
+            kind=kind,
+            detail=detail,
+            turn_id=msg.turn_id,
+            retryable=retryable,
         )
 
     # ---- one sentence -------------------------------------------------------------------------
@@ -295,77 +292,43 @@ class TtsService:
     async def _synthesize_chain(
         self, text: str, cfg: TtsConfig, robot: RobotConfig | None, out: SentenceOutput
     ) -> bytes:
-        """Try each provider of the chain until one finishes; returns the resampler's tail."""
-        chain = list(dict.fromkeys([cfg.provider, *cfg.fallback]))
-        failure = _ChainFailed("no_provider", "no tts provider configured", False)
-        for position, name in enumerate(chain):
-            if position:
-                FALLBACKS.labels(chain[position - 1], name).inc()
-                log.warning("tts.fallback", to_provider=name, from_provider=chain[position - 1])
-            try:
-                tail = await self._speak(name, text, cfg, robot, out)
-            except ProviderError as exc:
-                metrics.PROVIDER_ERRORS.labels(SERVICE, name, exc.kind).inc()
-                failure = _ChainFailed(exc.kind, str(exc), exc.retryable)
-            except UnknownProvider as exc:
-                metrics.PROVIDER_ERRORS.labels(SERVICE, name, "unknown_provider").inc()
-                failure = _ChainFailed("unknown_provider", str(exc), False)
-            except Exception as exc:  # a provider bug must not kill the sentence silently
-                metrics.PROVIDER_ERRORS.labels(SERVICE, name, "unexpected").inc()
-                log.exception("tts.provider_crashed", provider=name)
-                failure = _ChainFailed("unexpected", f"{name}: {type(exc).__name__}", True)
-            else:
-                CHARS.labels(name).inc(len(text))
-                SENTENCES.labels("fallback" if position else "ok").inc()
-                return tail
-            log.warning("tts.provider_failed", provider=name, kind=failure.kind, audio_sent=out.audio_out)
-            if out.audio_out:
-                break  # part of the sentence was heard in this voice: finish it short, not twice
-        raise failure
+        """Run the robot's chain (see ``voiceplatform.providers.chain``); returns the resampler's tail."""
+        sentence = out.sentence
+        names = list(dict.fromkeys([cfg.provider, *cfg.fallback]))
+        chain: ProviderChain[TtsProvider] = ProviderChain(
+            "tts",
+            [Lazy(name, functools.partial(self._bound, name, robot)) for name in names],
+            bus=out.bus,
+            call_id=sentence.call_id,
+            turn_id=sentence.turn_id,
+            first_chunk_timeout_s=cfg.first_audio_timeout_s,
+            output_word="audio",
+            fallbacks=FALLBACKS,
+        )
+        resampler = StreamResampler(out.sample_rate, out.sample_rate)
 
-    async def _speak(
-        self, name: str, text: str, cfg: TtsConfig, robot: RobotConfig | None, out: SentenceOutput
-    ) -> bytes:
-        provider = self.provider(name, robot)
-        binder = getattr(provider, "for_robot", None)
-        if binder is not None:  # a process-wide engine with per-robot options (rhvoice)
-            provider = cast(TtsProvider, binder(robot))
-        out.provider = provider.name
-        ending: BaseException | None = None
-        try:
-            return await self._stream(name, provider, text, cfg, out)
-        except BaseException as exc:
-            ending = exc
-            raise
-        finally:  # every attempt that reached the provider, failed or cancelled ones too (billed)
-            sentence = out.sentence
-            await publish_usage(
-                out.bus,
-                sentence.call_id,
-                stage="tts",
-                provider=name,
-                turn_id=sentence.turn_id,
-                characters=len(text),
-                outcome=outcome_of(ending),
-            )
+        def open_stream(attempt: Attempt[TtsProvider]) -> AsyncIterator[bytes]:
+            nonlocal resampler
+            out.provider = attempt.provider.name
+            attempt.usage.characters = len(text)  # what a vendor bills, failed attempts included
+            resampler = StreamResampler(attempt.provider.sample_rate, out.sample_rate)
+            return attempt.provider.stream_synthesize(text, cfg.voice)
 
-    @staticmethod
-    async def _stream(
-        name: str, provider: TtsProvider, text: str, cfg: TtsConfig, out: SentenceOutput
-    ) -> bytes:
-        resampler = StreamResampler(provider.sample_rate, out.sample_rate)
-        # providers are async generators: closing one aborts its engine call (barge-in)
-        stream = cast(AsyncGenerator[bytes, None], provider.stream_synthesize(text, cfg.voice))
-        async with contextlib.aclosing(stream) as chunks:
-            try:
-                # a stream that opens but stays silent fails over like an error (nothing heard yet)
-                async with asyncio.timeout(cfg.first_audio_timeout_s):
-                    first = await anext(chunks)
-            except StopAsyncIteration:
-                return resampler.flush()
-            except TimeoutError:
-                raise ProviderTimeoutError(name, f"no audio within {cfg.first_audio_timeout_s} s") from None
-            await out.audio(resampler.feed(first))
-            async for pcm in chunks:
-                await out.audio(resampler.feed(pcm))
+        async def speak(attempt: Attempt[TtsProvider], pcm: bytes) -> None:
+            await out.audio(resampler.feed(pcm))
+
+        # once audio went out for a sentence its voice never changes: the sentence ends short
+        outcome = await chain.run(open_stream, speak, committed=lambda: out.audio_out)
+        failure = outcome.failure
+        if failure is not None:
+            raise _ChainFailed(failure.kind, failure.detail, failure.retryable)
+        CHARS.labels(outcome.provider).inc(len(text))
+        SENTENCES.labels("fallback" if outcome.failures else "ok").inc()
         return resampler.flush()
+
+    def _bound(self, name: str, robot: RobotConfig | None) -> TtsProvider:
+        """Provider ``name`` for ``robot`` (a process-wide engine gets the robot's options bound)."""
+        provider = self.provider(name, robot)
+        if isinstance(provider, ProviderBase):
+            return cast(TtsProvider, provider.for_robot(robot))
+        return provider

@@ -21,11 +21,11 @@ from voiceplatform.gateway.fallback_line import FallbackLine
 from voiceplatform.gateway.greeting import greeting_pcm
 from voiceplatform.gateway.owners import GatewayDirectory, owned_roles_for
 from voiceplatform.gateway.playout import Playout
-from voiceplatform.gateway.stage_errors import publish_stage_error
 from voiceplatform.gateway.turn_keeper import TurnKeeper
 from voiceplatform.gateway.turn_policy import Cut
 from voiceplatform.gateway.turns import Turn, TurnKind, TurnState, TurnTable
 from voiceplatform.logging import bind_call
+from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.runtime.tasks import TaskRegistry
 from voiceplatform.wire import (
     AsrFinal,
@@ -276,7 +276,7 @@ class CallSession:
 
     async def _publish_error(self, stage: str, kind: str, detail: str, turn_id: str = "") -> None:
         await publish_stage_error(
-            self.bus, self.call_id, stage=stage, kind=kind, detail=detail, turn_id=turn_id
+            self.bus, call_id=self.call_id, stage=stage, kind=kind, detail=detail, turn_id=turn_id
         )
 
     # ---- robot-initiated turns: the greeting and re-prompts ------------------------------------------

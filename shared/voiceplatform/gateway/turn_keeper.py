@@ -25,10 +25,10 @@ from voiceplatform.clock import now_ms
 from voiceplatform.config.robot import RobotSettings
 from voiceplatform.gateway.fallback_line import FallbackLine
 from voiceplatform.gateway.playout import Playout
-from voiceplatform.gateway.stage_errors import publish_stage_error
 from voiceplatform.gateway.turn_policy import Action, Cut, Pause, Policy
 from voiceplatform.gateway.turns import Turn, TurnKind, TurnState, TurnTable, metrics_event
 from voiceplatform.logging import bind_call
+from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.wire import AsrFinal, CallNoInput, ControlInterrupt, VadSpeechEnded, VadSpeechStarted
 
 if TYPE_CHECKING:
@@ -335,7 +335,12 @@ class TurnKeeper:
         turn.fallback_stage = stage
         if not failed:
             await publish_stage_error(
-                self.bus, self.call_id, stage=stage, kind="deadline", detail=detail, turn_id=turn.turn_id
+                self.bus,
+                call_id=self.call_id,
+                stage=stage,
+                kind="deadline",
+                detail=detail,
+                turn_id=turn.turn_id,
             )
         audio = self.playout.drop(turn.turn_id)
         turn.heard_before_fallback = audio.played_text() if audio else ""

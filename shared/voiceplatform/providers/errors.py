@@ -7,6 +7,10 @@ status codes and vendor error codes, not from raw SDK exception text.
 
 from __future__ import annotations
 
+import re
+
+from voiceplatform.logging import MASK, mask_secrets
+
 
 class ProviderError(Exception):
     kind = "error"
@@ -52,3 +56,26 @@ def error_from_status(provider: str, status: int, message: str = "") -> Provider
     """401/403 and other 4xx: not retryable (bad key, bad request); 408/409/429 and 5xx: retryable."""
     retryable = status in (408, 409, 425, 429) or status >= 500
     return ProviderStatusError(provider, status, message, retryable=retryable)
+
+
+# credentials as they show up in exception text: ``key=…`` in URLs, ``Bearer …``/``Api-Key …`` headers
+_CREDENTIAL = re.compile(
+    r"((?:api[_-]?key|key|token|secret|password|authorization)\s*[=:]\s*(?:(?:bearer|api-key)\s+)?"
+    r"|(?:bearer|api-key)\s+)[^\s&]+",
+    re.IGNORECASE,
+)
+DETAIL_CHARS = 300
+_UNEXPECTED_MESSAGE_CHARS = 120
+
+
+def safe_text(text: str, limit: int = DETAIL_CHARS) -> str:
+    """One line of ``text`` fit for a published message: registered secrets and credentials masked."""
+    line = " ".join(mask_secrets(text).split())
+    return _CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", line)[:limit]
+
+
+def unexpected_detail(provider: str, exc: BaseException) -> str:
+    """What an unexpected exception from a provider may publish: its class and a short, masked
+    message (never a traceback or a raw dump: those go to the log only)."""
+    message = safe_text(str(exc), _UNEXPECTED_MESSAGE_CHARS)
+    return f"{provider}: {type(exc).__name__}" + (f": {message}" if message else "")

@@ -1,15 +1,18 @@
 """Lazy provider registry: names map to ``module:Class`` strings, imported only when chosen.
 
-Vendor SDKs therefore load only in processes that use them.
+Vendor SDKs therefore load only in processes that use them. Every entry is a ``ProviderBase``
+subclass, built one way: ``cls.from_context(ProviderContext(...))`` (see ``providers/base.py``).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import structlog
+
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 
 if TYPE_CHECKING:
     from voiceplatform.config import RobotConfig
@@ -31,26 +34,31 @@ class ProviderRegistry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def load(self, name: str) -> type[Any]:
+    def load(self, name: str) -> type[ProviderBase]:
         try:
             target = self._entries[name]
         except KeyError:
             raise UnknownProvider(f"unknown {self.role} provider {name!r}; known: {self.names()}") from None
         module_name, _, attr = target.partition(":")
-        cls: type[Any] = getattr(importlib.import_module(module_name), attr)
+        cls = getattr(importlib.import_module(module_name), attr)
+        if not (isinstance(cls, type) and issubclass(cls, ProviderBase)):
+            raise TypeError(f"{self.role} provider {name!r} ({target}) is not a ProviderBase subclass")
         return cls
 
+    def build(self, name: str, ctx: ProviderContext) -> ProviderBase:
+        """A new instance of provider ``name`` (``UnknownProvider``, or the provider's own error)."""
+        return self.load(name).from_context(ctx)
 
-async def aclose_all(providers: Iterable[Any]) -> None:
+
+async def aclose_all(providers: Iterable[object]) -> None:
     """Close every provider that holds resources (HTTP clients, processes); one failure stops none."""
     for provider in providers:
-        closer = getattr(provider, "aclose", None)
-        if closer is None:
+        if not isinstance(provider, ProviderBase):
             continue
         try:
-            await closer()
+            await provider.aclose()
         except Exception:
-            log.warning("provider.close_failed", provider=getattr(provider, "name", type(provider).__name__))
+            log.warning("provider.close_failed", provider=provider.name)
 
 
 class RobotProviders(Generic[P]):

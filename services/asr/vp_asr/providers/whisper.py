@@ -19,7 +19,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +29,7 @@ import structlog
 from voiceplatform.audio import pcm_to_array
 from voiceplatform.config import AsrConfig
 from voiceplatform.providers import ProviderError, ProviderProtocolError, Transcript
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 from vp_asr.metrics import HALLUCINATIONS_DROPPED
 from vp_asr.providers import whisper_model
 
@@ -148,11 +149,17 @@ class _Decoded:
     dropped: str = ""  # why the text was discarded, empty when it was not
 
 
-class WhisperAsr:
+class WhisperAsr(ProviderBase):
     """``AsrProvider`` over the process-wide Whisper-base model."""
 
     name = "whisper"
     sample_rates = (8000, 16000)
+
+    scope = "call"
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls(ctx.options)
 
     def __init__(self, config: AsrConfig | None = None, model: WhisperModel | None = None) -> None:
         cfg = config or AsrConfig()

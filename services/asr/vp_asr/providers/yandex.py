@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import grpc
 import structlog
@@ -48,6 +48,7 @@ from voiceplatform.providers import (
     Transcript,
     error_from_status,
 )
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 
 log = structlog.get_logger("vp_asr.yandex")
 
@@ -300,13 +301,16 @@ class _Results:
         return Transcript(best.text.strip(), is_final=is_final, language=language)
 
 
-class YandexAsr:
+class YandexAsr(ProviderBase):
     """``AsrProvider`` over SpeechKit STT v3 streaming recognition."""
 
     name = "yandex"
     # built per robot (its keys and options) and shared by the robot's calls: AsrService
-    per_robot = True
     sample_rates = (8000, 16000)
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls(ctx.require_robot(cls.name))
 
     def __init__(self, robot: RobotConfig, *, channel_factory: ChannelFactory | None = None) -> None:
         try:

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Self
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -45,6 +45,7 @@ from voiceplatform.providers import (
     ProviderTimeoutError,
     error_from_status,
 )
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 from voiceplatform.providers.keypool import (
     Attempt,
     Candidates,
@@ -176,10 +177,14 @@ def _int(value: Any) -> int:
         return 0
 
 
-class GeminiLlm:
+class GeminiLlm(ProviderBase):
     name = "gemini"
-    # the LLM service passes its bus-backed key health store (shared by every worker) as ``health``
-    uses_key_health = True
+    # the LLM service passes its bus-backed key health store (shared by every worker) as
+    # ``ProviderContext.key_health``
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls(ctx.require_robot(cls.name), health=ctx.key_health)
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -25,6 +25,7 @@ from voiceplatform.providers import (
     ProviderTimeoutError,
     error_from_status,
 )
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 from voiceplatform.wire import ChatMessage
 
 DEFAULT_BASE_URL = "http://localhost:11434/v1"
@@ -32,8 +33,12 @@ KEY_NAME = "OPENAI_API_KEY"
 MAX_ERROR_TEXT = 200
 
 
-class OpenAICompatible:
+class OpenAICompatible(ProviderBase):
     name = "openai"
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls(ctx.require_robot(cls.name))
 
     def __init__(self, robot: RobotConfig, client: httpx.AsyncClient | None = None) -> None:
         cfg = robot.settings.llm

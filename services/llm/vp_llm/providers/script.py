@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Self
 
 import structlog
 from prometheus_client import Counter
 
 from voiceplatform.config import RobotConfig
 from voiceplatform.providers import LlmChunk, LlmOptions
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 from voiceplatform.wire import ChatMessage
 from vp_llm.script_engine import DialogScript, ScriptState
 
@@ -20,8 +22,12 @@ DIALOG_WARNINGS = Counter(
 )
 
 
-class ScriptDialog:
+class ScriptDialog(ProviderBase):
     name = "script"
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls(ctx.require_robot(cls.name))
 
     def __init__(self, robot: RobotConfig) -> None:
         self.script = DialogScript.load(robot.dialog_path, robot.settings.language)

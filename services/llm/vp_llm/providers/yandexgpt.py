@@ -18,7 +18,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import httpx
 import structlog
@@ -35,6 +35,7 @@ from voiceplatform.providers import (
     ProviderTimeoutError,
     error_from_status,
 )
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 from voiceplatform.wire import ChatMessage
 
 log = structlog.get_logger("vp_llm.yandexgpt")
@@ -165,8 +166,12 @@ def _int64(value: Any) -> int:
     return 0
 
 
-class YandexGpt:
+class YandexGpt(ProviderBase):
     name = "yandex"
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls(ctx.require_robot(cls.name))
 
     def __init__(self, robot: RobotConfig, *, client: httpx.AsyncClient | None = None) -> None:
         cfg = robot.settings.llm

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from voiceplatform.config import RealtimeConfig, RobotConfig
+from voiceplatform.config import RobotConfig
 from voiceplatform.logging import register_secret
 from voiceplatform.providers import ProviderError
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 from voiceplatform.providers.realtime import RealtimeConnection, RealtimeSessionConfig
 
 from .openai_protocol import OpenAiRealtimeConnection, session_update
@@ -24,7 +25,9 @@ OPENAI_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
 
 
 @dataclass
-class RealtimeEndpoint:
+class RealtimeEndpoint(ProviderBase):
+    """A realtime provider: one endpoint per robot (its keys), one connection per call."""
+
     name: str
     url: str
     headers: dict[str, str]
@@ -32,6 +35,11 @@ class RealtimeEndpoint:
     modalities: list[str]
     timeout_s: float
     transcription_model: str = ""
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> RealtimeEndpoint:
+        robot = ctx.require_robot("realtime")
+        return _openai(robot) if robot.settings.realtime.provider == "openai" else _yandex(robot)
 
     async def connect(self, config: RealtimeSessionConfig) -> RealtimeConnection:
         update = session_update(
@@ -45,7 +53,8 @@ class RealtimeEndpoint:
         )
 
 
-def _yandex(cfg: RealtimeConfig, robot: RobotConfig) -> RealtimeEndpoint:
+def _yandex(robot: RobotConfig) -> RealtimeEndpoint:
+    cfg = robot.settings.realtime
     api_key, iam_token = robot.secret("YANDEX_API_KEY"), robot.secret("YANDEX_IAM_TOKEN")
     folder = robot.secret("YANDEX_FOLDER_ID") or ""
     if not (api_key or iam_token):
@@ -71,7 +80,8 @@ def _yandex(cfg: RealtimeConfig, robot: RobotConfig) -> RealtimeEndpoint:
     )
 
 
-def _openai(cfg: RealtimeConfig, robot: RobotConfig) -> RealtimeEndpoint:
+def _openai(robot: RobotConfig) -> RealtimeEndpoint:
+    cfg = robot.settings.realtime
     api_key = robot.secret("OPENAI_API_KEY")
     if not api_key:
         raise ProviderError("openai", "no OPENAI_API_KEY in env", retryable=False)
@@ -88,7 +98,5 @@ def _openai(cfg: RealtimeConfig, robot: RobotConfig) -> RealtimeEndpoint:
 
 
 def build_endpoint(robot: RobotConfig) -> RealtimeEndpoint:
-    cfg = robot.settings.realtime
-    if cfg.provider == "openai":
-        return _openai(cfg, robot)
-    return _yandex(cfg, robot)
+    """The robot's realtime provider (``realtime.provider``: ``openai``, else ``yandex``)."""
+    return RealtimeEndpoint.from_context(ProviderContext(robot=robot))

@@ -24,7 +24,7 @@ import logging
 import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -49,6 +49,7 @@ from voiceplatform.providers import (
     ProviderTimeoutError,
     error_from_status,
 )
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 
 PROVIDER = "elevenlabs"
 KEY_NAME = "TTS_API_KEY"  # seed 000's name for the ElevenLabs key
@@ -182,10 +183,13 @@ class _AudioDecoder:
             raise ProviderProtocolError(PROVIDER, "audio ended in the middle of a 16-bit sample")
 
 
-class ElevenLabsTts:
+class ElevenLabsTts(ProviderBase):
     name = PROVIDER
     # built per robot (its keys and options): TtsService.provider(name, robot)
-    per_robot = True
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls(ctx.require_robot(cls.name))
 
     def __init__(self, robot: RobotConfig, *, client: httpx.AsyncClient | None = None) -> None:
         cfg = robot.settings.tts

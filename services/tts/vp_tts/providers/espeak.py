@@ -12,8 +12,10 @@ import contextlib
 import re
 import struct
 from collections.abc import AsyncGenerator
+from typing import Self
 
 from voiceplatform.providers import ProviderConnectionError, ProviderProtocolError, ProviderTimeoutError
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 
 from ..settings import TtsSettings
 from ..verbalize import verbalize
@@ -24,9 +26,15 @@ _VOICE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{1,8})?(\+[a-z0-9]{1,12})?$")
 _TIMEOUT_S = 10.0
 
 
-class EspeakTts:
+class EspeakTts(ProviderBase):
     name = PROVIDER
     sample_rate = SAMPLE_RATE
+
+    scope = "process"
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls(ctx.settings)
 
     def __init__(self, settings: TtsSettings) -> None:
         self.default_voice = settings.espeak_voice

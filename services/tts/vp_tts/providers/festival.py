@@ -7,10 +7,11 @@ tens of milliseconds, so the sentence is synthesized at once and then yielded in
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Self
 
 from voiceplatform.audio import array_to_pcm, resample
 from voiceplatform.providers import ProviderProtocolError
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 
 from ..settings import TtsSettings
 from ..verbalize import verbalize
@@ -20,9 +21,15 @@ from .festival_text import festival_safe_text
 SAMPLE_RATE = 16000
 
 
-class FestivalTts:
+class FestivalTts(ProviderBase):
     name = PROVIDER
     sample_rate = SAMPLE_RATE
+
+    scope = "process"
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls(ctx.settings)
 
     def __init__(self, settings: TtsSettings) -> None:
         self.chunk_ms = settings.chunk_ms

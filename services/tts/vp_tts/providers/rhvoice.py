@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from voiceplatform.config import RobotConfig
 from voiceplatform.providers import ProviderError
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 from voiceplatform.resampling import StreamResampler
 
 from ..settings import TtsSettings
@@ -71,11 +72,17 @@ def robot_options(robot: RobotConfig | None) -> RhvoiceTtsOptions:
         ) from None
 
 
-class RhvoiceTts:
+class RhvoiceTts(ProviderBase):
     """Process-wide provider (engine, warm-up, health); ``for_robot`` binds a robot's options."""
 
     name = PROVIDER
     sample_rate = SAMPLE_RATE
+
+    scope = "process"
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls(ctx.settings)
 
     def __init__(self, settings: TtsSettings) -> None:
         self.settings = settings
@@ -154,7 +161,7 @@ class RhvoiceTts:
             yield chunk
 
 
-class RhvoiceVoice:
+class RhvoiceVoice(ProviderBase):
     """``TtsProvider`` view of the shared engine with one robot's voice and prosody."""
 
     name = PROVIDER

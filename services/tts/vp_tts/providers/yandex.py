@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import httpx
 import structlog
@@ -46,6 +46,7 @@ from voiceplatform.providers import (
     ProviderTimeoutError,
     error_from_status,
 )
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 
 PROVIDER = "yandex"
 DEFAULT_BASE_URL = "https://tts.api.cloud.yandex.net"
@@ -124,10 +125,13 @@ def _looks_like_yandex_voice(voice: str) -> bool:
     return _YANDEX_VOICE.fullmatch(voice) is not None
 
 
-class YandexTts:
+class YandexTts(ProviderBase):
     name = PROVIDER
     # built per robot (its keys and options): TtsService.provider(name, robot)
-    per_robot = True
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls(ctx.require_robot(cls.name))
 
     def __init__(self, robot: RobotConfig, *, client: httpx.AsyncClient | None = None) -> None:
         self.options = opts = _options(robot)

@@ -29,7 +29,7 @@ import time
 import wave
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -47,6 +47,7 @@ from voiceplatform.providers import (
     ProviderTimeoutError,
     error_from_status,
 )
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 
 PROVIDER = "zvukogram"
 DEFAULT_BASE_URL = "https://zvukogram.com/index.php"
@@ -116,10 +117,13 @@ def _public_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
-class ZvukogramTts:
+class ZvukogramTts(ProviderBase):
     name = PROVIDER
     # built per robot (its keys and options): TtsService.provider(name, robot)
-    per_robot = True
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls(ctx.require_robot(cls.name))
 
     def __init__(self, robot: RobotConfig, *, client: httpx.AsyncClient | None = None) -> None:
         self.options = opts = _options(robot)

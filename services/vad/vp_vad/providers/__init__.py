@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
 from voiceplatform.config import VadConfig
+from voiceplatform.providers.base import ProviderContext
 from voiceplatform.providers.interfaces import VadModel
 from voiceplatform.providers.registry import ProviderRegistry
 
@@ -43,11 +44,8 @@ async def build_model(cfg: VadConfig, silero_model_path: Path | None = None) -> 
     if cfg.provider == "silero":
         from .silero import load_shared_session
 
-        session = await load_shared_session(silero_model_path)
-        model: VadModel = cls(session)
-        return model
-    model = cls(cfg.energy_threshold)
-    return model
+        await load_shared_session(silero_model_path)  # off the event loop, once per process
+    return cast(VadModel, cls.from_context(ProviderContext(options=cfg)))
 
 
 def wants_eot_model(cfg: VadConfig) -> bool:

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 import numpy as np
 import numpy.typing as npt
 
 from voiceplatform.audio import rms
+from voiceplatform.config import VadConfig
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 from voiceplatform.wire.messages import FRAME_MS
 
 
-class EnergyVad:
+class EnergyVad(ProviderBase):
     """Scores each 20 ms frame 1.0 (RMS above ``energy_threshold``) or 0.0; stateless."""
 
     name = "energy"
+
+    scope = "call"
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        options = ctx.options if isinstance(ctx.options, VadConfig) else VadConfig()
+        return cls(options.energy_threshold)
 
     def __init__(self, energy_threshold: float = 200.0) -> None:
         self.energy_threshold = energy_threshold

@@ -11,10 +11,13 @@ import asyncio
 import importlib.util
 import threading
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+
+from voiceplatform.providers.base import ProviderBase, ProviderContext
 
 # samples of the previous window the model expects in front of each window
 _CONTEXT = {16000: 64, 8000: 32}
@@ -63,10 +66,15 @@ async def load_shared_session(path: Path | None = None) -> ort.InferenceSession:
     return await asyncio.to_thread(shared_session, path)
 
 
-class SileroVad:
+class SileroVad(ProviderBase):
     """Per-call streaming scorer over the shared session."""
 
     name = "silero"
+    scope = "call"
+
+    @classmethod
+    def from_context(cls, ctx: ProviderContext) -> Self:
+        return cls()  # over the process-wide session (``build_model`` loads it off the loop)
 
     def __init__(self, session: ort.InferenceSession | None = None) -> None:
         self._session = session or shared_session()
