@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid as uuid_module
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
 from voiceplatform.audio import Int16Array
+from voiceplatform.cli.web_token import fetch_call_token
 
 BACKCHANNEL_DELAY_S = 0.8
 ROBOT_QUIET_S = 1.2  # no robot audio for this long: the reply is over
@@ -184,9 +186,16 @@ class WebTransport:
         return self._ended
 
     async def __aenter__(self) -> WebTransport:
+        token = await fetch_call_token(self.url, self.robot, os.environ.get("VP_WEB_API_KEY") or None)
         self._ws = await connect(self.url, max_size=2**22)
         self._t0 = time.monotonic()
-        start = {"type": "start", "robot": self.robot, "sample_rate": self.rate, "caller": "vp-bench"}
+        start = {
+            "type": "start",
+            "token": token,
+            "robot": self.robot,
+            "sample_rate": self.rate,
+            "caller": "vp-bench",
+        }
         await self._ws.send(json.dumps(start))
         self._receiver = asyncio.create_task(self._receive())
         return self

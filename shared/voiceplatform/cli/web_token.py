@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from voiceplatform import web_protocol
+from voiceplatform.cli.up import WEB_API_KEY_FILE
 
-API_KEY_FILE = Path(".vp") / "web_api_key"  # written by `vp up` (mode 0600)
+API_KEY_FILE = Path(".vp") / WEB_API_KEY_FILE  # written by `vp up` in its default work dir (mode 0600)
 
 
 class CallTokenError(RuntimeError):
