@@ -260,6 +260,9 @@ class GatewayWeb:
         heartbeat = asyncio.create_task(self._heartbeat(call.sink))
         try:
             dropped = await self._receive_loop(ws, call)
+        except Exception:  # a bug here must not leave the call open: it ends, with its record
+            log.exception("call.socket_error", call_id=call.call_id)
+            dropped, call.session.end_reason = False, call.session.end_reason or "gateway_error"
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
