@@ -25,7 +25,6 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
 from voiceplatform.audio import Int16Array
-from voiceplatform.cli.web_token import fetch_call_token
 
 BACKCHANNEL_DELAY_S = 0.8
 ROBOT_QUIET_S = 1.2  # no robot audio for this long: the reply is over
@@ -186,6 +185,8 @@ class WebTransport:
         return self._ended
 
     async def __aenter__(self) -> WebTransport:
+        from voiceplatform.cli.web_token import fetch_call_token  # gateway-web's call token
+
         token = await fetch_call_token(self.url, self.robot, os.environ.get("VP_WEB_API_KEY") or None)
         self._ws = await connect(self.url, max_size=2**22)
         self._t0 = time.monotonic()

@@ -27,7 +27,6 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from voiceplatform.audio import Int16Array, frames, read_wav, resample, rms, write_wav
-from voiceplatform.cli.web_token import CallTokenError, fetch_call_token, local_api_key
 
 if TYPE_CHECKING:
     from voiceplatform.testing import PeerCall
@@ -93,6 +92,8 @@ async def place_call(
     pending_utterances = 0
     last_audio_at = -1.0  # seconds into the call of the last robot frame; <0: none yet
     reply_audio_since = -1.0  # seconds into the call when a reply (not the greeting) began to play
+    from voiceplatform.cli.web_token import fetch_call_token
+
     token = await fetch_call_token(url, robot, api_key or os.environ.get("VP_WEB_API_KEY") or None)
     t0 = time.monotonic()
     async with connect(url, max_size=2**22) as ws:
@@ -208,6 +209,8 @@ def run_call(args: argparse.Namespace) -> int:
     samples, rate = read_wav(args.wav)
     samples = resample(samples, rate, RATE)
     robot = Path(args.robot).name
+    from voiceplatform.cli.web_token import CallTokenError, local_api_key
+
     try:
         result = asyncio.run(place_call(args.url, robot, samples, args.tail_s, api_key=local_api_key()))
     except (OSError, httpx.HTTPError) as exc:

@@ -27,10 +27,10 @@ SERVICES: tuple[tuple[str, str], ...] = (
     ("gateway-web", "vp_gateway_web"),
     ("gateway-fs", "vp_gateway_fs"),
 )
+WEB_API_KEY_FILE = "web_api_key"  # the key an embedding site (or `vp call`) sends to POST /tokens
 FIRST_WORKER_PORT = 8101
 GATEWAY_FS_PORT = 8090  # where FreeSWITCH's mod_audio_stream (or `vp call --phone`) connects
 ESL_PASSWORD_FILE = "fs_esl_password"
-WEB_API_KEY_FILE = "web_api_key"  # the key an embedding site (or `vp call`) sends to POST /tokens
 MAX_RESTARTS = 3
 
 
@@ -202,8 +202,8 @@ def run_up(args: argparse.Namespace) -> int:
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }
-        base_env.setdefault("VP_FS_ESL_PASSWORD", dev_esl_password(workdir))
         base_env.setdefault("VP_WEB_API_KEY", dev_secret(workdir / WEB_API_KEY_FILE))
+        base_env.setdefault("VP_FS_ESL_PASSWORD", dev_esl_password(workdir))
         procs = start_services(base_env, logs, args.port, _scale(args))
         print(f"started {len(procs)} service processes; logs in {logs}", flush=True)
         health = f"http://127.0.0.1:{args.port}/health"
