@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid as uuid_module
 from collections.abc import Callable
@@ -185,9 +186,18 @@ class WebTransport:
         return self._ended
 
     async def __aenter__(self) -> WebTransport:
+        from voiceplatform.cli.web_token import fetch_call_token  # gateway-web's call token
+
+        token = await fetch_call_token(self.url, self.robot, os.environ.get("VP_WEB_API_KEY") or None)
         self._ws = await connect(self.url, max_size=2**22)
         self._t0 = time.monotonic()
-        start = {"type": "start", "robot": self.robot, "sample_rate": self.rate, "caller": "vp-bench"}
+        start = {
+            "type": "start",
+            "token": token,
+            "robot": self.robot,
+            "sample_rate": self.rate,
+            "caller": "vp-bench",
+        }
         await self._ws.send(json.dumps(start))
         self._receiver = asyncio.create_task(self._receive())
         return self

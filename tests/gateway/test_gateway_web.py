@@ -31,7 +31,9 @@ async def gateway(broker, tmp_path):
     (robots / "broken").mkdir()
     (robots / "broken" / "config.json").write_text('{"mode": ')
     port = free_port()
-    settings = GatewayWebSettings(robots_dir=robots, http_port=port, default_robot="bot", start_timeout_s=0.5)
+    settings = GatewayWebSettings(
+        robots_dir=robots, http_port=port, default_robot="bot", start_timeout_s=0.5, reconnect_grace_s=0.5
+    )
     service = GatewayWeb(settings)
     workers = broker.bus("workers")
     seen: list = []
@@ -60,6 +62,15 @@ async def gateway(broker, tmp_path):
     await asyncio.wait_for(task, 15)
 
 
+async def page_token(base: str, robot: str = "bot") -> str:
+    async with httpx.AsyncClient() as client:
+        r = await client.post(
+            f"http://{base}/page-token", json={"robot": robot}, headers={"Origin": f"http://{base}"}
+        )
+    assert r.status_code == 200, r.text
+    return str(r.json()["token"])
+
+
 async def test_health_answers_only_when_the_whole_pipeline_is_ready(gateway):
     base, workers, _, _ = gateway
     async with httpx.AsyncClient() as client:
@@ -77,7 +88,8 @@ async def test_health_answers_only_when_the_whole_pipeline_is_ready(gateway):
 async def test_garbage_on_the_socket_is_answered_and_the_call_goes_on(gateway):
     base, _, seen, _ = gateway
     async with connect(f"ws://{base}/ws") as ws:
-        await ws.send(json.dumps({"type": "start", "robot": "bot", "sample_rate": 48000}))
+        token = await page_token(base)
+        await ws.send(json.dumps({"type": "start", "token": token, "robot": "bot", "sample_rate": 48000}))
         started = json.loads(await ws.recv())
         assert started["type"] == "call.started"
         await ws.send("this is not json")
@@ -98,34 +110,43 @@ async def test_garbage_on_the_socket_is_answered_and_the_call_goes_on(gateway):
 
 async def test_a_client_that_vanishes_mid_turn_still_gets_its_call_record(gateway):
     base, _, seen, service = gateway
-    ws = await connect(f"ws://{base}/ws?robot=bot")
+    ws = await connect(f"ws://{base}/ws?robot=bot&token={await page_token(base)}")
     await ws.send(np.zeros(3200, dtype="<i2").tobytes())
     await wait_for(lambda: any(isinstance(m, CallStarted) for m in seen))
     ws.transport.abort()  # no close frame, like a dropped network
     await wait_for(lambda: any(isinstance(m, CallEnded) for m in seen))
     ended = next(m for m in seen if isinstance(m, CallEnded))
-    assert ended.reason == "caller_hangup"
+    assert ended.reason == "client_lost"  # not resumed within the grace period
     await wait_for(lambda: not service.sessions)
 
 
 @pytest.mark.parametrize(
     ("robot", "needle"), [("nope", "no robot"), ("broken", "not valid JSON"), ("../x", "invalid")]
 )
-async def test_bad_robot_gets_a_clear_error_and_a_policy_close(gateway, robot, needle):
+async def test_bad_robot_gets_a_clear_error_and_no_token(gateway, robot, needle):
     base, _, seen, _ = gateway
-    async with connect(f"ws://{base}/ws") as ws:
-        await ws.send(json.dumps({"type": "start", "robot": robot}))
+    async with httpx.AsyncClient() as client:
+        r = await client.post(
+            f"http://{base}/page-token", json={"robot": robot}, headers={"Origin": f"http://{base}"}
+        )
+    assert r.status_code == 400 and needle in r.json()["error"]
+    async with connect(f"ws://{base}/ws") as ws:  # a token for another robot does not open this one
+        await ws.send(json.dumps({"type": "start", "robot": robot, "token": await page_token(base)}))
         event = json.loads(await ws.recv())
-        assert event["type"] == "error" and needle in event["message"]
+        assert event["type"] == "error" and event["code"] == "token_wrong_robot"
         await ws.wait_closed()
-        assert ws.close_code == 1008
+        assert ws.close_code == 4401
     assert not any(isinstance(m, CallStarted) for m in seen)
 
 
 async def test_unsupported_input_rate_is_refused(gateway):
     base, *_ = gateway
     async with connect(f"ws://{base}/ws") as ws:
-        await ws.send(json.dumps({"type": "start", "robot": "bot", "sample_rate": 4000}))
+        await ws.send(
+            json.dumps(
+                {"type": "start", "robot": "bot", "sample_rate": 4000, "token": await page_token(base)}
+            )
+        )
         event = json.loads(await ws.recv())
         assert event["type"] == "error" and "sample rate" in event["message"]
 

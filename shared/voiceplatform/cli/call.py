@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -20,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import numpy as np
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from voiceplatform.audio import Int16Array, frames, read_wav, resample, rms, write_wav
 from voiceplatform.phone_stream import find_stream_secret, stream_url
@@ -64,6 +67,8 @@ class CallResult:
     end_reason: str = ""
     greeting_first_audio_s: float | None = None
     continued: list[str] = field(default_factory=list)  # turns merged into a later utterance
+    refused: str = ""  # the gateway did not take the call: its close reason (busy, token …)
+    close_code: int | None = None
 
 
 async def place_call(
@@ -72,8 +77,13 @@ async def place_call(
     samples: Int16Array,
     tail_s: float = 20.0,
     over_reply: tuple[Int16Array, float] | None = None,
+    api_key: str | None = None,
 ) -> CallResult:
     """Run one call; the caller's audio is paced at real time like a microphone.
+
+    The call token comes from ``POST /tokens`` with ``api_key`` (default ``VP_WEB_API_KEY``), else
+    from ``POST /page-token`` as the bundled page gets it. A refused call (busy, …) returns with
+    ``refused`` and ``close_code`` set.
 
     ``over_reply`` = (samples, delay_s): after ``samples``, wait until the robot's first reply has
     been heard for ``delay_s`` and then speak over it (placed by what the caller hears, not by a
@@ -83,11 +93,21 @@ async def place_call(
     pending_utterances = 0
     last_audio_at = -1.0  # seconds into the call of the last robot frame; <0: none yet
     reply_audio_since = -1.0  # seconds into the call when a reply (not the greeting) began to play
+    from voiceplatform.cli.web_token import fetch_call_token
+
+    token = await fetch_call_token(url, robot, api_key or os.environ.get("VP_WEB_API_KEY") or None)
     t0 = time.monotonic()
     async with connect(url, max_size=2**22) as ws:
-        await ws.send(json.dumps({"type": "start", "robot": robot, "sample_rate": RATE, "caller": "vp-call"}))
+        hello = {"type": "start", "token": token, "robot": robot, "sample_rate": RATE, "caller": "vp-call"}
+        await ws.send(json.dumps(hello))
 
         async def receive() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                await receive_events()
+            if result.call_id == "":  # closed before the call started: refused
+                result.close_code, result.refused = ws.close_code, ws.close_reason or "refused"
+
+        async def receive_events() -> None:
             nonlocal pending_utterances, last_audio_at, reply_audio_since
             replying = False
             async for message in ws:
@@ -133,7 +153,8 @@ async def place_call(
 
         async def send(chunk: bytes) -> None:
             nonlocal sent
-            await ws.send(chunk)
+            with contextlib.suppress(ConnectionClosed):  # the receiver sees why it closed
+                await ws.send(chunk)
             sent += 1
             delay = start + sent * 0.02 - time.monotonic()
             if delay > 0:
@@ -165,7 +186,8 @@ async def place_call(
                 break
             await send(silence)
         if not receiver.done():
-            await ws.send(json.dumps({"type": "hangup"}))
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps({"type": "hangup"}))
             try:
                 await asyncio.wait_for(receiver, 5.0)
             except TimeoutError:
@@ -188,10 +210,19 @@ def run_call(args: argparse.Namespace) -> int:
     samples, rate = read_wav(args.wav)
     samples = resample(samples, rate, RATE)
     robot = Path(args.robot).name
+    from voiceplatform.cli.web_token import CallTokenError, local_api_key
+
     try:
-        result = asyncio.run(place_call(args.url, robot, samples, args.tail_s))
-    except OSError as exc:
+        result = asyncio.run(place_call(args.url, robot, samples, args.tail_s, api_key=local_api_key()))
+    except (OSError, httpx.HTTPError) as exc:
         print(f"cannot reach the gateway at {args.url}: {exc} (is `vp up` running?)", file=sys.stderr)
+        return 1
+    except CallTokenError as exc:
+        print(f"vp call: no call token: {exc}", file=sys.stderr)
+        return 1
+    if result.refused:
+        message = next((str(e.get("message", "")) for e in result.events if e.get("message")), "")
+        print(f"vp call: the gateway refused the call ({result.refused}): {message}", file=sys.stderr)
         return 1
     return print_report(args, result, robot, samples, RATE)
 

@@ -31,6 +31,7 @@ SERVICES: tuple[tuple[str, str], ...] = (
     ("gateway-web", "vp_gateway_web"),
     ("gateway-fs", "vp_gateway_fs"),
 )
+WEB_API_KEY_FILE = "web_api_key"  # the key an embedding site (or `vp call`) sends to POST /tokens
 FIRST_WORKER_PORT = 8101
 GATEWAY_FS_PORT = 8090  # where FreeSWITCH's mod_audio_stream (or `vp call --phone`) connects
 ESL_PASSWORD_FILE = "fs_esl_password"
@@ -179,10 +180,15 @@ def wait_ready(url: str, timeout: float, procs: list[ServiceProcess]) -> bool:
 def dev_esl_password(workdir: Path) -> str:
     """A random Event Socket password for this machine's gateway-fs and `vp call --phone` (never ClueCon),
     kept in the work dir so both sides find it; a real deployment sets VP_FS_ESL_PASSWORD."""
-    path = workdir / ESL_PASSWORD_FILE
+    return dev_secret(workdir / ESL_PASSWORD_FILE)
+
+
+def dev_secret(path: Path) -> str:
+    """A random secret generated at first start and kept in ``path`` (mode 0600)."""
     if not path.is_file():
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(32))
     return path.read_text().strip()
 
 
@@ -212,6 +218,7 @@ def run_up(args: argparse.Namespace) -> int:
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }
+        base_env.setdefault("VP_WEB_API_KEY", dev_secret(workdir / WEB_API_KEY_FILE))
         base_env.setdefault("VP_FS_ESL_PASSWORD", dev_esl_password(workdir))
         base_env.setdefault("VP_API_TOKENS_FILE", str(ensure_tokens_file(workdir / TOKENS_FILE)))
         print(
@@ -227,6 +234,7 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"the pipeline did not become ready ({health}); see the logs in {logs}", file=sys.stderr)
             return 1
         print(f"ready: open http://127.0.0.1:{args.port} to talk to a robot from the browser", flush=True)
+        print(f"call tokens for an embedding site: POST /tokens with the key in {workdir / WEB_API_KEY_FILE}")
         print("or: vp call --robot robots/pipeline_russian --wav caller.wav", flush=True)
         print(
             "or, as a phone call: vp call --phone --robot robots/pipeline_russian --wav caller.wav",
