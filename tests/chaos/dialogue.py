@@ -19,6 +19,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 
 from voiceplatform.audio import Int16Array, frames
+from voiceplatform.cli.web_token import fetch_call_token
 
 RATE = 16000
 FRAME = RATE // 50
@@ -73,7 +74,8 @@ async def hold_dialogue(
     def now() -> float:
         return time.monotonic() - t0
 
-    start = {"type": "start", "robot": robot, "sample_rate": RATE, "caller": "vp-chaos"}
+    token = await fetch_call_token(url, robot)  # a page token, as the bundled page gets one
+    start = {"type": "start", "token": token, "robot": robot, "sample_rate": RATE, "caller": "vp-chaos"}
     start.update(start_message or {})
     async with connect(url, max_size=2**22, **(connect_kwargs or {})) as ws:
         await ws.send(json.dumps(start))

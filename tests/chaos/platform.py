@@ -8,9 +8,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.chaos.faults import restore
-from voiceplatform.cli.up import ServiceProcess, start_services, stop_services, wait_ready
+from voiceplatform.cli.up import SERVICES, ServiceProcess, start_services, stop_services, wait_ready
+from voiceplatform.credentials import LocalCredentials
 from voiceplatform.devinfra import EmbeddedNats, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +30,8 @@ class ChaosPlatform:
     procs: list[ServiceProcess]
     env: dict[str, str]
     nats: EmbeddedNats | None = field(default=None, repr=False)
+    # connect options of the NATS operator user, for the test's own view of the bus (NatsBus.connect)
+    nats_admin: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def role(self, name: str) -> list[ServiceProcess]:
         return [p for p in self.procs if p.name.rsplit("-", 1)[0] == name]
@@ -74,7 +78,8 @@ def _log_tail(p: ServiceProcess, offset: int) -> bytes:
 
 def launch(workdir: Path, postgres_dsn: str, redis_url: str, instances: int = 2) -> ChaosPlatform:
     """Start the platform with ``instances`` of every worker; ready when it returns."""
-    nats = EmbeddedNats.start(workdir / "nats")
+    credentials = LocalCredentials.load_or_create(workdir)  # NATS with its users, as `vp up` runs it
+    nats = EmbeddedNats.start(workdir / "nats", passwords=credentials.nats)
     port = free_port()
     env = {
         **os.environ,
@@ -86,10 +91,17 @@ def launch(workdir: Path, postgres_dsn: str, redis_url: str, instances: int = 2)
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
     }
-    procs = start_services(
-        env, workdir / "logs", port, scale={name: instances for name in WORKERS}, first_port=free_port()
+    scale = {name: instances for name in WORKERS}
+    logins = {name: credentials.nats_env(name) for name, _ in SERVICES}
+    procs = start_services(env, workdir / "logs", port, scale=scale, first_port=free_port(), extra_env=logins)
+    platform = ChaosPlatform(
+        f"ws://127.0.0.1:{port}/ws",
+        f"http://127.0.0.1:{port}/health",
+        procs,
+        env,
+        nats,
+        credentials.admin_options(),
     )
-    platform = ChaosPlatform(f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}/health", procs, env, nats)
     if not wait_ready(platform.health, 180, procs):
         text = platform.logs_text()
         platform.stop()

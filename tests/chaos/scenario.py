@@ -30,7 +30,7 @@ async def call_with_fault(
 ) -> tuple[Dialogue, str]:
     """Hold the dialogue; hit ``role`` at ``fault_turn`` (streaming owners mid-utterance, per-turn workers as
     the turn is worked on). Returns the dialogue and the name of the instance hit."""
-    bus = await NatsBus.connect(platform.env["NATS_URL"], "chaos-test")
+    bus = await NatsBus.connect(platform.env["NATS_URL"], "chaos-test", **platform.nats_admin)
     owners = OwnerWatch(role)
     sub = await bus.subscribe(subjects.heartbeat(role), owners.on_heartbeat) if role in STREAMING else None
     logs = LogWatch(platform.role(role))

@@ -60,7 +60,7 @@ async def test_a_killed_gateway_leaves_no_call_open(chaos_platform, postgres_dsn
         finally:
             await r.aclose()
         assert session.get(b"status") == b"ended" and session.get(b"end_reason") == b"gateway_lost"
-        bus = await NatsBus.connect(chaos_platform.env["NATS_URL"], "chaos-test")
+        bus = await NatsBus.connect(chaos_platform.env["NATS_URL"], "chaos-test", **chaos_platform.nats_admin)
         try:
             kv = await bus.key_value(subjects.DIALOG_BUCKET)
             assert await kv.get(call_id) is None, "the dialogue state of a closed call is still in KV"
