@@ -152,6 +152,7 @@ class TurnOutput:
                 sample_rate=req.sample_rate,
                 last=last,
             ),
+            subjects.work_msg_id(req.turn_id, "llm.sentence", self.published),
         )
         self.published += 1
 
@@ -172,4 +173,5 @@ class TurnOutput:
                 hangup=self.end_call and not interrupted,
                 transfer_to="" if interrupted else self.transfer_to,
             ),
+            subjects.work_msg_id(req.turn_id, "llm.done"),
         )

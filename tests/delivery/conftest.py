@@ -1,0 +1,23 @@
+"""Fixtures for per-turn work failover: a private NATS server per test (the work consumers are
+durable and shared by name, so a shared server would mix in other tests' workers)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.llm.conftest import make_openai_robot, openai_server, robots_dir
+from voiceplatform.devinfra import EmbeddedNats
+
+__all__ = ["make_openai_robot", "openai_server", "robots_dir"]
+
+
+@pytest.fixture
+def private_nats(tmp_path: Path) -> Iterator[str]:
+    server = EmbeddedNats.start(tmp_path / "nats")
+    try:
+        yield server.url
+    finally:
+        server.stop()
