@@ -51,7 +51,9 @@ async def test_a_turn_of_a_dead_router_is_routed_once_by_another(private_nats: s
             return None
 
         first._classify = stuck  # type: ignore[method-assign]
-        await bus.publish(subjects.asr(call_id), AsrFinal(call_id=call_id, turn_id="t1", text="У меня есть собака"))
+        await bus.publish(
+            subjects.asr(call_id), AsrFinal(call_id=call_id, turn_id="t1", text="У меня есть собака")
+        )
         await until(lambda: sum(w.in_flight for w in first._work) == 1, what="the first router taking it")
         await second.start(second_bus)
         await first_bus.close()  # dies with the turn in hand

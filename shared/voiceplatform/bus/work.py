@@ -177,18 +177,26 @@ class _JetStreamWork:
 
     async def _pull(self) -> None:
         assert self._psub is not None
+        failures = 0
         while True:
             await self._tasks.free.wait()
             try:
                 msgs = await self._psub.fetch(1, timeout=PULL_EXPIRES_S)
             except TimeoutError:
+                failures = 0
                 continue  # nothing to do within the pull's expiry
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # disconnected, reconnecting: try again shortly
-                log.warning("work.pull_failed", consumer=self.spec.consumer, error=type(exc).__name__)
-                await asyncio.sleep(0.2)
+            except Exception as exc:  # disconnected, reconnecting: try again, backing off
+                if self._bus.client.is_closed:
+                    log.warning("work.connection_closed", consumer=self.spec.consumer)
+                    return
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.warning("work.pull_failed", consumer=self.spec.consumer, error=type(exc).__name__)
+                await asyncio.sleep(min(0.1 * failures, 1.0))
                 continue
+            failures = 0
             for msg in msgs:
                 await self._take(msg)
 
