@@ -74,8 +74,12 @@ async def run_fault(
         )
         assert done.text == REPLY and not done.interrupted
         if resume:
-            first.send_signal(signal.SIGCONT)  # the slow original finishes after the retry
-            await out.wait(LlmDone, count=2, timeout_s=30)
+            said = len(out.of(LlmSentence))
+            first.send_signal(signal.SIGCONT)  # the original wakes up after the retry answered
+            log = tmp_path / "llm-a.log"
+            await until(lambda: "llm.turn_given_away" in log.read_text(), what="the original giving up")
+            await asyncio.sleep(0.3)
+            assert len(out.of(LlmSentence)) == said and len(out.of(LlmDone)) == 1  # it said nothing more
         sentences = await stored(js, events, subjects.llm_sentence(call_id))
         assert [s.index for s in sentences if isinstance(s, LlmSentence)] == [0, 1, 2]
         assert " ".join(s.text for s in sentences if isinstance(s, LlmSentence)) == REPLY

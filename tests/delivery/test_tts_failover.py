@@ -4,6 +4,7 @@ sentence keeps it (its progress acks), and nobody synthesizes it twice."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,22 +12,55 @@ from pathlib import Path
 import pytest
 
 from tests.delivery.helpers import until, work_count
-from tests.tts.conftest import TEST_PROVIDERS, write_robot
+from tests.tts.conftest import write_robot
 from tests.tts.helpers import CallOutput, sentence
-from tests.tts.stand_in_providers import RATE, SlowTts
+from tests.tts.stand_in_providers import RATE, SlowTts, tone
 from voiceplatform import subjects
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.gateway.playout import Playout
+from voiceplatform.providers import ProviderRegistry
 from voiceplatform.wire import frame_bytes
-from vp_tts.app import TtsService
+from vp_tts.app import PROVIDER_ENTRIES, TtsService
 from vp_tts.settings import TtsSettings
+
+FREEZE_S = 1.6  # longer than the 1 s ack wait these tests use
+
+
+class FreezingTts:
+    """Streams 20 chunks; the first time, the whole process freezes (blocks its loop) mid-sentence."""
+
+    name = "freezing"
+    sample_rate = RATE
+    chunks = 20
+    frozen = False
+
+    def __init__(self, settings: TtsSettings) -> None:
+        self.settings = settings
+
+    async def stream_synthesize(self, text: str, voice: str) -> AsyncIterator[bytes]:
+        for n in range(self.chunks):
+            if n == 5 and not FreezingTts.frozen:
+                FreezingTts.frozen = True
+                time.sleep(FREEZE_S)  # noqa: ASYNC251 - like SIGSTOP: no progress acks, nothing at all
+            yield tone(100)
+
+
+PROVIDERS = ProviderRegistry(
+    "tts",
+    {
+        **PROVIDER_ENTRIES,
+        "slow": "tests.tts.stand_in_providers:SlowTts",
+        "freezing": "tests.delivery.test_tts_failover:FreezingTts",
+    },
+)
 
 
 @pytest.fixture
 def tts_settings(tmp_path: Path) -> TtsSettings:
     robots = tmp_path / "tts-robots"
     write_robot(robots, "slow_bot", {"provider": "slow"})
-    return TtsSettings(robots_dir=robots, festival_preload=False, rhvoice_preload=False)
+    write_robot(robots, "freezing_bot", {"provider": "freezing"})
+    return TtsSettings(robots_dir=robots, festival_preload=False, rhvoice_preload=False, work_ack_wait_s=1.0)
 
 
 class Instances:
@@ -37,7 +71,7 @@ class Instances:
 
     async def start(self) -> tuple[TtsService, NatsBus]:
         bus = await NatsBus.connect(self.nats_url, f"tts-{len(self.running)}")
-        service = TtsService(self.settings, registry=TEST_PROVIDERS)
+        service = TtsService(self.settings, registry=PROVIDERS)
         await service.start(bus)
         self.running.append((service, bus))
         return service, bus
@@ -91,7 +125,7 @@ async def test_a_sentence_of_a_dead_tts_instance_is_heard_once_from_another(
 
 
 async def test_a_busy_tts_instance_keeps_its_sentence(instances: Instances, private_nats: str) -> None:
-    SlowTts.chunks = 100  # 5 s of streaming: longer than two ack waits
+    SlowTts.chunks = 60  # 3 s of streaming: longer than two ack waits
     call_id = f"tts-busy-{uuid.uuid4().hex[:8]}"
     client = await NatsBus.connect(private_nats, "test")
     try:
@@ -107,4 +141,28 @@ async def test_a_busy_tts_instance_keeps_its_sentence(instances: Instances, priv
         assert [c.seq for c in out.chunks(0, "t1")] == list(range(SlowTts.chunks + 1))
     finally:
         SlowTts.chunks = 60
+        await client.close()
+
+
+async def test_a_tts_instance_that_froze_stops_and_the_sentence_is_heard_once(
+    instances: Instances, private_nats: str
+) -> None:
+    FreezingTts.frozen = False
+    call_id = f"tts-frz-{uuid.uuid4().hex[:8]}"
+    client = await NatsBus.connect(private_nats, "test")
+    try:
+        out = await CallOutput.on(client, call_id)
+        await instances.start()
+        await instances.start()
+        given_away = work_count("tts", "given_away")
+        await client.publish(
+            subjects.llm_sentence(call_id), sentence(call_id, "t1", 0, "Стоп.", "freezing_bot")
+        )
+        await out.wait_until(lambda: out.closed(0), timeout_s=30)
+        assert FreezingTts.frozen and work_count("tts", "given_away") == given_away + 1
+        pcm, done = heard(out, "t1")
+        assert done and len(pcm) == FreezingTts.chunks * RATE // 10 * 2
+        # the frozen original sent nothing after it woke up: chunks 0-4, then the retry's 0-20
+        assert [c.seq for c in out.chunks(0, "t1")] == [*range(5), *range(FreezingTts.chunks + 1)]
+    finally:
         await client.close()

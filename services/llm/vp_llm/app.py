@@ -22,7 +22,7 @@ from prometheus_client import Counter
 from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.bus.streams import WORK
-from voiceplatform.bus.work import WorkSource, WorkSpec, take_work
+from voiceplatform.bus.work import WorkGivenAway, WorkSource, WorkSpec, check_still_ours, take_work
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.logging import bind_call
 from voiceplatform.providers import LlmOptions, LlmProvider, ProviderError, ProviderRegistry
@@ -190,6 +190,7 @@ class LlmService:
 
     async def _stage_error(self, req: LlmRequest, kind: str, detail: str, retryable: bool) -> None:
         assert self._bus is not None
+        check_still_ours()  # a stalled original's failure is not the turn's: the retry answers it
         await self._bus.publish(
             subjects.lifecycle(req.call_id),
             StageError(
@@ -208,6 +209,11 @@ class LlmService:
             out = TurnOutput(self._bus, req, self.settings.clause_chars, started)
             try:
                 outcome = await self._generate(req, out)
+            except WorkGivenAway:
+                # this process stalled past the ack wait: another instance answers the turn
+                metrics.TURNS.labels(SERVICE, "given_away").inc()
+                log.warning("llm.turn_given_away", sentences=out.published)
+                raise
             except asyncio.CancelledError:
                 # barge-in: tell the router what had been generated, then stop (a turn handed back
                 # on drain is finished by another instance, which says llm.done)

@@ -10,6 +10,7 @@ from typing import cast
 
 from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus
+from voiceplatform.bus.work import check_still_ours
 from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider, ProviderTimeoutError
 from voiceplatform.providers.usage import outcome_of, publish_usage
 from voiceplatform.sentences import SentenceSplitter
@@ -138,6 +139,7 @@ class TurnOutput:
             await self._publish(sentence, last=True)
 
     async def _publish(self, sentence: str, last: bool) -> None:
+        check_still_ours()  # this process stalled and the turn went to another: say nothing more
         if self.published == 0:
             FIRST_SENTENCE.observe((time.monotonic() - self.started) * 1000)
         req = self.req
@@ -157,6 +159,8 @@ class TurnOutput:
         self.published += 1
 
     async def publish_done(self, interrupted: bool = False) -> None:
+        if not interrupted:
+            check_still_ours()
         req = self.req
         await self.bus.publish(
             subjects.llm_done(req.call_id),

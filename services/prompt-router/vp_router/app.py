@@ -26,7 +26,7 @@ from prometheus_client import Counter
 from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.bus.streams import CALL_EVENTS
-from voiceplatform.bus.work import WorkSource, WorkSpec, take_work
+from voiceplatform.bus.work import WorkSource, WorkSpec, check_still_ours, take_work
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.logging import bind_call
 from voiceplatform.runtime import TaskRegistry
@@ -159,6 +159,7 @@ class RouterService:
 
     async def _publish(self, subject: str, msg: Message, msg_id: str = "") -> None:
         assert self._bus is not None
+        check_still_ours()  # a turn request whose lease ran out (we stalled) is another's now
         await self._bus.publish(subject, msg, msg_id)
 
     async def _stage_error(self, call_id: str, turn_id: str, kind: str, detail: str, retryable: bool) -> None:

@@ -25,7 +25,7 @@ import structlog
 from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.bus.streams import CALL_EVENTS
-from voiceplatform.bus.work import WorkSource, WorkSpec, take_work
+from voiceplatform.bus.work import WorkSource, WorkSpec, check_still_ours, take_work
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry, TtsConfig
 from voiceplatform.logging import bind_call
 from voiceplatform.providers import ProviderError, ProviderRegistry, ProviderTimeoutError, TtsProvider
@@ -265,6 +265,7 @@ class TtsService:
 
     async def _stage_error(self, msg: LlmSentence, kind: str, detail: str, retryable: bool) -> None:
         assert self._bus is not None
+        check_still_ours()  # a stalled original's failure is not the sentence's: the retry speaks it
         await self._bus.publish(
             subjects.lifecycle(msg.call_id),
             StageError(

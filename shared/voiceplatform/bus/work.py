@@ -9,8 +9,11 @@ as well: after ``ack_wait_s`` the server hands the message to another instance. 
 ``max_deliver`` deliveries the server gives up and announces it (an advisory), and one instance of
 the role reports it (``on_exhausted``: a ``stage.error``). Work older than ``stale_s`` is dropped.
 
-Duplicates are possible by design (a slow original and its retry); what a stage publishes is made
-idempotent by turn id elsewhere (``Nats-Msg-Id`` on stream subjects, the gateway's playout).
+A worker whose event loop stalled past the ack wait (frozen, then resumed) has lost its lease:
+the server may have handed the work on. ``still_ours()`` says so to the code that publishes the
+work's output, which stops with ``WorkGivenAway`` instead of speaking over the retry; the stale
+delivery is not acked. What a stage publishes is also idempotent by turn id (``Nats-Msg-Id`` on
+stream subjects, the gateway's playout by chunk number) for the race that remains.
 
 On the in-memory bus (unit tests) the same interface is a plain queue-group subscription.
 """
@@ -22,7 +25,8 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import nats.errors
@@ -59,6 +63,36 @@ INACTIVE_S = 3600.0
 WorkHandler = Callable[[Envelope, int], Awaitable[None]]
 """Runs one piece of work to its end: (the message, its delivery attempt, 1 for the first)."""
 ExhaustedHandler = Callable[[Envelope], Awaitable[None]]
+
+
+class WorkGivenAway(asyncio.CancelledError):
+    """The work's lease ran out (this process stalled past the ack wait): another instance may run
+    it now, so this one stops without publishing more. A cancellation: no handler catches it as an
+    error, and the stage does not report an interruption."""
+
+
+@dataclass(slots=True)
+class _Lease:
+    ack_wait_s: float
+    renewed: float = field(default_factory=time.monotonic)  # taken, or last told "in progress"
+
+    def lost(self) -> bool:
+        return time.monotonic() - self.renewed > self.ack_wait_s
+
+
+_LEASE: ContextVar[_Lease | None] = ContextVar("vp_work_lease", default=None)
+
+
+def still_ours() -> bool:
+    """Whether the work the current task runs for is still this instance's (always, outside work)."""
+    lease = _LEASE.get()
+    return lease is None or not lease.lost()
+
+
+def check_still_ours() -> None:
+    """Call before publishing a piece of the work's output: raises ``WorkGivenAway`` if it is not."""
+    if not still_ours():
+        raise WorkGivenAway()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +204,7 @@ class _JetStreamWork:
                 queue=spec.consumer,
                 cb=self._exhausted,
             )
-        for outcome in ("done", "retry", "failed", "returned", "stale", "exhausted"):
+        for outcome in ("done", "retry", "failed", "returned", "given_away", "stale", "exhausted"):
             WORK.labels(spec.consumer, outcome)
         self._loop = asyncio.get_running_loop().create_task(self._pull(), name=f"work-{spec.consumer}")
         log.info("work.started", consumer=spec.consumer, stream=self._stream, ack_wait_s=spec.ack_wait_s)
@@ -202,6 +236,7 @@ class _JetStreamWork:
 
     async def _take(self, msg: Msg) -> None:
         spec = self.spec
+        received = time.monotonic()
         meta = msg.metadata
         attempt = int(meta.num_delivered)
         age_s = time.time() - meta.timestamp.timestamp()
@@ -227,13 +262,23 @@ class _JetStreamWork:
                 attempt=attempt,
             )
         env = Envelope(msg.subject, message)
-        self._tasks.spawn(self._work(msg, env, attempt), name=f"work-{spec.consumer}-{meta.sequence.stream}")
+        lease = _Lease(spec.ack_wait_s, received)
+        name = f"work-{spec.consumer}-{meta.sequence.stream}"
+        self._tasks.spawn(self._work(msg, env, attempt, lease), name=name)
 
-    async def _work(self, msg: Msg, env: Envelope, attempt: int) -> None:
+    async def _work(self, msg: Msg, env: Envelope, attempt: int, lease: _Lease) -> None:
         consumer = self.spec.consumer
-        ticker = asyncio.get_running_loop().create_task(self._progress(msg))
+        _LEASE.set(lease)  # this task's context, inherited by the tasks the handler spawns
+        ticker = asyncio.get_running_loop().create_task(self._progress(msg, lease))
         try:
             await self._handler(env, attempt)
+            if lease.lost():
+                raise WorkGivenAway()
+        except WorkGivenAway:
+            # stalled past the ack wait: the server hands (or handed) it to another instance
+            WORK.labels(consumer, "given_away").inc()
+            log.warning("work.given_away", consumer=consumer, call_id=env.message.call_id)
+            return
         except asyncio.CancelledError:
             # stop() gave up waiting: another instance takes it now, not after the ack wait
             WORK.labels(consumer, "returned").inc()
@@ -249,11 +294,15 @@ class _JetStreamWork:
         WORK.labels(consumer, "done").inc()
         await _settle(msg.ack)
 
-    async def _progress(self, msg: Msg) -> None:
+    async def _progress(self, msg: Msg, lease: _Lease) -> None:
         interval = self.spec.ack_wait_s / 3
         while True:
             await asyncio.sleep(interval)
+            if lease.lost():
+                return  # too late: the server no longer counts this delivery as ours
+            now = time.monotonic()
             await _settle(msg.in_progress)
+            lease.renewed = now
 
     async def _exhausted(self, raw: Msg) -> None:
         assert self._on_exhausted is not None
