@@ -166,3 +166,28 @@ async def test_a_tts_instance_that_froze_stops_and_the_sentence_is_heard_once(
         assert [c.seq for c in out.chunks(0, "t1")] == [*range(5), *range(FreezingTts.chunks + 1)]
     finally:
         await client.close()
+
+
+async def test_a_draining_instance_hands_its_unfinished_sentence_to_another(
+    instances: Instances, private_nats: str
+) -> None:
+    SlowTts.chunks = 40  # 2 s of streaming; the drain gives it 0.3 s
+    call_id = f"tts-drain-{uuid.uuid4().hex[:8]}"
+    client = await NatsBus.connect(private_nats, "test")
+    try:
+        out = await CallOutput.on(client, call_id)
+        first, _ = await instances.start()
+        started = SlowTts.started
+        await client.publish(subjects.llm_sentence(call_id), sentence(call_id, "t1", 0, "Долго.", "slow_bot"))
+        await out.wait_until(lambda: len(out.chunks(0, "t1")) >= 2)
+        await instances.start()
+        returned = work_count("tts", "returned")
+        await first.drain(0.3)  # SIGTERM: stop pulling, the sentence does not finish in time
+        assert work_count("tts", "returned") == returned + 1
+        await out.wait_until(lambda: out.closed(0), timeout_s=30)
+        assert SlowTts.started == started + 2
+        pcm, done = heard(out, "t1")
+        assert done and len(pcm) == SlowTts.chunks * RATE // 10 * 2
+    finally:
+        SlowTts.chunks = 60
+        await client.close()
