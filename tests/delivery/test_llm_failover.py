@@ -8,7 +8,7 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from tests.delivery.helpers import start_worker, stored, until, work_count
@@ -17,6 +17,7 @@ from tests.stand_ins.openai_server import OpenAIStandIn
 from voiceplatform import subjects
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.bus.streams import CALL_EVENTS, stream_for
+from voiceplatform.providers import LlmChunk
 from voiceplatform.wire import ControlInterrupt, LlmDone, LlmRequest, LlmSentence, StageError
 from vp_llm.app import LlmService
 from vp_llm.settings import LlmSettings
@@ -185,4 +186,52 @@ async def test_a_turn_no_worker_finishes_ends_in_a_stage_error(
     finally:
         await second.drain(1.0)
         await second_bus.close()
+        await bus.close()
+
+
+class FreezingLlm:
+    """Says one sentence, then the whole process freezes once (blocks its loop), then the rest."""
+
+    name = "freezing"
+    froze = False
+
+    async def stream_complete(self, messages: object, options: object) -> AsyncIterator[LlmChunk]:
+        yield LlmChunk(text="Первое предложение. ")
+        if not FreezingLlm.froze:
+            FreezingLlm.froze = True
+            time.sleep(1.6)  # noqa: ASYNC251 - like SIGSTOP: longer than the 1 s ack wait
+        yield LlmChunk(text="Второе предложение.")
+
+
+async def test_a_lone_worker_that_froze_starts_its_turn_over_and_answers_once(
+    private_nats: str, robots_dir: Path, make_openai_robot: Callable[..., str]
+) -> None:
+    robot = make_openai_robot()
+    FreezingLlm.froze = False
+    call_id = f"fo-{uuid.uuid4().hex[:8]}"
+    bus = await NatsBus.connect(private_nats, "test")
+    js = bus.jetstream()
+    events = await stream_for(js, CALL_EVENTS)
+    worker_bus = await NatsBus.connect(private_nats, "llm")
+    worker = LlmService(
+        LlmSettings(robots_dir=robots_dir, work_ack_wait_s=1.0),
+        provider_factory=lambda name, r: FreezingLlm(),
+    )
+    try:
+        await worker.start(worker_bus)
+        given_away = work_count("llm", "given_away")
+        out = await Collector.on(bus, f"vp.call.{call_id}.>")
+        await bus.publish(subjects.llm_request(call_id), request(call_id, "t1", robot))
+        (done,) = await out.wait(LlmDone, timeout_s=30)
+        assert FreezingLlm.froze and not done.interrupted and done.sentences == 2
+        await until(
+            lambda: work_count("llm", "given_away") == given_away + 1, what="the stalled run giving up"
+        )
+        await asyncio.sleep(0.3)
+        assert len(out.of(LlmDone)) == 1
+        sentences = await stored(js, events, subjects.llm_sentence(call_id))
+        assert [s.index for s in sentences if isinstance(s, LlmSentence)] == [0, 1]
+    finally:
+        await worker.drain(1.0)
+        await worker_bus.close()
         await bus.close()

@@ -168,8 +168,12 @@ class LlmService:
             log.info("llm.request_ignored", call_id=req.call_id, turn_id=req.turn_id, reason="interrupted")
             return
         if self._turns.tasks_for(req.turn_id):
-            REQUESTS_IGNORED.labels("duplicate").inc()
-            return
+            if attempt == 1:
+                REQUESTS_IGNORED.labels("duplicate").inc()
+                return
+            # our own stalled run of this turn was redelivered to us: it gives the turn away at
+            # its next word, so it stops now and the turn starts over here
+            await self._turns.cancel(req.turn_id, self.settings.cancel_timeout_s)
         turn = self._turns.spawn(
             self._run_turn(req, time.monotonic()), key=req.turn_id, name=f"llm-{req.turn_id}"
         )
@@ -216,8 +220,8 @@ class LlmService:
                 raise
             except asyncio.CancelledError:
                 # barge-in: tell the router what had been generated, then stop (a turn handed back
-                # on drain is finished by another instance, which says llm.done)
-                if not self._draining or self.was_interrupted(req.turn_id):
+                # on drain, or started over, is finished by another run, which says llm.done)
+                if self.was_interrupted(req.turn_id):
                     await out.publish_done(interrupted=True)
                 metrics.TURNS.labels(SERVICE, "interrupted").inc()
                 log.info("llm.turn_interrupted", sentences=out.published, chars=len(out.text))
