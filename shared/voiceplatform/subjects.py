@@ -159,6 +159,18 @@ def parked(service: str) -> str:
 
 ALL_PARKED = f"{PREFIX}.parked.>"
 
+
+# ---- JetStream ---------------------------------------------------------------------------------------
+def max_deliveries_advisory(stream: str, consumer: str) -> str:
+    """The server's notice that a message of ``consumer`` was delivered its maximum number of times."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{check_token(stream)}.{check_token(consumer)}"
+
+
+def work_msg_id(turn_id: str, what: str, index: int | None = None) -> str:
+    """``Nats-Msg-Id`` of a stage's output for one turn: the stream keeps the first copy only."""
+    return f"{turn_id}:{what}" if index is None else f"{turn_id}:{what}:{index}"
+
+
 # JetStream KV bucket holding per-call dialogue state (history, current prompt, script state), so
 # the stateless router and LLM workers can be restarted or scaled at any time.
 DIALOG_BUCKET = "vp_dialog"

@@ -80,7 +80,7 @@ async def test_publish_counts_each_unit_and_publishes_on_the_lifecycle(broker: M
 
 
 class _ClosedBus(MemoryBus):
-    async def publish(self, subject: str, msg: Message) -> None:
+    async def publish(self, subject: str, msg: Message, msg_id: str = "") -> None:
         raise ConnectionError("closed")
 
 

@@ -1,8 +1,11 @@
-"""LLM service: llm.request (queue group "llm") → llm.sentence … → llm.done, cancellable by barge-in.
+"""LLM service: llm.request → llm.sentence … → llm.done, cancellable by barge-in.
 
+``llm.request`` is work from the ``VP_WORK`` stream (``bus/work.py``): a turn taken by an instance
+that dies or hangs is run again by another; the sentences and ``llm.done`` carry ids by turn
+(``Nats-Msg-Id``), so the stream keeps one copy of each whichever attempt published it first.
 Every instance listens to the control subject (no queue group), so whichever instance runs a turn
 sees its interrupt. Interrupted turn ids are remembered for a while: a request that arrives after
-its interrupt (possible across instances) is ignored.
+its interrupt (possible across instances, and for a redelivered one) is dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from prometheus_client import Counter
 
 from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
+from voiceplatform.bus.streams import WORK
+from voiceplatform.bus.work import WorkGivenAway, WorkSource, WorkSpec, check_still_ours, take_work
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.logging import bind_call
 from voiceplatform.providers import LlmOptions, LlmProvider, ProviderRegistry
@@ -71,7 +76,7 @@ class LlmService:
         self._turns = TaskRegistry()
         self._interrupted = RecentTurns(settings.interrupt_memory_s)
         self._providers: RobotProviders[LlmProvider] = RobotProviders()
-        self._request_sub: Subscription | None = None
+        self._requests: WorkSource | None = None
         self._control_sub: Subscription | None = None
         self._draining = False
 
@@ -83,15 +88,23 @@ class LlmService:
             self._factory = functools.partial(registry_factory, key_health=BusKeyHealthStore(bus))
             self._prepare_scripts()
         self._control_sub = await bus.subscribe(subjects.ANY_CONTROL, self._on_control)
-        self._request_sub = await bus.subscribe(
-            subjects.ANY_LLM_REQUEST, self._on_request, queue=subjects.queue_group("llm")
+        s = self.settings
+        spec = WorkSpec(
+            WORK,
+            subjects.queue_group("llm"),
+            subjects.ANY_LLM_REQUEST,
+            ack_wait_s=s.work_ack_wait_s,
+            max_deliver=s.work_max_deliver,
+            stale_s=s.work_stale_s,
         )
+        self._requests = await take_work(bus, spec, self._on_request, self._exhausted)
 
     async def drain(self, timeout: float) -> None:
         self._draining = True
-        if self._request_sub is not None:
-            await self._request_sub.unsubscribe()
-            self._request_sub = None
+        if self._requests is not None:
+            # turns still running when the time is up are handed back: another instance runs them
+            await self._requests.stop(timeout)
+            self._requests = None
         if not await self._turns.wait_all(timeout):
             log.warning("llm.drain_cancelling", turns=len(self._turns))
             await self._turns.cancel_all(self.settings.cancel_timeout_s)
@@ -140,22 +153,38 @@ class LlmService:
                 log.info("llm.turn_cancelled", call_id=msg.call_id, turn_id=msg.turn_id)
         return None
 
-    async def _on_request(self, env: Envelope) -> Message | None:
+    async def _on_request(self, env: Envelope, attempt: int = 1) -> None:
+        """One turn, start to end (the work is acknowledged when this returns)."""
         req = env.message
         if not isinstance(req, LlmRequest):
-            return None
+            return
         if self._draining:
             REQUESTS_IGNORED.labels("draining").inc()
-            return None
+            return
         if self.was_interrupted(req.turn_id):
             REQUESTS_IGNORED.labels("interrupted").inc()
             log.info("llm.request_ignored", call_id=req.call_id, turn_id=req.turn_id, reason="interrupted")
-            return None
+            return
         if self._turns.tasks_for(req.turn_id):
-            REQUESTS_IGNORED.labels("duplicate").inc()
-            return None
-        self._turns.spawn(self._run_turn(req, time.monotonic()), key=req.turn_id, name=f"llm-{req.turn_id}")
-        return None
+            if attempt == 1:
+                REQUESTS_IGNORED.labels("duplicate").inc()
+                return
+            # our own stalled run of this turn was redelivered to us: it gives the turn away at
+            # its next word, so it stops now and the turn starts over here
+            await self._turns.cancel(req.turn_id, self.settings.cancel_timeout_s)
+        turn = self._turns.spawn(
+            self._run_turn(req, time.monotonic()), key=req.turn_id, name=f"llm-{req.turn_id}"
+        )
+        try:
+            await asyncio.wait({turn})
+        except asyncio.CancelledError:
+            turn.cancel()  # handed back (drain): the turn stops here and runs elsewhere
+            raise
+
+    async def _exhausted(self, env: Envelope) -> None:
+        req = env.message
+        if isinstance(req, LlmRequest):
+            await self._stage_error(req, "worker_lost", "no llm instance finished the turn", retryable=False)
 
     # ---- one turn -----------------------------------------------------------------------------
     def _provider(self, robot: RobotConfig, name: str) -> LlmProvider:
@@ -163,6 +192,7 @@ class LlmService:
 
     async def _stage_error(self, req: LlmRequest, kind: str, detail: str, retryable: bool) -> None:
         assert self._bus is not None
+        check_still_ours()  # a stalled original's failure is not the turn's: the retry answers it
         await publish_stage_error(
             self._bus,
             call_id=req.call_id,
@@ -179,9 +209,16 @@ class LlmService:
             out = TurnOutput(self._bus, req, self.settings.clause_chars, started)
             try:
                 outcome = await self._generate(req, out)
+            except WorkGivenAway:
+                # this process stalled past the ack wait: another instance answers the turn
+                metrics.TURNS.labels(SERVICE, "given_away").inc()
+                log.warning("llm.turn_given_away", sentences=out.published)
+                raise
             except asyncio.CancelledError:
-                # barge-in (or drain): tell the router what had been generated, then stop
-                await out.publish_done(interrupted=True)
+                # barge-in: tell the router what had been generated, then stop (a turn handed back
+                # on drain, or started over, is finished by another run, which says llm.done)
+                if self.was_interrupted(req.turn_id):
+                    await out.publish_done(interrupted=True)
                 metrics.TURNS.labels(SERVICE, "interrupted").inc()
                 log.info("llm.turn_interrupted", sentences=out.published, chars=len(out.text))
                 raise

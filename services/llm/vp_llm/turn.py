@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus
+from voiceplatform.bus.work import check_still_ours
 from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider
 from voiceplatform.providers.chain import Attempt, ChainOutcome, Failure, ProviderChain
 from voiceplatform.sentences import SentenceSplitter
@@ -108,6 +109,7 @@ class TurnOutput:
         usage.model = self.model
 
     async def _publish(self, sentence: str, last: bool) -> None:
+        check_still_ours()  # this process stalled and the turn went to another: say nothing more
         if self.published == 0:
             FIRST_SENTENCE.observe((time.monotonic() - self.started) * 1000)
         req = self.req
@@ -122,10 +124,13 @@ class TurnOutput:
                 sample_rate=req.sample_rate,
                 last=last,
             ),
+            subjects.work_msg_id(req.turn_id, "llm.sentence", self.published),
         )
         self.published += 1
 
     async def publish_done(self, interrupted: bool = False) -> None:
+        if not interrupted:
+            check_still_ours()
         req = self.req
         await self.bus.publish(
             subjects.llm_done(req.call_id),
@@ -142,4 +147,5 @@ class TurnOutput:
                 hangup=self.end_call and not interrupted,
                 transfer_to="" if interrupted else self.transfer_to,
             ),
+            subjects.work_msg_id(req.turn_id, "llm.done"),
         )

@@ -4,10 +4,13 @@ Also turns ``call.no_input`` (the caller stayed silent) into an ``llm.request`` 
 ``event="no_input"``, and takes a caller turn out of the history when its interrupt says the words
 were continued in a later turn or were only a backchannel.
 
-Stateless: every subscription is in the "prompt-router" queue group and all state lives in the
-``vp_dialog`` KV bucket, changed by compare-and-set. Handlers hand work to a per-call queue, so a
-subscription never waits on KV round trips of another call, while one call's events keep their
-order within an instance.
+Stateless: all state lives in the ``vp_dialog`` KV bucket, changed by compare-and-set. The turn
+requests (``asr`` and ``lifecycle``: call start/end, no-input) are work taken from the
+``VP_CALL_EVENTS`` stream (``bus/work.py``): one taken by an instance that dies or hangs goes to
+another; a retried turn neither repeats the caller's words in the history nor its ``llm.request``
+(deduplicated by turn id in the ``VP_WORK`` stream). ``llm.done`` and ``control`` stay plain
+queue-group subscriptions. Work is handed to a per-call queue, so it never waits on KV round trips
+of another call, while one call's events keep their order within an instance.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from prometheus_client import Counter
 
 from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
+from voiceplatform.bus.streams import CALL_EVENTS
+from voiceplatform.bus.work import WorkSource, WorkSpec, check_still_ours, take_work
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.logging import bind_call
 from voiceplatform.runtime import TaskRegistry
@@ -60,7 +65,7 @@ class CallQueue:
         self._tasks = tasks
         self._tails: dict[str, asyncio.Task[Any]] = {}
 
-    def submit(self, call_id: str, work: Callable[[], Awaitable[None]]) -> None:
+    def submit(self, call_id: str, work: Callable[[], Awaitable[None]]) -> asyncio.Task[Any]:
         previous = self._tails.get(call_id)
 
         async def run() -> None:
@@ -71,6 +76,11 @@ class CallQueue:
         task = self._tasks.spawn(run(), key=call_id, name=f"router-{call_id}")
         self._tails[call_id] = task
         task.add_done_callback(lambda t: self._forget(call_id, t))
+        return task
+
+    async def run(self, call_id: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Queue ``work`` behind the call's earlier items and wait until it has run."""
+        await asyncio.wait({self.submit(call_id, work)})
 
     def _forget(self, call_id: str, task: asyncio.Task[Any]) -> None:
         if self._tails.get(call_id) is task:
@@ -89,6 +99,7 @@ class RouterService:
         self._tasks = TaskRegistry()
         self._queue = CallQueue(self._tasks)
         self._subs: list[Subscription] = []
+        self._work: list[WorkSource] = []
         self._draining = False
 
     # ---- Service ------------------------------------------------------------------------------
@@ -103,18 +114,32 @@ class RouterService:
                 log.warning("router.robot_unavailable", robot=name, problems=exc.problems)
         group = subjects.queue_group(SERVICE)
         for subject, handler in (
-            (subjects.ANY_LIFECYCLE, self._on_lifecycle),
             (subjects.ANY_CONTROL, self._on_control),
             (subjects.ANY_LLM_DONE, self._on_llm_done),
-            (subjects.ANY_ASR, self._on_asr),
         ):
             self._subs.append(await bus.subscribe(subject, handler, queue=group))
+        s = self.settings
+        for name, subject, work in (
+            ("lifecycle", subjects.ANY_LIFECYCLE, self._on_lifecycle),
+            ("asr", subjects.ANY_ASR, self._on_asr),
+        ):
+            spec = WorkSpec(
+                CALL_EVENTS,
+                f"{SERVICE}-{name}",
+                subject,
+                ack_wait_s=s.work_ack_wait_s,
+                max_deliver=s.work_max_deliver,
+                stale_s=s.work_stale_s,
+            )
+            self._work.append(await take_work(bus, spec, work, self._exhausted))
 
     async def drain(self, timeout: float) -> None:
         self._draining = True
         for sub in self._subs:
             await sub.unsubscribe()
         self._subs.clear()
+        await asyncio.gather(*(work.stop(timeout) for work in self._work))
+        self._work.clear()
         if not await self._tasks.wait_all(timeout):
             await self._tasks.cancel_all()
 
@@ -132,9 +157,10 @@ class RouterService:
         assert self._store is not None, "service not started"
         return self._store
 
-    async def _publish(self, subject: str, msg: Message) -> None:
+    async def _publish(self, subject: str, msg: Message, msg_id: str = "") -> None:
         assert self._bus is not None
-        await self._bus.publish(subject, msg)
+        check_still_ours()  # a turn request whose lease ran out (we stalled) is another's now
+        await self._bus.publish(subject, msg, msg_id)
 
     async def _stage_error(self, call_id: str, turn_id: str, kind: str, detail: str, retryable: bool) -> None:
         ROUTER_DROPS.labels(kind).inc()
@@ -150,28 +176,33 @@ class RouterService:
             retryable=retryable,
         )
 
-    # ---- subscriptions: hand the work to the call's queue ---------------------------------------
-    async def _on_lifecycle(self, env: Envelope) -> Message | None:
+    # ---- work and subscriptions: hand it to the call's queue ------------------------------------
+    async def _on_lifecycle(self, env: Envelope, attempt: int = 1) -> None:
         msg = env.message
         if isinstance(msg, CallStarted):
-            self._queue.submit(msg.call_id, lambda: self._call_started(msg))
+            await self._queue.run(msg.call_id, lambda: self._call_started(msg))
         elif isinstance(msg, CallEnded):
-            self._queue.submit(msg.call_id, lambda: self._call_ended(msg))
+            await self._queue.run(msg.call_id, lambda: self._call_ended(msg))
         elif isinstance(msg, CallNoInput):
-            self._queue.submit(msg.call_id, lambda: self._no_input(msg))
-        return None
+            await self._queue.run(msg.call_id, lambda: self._no_input(msg))
 
-    async def _on_asr(self, env: Envelope) -> Message | None:
+    async def _on_asr(self, env: Envelope, attempt: int = 1) -> None:
         msg = env.message
         if isinstance(msg, AsrFinal):
             if not msg.route:
-                return None  # a realtime model answers this call itself
+                return  # a realtime model answers this call itself
             if not msg.text.strip():
                 ROUTER_DROPS.labels("empty_text").inc()
-                return None
+                return
             received = time.perf_counter()
-            self._queue.submit(msg.call_id, lambda: self._user_said(msg, received))
-        return None
+            await self._queue.run(msg.call_id, lambda: self._user_said(msg, received))
+
+    async def _exhausted(self, env: Envelope) -> None:
+        """No instance finished this turn request in its deliveries: say so on the call's record."""
+        msg = env.message
+        if isinstance(msg, AsrFinal | CallNoInput):
+            detail = "no router instance finished the turn"
+            await self._stage_error(msg.call_id, msg.turn_id, "worker_lost", detail, False)
 
     async def _on_llm_done(self, env: Envelope) -> Message | None:
         msg = env.message
@@ -226,6 +257,13 @@ class RouterService:
                     return None  # its interrupt came first: these words are not part of the dialogue
                 robot = found.get(state.robot) or self.robots.get(state.robot)
                 found[state.robot] = robot
+                said = [
+                    i for i, m in enumerate(state.history) if m.role == "user" and m.turn_id == msg.turn_id
+                ]
+                if said:  # a retry of this turn (its first try died after saving): same request again
+                    earlier = [m for m in state.history[: said[0]] if m.content]
+                    kept = self.routes.get(robot).keep(state.prompt_id)
+                    return kept, state.prompt_id, earlier[-self.settings.history_limit :]
                 route = topic or self.routes.get(robot).keep(state.prompt_id)
                 previous_prompt = state.prompt_id
                 for merged in msg.merged:
@@ -267,12 +305,14 @@ class RouterService:
                         to_prompt=route.prompt_id,
                         matched=route.matched,
                     ),
+                    subjects.work_msg_id(msg.turn_id, "prompt.switched"),
                 )
             await self._publish(
                 subjects.llm_request(msg.call_id),
                 llm_request(
                     state, robot, msg.turn_id, history, msg.text, speech_end_ts_ms=msg.speech_end_ts_ms
                 ),
+                subjects.work_msg_id(msg.turn_id, "llm.request"),
             )
             elapsed_ms = (time.perf_counter() - received) * 1000
             ROUTE_LATENCY.observe(elapsed_ms)
@@ -349,6 +389,7 @@ class RouterService:
             await self._publish(
                 subjects.llm_request(msg.call_id),
                 llm_request(state, robot, msg.turn_id, history, "", event="no_input"),
+                subjects.work_msg_id(msg.turn_id, "llm.request"),
             )
             log.info("router.no_input", count=msg.count, silence_ms=msg.silence_ms, prompt_id=state.prompt_id)
 

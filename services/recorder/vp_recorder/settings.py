@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 
+from voiceplatform.bus.streams import CALL_EVENTS_MAX_AGE_S, CALL_EVENTS_MAX_BYTES, CALL_EVENTS_STREAM
 from voiceplatform.config import ServiceSettings
 
 
@@ -20,9 +21,10 @@ class RecorderSettings(ServiceSettings):
 
     # JetStream: the stream capturing call events, and the durable consumers' name prefix (one
     # consumer per store). Events older than max_age are gone: a store down longer loses them.
-    stream_name: str = "VP_CALL_EVENTS"
-    stream_max_age_s: float = 3 * 24 * 3600
-    stream_max_bytes: int = 1024**3
+    # (workers create the stream with the same defaults when they start first: bus/streams.py)
+    stream_name: str = CALL_EVENTS_STREAM
+    stream_max_age_s: float = CALL_EVENTS_MAX_AGE_S
+    stream_max_bytes: int = CALL_EVENTS_MAX_BYTES
     parked_stream_name: str = "VP_PARKED"
     parked_max_age_s: float = 30 * 24 * 3600
     durable_prefix: str = "recorder"

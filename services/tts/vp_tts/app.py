@@ -1,4 +1,8 @@
-"""TTS service: llm.sentence (queue group "tts") → tts.audio chunks, cancellable by barge-in.
+"""TTS service: llm.sentence → tts.audio chunks, cancellable by barge-in.
+
+Sentences are work taken from the ``VP_CALL_EVENTS`` stream (``bus/work.py``): one taken by an
+instance that dies or hangs is synthesized again by another. The gateway keeps each chunk of a
+sentence once (by ``seq``), so a slow original and its retry are not both heard.
 
 Every instance also listens to the control subject without a queue group, so whichever instance
 synthesizes a turn's sentence sees its interrupt. Interrupted turn ids are remembered for a while:
@@ -10,6 +14,7 @@ cancelled ones too) is published as ``provider.usage`` with the characters it wa
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +24,8 @@ import structlog
 
 from voiceplatform import subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
+from voiceplatform.bus.streams import CALL_EVENTS
+from voiceplatform.bus.work import WorkSource, WorkSpec, check_still_ours, take_work
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry, TtsConfig
 from voiceplatform.logging import bind_call
 from voiceplatform.providers import ProviderError, ProviderRegistry, TtsProvider
@@ -88,7 +95,7 @@ class TtsService:
         self._providers: dict[str, ProviderBase] = {}
         # cloud providers hold a robot's keys: one instance per (robot, provider), rebuilt on reload
         self._robot_providers: RobotProviders[TtsProvider] = RobotProviders()
-        self._sentence_sub: Subscription | None = None
+        self._sentences: WorkSource | None = None
         self._control_sub: Subscription | None = None
         self._draining = False
 
@@ -110,16 +117,24 @@ class TtsService:
                 # not installed here (Debian non-free): robots fall through to festival
                 log.warning("tts.rhvoice_unavailable", error=str(exc)[:300])
         self._control_sub = await bus.subscribe(subjects.ANY_CONTROL, self._on_control)
-        self._sentence_sub = await bus.subscribe(
-            subjects.ANY_LLM_SENTENCE, self._on_sentence, queue=subjects.queue_group("tts")
+        s = self.settings
+        spec = WorkSpec(
+            CALL_EVENTS,
+            subjects.queue_group("tts"),
+            subjects.ANY_LLM_SENTENCE,
+            ack_wait_s=s.work_ack_wait_s,
+            max_deliver=s.work_max_deliver,
+            stale_s=s.work_stale_s,
         )
+        self._sentences = await take_work(bus, spec, self._on_sentence, self._exhausted)
         log.info("tts.started", providers=sorted(self._providers), ready=self.ready())
 
     async def drain(self, timeout: float) -> None:
         self._draining = True
-        if self._sentence_sub is not None:
-            await self._sentence_sub.unsubscribe()
-            self._sentence_sub = None
+        if self._sentences is not None:
+            # sentences still running when the time is up are handed back to another instance
+            await self._sentences.stop(timeout)
+            self._sentences = None
         if not await self._tasks.wait_all(timeout):
             log.warning("tts.drain_cancelling", sentences=len(self._tasks))
             await self._tasks.cancel_all(self.settings.cancel_timeout_s)
@@ -200,10 +215,11 @@ class TtsService:
                 log.info("tts.turn_cancelled", call_id=msg.call_id, turn_id=msg.turn_id, sentences=cancelled)
         return None
 
-    async def _on_sentence(self, env: Envelope) -> Message | None:
+    async def _on_sentence(self, env: Envelope, attempt: int = 1) -> None:
+        """One sentence, start to end (the work is acknowledged when this returns)."""
         msg = env.message
         if not isinstance(msg, LlmSentence) or not msg.synthesize:
-            return None  # synthesize=False: a realtime model is already speaking it
+            return  # synthesize=False: a realtime model is already speaking it
         received_at = time.monotonic()
         reason = ""
         if self._draining:
@@ -224,12 +240,24 @@ class TtsService:
             if reason == "bad_sample_rate":
                 # the gateway waits for this sentence: close it and say why
                 await self._reject_bad_rate(msg)
-            return None
+            return
         log.info("tts.sentence_started", call_id=msg.call_id, turn_id=msg.turn_id, index=msg.index)
-        self._tasks.spawn(
+        task = self._tasks.spawn(
             self._run_sentence(msg, received_at), key=msg.turn_id, name=f"tts-{msg.turn_id}-{msg.index}"
         )
-        return None
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            task.cancel()  # handed back (drain): another instance synthesizes it
+            raise
+
+    async def _exhausted(self, env: Envelope) -> None:
+        msg = env.message
+        if isinstance(msg, LlmSentence) and self._bus is not None:
+            detail = f"no tts instance finished sentence {msg.index}"
+            await self._stage_error(msg, "worker_lost", detail, False)
+            # close the sentence: the gateway plays what it has of the turn rather than wait for it
+            await SentenceOutput(self._bus, msg, self.settings.chunk_ms, time.monotonic()).finish()
 
     async def _reject_bad_rate(self, msg: LlmSentence) -> None:
         assert self._bus is not None
@@ -238,6 +266,7 @@ class TtsService:
 
     async def _stage_error(self, msg: LlmSentence, kind: str, detail: str, retryable: bool) -> None:
         assert self._bus is not None
+        check_still_ours()  # a stalled original's failure is not the sentence's: the retry speaks it
         await publish_stage_error(
             self._bus,
             call_id=msg.call_id,

@@ -6,6 +6,7 @@ import time
 
 from voiceplatform import subjects
 from voiceplatform.bus import Bus
+from voiceplatform.bus.work import check_still_ours
 from voiceplatform.wire import LlmSentence, TtsAudio
 
 from .metrics import FIRST_AUDIO_MS
@@ -43,6 +44,7 @@ class SentenceOutput:
         await self._publish(tail, last=True)
 
     async def _publish(self, pcm: bytes, last: bool) -> None:
+        check_still_ours()  # this process stalled and the sentence went to another: stop here
         if pcm and self.first_audio_ms is None:
             self.first_audio_ms = (time.monotonic() - self.received_at) * 1000
             FIRST_AUDIO_MS.observe(self.first_audio_ms)

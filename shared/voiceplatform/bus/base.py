@@ -2,6 +2,7 @@
 
 Semantics (identical for NATS and the in-memory twin):
 - ``publish`` is fire-and-forget, at most once; subjects are literal, subscriptions may use ``*``/``>``.
+  A ``msg_id`` only matters to JetStream streams (dedupe); core subscribers get every copy.
 - Each subscription delivers its messages one at a time, in order, to its handler. A handler that
   does long work must hand it to a task of its own (see ``runtime.tasks``).
 - A subscription with ``queue`` shares messages with the other members of that group: each message
@@ -64,7 +65,10 @@ class KeyValue(Protocol):
 class Bus(Protocol):
     service: str
 
-    async def publish(self, subject: str, msg: Message) -> None: ...
+    async def publish(self, subject: str, msg: Message, msg_id: str = "") -> None:
+        """``msg_id`` (a ``Nats-Msg-Id`` header): a stream capturing ``subject`` keeps one copy per id."""
+        ...
+
     async def publish_bytes(self, subject: str, data: bytes) -> None: ...
     async def subscribe(self, subject: str, handler: Handler, queue: str | None = None) -> Subscription: ...
     async def request(self, subject: str, msg: Message, timeout: float = 1.0) -> Message: ...

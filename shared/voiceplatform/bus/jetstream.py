@@ -19,6 +19,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    RetentionPolicy,
     StorageType,
     StreamConfig,
 )
@@ -34,6 +35,7 @@ class StreamSpec:
     max_age_s: float
     max_bytes: int = -1
     duplicate_window_s: float = 120.0
+    retention: RetentionPolicy = RetentionPolicy.LIMITS
 
     def config(self) -> StreamConfig:
         return StreamConfig(
@@ -44,6 +46,7 @@ class StreamSpec:
             max_age=self.max_age_s,
             max_bytes=self.max_bytes,
             duplicate_window=self.duplicate_window_s,
+            retention=self.retention,
         )
 
 

@@ -157,7 +157,8 @@ class MemoryBus:
     def connected(self) -> bool:
         return not self._closed
 
-    async def publish(self, subject: str, msg: Message) -> None:
+    async def publish(self, subject: str, msg: Message, msg_id: str = "") -> None:
+        # no streams in memory: nothing dedupes by msg_id (the work queue is a plain queue group here)
         self._broker.deliver(subject, encode(msg), None)
 
     async def publish_bytes(self, subject: str, data: bytes) -> None:

@@ -117,8 +117,9 @@ class NatsBus:
         """For consumers that need streams (the recorder); services on the call path do not."""
         return self._nc.jetstream()
 
-    async def publish(self, subject: str, msg: Message) -> None:
-        await self._nc.publish(subject, encode(msg))
+    async def publish(self, subject: str, msg: Message, msg_id: str = "") -> None:
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        await self._nc.publish(subject, encode(msg), headers=headers)
 
     async def publish_bytes(self, subject: str, data: bytes) -> None:
         await self._nc.publish(subject, data)

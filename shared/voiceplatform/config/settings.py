@@ -44,4 +44,10 @@ class ServiceSettings(BaseSettings):
     # calls one instance of a stateful stage accepts before it rejects assignments
     max_calls: int = 50
     drain_timeout_s: float = 10.0
+    # per-turn work (router, llm, tts; see bus/work.py): a message taken by an instance that stops
+    # acknowledging progress for this long goes to another instance; at most this many deliveries;
+    # work older than work_stale_s (a backlog after an outage) is dropped, not answered late
+    work_ack_wait_s: float = Field(default=2.0, gt=0.2)
+    work_max_deliver: int = Field(default=3, ge=1)
+    work_stale_s: float = Field(default=15.0, gt=0)
     log_level: str = "INFO"

@@ -1,8 +1,11 @@
 """Playout buffer: bot audio by turn and sentence, cut into 20 ms frames in order.
 
 TTS sentences of one turn may be synthesized by different workers and arrive out of order; the
-buffer plays sentence 0, then 1, ... waiting for each. ``flush`` drops everything at once
-(barge-in) and reports what the caller actually heard of the interrupted turn.
+buffer plays sentence 0, then 1, ... waiting for each. A sentence takes each chunk number once: a
+worker that retries a sentence another one started (``bus/work.py``) sends the same numbers again,
+and only the chunks not yet added count, so a slow original and its retry are heard once.
+``flush`` drops everything at once (barge-in) and reports what the caller actually heard of the
+interrupted turn.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ class _Sentence:
     pcm: bytearray = field(default_factory=bytearray)
     done: bool = False
     text: str = ""
+    next_seq: int = 0  # chunks numbered below this were added already
 
 
 @dataclass
@@ -62,13 +66,21 @@ class Playout:
             self._turns.append(found)
         return found
 
-    def add_audio(self, turn_id: str, index: int, pcm: bytes, last: bool, text: str = "") -> None:
+    def add_audio(
+        self, turn_id: str, index: int, pcm: bytes, last: bool, text: str = "", seq: int | None = None
+    ) -> bool:
+        """Add a chunk of a sentence; False when ``seq`` was added already (a copy: dropped)."""
         sentence = self.turn(turn_id).sentence(index)
+        if seq is not None:
+            if sentence.done or seq < sentence.next_seq:
+                return False
+            sentence.next_seq = seq + 1
         sentence.pcm += pcm
         if text and not sentence.text:
             sentence.text = text
         if last:
             sentence.done = True
+        return True
 
     def set_expected(self, turn_id: str, sentences: int) -> None:
         self.turn(turn_id).expected = sentences

@@ -53,6 +53,9 @@ log = structlog.get_logger("voiceplatform.gateway")
 STALE_AUDIO = Counter(
     "vp_gateway_stale_audio_dropped_total", "TTS chunks of interrupted/unknown turns dropped"
 )
+COPIED_AUDIO = Counter(
+    "vp_gateway_copied_audio_dropped_total", "TTS chunks dropped as copies (a retried sentence)"
+)
 GREETING_LATENCY = Histogram(
     "vp_gateway_greeting_first_audio_ms",
     "Call start → first greeting frame sent",
@@ -466,10 +469,12 @@ class CallSession:
             metrics.MESSAGES_DROPPED.labels("gateway", "tts.audio", "wrong_sample_rate").inc()
             log.warning("call.tts_wrong_rate", turn_id=msg.turn_id, rate=msg.sample_rate)
             msg.pcm = b""
+        if not self.playout.add_audio(msg.turn_id, msg.index, msg.pcm, msg.last, msg.text, msg.seq):
+            COPIED_AUDIO.inc()
+            return None
         if not turn.first_audio_ts_ms and msg.pcm:
             turn.first_audio_ts_ms = msg.ts_ms
         turn.clock.audio(msg.index, msg.last, now_ms())
-        self.playout.add_audio(msg.turn_id, msg.index, msg.pcm, msg.last, msg.text)
         self._audio_ready.set()
         return None
 
