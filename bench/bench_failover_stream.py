@@ -137,8 +137,8 @@ async def main(args: argparse.Namespace) -> None:
         late = [g * 1000 for g in beats.gaps()]
         if late:
             print(
-                f"heartbeat inter-arrival: p50 {statistics.median(late):.0f} ms, p99 {pct(late, 0.99):.0f} ms, "
-                f"max {max(late):.0f} ms over {len(late)} beats"
+                f"heartbeat inter-arrival: p50 {statistics.median(late):.0f} ms, "
+                f"p99 {pct(late, 0.99):.0f} ms, max {max(late):.0f} ms over {len(late)} beats"
             )
     finally:
         for p in burners:

@@ -141,7 +141,7 @@ async def test_a_replaced_owner_is_fenced_and_the_new_one_gets_the_replay(broker
         subjects.vad(CALL),
         VadSpeechEnded(call_id=CALL, turn_id="t1", audio_offset_ms=2500, speech_ms=1500, epoch=new_epoch),
     )
-    await wait_for(lambda: session.audio_log.turns["t1"].end_ms == 2500)
+    await wait_for(lambda: session.streaming.audio_log.turns["t1"].end_ms == 2500)
     assert session.turns.get("t-ghost") is None
     await session.end("test")
     await directory.stop()

@@ -203,7 +203,10 @@ class VadSession:
             if seq < start_seq:  # before the taken-over turn: the model hears it, the segmenter not
                 assert self._scorer is not None
                 self._last_seq = seq
-                self._scorer.score(pcm_to_array(pcm))
+                samples = pcm_to_array(pcm)
+                if self.eot is not None:
+                    self._ring.append((seq, samples))  # the end-of-turn model's pre-roll
+                self._scorer.score(samples)
                 return
             self._take_over(self._adopt, seq)
         for event in self.process(seq, pcm):

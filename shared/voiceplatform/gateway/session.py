@@ -16,8 +16,8 @@ from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfig
-from voiceplatform.gateway.assign import assign_until_accepted
-from voiceplatform.gateway.failover import CallerAudioLog, OwnerEpochs, send_replay
+from voiceplatform.gateway.call_owners import CallOwners
+from voiceplatform.gateway.failover import OwnerEpochs
 from voiceplatform.gateway.greeting import greeting_pcm
 from voiceplatform.gateway.owners import GatewayDirectory, owned_roles_for
 from voiceplatform.gateway.playout import Playout
@@ -37,7 +37,6 @@ from voiceplatform.wire import (
     LlmDone,
     LlmSentence,
     Message,
-    OwnerChanged,
     PlaybackStarted,
     StageError,
     TtsAudio,
@@ -109,11 +108,17 @@ class CallSession:
         self.sink_ahead_ms = sink_ahead_ms
         # greeting PCM at the call's rate kept by the gateway (synthesized once), else greeting.wav
         self.greeting_audio = greeting_audio
-        self.owners: dict[str, str] = {}
-        self.owner_seen: dict[str, float] = {}
-        self.epochs = OwnerEpochs()  # fencing of replaced owners
-        self.audio_log = CallerAudioLog()  # caller audio a new owner gets replayed
-        self._owner_told: dict[str, float] = {}
+        self.streaming = CallOwners(
+            bus,
+            AssignRequest(
+                call_id=self.call_id, role="", robot=robot.name, sample_rate=sample_rate, channel=channel
+            ),
+            directory=directory,
+            spawn=self._spawn,
+            ended=lambda: self.ended,
+            next_seq=lambda: self._seq,
+            on_refused=lambda role, why: self._publish_error(role, "unassigned", why),
+        )
         self.playout = Playout(frame_bytes(sample_rate))
         self._audio_ready = asyncio.Event()
         self.keeper = TurnKeeper(
@@ -133,10 +138,17 @@ class CallSession:
         self._seq = 0
         self._subs: list[Subscription] = []
         self._tasks = TaskRegistry()
-        self._assigning: set[str] = set()
         self._started_mono = time.monotonic()
         self._started_ms = now_ms()
         self.closed = asyncio.Event()
+
+    @property
+    def owners(self) -> dict[str, str]:
+        return self.streaming.owners
+
+    @property
+    def epochs(self) -> OwnerEpochs:
+        return self.streaming.epochs
 
     @property
     def turns(self) -> TurnTable:
@@ -161,7 +173,7 @@ class CallSession:
             for subject, handler in subscriptions:
                 self._subs.append(await self.bus.subscribe(subject, handler))
             if self.directory is not None:
-                self.directory.register(self)
+                self.directory.register(self.streaming)
             await self.bus.publish(
                 subjects.lifecycle(self.call_id),
                 CallStarted(
@@ -240,108 +252,13 @@ class CallSession:
         if self.ended:
             return
         chunk = AudioChunk(call_id=self.call_id, seq=self._seq, sample_rate=self.sample_rate, pcm=frame)
-        self.audio_log.keep(self._seq, frame)
+        self.streaming.audio_log.keep(self._seq, frame)  # replayed to a new vad/asr owner
         self._seq += 1
         await self.bus.publish(subjects.audio_in(self.call_id), chunk)
 
     # ---- ownership ----------------------------------------------------------------------------
     def request_reassign(self, role: str, reason: str) -> None:
-        if self.ended or role in self._assigning:
-            return
-        self._assigning.add(role)
-        lost = self.owners.pop(role, "")
-        self.epochs.next(role)  # from now on the replaced owner's events are dropped
-        self._spawn(self._assign(role, reason, lost), f"assign-{role}")
-
-    async def _assign(self, role: str, reason: str, lost: str = "") -> None:
-        replay = reason != "call_start" or self._seq > 0  # caller audio went out before this owner
-        request = AssignRequest(
-            call_id=self.call_id,
-            role=role,
-            robot=self.robot.name,
-            sample_rate=self.sample_rate,
-            channel=self.channel,
-            replay=replay,
-        )
-
-        def stamp(req: AssignRequest) -> None:  # every attempt its own epoch (see assign.py)
-            req.epoch = self.epochs.next(role)
-            req.fence = dict(self.epochs.current)
-            req.ts_ms = now_ms()
-
-        directory = self.directory
-
-        def candidates() -> list[str]:
-            return directory.candidates(role, exclude=lost) if directory is not None and lost else []
-
-        async def refused(why: str) -> None:
-            log.warning("call.assign_retry", role=role, why=why)
-            await self._publish_error(role, "unassigned", why)
-
-        try:
-            with bind_call(call_id=self.call_id):
-                reply = await assign_until_accepted(
-                    self.bus, request, lambda: not self.ended, refused, stamp=stamp, candidates=candidates
-                )
-                if reply is not None:
-                    next_seq = self._seq  # every later frame reaches the new owner live
-                    epoch = request.epoch
-                    self.owners[role] = reply.instance_id
-                    self.owner_seen[role] = time.monotonic()
-                    await self._tell_owner(role)
-                    replayed = 0
-                    if replay:
-                        replayed = await send_replay(
-                            self.bus,
-                            self.audio_log,
-                            call_id=self.call_id,
-                            role=role,
-                            epoch=epoch,
-                            sample_rate=self.sample_rate,
-                            next_seq=next_seq,
-                        )
-                    log.info(
-                        "call.assigned",
-                        role=role,
-                        instance=reply.instance_id,
-                        reason=reason,
-                        epoch=epoch,
-                        replayed_frames=replayed,
-                    )
-        finally:
-            self._assigning.discard(role)
-
-    async def _tell_owner(self, role: str) -> None:
-        """``assign.changed`` on lifecycle: a replaced owner that hears it stops the call."""
-        self._owner_told[role] = time.monotonic()
-        await self.bus.publish(
-            subjects.lifecycle(self.call_id),
-            OwnerChanged(
-                call_id=self.call_id,
-                role=role,
-                instance_id=self.owners.get(role, ""),
-                epoch=self.epochs.current.get(role, 0),
-            ),
-        )
-
-    def owner_stale(self, role: str, instance_id: str) -> None:
-        """A replaced owner still heartbeats this call (it missed ``assign.changed``): tell it again."""
-        if (
-            self.ended
-            or not self.owners.get(role)
-            or time.monotonic() - self._owner_told.get(role, 0.0) < 1.0
-        ):
-            return
-        log.info("call.stale_owner", role=role, instance=instance_id)
-        self._spawn(self._tell_owner(role), f"tell-{role}")
-
-    def _from_owner(self, role: str, epoch: int) -> bool:
-        """Whether an event comes from the role's current owner; it also proves that owner alive."""
-        if not self.epochs.accepts(role, epoch):
-            return False
-        if epoch and self.owners.get(role):
-            self.owner_seen[role] = time.monotonic()
-        return True
+        self.streaming.request_reassign(role, reason)
 
     async def _publish_error(self, stage: str, kind: str, detail: str, turn_id: str = "") -> None:
         await self.bus.publish(
@@ -469,9 +386,9 @@ class CallSession:
     async def _on_vad(self, env: Envelope) -> Message | None:
         msg = env.message
         if isinstance(msg, VadSpeechStarted | VadSpeechEnded | VadSpeechPaused | VadSpeechResumed):
-            if not self._from_owner("vad", msg.epoch):
-                return None
-            self.audio_log.on_vad(msg)
+            if not self.streaming.from_owner("vad", msg.epoch):
+                return None  # a replaced owner's late event
+            self.streaming.audio_log.on_vad(msg)
         if isinstance(msg, VadSpeechStarted):
             await self.keeper.caller_started(msg)
             await self.sink.send_event({"type": "vad.speech_started", "turn_id": msg.turn_id})
@@ -483,8 +400,8 @@ class CallSession:
 
     async def _on_asr(self, env: Envelope) -> Message | None:
         msg = env.message
-        if isinstance(msg, AsrFinal) and self._from_owner("asr", msg.epoch):
-            self.audio_log.on_final(msg)
+        if isinstance(msg, AsrFinal) and self.streaming.from_owner("asr", msg.epoch):
+            self.streaming.audio_log.on_final(msg)
             await self.keeper.transcript(msg)
         return None
 
