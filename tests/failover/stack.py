@@ -32,15 +32,16 @@ ROOT = Path(__file__).resolve().parents[2]
 RATE = 16000
 FRAME_SAMPLES = RATE // 50
 ROBOT = "failover_bot"
+SILERO_ROBOT = "failover_silero"
 
 
-def write_robot(robots_dir: Path) -> Path:
-    folder = robots_dir / ROBOT
+def write_robot(robots_dir: Path, name: str = ROBOT, vad_provider: str = "energy") -> Path:
+    folder = robots_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     config = {
         "mode": "pipeline",
         "llm": {"provider": "openai"},
-        "vad": {"provider": "energy", "eot_model": "none"},
+        "vad": {"provider": vad_provider, "eot_model": "none"},
         "asr": {"provider": "span", "fallback": []},
         "turns": {"no_input_s": 0},
     }
@@ -64,7 +65,7 @@ class Workers:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.roles: dict[str, str] = {}
 
-    def start(self, role: str, instance_id: str) -> None:
+    def start(self, role: str, instance_id: str, **env_extra: str) -> None:
         paths = [str(ROOT), str(ROOT / "shared"), *(str(p) for p in sorted((ROOT / "services").iterdir()))]
         env = {
             **os.environ,
@@ -73,6 +74,9 @@ class Workers:
             "VP_INSTANCE_ID": instance_id,
             "VP_LOG_LEVEL": "WARNING",
             "PYTHONPATH": os.pathsep.join(paths),
+            "VP_PRELOAD_SILERO": "false",
+            "VP_PRELOAD_EOT": "false",
+            **env_extra,
         }
         log = (self.log_dir / f"{instance_id}.log").open("wb")
         self.procs[instance_id] = subprocess.Popen(
@@ -158,10 +162,10 @@ class Gateway:
         await directory.start()
         return cls(bus, directory)
 
-    async def call(self, robots_dir: Path) -> CallSession:
+    async def call(self, robots_dir: Path, robot: str = ROBOT) -> CallSession:
         session = CallSession(
             self.bus,
-            load_robot(robots_dir / ROBOT),
+            load_robot(robots_dir / robot),
             channel="web",
             sample_rate=RATE,
             sink=NullSink(),

@@ -15,7 +15,7 @@ def main(role: str) -> None:
         from vp_vad.app import VadService
         from vp_vad.settings import VadSettings
 
-        vad_settings = VadSettings(preload_silero=False, preload_eot=False)
+        vad_settings = VadSettings()  # VP_PRELOAD_SILERO / VP_PRELOAD_EOT from the environment
         service_main(lambda: (VadService(vad_settings), vad_settings))
     elif role == "asr":
         from vp_asr.app import AsrService

@@ -124,3 +124,18 @@ async def test_a_request_its_gateway_gave_up_on_is_refused(broker: MemoryBroker,
     reply = await broker.bus("gateway").request(subjects.assign_to("vad", "vad-new"), req)
     assert isinstance(reply, AssignReply) and not reply.accepted and reply.reason == "stale_request"
     assert CALL not in service.sessions
+
+
+async def test_drain_hands_an_open_utterance_over_unended(broker: MemoryBroker, service: VadService) -> None:
+    gw = broker.bus("gateway")
+    events = await collect(gw, subjects.vad(CALL))
+    released = await collect(gw, subjects.released("vad"))
+    req = AssignRequest(call_id=CALL, role="vad", robot="energy_bot", sample_rate=RATE, epoch=1)
+    assert (await gw.request(subjects.assign("vad"), req)).accepted  # type: ignore[attr-defined]
+    for chunk in chunks(CALL, np.concatenate([silence(RATE, 200), tone(RATE, 600)]), RATE):
+        await gw.publish(subjects.audio_in(CALL), chunk)
+    await events.wait(lambda: len(events.of(VadSpeechStarted)) == 1)
+    await service.drain(1.0)
+    await released.wait(lambda: len(released.messages) == 1)
+    # the gateway replays the utterance to the next owner, which ends it (in one piece)
+    assert events.of(VadSpeechEnded) == []

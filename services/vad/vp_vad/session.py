@@ -410,11 +410,13 @@ class VadSession:
         return None
 
     async def close(self, reason: str) -> None:
-        """Stop listening; an utterance still open is ended so every start has its end."""
+        """Stop listening; an utterance still open is ended so every start has its end, unless the
+        call goes on elsewhere (moved, draining): the next owner ends it."""
         if self.closed:
             return
         self.closed = True  # a model answer arriving from now on is dropped
-        self.moved = self.moved or reason == "moved"  # another owner has the call: no flush
+        # the call goes on at another owner, which the gateway replays the open utterance to: no flush
+        self.moved = self.moved or reason in ("moved", "draining")
         for sub in self._subs:
             await sub.unsubscribe()
         self._subs.clear()
