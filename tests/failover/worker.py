@@ -1,5 +1,5 @@
 """A vad or asr worker process for the failover tests and bench: ``python -m tests.failover.worker
-vad|asr`` (NATS_URL, ROBOTS_DIR, VP_INSTANCE_ID from the environment). The ASR knows the test-only
+vad|asr|asr-whisper`` (NATS_URL, ROBOTS_DIR, VP_INSTANCE_ID from the environment). The ASR knows the test-only
 ``span`` engine; no model is preloaded."""
 
 from __future__ import annotations
@@ -17,6 +17,12 @@ def main(role: str) -> None:
 
         vad_settings = VadSettings()  # VP_PRELOAD_SILERO / VP_PRELOAD_EOT from the environment
         service_main(lambda: (VadService(vad_settings), vad_settings))
+    elif role == "asr-whisper":  # the product's ASR with whisper preloaded (bench: heartbeats under load)
+        from vp_asr.app import AsrService
+        from vp_asr.settings import AsrSettings
+
+        whisper_settings = AsrSettings()
+        service_main(lambda: (AsrService(whisper_settings), whisper_settings))
     elif role == "asr":
         from vp_asr.app import AsrService
         from vp_asr.settings import AsrSettings
