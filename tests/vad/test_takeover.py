@@ -118,11 +118,11 @@ async def test_a_held_call_assigned_anew_gets_a_fresh_session(
     assert service.sessions[CALL].epoch == 4 and service.ownership.epoch(CALL) == 4
 
 
-async def test_a_request_its_gateway_gave_up_on_is_refused(broker: MemoryBroker, service: VadService) -> None:
+async def test_a_request_met_by_a_stalled_loop_is_refused(broker: MemoryBroker, service: VadService) -> None:
     req = AssignRequest(call_id=CALL, role="vad", robot="energy_bot", sample_rate=RATE, epoch=2, replay=True)
-    req.ts_ms -= 5000  # it waited in a frozen instance's socket
+    service.ownership._beat_at -= 5  # its loop has not run for 5 s: the request waited in its socket
     reply = await broker.bus("gateway").request(subjects.assign_to("vad", "vad-new"), req)
-    assert isinstance(reply, AssignReply) and not reply.accepted and reply.reason == "stale_request"
+    assert isinstance(reply, AssignReply) and not reply.accepted and reply.reason == "stalled"
     assert CALL not in service.sessions
 
 

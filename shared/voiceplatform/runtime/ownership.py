@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
 
 from voiceplatform import subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
-from voiceplatform.clock import now_ms
 from voiceplatform.wire import (
     AssignReply,
     AssignRequest,
@@ -42,9 +42,6 @@ log = structlog.get_logger("voiceplatform.ownership")
 HEARTBEAT_INTERVAL_S = 0.15
 # a gateway re-assigns a call when its owner has not mentioned it for this long
 OWNER_TIMEOUT_S = 0.7
-
-# an assignment request older than this was given up on by its gateway (its timeout is shorter)
-ASSIGN_MAX_AGE_MS = 2000
 
 AcceptCall = Callable[[AssignRequest], Awaitable[None]]
 DropCall = Callable[[str], Awaitable[None]]
@@ -69,6 +66,7 @@ class CallOwnership:
         self._drop = drop
         self.calls: set[str] = set()
         self.epochs: dict[str, int] = {}
+        self._beat_at = time.monotonic()  # when the heartbeat loop last ran
         self._assign_subs: list[Subscription] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.accepting = False
@@ -87,14 +85,15 @@ class CallOwnership:
         req = env.message
         if not isinstance(req, AssignRequest):
             return None
-        if req.epoch and now_ms() - req.ts_ms > ASSIGN_MAX_AGE_MS:
-            # asked while this instance was frozen: the gateway gave up on it long ago
+        if req.epoch and time.monotonic() - self._beat_at > OWNER_TIMEOUT_S:
+            # this loop did not run for longer than a gateway waits: the request probably sat in the
+            # socket while the instance was frozen, and its gateway gave up on it (no clocks compared)
             return AssignReply(
                 call_id=req.call_id,
                 role=self.role,
                 accepted=False,
                 instance_id=self.instance_id,
-                reason="stale_request",
+                reason="stalled",
             )
         if not self.accepting:
             return AssignReply(
@@ -171,6 +170,7 @@ class CallOwnership:
 
     async def _heartbeat_loop(self) -> None:
         while True:
+            self._beat_at = time.monotonic()
             try:
                 await self.heartbeat_now()
             except Exception:
