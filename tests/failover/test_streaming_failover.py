@@ -38,17 +38,17 @@ async def start_call(gateway: Gateway, robots) -> CallSession:  # type: ignore[n
     return session
 
 
-async def say_with_fault(session: CallSession, fault) -> int:  # type: ignore[no-untyped-def]
-    """One utterance; ``fault()`` runs mid-utterance. Returns the utterance's first speech frame."""
+async def say_with_fault(session: CallSession, fault, at: int = FAULT_AT) -> int:  # type: ignore[no-untyped-def]
+    """One utterance; ``fault()`` runs at frame ``at``. Returns the utterance's first speech frame."""
     turns_at_fault: list[int] = []
 
     async def on_frame(i: int) -> None:
-        if i == FAULT_AT:
+        if i == at:
             turns_at_fault.append(len(caller_turns(session)))
             fault()
 
     first = await speak(session, [LEAD <= i < LEAD + SPEECH for i in range(LEAD + SPEECH + TAIL)], on_frame)
-    assert turns_at_fault == [1], "the utterance had started before the fault"
+    assert turns_at_fault == [1 if at > LEAD + 20 else 0], "the utterance had (not) started before the fault"
     return first + LEAD
 
 
@@ -68,6 +68,17 @@ async def test_owner_killed_mid_utterance(stack: Stack, failover_robots, role: s
     first = await say_with_fault(session, lambda: workers.kill(victim))
     await wait_until(lambda: session.owners.get(role) == other(role, victim), 10, "re-assignment")
     assert session.epochs.current[role] > 1
+    await the_whole_utterance(session, first)
+    await session.end("test")
+
+
+async def test_vad_owner_killed_as_speech_begins(stack: Stack, failover_robots) -> None:  # type: ignore[no-untyped-def]
+    """Killed before it confirmed the start (no turn yet): the new owner finds the onset in the replay."""
+    workers, gateway, _beats = stack
+    session = await start_call(gateway, failover_robots)
+    victim = session.owners["vad"]
+    first = await say_with_fault(session, lambda: workers.kill(victim), at=LEAD + 1)
+    await wait_until(lambda: session.owners.get("vad") == other("vad", victim), 10, "re-assignment")
     await the_whole_utterance(session, first)
     await session.end("test")
 

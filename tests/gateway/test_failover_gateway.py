@@ -36,21 +36,21 @@ def fill(log: CallerAudioLog, first: int, last: int) -> None:
 def test_what_each_role_needs_after_a_failover() -> None:
     log = CallerAudioLog()
     fill(log, 0, 100)
-    assert log.replay_from("vad", 100) == 50 and log.replay_from("asr", 100) == 50  # nothing open: 1 s
-    log.on_vad(VadSpeechStarted(call_id=CALL, turn_id="t1", audio_offset_ms=1800))  # frame 90
     fill(log, 100, 150)
-    assert log.replay_from("vad", 150) == 65  # the open turn from its start, model warm-up in front
-    assert [t.turn_id for t in log.turns_for("vad", 65)] == ["t1"]
-    log.on_vad(VadSpeechEnded(call_id=CALL, turn_id="t1", audio_offset_ms=2800, speech_ms=1000))
+    assert log.replay_from("vad", 150) == 50 and log.replay_from("asr", 150) == 50  # nothing open: 2 s
+    log.on_vad(VadSpeechStarted(call_id=CALL, turn_id="t1", audio_offset_ms=2800))  # frame 140
+    assert log.replay_from("vad", 150) == 115  # the open turn from its start, model warm-up in front
+    assert [t.turn_id for t in log.turns_for("vad", 115)] == ["t1"]
+    log.on_vad(VadSpeechEnded(call_id=CALL, turn_id="t1", audio_offset_ms=3800, speech_ms=1000))
     fill(log, 150, 400)
     # the VAD needs nothing of an ended turn; the ASR needs it until its final
-    assert log.replay_from("vad", 400) == 350 and log.replay_from("asr", 400) == 65
-    assert log.frames[0][0] == 65  # kept back to there, no further
-    (turn,) = log.turns_for("asr", 65)
-    assert (turn.turn_id, turn.start_ms, turn.end_ms, turn.speech_ms) == ("t1", 1800, 2800, 1000)
+    assert log.replay_from("vad", 400) == 300 and log.replay_from("asr", 400) == 115
+    assert log.frames[0][0] == 115  # kept back to there, no further
+    (turn,) = log.turns_for("asr", 115)
+    assert (turn.turn_id, turn.start_ms, turn.end_ms, turn.speech_ms) == ("t1", 2800, 3800, 1000)
     log.on_final(AsrFinal(call_id=CALL, turn_id="t1", text="да"))
     fill(log, 400, 401)
-    assert log.replay_from("asr", 401) == 351 and log.frames[0][0] == 351
+    assert log.replay_from("asr", 401) == 301 and log.frames[0][0] == 301
 
 
 def test_a_merged_final_confirms_the_turns_it_covers() -> None:

@@ -43,8 +43,9 @@ REPLAY_BATCH_FRAMES = 50  # one second of audio per message
 # frames replayed in front of a turn's start: the VAD model warms up on them, the ASR takes its
 # pre-roll from them
 LEAD_FRAMES = 25
-# with nothing open, the last second goes to the new owner (a start not confirmed yet)
-IDLE_REPLAY_FRAMES = 50
+# with nothing open, the last 2 s go to the new owner: speech the lost owner had not confirmed as a
+# start yet (it takes 100-250 ms) began at most that long before the ~0.8 s failover
+IDLE_REPLAY_FRAMES = 100
 # the log's hard bound (a 30 s turn, whisper's window, plus its lead and the end-of-turn delay)
 MAX_LOG_S = 34
 # unconfirmed turns remembered (a turn whose final never comes must not pin the log)
