@@ -36,9 +36,10 @@ from voiceplatform.wire import (
 log = structlog.get_logger("voiceplatform.ownership")
 
 # Sized for a failover within 1 s: an owner is lost after ~4.5 missed beats. Measured with
-# bench/bench_failover_stream.py on a shared 2-core machine with two more CPU burners: beats arrived
-# at p99 231 ms and at most 356 ms apart, so a busy owner keeps its calls; the kill -9 gap was
-# p50 ~0.74 s, p95 0.76-0.92 s. A false failover costs a replay, never a turn (see fencing above).
+# bench/bench_failover_stream.py on a shared 2-core machine with two more CPU burners, and with a
+# whisper ASR decoding turn after turn next to a Silero VAD: beats arrived at p99 160-230 ms and at
+# most 356 ms apart, so a busy owner keeps its calls; the kill -9 gap was p50 ~0.68 s, p95
+# 0.72-0.92 s. A false failover costs a replay, never a turn (see fencing above).
 HEARTBEAT_INTERVAL_S = 0.15
 # a gateway re-assigns a call when its owner has not mentioned it for this long
 OWNER_TIMEOUT_S = 0.7
