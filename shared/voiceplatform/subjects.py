@@ -32,6 +32,11 @@ def audio_in(call_id: str) -> str:
     return _call(call_id, "audio.in")
 
 
+def audio_replay(call_id: str, role: str) -> str:
+    """Caller audio re-sent by the gateway to a call's new owner of ``role`` (after a failover)."""
+    return _call(call_id, f"audio.replay.{check_token(role)}")
+
+
 def vad(call_id: str) -> str:
     return _call(call_id, "vad")
 
@@ -105,6 +110,11 @@ def call_id_of(subject: str) -> str:
 def assign(role: str) -> str:
     """Request/reply to the role's queue group: exactly one instance takes the call."""
     return f"{PREFIX}.svc.{check_token(role)}.assign"
+
+
+def assign_to(role: str, instance_id: str) -> str:
+    """Request/reply to one instance of the role (a re-assignment picks a live one, never the lost)."""
+    return f"{PREFIX}.svc.{check_token(role)}.assign.{check_token(instance_id)}"
 
 
 def heartbeat(role: str) -> str:

@@ -70,7 +70,7 @@ class AsrService:
         for name in self.settings.preload_providers:
             await self._preload(name)
         self.ownership = CallOwnership(
-            bus, ROLE, self.settings.instance_id, self.settings.max_calls, self._accept
+            bus, ROLE, self.settings.instance_id, self.settings.max_calls, self._accept, self._close_call
         )
         await self.ownership.start()
 
@@ -158,6 +158,10 @@ class AsrService:
             self._call_ended,
             provider_problem,
             fallbacks=chain[1:],
+            epoch=req.epoch,
+            vad_epoch=req.fence.get("vad", 0),
+            replay=req.replay,
+            on_moved=self._call_moved,
         )
         await session.open()
         self.sessions[req.call_id] = session
@@ -222,6 +226,17 @@ class AsrService:
     def _robot_provider(self, cls: type[ProviderBase], robot: RobotConfig, config: AsrConfig) -> AsrProvider:
         ctx = ProviderContext(robot=robot, options=config)
         return self._robot_providers.get(robot, cls.name, lambda: cast(AsrProvider, cls.from_context(ctx)))
+
+    def _call_moved(self, session: AsrSession) -> None:
+        """A newer owner has the call (this instance was frozen or slow): close it, once."""
+
+        async def close_if_current() -> None:
+            if self.sessions.get(session.call_id) is session:
+                await self._close_call(session.call_id)
+
+        self.tasks.spawn(
+            close_if_current(), key=f"close:{session.call_id}", name=f"asr-moved-{session.call_id}"
+        )
 
     def _call_ended(self, call_id: str) -> None:
         # closing unsubscribes the handler that saw call.ended, so it must run in a task of its own

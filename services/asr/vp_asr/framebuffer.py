@@ -20,7 +20,7 @@ class FrameBuffer:
         self.max_seq = -1
         self._oldest_seq = 0  # every buffered seq is >= this
         self._arrived = asyncio.Event()
-        self._silence = bytes(frame_bytes(sample_rate))
+        self.silence = bytes(frame_bytes(sample_rate))
         self._keep = max(1, math.ceil(buffer_ms / FRAME_MS))
 
     def add(self, seq: int, pcm: bytes) -> None:
@@ -63,4 +63,4 @@ class FrameBuffer:
             return b""
         first = max(from_ms // FRAME_MS, min(self._frames))
         last = min(math.ceil(to_ms / FRAME_MS) - 1, self.max_seq)
-        return b"".join(self._frames.get(seq, self._silence) for seq in range(first, last + 1))
+        return b"".join(self._frames.get(seq, self.silence) for seq in range(first, last + 1))

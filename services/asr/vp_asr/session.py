@@ -13,6 +13,7 @@ continuing turn's segment start at the continued turn's start (``TurnBook``), re
 already began on the shorter audio; its final lists the merged turns.
 Audio and VAD events arrive on separate subscriptions, so when a VAD event arrives the last frames of
 the utterance may still be on their way; the job waits for them (briefly).
+Ownership (fencing of replaced VAD owners, taking a call over with the gateway's replay): ``intake``.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from voiceplatform.logging import bind_call
 from voiceplatform.providers import AsrProvider
 from voiceplatform.providers.chain import UsageReport, publish_report
 from voiceplatform.runtime import TaskRegistry
+from voiceplatform.runtime.replay import REPLAY_WAIT_S
 from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.wire import (
     AsrFinal,
     AudioChunk,
+    AudioReplay,
     CallEnded,
     ControlInterrupt,
     VadSpeechEnded,
@@ -44,6 +47,7 @@ from voiceplatform.wire import (
     VadSpeechStarted,
 )
 from vp_asr.framebuffer import FrameBuffer
+from vp_asr.intake import OwnerIntake, VadEvent, ended_of
 from vp_asr.metrics import MERGES, SEGMENTS, SERVICE, SPECULATIVE
 from vp_asr.recognition import Failure, Outcome, joined, recognize, run_chain
 from vp_asr.turns import TurnBook
@@ -107,6 +111,10 @@ class AsrSession:
         provider_problem: str = "",
         *,
         fallbacks: Sequence[AsrProvider] = (),
+        epoch: int = 0,
+        vad_epoch: int = 0,
+        replay: bool = False,
+        on_moved: Callable[[AsrSession], None] | None = None,
     ) -> None:
         self.bus = bus
         self.call_id = call_id
@@ -124,6 +132,10 @@ class AsrSession:
         self._published: OrderedDict[str, None] = OrderedDict()
         self._subs: list[Subscription] = []
         self.closed = False
+        self.epoch = epoch  # stamped on every asr.final (the gateway fences older owners)
+        self.intake = OwnerIntake(call_id, epoch, vad_epoch, replay)
+        self._on_moved = on_moved
+        self._replay_timer: asyncio.Task[None] | None = None
 
     @property
     def provider_name(self) -> str:
@@ -136,12 +148,20 @@ class AsrSession:
             await self.bus.subscribe(subjects.control(self.call_id), self._on_control),
             await self.bus.subscribe(subjects.lifecycle(self.call_id), self._on_lifecycle),
         ]
+        if self.intake.gate.replaying:
+            replay = subjects.audio_replay(self.call_id, "asr")
+            self._subs.append(await self.bus.subscribe(replay, self._on_replay))
+            self._replay_timer = asyncio.create_task(
+                self._replay_deadline(), name=f"asr-replay-{self.call_id}"
+            )
 
     async def close(self) -> None:
         """Stop listening and cancel this call's recognitions. Never call from this session's handlers."""
         if self.closed:
             return
         self.closed = True
+        if self._replay_timer is not None:
+            self._replay_timer.cancel()
         for sub in self._subs:
             await sub.unsubscribe()
         self._subs = []
@@ -164,10 +184,47 @@ class AsrSession:
         metrics.FRAMES_IN.labels(SERVICE).inc()
         self.buffer.add(chunk.seq, chunk.pcm)
 
+    async def _on_replay(self, env: Envelope) -> None:
+        msg = env.message
+        if self.closed or not isinstance(msg, AudioReplay):
+            return
+        for seq, pcm in self.intake.gate.take(msg):
+            if seq >= 0 and len(pcm) == len(self.buffer.silence):
+                self.buffer.add(seq, pcm)
+        if msg.last and msg.epoch == self.epoch:
+            self._go_live("complete")
+
+    async def _replay_deadline(self) -> None:
+        await asyncio.sleep(REPLAY_WAIT_S)
+        if not self.closed:
+            self._go_live("timeout")
+
+    def _go_live(self, outcome: str) -> None:
+        """The replay is in: the old owner's unfinished turns, then the VAD events held meanwhile."""
+        if not self.intake.gate.replaying:
+            return
+        turns = self.intake.gate.turns
+        held = self.intake.release(outcome)
+        if self._replay_timer is not None and self._replay_timer is not asyncio.current_task():
+            self._replay_timer.cancel()
+        with bind_call(call_id=self.call_id):
+            log.info("asr.took_over", turns=[t.turn_id for t in turns], frames=self.intake.gate.frames)
+        for turn in turns:
+            if self.book.span(turn.turn_id) is None:
+                self.book.started(turn.turn_id, turn.start_ms)
+            if turn.end_ms >= 0 and turn.turn_id not in self._jobs and turn.turn_id not in self._published:
+                self._ended(ended_of(self.call_id, turn), time.monotonic())
+        for event in held:
+            self._apply_vad(event)
+
     async def _on_vad(self, env: Envelope) -> None:
         msg = env.message
-        if self.closed:
+        if self.closed or not isinstance(msg, VadEvent) or not self.intake.vad_current(msg):
             return
+        if not self.intake.hold(msg):
+            self._apply_vad(msg)
+
+    def _apply_vad(self, msg: VadEvent) -> None:
         if isinstance(msg, VadSpeechStarted):
             self.book.started(msg.turn_id, msg.audio_offset_ms)
         elif isinstance(msg, VadSpeechPaused):
@@ -177,6 +234,9 @@ class AsrSession:
             if job is not None and job.ended is None:
                 self._discard(job, "resumed")
         elif isinstance(msg, VadSpeechEnded):
+            job = self._jobs.get(msg.turn_id)
+            if job is not None and job.ended is not None and job.ended.audio_offset_ms == msg.audio_offset_ms:
+                return  # the end of a turn taken over, heard again live
             self._ended(msg, time.monotonic())
 
     async def _on_control(self, env: Envelope) -> None:
@@ -214,7 +274,9 @@ class AsrSession:
             self._start(restarted)
 
     async def _on_lifecycle(self, env: Envelope) -> None:
-        if isinstance(env.message, CallEnded) and not self.closed:
+        if self.intake.owner_changed(env.message) and self._on_moved is not None:
+            self._on_moved(self)
+        elif isinstance(env.message, CallEnded) and not self.closed:
             self._on_call_ended(self.call_id)
 
     # ---- jobs -------------------------------------------------------------------------------
@@ -360,6 +422,7 @@ class AsrSession:
             processing_ms=processing_ms,
             provider=provider,
             merged=list(job.merged),
+            epoch=self.epoch,
         )
         await self.bus.publish(subjects.asr(self.call_id), final)
         metrics.STAGE_LATENCY.labels(SERVICE, "asr").observe(processing_ms)

@@ -52,7 +52,7 @@ class VadService:
         if self.settings.preload_eot:
             await self._preload_eot()
         self._ownership = CallOwnership(
-            bus, "vad", self.settings.instance_id, self.settings.max_calls, self._accept
+            bus, "vad", self.settings.instance_id, self.settings.max_calls, self._accept, self._drop
         )
         await self._ownership.start()
         self.owned.ownership = self._ownership
@@ -86,12 +86,34 @@ class VadService:
         if cfg.enabled:
             model = await build_model(cfg, self.settings.silero_model_path)
             eot = await build_eot_model(cfg, self.settings.smart_turn_model)
-        session = VadSession(self._bus, req.call_id, req.sample_rate, cfg, model, self._call_ended, eot=eot)
+        session = VadSession(
+            self._bus,
+            req.call_id,
+            req.sample_rate,
+            cfg,
+            model,
+            self._call_ended,
+            eot=eot,
+            epoch=req.epoch,
+            replay=req.replay,
+            on_moved=self._call_moved,
+        )
         await session.start()
         self.owned.add(req.call_id, session)
 
     async def _call_ended(self, call_id: str) -> None:
         self.tasks.spawn(self.close_call(call_id, "call_ended"), key=call_id, name=f"vad-close-{call_id}")
+
+    async def _call_moved(self, session: VadSession) -> None:
+        """A newer owner has the call (this instance was frozen or slow): close it, once."""
+        self.tasks.spawn(self._close_moved(session), key=session.call_id, name=f"vad-moved-{session.call_id}")
+
+    async def _close_moved(self, session: VadSession) -> None:
+        if self.owned.by_call.get(session.call_id) is session:
+            await self.close_call(session.call_id, "moved")
+
+    async def _drop(self, call_id: str) -> None:
+        await self.close_call(call_id, "moved")
 
     async def close_call(self, call_id: str, reason: str) -> None:
         await self.owned.close(call_id, reason)

@@ -212,6 +212,19 @@ class Segmenter:
         self._run_len = 0
         return SpeechEnd(self._start_seq * FRAME_MS, (self._last_speech_seq + 1) * FRAME_MS, eot, truncated)
 
+    def adopt(self, start_seq: int, seq: int) -> None:
+        """Go on with a turn another instance started at ``start_seq`` (failover): in speech from
+        there, with frame ``seq`` (speech, or the pause that follows) the next one pushed."""
+        self.in_speech = True
+        self.paused = False
+        self._eot = None
+        self._eot_failed = False
+        self._start_seq = start_seq
+        self._last_speech_seq = max(start_seq, seq - 1)
+        self._silence_len = 0
+        self._run_len = 0
+        self._next_seq = seq
+
     def flush(self) -> SpeechEnd | None:
         """End an open utterance at its last speech frame (call end, hand-over to another owner)."""
         return self._close() if self.in_speech else None

@@ -4,6 +4,11 @@ With an end-of-turn model, a pause sends the turn's audio (a bounded 8 s ring) t
 worker thread; ``vad.speech_paused`` goes out with the model's probability when it answers, and the
 answer sets the hang-over. A pause the caller ends before the model answered is never published
 (nor its resume). Frames and model answers publish under one lock, so events keep their order.
+
+Failover: a session that takes over a call (``replay``) first runs the gateway's replay of the audio
+since the last turn end; a turn still open there is taken over under its ``turn_id`` (the frames
+before its start only warm the model up), so the caller's utterance goes on as one turn. Events
+carry the assignment ``epoch``; once ``assign.changed`` says the call moved on, nothing more goes out.
 """
 
 from __future__ import annotations
@@ -25,8 +30,18 @@ from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.config import VadConfig
 from voiceplatform.logging import bind_call
 from voiceplatform.providers.interfaces import VadModel
-from voiceplatform.wire import AudioChunk, CallEnded, Message, VadSpeechEnded, VadSpeechStarted
-from voiceplatform.wire.messages import FRAME_MS, VadSpeechPaused, VadSpeechResumed
+from voiceplatform.runtime.replay import REPLAY_WAIT_S, ReplayGate
+from voiceplatform.wire import (
+    AudioChunk,
+    AudioReplay,
+    CallEnded,
+    Message,
+    OwnerChanged,
+    ResumeTurn,
+    VadSpeechEnded,
+    VadSpeechStarted,
+)
+from voiceplatform.wire.messages import FRAME_MS, VadSpeechPaused, VadSpeechResumed, frame_bytes
 
 from .eot import WINDOW_S, EotModel, executor
 from .metrics import EOT_INFERENCE_MS, EOT_RESULTS, EOT_WAIT_MS, FRAME_PROCESSING_MS, SERVICE, TURNS_ENDED
@@ -45,6 +60,7 @@ from .segmenter import (
 log = structlog.get_logger("vp_vad.session")
 
 OnCallEnded = Callable[[str], Awaitable[None]]
+VadEvent = VadSpeechStarted | VadSpeechEnded | VadSpeechPaused | VadSpeechResumed
 
 # audio in front of the confirmed start that goes to the end-of-turn model with the turn
 _EOT_PRE_ROLL_FRAMES = 25
@@ -88,6 +104,10 @@ class VadSession:
         model: VadModel | None,
         on_call_ended: OnCallEnded,
         eot: EotModel | None = None,
+        *,
+        epoch: int = 0,
+        replay: bool = False,
+        on_moved: Callable[[VadSession], Awaitable[None]] | None = None,
     ) -> None:
         self.bus = bus
         self.call_id = call_id
@@ -115,9 +135,22 @@ class VadSession:
         self._vad_subject = subjects.vad(call_id)
         self._frames_in = metrics.FRAMES_IN.labels(SERVICE)
         self._frame_ms = FRAME_PROCESSING_MS.labels(self.provider)
+        self.epoch = epoch
+        self.moved = False  # the call moved to a newer owner: publish nothing more
+        self._on_moved = on_moved
+        self._gate = ReplayGate("vad", epoch, replay)
+        self._adopt: ResumeTurn | None = None  # the open turn taken over, until its start is reached
+        self._replay_timer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._subs.append(await self.bus.subscribe(subjects.lifecycle(self.call_id), self._on_lifecycle))
+        if self._gate.replaying:
+            self._subs.append(
+                await self.bus.subscribe(subjects.audio_replay(self.call_id, "vad"), self._on_replay)
+            )
+            self._replay_timer = asyncio.create_task(
+                self._replay_deadline(), name=f"vad-replay-{self.call_id}"
+            )
         # audio is followed even when disabled: it proves the call is alive (see the idle reaper)
         self._subs.append(await self.bus.subscribe(subjects.audio_in(self.call_id), self._on_audio))
         with bind_call(call_id=self.call_id):
@@ -151,14 +184,71 @@ class VadSession:
         if self._last_seq is not None and chunk.seq <= self._last_seq:
             self._drop("out_of_order", env.subject, seq=chunk.seq, last_seq=self._last_seq)
             return None
-        if not self.enabled:
-            self._last_seq = chunk.seq
-            self.last_activity = time.monotonic()
+        if self._gate.hold(chunk):
             return None
         async with self._lock:
-            for event in self.process(chunk.seq, chunk.pcm):
-                await self._emit(event)
+            await self._feed(chunk.seq, chunk.pcm)
         return None
+
+    async def _feed(self, seq: int, pcm: bytes) -> None:
+        """One frame in order (the caller holds the lock): live, replayed, or held during a replay."""
+        if self._last_seq is not None and seq <= self._last_seq:
+            return
+        if not self.enabled:
+            self._last_seq = seq
+            self.last_activity = time.monotonic()
+            return
+        if self._adopt is not None:
+            start_seq = self._adopt.start_ms // FRAME_MS
+            if seq < start_seq:  # before the taken-over turn: the model hears it, the segmenter not
+                assert self._scorer is not None
+                self._last_seq = seq
+                samples = pcm_to_array(pcm)
+                if self.eot is not None:
+                    self._ring.append((seq, samples))  # the end-of-turn model's pre-roll
+                self._scorer.score(samples)
+                return
+            self._take_over(self._adopt, seq)
+        for event in self.process(seq, pcm):
+            await self._emit(event)
+
+    def _take_over(self, turn: ResumeTurn, seq: int) -> None:
+        self._adopt = None
+        self._turns += 1
+        self.turn_id = turn.turn_id
+        self.segmenter.adopt(turn.start_ms // FRAME_MS, seq)
+        with bind_call(call_id=self.call_id, turn_id=self.turn_id):
+            log.info("vad.turn_taken_over", start_ms=turn.start_ms, at_ms=seq * FRAME_MS)
+
+    async def _on_replay(self, env: Envelope) -> Message | None:
+        msg = env.message
+        if not isinstance(msg, AudioReplay):
+            return None
+        frames = self._gate.take(msg)
+        if not frames and not (msg.last and msg.epoch == self.epoch):
+            return None
+        async with self._lock:
+            if self._adopt is None and self._last_seq is None and self._gate.turns:
+                self._adopt = self._gate.turns[-1]
+            size = frame_bytes(self.sample_rate)
+            for seq, pcm in frames:
+                if len(pcm) == size:
+                    await self._feed(seq, pcm)
+            if msg.last:
+                await self._go_live("complete")
+        return None
+
+    async def _go_live(self, outcome: str) -> None:
+        """End the replay: the live frames held meanwhile, then live (the caller holds the lock)."""
+        for chunk in self._gate.finish(outcome):
+            await self._feed(chunk.seq, chunk.pcm)
+        if self._replay_timer is not None and self._replay_timer is not asyncio.current_task():
+            self._replay_timer.cancel()
+
+    async def _replay_deadline(self) -> None:
+        await asyncio.sleep(REPLAY_WAIT_S)
+        async with self._lock:
+            await self._go_live("timeout")
 
     def process(self, seq: int, pcm: bytes) -> list[SegmentEvent]:
         """Score one validated frame and advance the segmenter (synchronous, timed)."""
@@ -300,26 +390,41 @@ class VadSession:
             for event in self.segmenter.set_eot(pause.event.pause_id, probability):
                 await self._emit(event)
 
-    async def _send(self, msg: Message) -> None:
+    async def _send(self, msg: VadEvent) -> None:
+        if self.moved:
+            return
+        msg.epoch = self.epoch
         await self.bus.publish(self._vad_subject, msg)
 
     async def _on_lifecycle(self, env: Envelope) -> Message | None:
-        if isinstance(env.message, CallEnded):
+        msg = env.message
+        if isinstance(msg, OwnerChanged) and msg.role == "vad" and msg.epoch > self.epoch:
+            self.moved = True
+            with bind_call(call_id=self.call_id):
+                log.warning("vad.call_moved", epoch=self.epoch, new_epoch=msg.epoch, owner=msg.instance_id)
+            if self._on_moved is not None:
+                await self._on_moved(self)
+        elif isinstance(msg, CallEnded):
             # closing unsubscribes this very handler: the owner does it in a task of its own
             await self._on_call_ended(self.call_id)
         return None
 
     async def close(self, reason: str) -> None:
-        """Stop listening; an utterance still open is ended so every start has its end."""
+        """Stop listening; an utterance still open is ended so every start has its end, unless the
+        call goes on elsewhere (moved, draining): the next owner ends it."""
         if self.closed:
             return
         self.closed = True  # a model answer arriving from now on is dropped
+        # the call goes on at another owner, which the gateway replays the open utterance to: no flush
+        self.moved = self.moved or reason in ("moved", "draining")
         for sub in self._subs:
             await sub.unsubscribe()
         self._subs.clear()
+        if self._replay_timer is not None:
+            self._replay_timer.cancel()
         async with self._lock:
             pending = self._pause.task if self._pause is not None else None
-            end: SpeechEnd | None = self.segmenter.flush() if self.enabled else None
+            end: SpeechEnd | None = self.segmenter.flush() if self.enabled and not self.moved else None
             if end is not None:
                 await self._publish_end(end, "flush")
         if pending is not None:

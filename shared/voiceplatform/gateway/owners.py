@@ -2,6 +2,8 @@
 
 Streaming owners (vad, asr) heartbeat the calls they hold; a call whose owner goes silent for
 ``OWNER_TIMEOUT_S`` or releases it (drain) is re-assigned, so the caller hears at most a short gap.
+The watchdog does not judge owners on a tick it woke up late for: the gateway's own loop was busy,
+and the heartbeats it has not read yet would make an owner look silent.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import structlog
 
 from voiceplatform import subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
-from voiceplatform.runtime.ownership import OWNER_TIMEOUT_S
+from voiceplatform.runtime.ownership import HEARTBEAT_INTERVAL_S, OWNER_TIMEOUT_S
 from voiceplatform.wire import Message, OwnerReleased, WorkerHeartbeat
 
 log = structlog.get_logger("voiceplatform.gateway")
@@ -25,6 +27,11 @@ REALTIME_ROLES = ("realtime",)
 OWNED_ROLES = STREAMING_ROLES + REALTIME_ROLES  # every role that owns calls and heartbeats them
 PIPELINE_ROLES = ("vad", "asr", "prompt-router", "llm", "tts", "recorder")
 PRESENCE_TIMEOUT_S = 3.5
+WATCH_INTERVAL_S = 0.05
+# an instance heard from this recently is asked first when a call must move
+CANDIDATE_FRESH_S = 2.5 * HEARTBEAT_INTERVAL_S
+# a watchdog tick this late means the gateway itself was busy: no verdict on that tick
+WATCH_LATE_S = 0.2
 
 
 def owned_roles_for(mode: str) -> tuple[str, ...]:
@@ -38,6 +45,7 @@ class OwnedCall(Protocol):
     owner_seen: dict[str, float]
 
     def request_reassign(self, role: str, reason: str) -> None: ...
+    def owner_stale(self, role: str, instance_id: str) -> None: ...
 
 
 class GatewayDirectory:
@@ -45,6 +53,8 @@ class GatewayDirectory:
         self.bus = bus
         self.required = required
         self._presence: dict[str, dict[str, float]] = {}
+        # owners by role: instance -> (last heartbeat, calls held, capacity)
+        self._workers: dict[str, dict[str, tuple[float, int, int]]] = {}
         self.calls: dict[str, OwnedCall] = {}
         self._subs: list[Subscription] = []
         self._watchdog: asyncio.Task[None] | None = None
@@ -94,11 +104,26 @@ class GatewayDirectory:
         if not isinstance(beat, WorkerHeartbeat):
             return None
         now = time.monotonic()
+        self._workers.setdefault(beat.role, {})[beat.instance_id] = (now, len(beat.calls), beat.capacity)
         for call_id in beat.calls:
             call = self.calls.get(call_id)
-            if call is not None and call.owners.get(beat.role) == beat.instance_id:
+            if call is None:
+                continue
+            if call.owners.get(beat.role) == beat.instance_id:
                 call.owner_seen[beat.role] = now
+            else:
+                call.owner_stale(beat.role, beat.instance_id)
         return None
+
+    def candidates(self, role: str, exclude: str = "") -> list[str]:
+        """Instances of ``role`` heard from within two heartbeats, with room, least loaded first."""
+        now = time.monotonic()
+        fresh = [
+            (calls, instance)
+            for instance, (seen, calls, capacity) in self._workers.get(role, {}).items()
+            if instance != exclude and now - seen < CANDIDATE_FRESH_S and (capacity <= 0 or calls < capacity)
+        ]
+        return [instance for _, instance in sorted(fresh)]
 
     async def _on_released(self, env: Envelope) -> Message | None:
         msg = env.message
@@ -110,8 +135,11 @@ class GatewayDirectory:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(0.5)
+            asked = time.monotonic()
+            await asyncio.sleep(WATCH_INTERVAL_S)
             now = time.monotonic()
+            if now - asked > WATCH_INTERVAL_S + WATCH_LATE_S:
+                continue
             for call in list(self.calls.values()):
                 for role, instance in list(call.owners.items()):
                     if instance and now - call.owner_seen.get(role, now) > OWNER_TIMEOUT_S:

@@ -16,7 +16,8 @@ from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfig
-from voiceplatform.gateway.assign import assign_until_accepted
+from voiceplatform.gateway.call_owners import CallOwners
+from voiceplatform.gateway.failover import OwnerEpochs
 from voiceplatform.gateway.fallback_line import FallbackLine
 from voiceplatform.gateway.greeting import greeting_pcm
 from voiceplatform.gateway.owners import GatewayDirectory, owned_roles_for
@@ -112,8 +113,17 @@ class CallSession:
         self.sink_ahead_ms = sink_ahead_ms
         # greeting PCM at the call's rate kept by the gateway (synthesized once), else greeting.wav
         self.greeting_audio = greeting_audio
-        self.owners: dict[str, str] = {}
-        self.owner_seen: dict[str, float] = {}
+        self.streaming = CallOwners(
+            bus,
+            AssignRequest(
+                call_id=self.call_id, role="", robot=robot.name, sample_rate=sample_rate, channel=channel
+            ),
+            directory=directory,
+            spawn=self._spawn,
+            ended=lambda: self.ended,
+            next_seq=lambda: self._seq,
+            on_refused=lambda role, why: self._publish_error(role, "unassigned", why),
+        )
         self.playout = Playout(frame_bytes(sample_rate))
         self._audio_ready = asyncio.Event()
         self.keeper = TurnKeeper(
@@ -134,10 +144,17 @@ class CallSession:
         self._seq = 0
         self._subs: list[Subscription] = []
         self._tasks = TaskRegistry()
-        self._assigning: set[str] = set()
         self._started_mono = time.monotonic()
         self._started_ms = now_ms()
         self.closed = asyncio.Event()
+
+    @property
+    def owners(self) -> dict[str, str]:
+        return self.streaming.owners
+
+    @property
+    def epochs(self) -> OwnerEpochs:
+        return self.streaming.epochs
 
     @property
     def turns(self) -> TurnTable:
@@ -162,7 +179,7 @@ class CallSession:
             for subject, handler in subscriptions:
                 self._subs.append(await self.bus.subscribe(subject, handler))
             if self.directory is not None:
-                self.directory.register(self)
+                self.directory.register(self.streaming)
             await self.bus.publish(
                 subjects.lifecycle(self.call_id),
                 CallStarted(
@@ -243,39 +260,13 @@ class CallSession:
         if self.ended:
             return
         chunk = AudioChunk(call_id=self.call_id, seq=self._seq, sample_rate=self.sample_rate, pcm=frame)
+        self.streaming.audio_log.keep(self._seq, frame)  # replayed to a new vad/asr owner
         self._seq += 1
         await self.bus.publish(subjects.audio_in(self.call_id), chunk)
 
     # ---- ownership ----------------------------------------------------------------------------
     def request_reassign(self, role: str, reason: str) -> None:
-        if self.ended or role in self._assigning:
-            return
-        self._assigning.add(role)
-        self.owners.pop(role, None)
-        self._spawn(self._assign(role, reason), f"assign-{role}")
-
-    async def _assign(self, role: str, reason: str) -> None:
-        request = AssignRequest(
-            call_id=self.call_id,
-            role=role,
-            robot=self.robot.name,
-            sample_rate=self.sample_rate,
-            channel=self.channel,
-        )
-
-        async def refused(why: str) -> None:
-            log.warning("call.assign_retry", role=role, why=why)
-            await self._publish_error(role, "unassigned", why)
-
-        try:
-            with bind_call(call_id=self.call_id):
-                reply = await assign_until_accepted(self.bus, request, lambda: not self.ended, refused)
-                if reply is not None:
-                    self.owners[role] = reply.instance_id
-                    self.owner_seen[role] = time.monotonic()
-                    log.info("call.assigned", role=role, instance=reply.instance_id, reason=reason)
-        finally:
-            self._assigning.discard(role)
+        self.streaming.request_reassign(role, reason)
 
     async def _publish_error(self, stage: str, kind: str, detail: str, turn_id: str = "") -> None:
         await publish_stage_error(
@@ -401,6 +392,10 @@ class CallSession:
     # ---- bus handlers (each subscription delivers in order; handlers never block) -------------------
     async def _on_vad(self, env: Envelope) -> Message | None:
         msg = env.message
+        if isinstance(msg, VadSpeechStarted | VadSpeechEnded | VadSpeechPaused | VadSpeechResumed):
+            if not self.streaming.from_owner("vad", msg.epoch):
+                return None  # a replaced owner's late event
+            self.streaming.audio_log.on_vad(msg)
         if isinstance(msg, VadSpeechStarted):
             await self.keeper.caller_started(msg)
             await self.sink.send_event({"type": "vad.speech_started", "turn_id": msg.turn_id})
@@ -412,7 +407,8 @@ class CallSession:
 
     async def _on_asr(self, env: Envelope) -> Message | None:
         msg = env.message
-        if isinstance(msg, AsrFinal):
+        if isinstance(msg, AsrFinal) and self.streaming.from_owner("asr", msg.epoch):
+            self.streaming.audio_log.on_final(msg)
             await self.keeper.transcript(msg)
         return None
 

@@ -3,48 +3,82 @@
 Queue groups balance per message, which would shred a call's streaming state across instances. So
 a gateway *requests* ``vp.svc.<role>.assign`` (queue group = role); exactly one instance answers,
 accepting when under ``max_calls`` or rejecting so the gateway asks again. The owner then
-subscribes to that call alone. Owners heartbeat the calls they hold every second; a gateway that
-misses heartbeats for a call re-assigns it. On drain, an owner stops answering and gives its calls
-back (``assign.released``) once their in-flight work is done.
+subscribes to that call alone. Owners heartbeat the calls they hold every ``HEARTBEAT_INTERVAL_S``;
+a gateway that hears nothing of a call's owner for ``OWNER_TIMEOUT_S`` re-assigns it (and replays
+the caller audio since the last confirmed turn end to the new owner). On drain, an owner stops
+answering and gives its calls back (``assign.released``) once their in-flight work is done.
+
+Fencing: each assignment carries an ``epoch`` (the call's count of assignments of the role); the
+owner stamps it on what it publishes, and an owner that hears ``assign.changed`` with a newer epoch
+(it was frozen, or slow, and the call moved) stops the call without publishing more (``moved``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
 
 from voiceplatform import subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
-from voiceplatform.wire import AssignReply, AssignRequest, Message, OwnerReleased, WorkerHeartbeat
+from voiceplatform.wire import (
+    AssignReply,
+    AssignRequest,
+    Message,
+    OwnerChanged,
+    OwnerReleased,
+    WorkerHeartbeat,
+)
 
 log = structlog.get_logger("voiceplatform.ownership")
 
-HEARTBEAT_INTERVAL_S = 1.0
+# Sized for a failover within 1 s: an owner is lost after ~4.5 missed beats. Measured with
+# bench/bench_failover_stream.py on a shared 2-core machine with two more CPU burners, and with a
+# whisper ASR decoding turn after turn next to a Silero VAD: beats arrived at p99 160-230 ms and at
+# most 356 ms apart, so a busy owner keeps its calls; the kill -9 gap was p50 ~0.68 s, p95
+# 0.72-0.92 s. A false failover costs a replay, never a turn (see fencing above).
+HEARTBEAT_INTERVAL_S = 0.15
 # a gateway re-assigns a call when its owner has not mentioned it for this long
-OWNER_TIMEOUT_S = 3.5
+OWNER_TIMEOUT_S = 0.7
 
 AcceptCall = Callable[[AssignRequest], Awaitable[None]]
+DropCall = Callable[[str], Awaitable[None]]
 
 
 class CallOwnership:
-    def __init__(self, bus: Bus, role: str, instance_id: str, max_calls: int, accept: AcceptCall) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        role: str,
+        instance_id: str,
+        max_calls: int,
+        accept: AcceptCall,
+        drop: DropCall | None = None,
+    ) -> None:
         self.bus = bus
         self.role = role
         self.instance_id = instance_id
         self.max_calls = max_calls
         self._accept = accept
+        # closes a held call's session without publishing (re-assigned here under a newer epoch)
+        self._drop = drop
         self.calls: set[str] = set()
-        self._assign_sub: Subscription | None = None
+        self.epochs: dict[str, int] = {}
+        self._beat_at = time.monotonic()  # when the heartbeat loop last ran
+        self._assign_subs: list[Subscription] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.accepting = False
 
     async def start(self) -> None:
-        self._assign_sub = await self.bus.subscribe(
-            subjects.assign(self.role), self._on_assign, queue=subjects.queue_group(self.role)
-        )
+        self._assign_subs = [
+            await self.bus.subscribe(
+                subjects.assign(self.role), self._on_assign, queue=subjects.queue_group(self.role)
+            ),
+            await self.bus.subscribe(subjects.assign_to(self.role, self.instance_id), self._on_assign),
+        ]
         self.accepting = True
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name=f"{self.role}-heartbeat")
 
@@ -52,6 +86,16 @@ class CallOwnership:
         req = env.message
         if not isinstance(req, AssignRequest):
             return None
+        if req.epoch and time.monotonic() - self._beat_at > OWNER_TIMEOUT_S:
+            # this loop did not run for longer than a gateway waits: the request probably sat in the
+            # socket while the instance was frozen, and its gateway gave up on it (no clocks compared)
+            return AssignReply(
+                call_id=req.call_id,
+                role=self.role,
+                accepted=False,
+                instance_id=self.instance_id,
+                reason="stalled",
+            )
         if not self.accepting:
             return AssignReply(
                 call_id=req.call_id,
@@ -61,9 +105,14 @@ class CallOwnership:
                 reason="draining",
             )
         if req.call_id in self.calls:
-            return AssignReply(
-                call_id=req.call_id, role=self.role, accepted=True, instance_id=self.instance_id
-            )
+            if req.epoch <= self.epochs.get(req.call_id, 0) or self._drop is None:
+                return AssignReply(
+                    call_id=req.call_id, role=self.role, accepted=True, instance_id=self.instance_id
+                )
+            # this instance held the call under an older epoch (it was slow and the call moved, now
+            # it comes back): its session is stale, a new one takes the replay
+            await self._drop(req.call_id)
+            self.forget(req.call_id)
         if len(self.calls) >= self.max_calls:
             return AssignReply(
                 call_id=req.call_id,
@@ -73,10 +122,11 @@ class CallOwnership:
                 reason="at_capacity",
             )
         self.calls.add(req.call_id)
+        self.epochs[req.call_id] = req.epoch
         try:
             await self._accept(req)
         except Exception as exc:
-            self.calls.discard(req.call_id)
+            self.forget(req.call_id)
             log.exception("ownership.accept_failed", call_id=req.call_id)
             return AssignReply(
                 call_id=req.call_id,
@@ -91,9 +141,17 @@ class CallOwnership:
     def forget(self, call_id: str) -> None:
         """The call ended (or moved away): stop heartbeating it."""
         self.calls.discard(call_id)
+        self.epochs.pop(call_id, None)
+
+    def epoch(self, call_id: str) -> int:
+        return self.epochs.get(call_id, 0)
+
+    def moved(self, msg: OwnerChanged) -> bool:
+        """Whether ``assign.changed`` says a call held here now belongs to a newer assignment."""
+        return msg.role == self.role and msg.call_id in self.calls and msg.epoch > self.epoch(msg.call_id)
 
     async def release(self, call_id: str, reason: str = "draining") -> None:
-        self.calls.discard(call_id)
+        self.forget(call_id)
         await self.bus.publish(
             subjects.released(self.role),
             OwnerReleased(call_id=call_id, role=self.role, instance_id=self.instance_id, reason=reason),
@@ -113,6 +171,7 @@ class CallOwnership:
 
     async def _heartbeat_loop(self) -> None:
         while True:
+            self._beat_at = time.monotonic()
             try:
                 await self.heartbeat_now()
             except Exception:
@@ -121,9 +180,9 @@ class CallOwnership:
 
     async def stop_accepting(self) -> None:
         self.accepting = False
-        if self._assign_sub is not None:
-            await self._assign_sub.unsubscribe()
-            self._assign_sub = None
+        subs, self._assign_subs = self._assign_subs, []
+        for sub in subs:
+            await sub.unsubscribe()
 
     async def stop(self) -> None:
         await self.stop_accepting()

@@ -92,10 +92,19 @@ class CallDtmf(Message, tag="call.dtmf"):
 
 
 class AssignRequest(Message, tag="assign.request"):
+    """``epoch`` counts the call's assignments of ``role`` (1 = the first); the owner stamps it on
+    every event it publishes, so the gateway and consumers drop a replaced owner's late events.
+    ``fence``: the current epoch of every role of the call. ``replay``: the gateway will send the
+    caller audio since the last confirmed turn end on ``audio.replay.<role>`` (a re-assignment); the
+    owner takes live audio only after it."""
+
     role: str
     robot: str
     sample_rate: int
     channel: str = "web"
+    epoch: int = 0
+    fence: dict[str, int] = msgspec.field(default_factory=dict)
+    replay: bool = False
 
 
 class AssignReply(Message, tag="assign.reply"):
@@ -111,6 +120,44 @@ class OwnerReleased(Message, tag="assign.released"):
     role: str
     instance_id: str
     reason: str = "draining"
+
+
+class OwnerChanged(Message, tag="assign.changed"):
+    """On the call's lifecycle subject: ``role`` of this call is now owned by ``instance_id`` under
+    ``epoch``. An owner holding the call under an older epoch stops it without publishing more."""
+
+    role: str
+    instance_id: str
+    epoch: int
+
+
+class ResumeTurn(msgspec.Struct, kw_only=True):
+    """A caller turn the gateway has seen start but not yet confirmed (no ``asr.final``)."""
+
+    turn_id: str
+    start_ms: int
+    end_ms: int = -1  # -1: still open (no vad.speech_ended yet)
+    speech_ms: int = 0
+    eot_probability: float = -1.0
+    truncated: bool = False
+    ended_ts_ms: int = 0
+
+
+class AudioReplay(Message, tag="audio.replay"):
+    """Caller frames ``first_seq``, ``first_seq + 1``... re-sent to a call's new owner, batched.
+
+    The batch with ``last`` closes the replay: ``next_seq`` is the first frame that comes live on
+    ``audio.in``. Every batch names the turns not yet confirmed that the replay covers (``turns``).
+    """
+
+    role: str
+    epoch: int
+    first_seq: int
+    sample_rate: int
+    frames: list[bytes] = msgspec.field(default_factory=list)
+    last: bool = False
+    next_seq: int = 0
+    turns: list[ResumeTurn] = msgspec.field(default_factory=list)
 
 
 class WorkerHeartbeat(Message, tag="worker.heartbeat"):
@@ -179,6 +226,7 @@ class VadSpeechStarted(Message, tag="vad.speech_started"):
 
     turn_id: str
     audio_offset_ms: int
+    epoch: int = 0  # the owner's assignment epoch (see AssignRequest); 0: not fenced
 
 
 class VadSpeechEnded(Message, tag="vad.speech_ended"):
@@ -193,6 +241,7 @@ class VadSpeechEnded(Message, tag="vad.speech_ended"):
     speech_ms: int
     eot_probability: float = -1.0
     truncated: bool = False
+    epoch: int = 0  # the owner's assignment epoch (see AssignRequest); 0: not fenced
 
 
 class VadSpeechPaused(Message, tag="vad.speech_paused"):
@@ -207,6 +256,7 @@ class VadSpeechPaused(Message, tag="vad.speech_paused"):
     audio_offset_ms: int
     speech_ms: int
     eot_probability: float = -1.0
+    epoch: int = 0  # the owner's assignment epoch (see AssignRequest); 0: not fenced
 
 
 class VadSpeechResumed(Message, tag="vad.speech_resumed"):
@@ -214,6 +264,7 @@ class VadSpeechResumed(Message, tag="vad.speech_resumed"):
 
     turn_id: str
     audio_offset_ms: int
+    epoch: int = 0  # the owner's assignment epoch (see AssignRequest); 0: not fenced
 
 
 class AsrPartial(Message, tag="asr.partial"):
@@ -233,6 +284,7 @@ class AsrFinal(Message, tag="asr.final"):
     route: bool = True
     # earlier caller turns whose audio this transcript includes (continuation: one utterance)
     merged: list[str] = msgspec.field(default_factory=list)
+    epoch: int = 0  # the owner's assignment epoch (see AssignRequest); 0: not fenced
 
 
 # ---- dialogue ------------------------------------------------------------------------------------
