@@ -14,7 +14,7 @@ import pytest
 from tests.delivery.helpers import until, work_count
 from tests.tts.conftest import write_robot
 from tests.tts.helpers import CallOutput, sentence
-from tests.tts.stand_in_providers import RATE, SlowTts, tone
+from tests.tts.stand_in_providers import RATE, LocalFake, SlowTts, tone
 from voiceplatform import subjects
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.gateway.playout import Playout
@@ -26,16 +26,13 @@ from vp_tts.settings import TtsSettings
 FREEZE_S = 1.6  # longer than the 1 s ack wait these tests use
 
 
-class FreezingTts:
+class FreezingTts(LocalFake):
     """Streams 20 chunks; the first time, the whole process freezes (blocks its loop) mid-sentence."""
 
     name = "freezing"
     sample_rate = RATE
     chunks = 20
     frozen = False
-
-    def __init__(self, settings: TtsSettings) -> None:
-        self.settings = settings
 
     async def stream_synthesize(self, text: str, voice: str) -> AsyncIterator[bytes]:
         for n in range(self.chunks):

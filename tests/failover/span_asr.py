@@ -11,18 +11,14 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 import numpy as np
 
-from voiceplatform.config import AsrConfig
+from tests.asr.local import LocalAsr
 from voiceplatform.providers import Transcript
 
 SPEECH_BASE = 1000
 
 
-class SpanAsr:
+class SpanAsr(LocalAsr):
     name = "span"
-    sample_rates = (8000, 16000)
-
-    def __init__(self, config: AsrConfig) -> None:
-        self.config = config
 
     async def stream_recognize(
         self, audio: AsyncIterable[bytes], sample_rate: int, language: str
