@@ -26,6 +26,7 @@ from websockets.asyncio.client import connect
 from tests.recorder.conftest import new_call_id
 from voiceplatform import subjects
 from voiceplatform.bus.nats import NatsBus
+from voiceplatform.cli.web_token import fetch_call_token
 from voiceplatform.clock import now_ms
 from voiceplatform.devinfra import free_port
 from voiceplatform.wire import GATEWAY_LOST, CallEnded, CallStarted, WorkerHeartbeat, decode
@@ -349,8 +350,10 @@ async def test_gateway_process_killed_mid_call_is_closed_as_gateway_lost(
             return rec.status_code == 200
 
         await until(both_up, 90)
-        ws = await connect(f"ws://127.0.0.1:{gateway_port}/ws")
-        await ws.send(json.dumps({"type": "start", "robot": "pipeline_russian"}))
+        url = f"ws://127.0.0.1:{gateway_port}/ws"
+        token = await fetch_call_token(url, "pipeline_russian")  # a page token, as the bundled page gets
+        ws = await connect(url)
+        await ws.send(json.dumps({"type": "start", "token": token, "robot": "pipeline_russian"}))
         started = json.loads(await ws.recv())
         assert started["type"] == "call.started", started
         call_id = started["call_id"]

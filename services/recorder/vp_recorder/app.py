@@ -109,7 +109,10 @@ class RecorderService:
             raise TypeError("the recorder needs NATS with JetStream (a NatsBus)")
         s = self.settings
         js = bus.jetstream()
-        await ensure_stream(js, call_events_stream(s))
+        stream = await ensure_stream(js, call_events_stream(s))
+        if stream != s.stream_name:
+            log.warning("recorder.stream_adopted", configured=s.stream_name, stream=stream)
+            self.settings = s = s.model_copy(update={"stream_name": stream})
         await ensure_stream(js, parked_stream(s))
         if not mongo_configured(s):
             log.info("recorder.mongo_disabled", why="MONGO_URI is not set: no transcripts in MongoDB")

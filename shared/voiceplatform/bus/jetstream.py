@@ -50,19 +50,36 @@ class StreamSpec:
         )
 
 
-async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> None:
-    """Create the stream, or bring an existing one to ``spec`` (several instances may race here)."""
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> str:
+    """Create the stream, or bring an existing one to ``spec`` (several instances may race here).
+
+    Returns the stream's name: ``spec.name``, or the name of a stream that already holds ``spec``'s
+    subjects (a worker created it first under the default name; streams may not overlap), which is
+    then brought to ``spec`` under its own name instead of failing on the overlap.
+    """
     config = spec.config()
     try:
         await js.stream_info(spec.name)
     except nats.js.errors.NotFoundError:
         try:
             await js.add_stream(config)
-            return
+            return spec.name
         except nats.js.errors.BadRequestError:
-            # created by another instance in between: fall through to the update
-            pass
+            # created by another instance in between, or another stream holds these subjects
+            holder = await _holder(js, spec)
+            if holder is not None and holder != spec.name:
+                config.name = holder
+                await js.update_stream(config)
+                return holder
     await js.update_stream(config)
+    return spec.name
+
+
+async def _holder(js: JetStreamContext, spec: StreamSpec) -> str | None:
+    try:
+        return str(await js.find_stream_name_by_subject(spec.subjects[0]))
+    except nats.js.errors.NotFoundError:
+        return None
 
 
 def stream_sequence(msg: Msg) -> int:
