@@ -23,7 +23,9 @@ def _instructions(stage: str) -> list[str]:
     """The instructions of one stage (``build`` or ``runtime``), continuation lines joined."""
     text = (FS_DIR / "Dockerfile").read_text()
     joined = re.sub(r"\\\n\s*", " ", text)
-    lines = [line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    lines = [
+        line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
     starts = [i for i, line in enumerate(lines) if line.startswith("FROM ")]
     names = [re.search(r" AS (\w+)$", lines[i]) for i in starts]
     assert [n[1] if n else None for n in names] == ["build", "runtime"]
@@ -39,7 +41,9 @@ def _first(lines: list[str], pattern: str, after: int = -1) -> int:
 
 
 def _conf_dirs() -> list[str]:
-    return [line.strip() for line in LD_CONF.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return [
+        line.strip() for line in LD_CONF.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
 
 
 def test_ld_conf_names_the_folder_freeswitch_installs_its_library_into() -> None:
@@ -57,7 +61,9 @@ def test_build_stage_configures_the_loader_before_it_lists_runtime_packages() ->
     packages = _first(lines, r"runtime-deps\.sh packages")
     assert module < copy < ldconfig < packages
     # and the file travels to the runtime stage with FreeSWITCH's tree
-    assert re.search(r"cp /etc/ld\.so\.conf\.d/freeswitch\.conf /staging/etc/ld\.so\.conf\.d/", lines[packages])
+    assert re.search(
+        r"cp /etc/ld\.so\.conf\.d/freeswitch\.conf /staging/etc/ld\.so\.conf\.d/", lines[packages]
+    )
 
 
 def test_runtime_stage_runs_ldconfig_after_the_copy_and_before_the_check() -> None:
@@ -79,14 +85,24 @@ def _build_module_without_rpath(tmp_path: Path) -> tuple[Path, Path]:
     (tmp_path / "core.c").write_text("int vp_fs_core(void) { return 1; }\n")
     (tmp_path / "mod.c").write_text("int vp_fs_core(void);\nint vp_mod_load(void) { return vp_fs_core(); }\n")
     subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-Wl,-soname,libvpfscore.so.1", "-o", str(lib / "libvpfscore.so.1"), "core.c"],
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-Wl,-soname,libvpfscore.so.1",
+            "-o",
+            str(lib / "libvpfscore.so.1"),
+            "core.c",
+        ],
         cwd=tmp_path,
         check=True,
     )
     (lib / "libvpfscore.so").symlink_to("libvpfscore.so.1")
     module = tmp_path / "mod_probe.so"
     subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-o", str(module), "mod.c", f"-L{lib}", "-lvpfscore"], cwd=tmp_path, check=True
+        ["gcc", "-shared", "-fPIC", "-o", str(module), "mod.c", f"-L{lib}", "-lvpfscore"],
+        cwd=tmp_path,
+        check=True,
     )
     return lib, module
 
