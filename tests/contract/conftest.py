@@ -282,7 +282,7 @@ class ZvukogramHarness(TtsHarness):
 
 # ---- ASR ------------------------------------------------------------------------------------------
 # gRPC has no HTTP statuses: the contract's status is scripted as the gRPC code Yandex's
-# gRPC↔HTTP table (protocols.md §0) pairs with it.
+# gRPC↔HTTP table (docs/protocols/yandex-speechkit.md) pairs with it.
 GRPC_CODE_OF_STATUS = {
     401: grpc.StatusCode.UNAUTHENTICATED,
     403: grpc.StatusCode.PERMISSION_DENIED,

@@ -1,6 +1,6 @@
 """Test-side ends of the FreeSWITCH peer: a raw ESL client and a recording WebSocket server.
 
-Both are written from protocols.md 9a/9c, independently of the peer's code, so the tests check
+Both are written from docs/protocols/freeswitch.md, independently of the peer's code, so the tests check
 the wire rather than the peer against itself.
 """
 

@@ -1,4 +1,4 @@
-"""The FreeSWITCH peer's Event Socket side, checked at the byte level against protocols.md 9c."""
+"""The FreeSWITCH peer's Event Socket side, checked at the byte level against docs/protocols/freeswitch.md."""
 
 from __future__ import annotations
 

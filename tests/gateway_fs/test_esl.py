@@ -18,7 +18,7 @@ REPLY_EVENT_OK = b"Content-Type: command/reply\nReply-Text: +OK event listener e
 
 
 def event_plain(headers: dict[str, str], body: str = "") -> bytes:
-    """Serialize an event the way FreeSWITCH does (protocols.md 9c)."""
+    """Serialize an event the way FreeSWITCH does (docs/protocols/freeswitch.md)."""
     from urllib.parse import quote
 
     text = "".join(f"{k}: {quote(v, safe='')}\n" for k, v in headers.items())

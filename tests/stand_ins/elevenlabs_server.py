@@ -1,4 +1,4 @@
-"""A real HTTP + WebSocket server speaking ElevenLabs text-to-speech (protocols.md §5), with knobs.
+"""A real HTTP + WebSocket server speaking ElevenLabs TTS (docs/protocols/elevenlabs.md), with knobs.
 
 - ``POST /v1/text-to-speech/{voice_id}/stream?output_format=…``: ``xi-api-key`` check, JSON body,
   a chunked raw audio body (PCM S16LE or G.711), errors as ``{"detail": {"status", "message"}}``.
@@ -6,7 +6,7 @@
   handshake header or in the first message (``xi_api_key`` or ``xi-api-key``, both spellings exist);
   the open message ``{"text": " "}``; text buffered until ``flush`` or the end ``{"text": ""}``; audio
   as ``{"audio": <base64>, "isFinal": null, "alignment": …}`` and ``{"isFinal": true}`` last. The
-  error frame and close codes are [U] in protocols.md: this stand-in sends
+  error frame and close codes are [U] in docs/protocols/elevenlabs.md: this stand-in sends
   ``{"message", "error", "code"}`` and closes with 1008 (``ws_error_mode="frame"``), or refuses the
   handshake with an HTTP status (``"handshake"``).
 

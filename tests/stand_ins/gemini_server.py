@@ -7,7 +7,7 @@ Started on 127.0.0.1 at a random port inside the test's event loop::
         server.on(invalid_key(), key="key-B")
         ...  # providers.gemini.base_url = server.base_url
 
-Wire format as protocols.md §7 records it: ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse``
+Wire format of docs/protocols/gemini.md: ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse``
 with the key in ``x-goog-api-key``; each SSE event is ``data: <GenerateContentResponse JSON>`` and a
 blank line, text chunks are deltas, ``finishReason`` and the final ``usageMetadata`` come last, and
 there is no ``[DONE]``. Errors are Google RPC bodies (``error.code/status/message/details[]``, with

@@ -1,4 +1,4 @@
-"""A WebSocket stand-in for the Realtime speech-to-speech protocol (protocols.md §4), with knobs.
+"""A WebSocket stand-in for the Realtime speech-to-speech protocol (docs/protocols/openai-realtime.md).
 
 Flavors: ``"yandex"`` (``/v1/realtime/openai?model=gpt://<folder>/speech-realtime-250923``,
 ``Authorization: api-key <key>``, scheme case-insensitive; echoes ``"rate": null`` in session formats;
@@ -19,7 +19,7 @@ status ``cancelled``; ``conversation.item.truncate`` is checked against the audi
 Transcription: OpenAI sends ``input_audio_transcription.completed`` only when
 ``audio.input.transcription`` is configured; the Yandex sample gets it without asking. The stand-in does
 the same unless ``always_transcribe`` says otherwise. Error codes for truncate / cancel / commit follow
-OpenAI where known; their Yandex equivalents are [U] (protocols.md §12.4).
+OpenAI where known; their Yandex equivalents are [U] (docs/protocols/openai-realtime.md).
 
 Knobs (``Knobs`` in realtime_vad.py) are keyword arguments and stay mutable (``server.knobs.pace = 0``).
 ``close_mid_audio`` fires once per server, so a client that reconnects gets a normal session. For

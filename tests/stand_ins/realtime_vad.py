@@ -242,7 +242,7 @@ def validate_session(
 
 
 def echo_session(flavor: str, session: dict[str, Any]) -> dict[str, Any]:
-    """What session.created / session.updated carry: Yandex echoes ``"rate": null`` (protocols.md 4a)."""
+    """What session.created / session.updated carry: Yandex echoes ``"rate": null`` (openai-realtime.md)."""
     echoed = copy.deepcopy(session)
     if flavor == "yandex":
         for side in ("input", "output"):
@@ -300,7 +300,7 @@ def refusal(
 
 
 def refusal_body(flavor: str, status: int, code: str, message: str) -> bytes:
-    if flavor == "yandex":  # the REST error shape of protocols.md §0 [T]
+    if flavor == "yandex":  # the Yandex REST error shape (yandex-speechkit.md) [T]
         grpc = {400: 3, 401: 16, 403: 7, 404: 5, 429: 8, 500: 13, 503: 14}.get(status, 2)
         body: dict[str, Any] = {"error": {"grpcCode": grpc, "httpCode": status, "message": message}}
     else:

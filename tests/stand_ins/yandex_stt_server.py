@@ -6,7 +6,7 @@ Started on 127.0.0.1 at a random port inside the test's event loop::
         server.behavior.utterances = [Utterance("алло добрый день", audio_ms=800)]
         ...  # robot asr.providers.yandex = {"endpoint": server.endpoint, "tls": False, ...}
 
-It answers like protocols.md §1 records: a ``status_code`` first, ``partial`` updates as audio
+It answers as docs/protocols/yandex-speechkit.md says: a ``status_code`` first, ``partial`` updates as audio
 arrives, and per utterance ``final`` → ``final_refinement`` (only when the client asked for text
 normalization) → ``eou_update`` → an empty ``partial``. Utterances are scheduled by audio length:
 each one ends after ``audio_ms`` of received audio, or when the client half-closes the stream.

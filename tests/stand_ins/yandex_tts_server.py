@@ -1,4 +1,4 @@
-"""A real HTTP server speaking Yandex SpeechKit TTS REST (protocols.md §2), with knobs.
+"""A real HTTP server speaking Yandex SpeechKit TTS REST (docs/protocols/yandex-speechkit.md), with knobs.
 
 - ``POST /tts/v3/utteranceSynthesis``: JSON body; answers newline-delimited JSON, one
   ``{"result": {"audioChunk": {"data": "<base64>"}, ...}}`` per ``chunk_ms`` of audio. Without

@@ -1,6 +1,6 @@
 """A real HTTP server speaking YandexGPT's native REST ``completion`` streaming, with knobs.
 
-Wire format (protocols.md §3a, §0): ``POST /foundationModels/v1/completion``; auth ``Api-Key <key>`` or
+Wire format (docs/protocols/yandexgpt.md): ``POST /foundationModels/v1/completion``; auth ``Api-Key <key>`` or
 ``Bearer <IAM token>``; the answer is newline-delimited JSON, one ``{"result": {...}}`` per line, each
 carrying the WHOLE text so far (status ``ALTERNATIVE_STATUS_PARTIAL``), the last one with a final
 status and usage (int64 as strings); then the connection closes. Errors are
@@ -37,7 +37,7 @@ from tests.stand_ins.uvicorn_app import UvicornStandIn
 PARTIAL = "ALTERNATIVE_STATUS_PARTIAL"
 FINAL = "ALTERNATIVE_STATUS_FINAL"
 CONTENT_FILTER = "ALTERNATIVE_STATUS_CONTENT_FILTER"
-# HTTP status → (gRPC code, reason phrase), from Yandex's gRPC↔HTTP table (protocols.md §0)
+# HTTP status → (gRPC code, reason phrase), from Yandex's gRPC↔HTTP table (docs/protocols/yandex-speechkit.md)
 GRPC_OF_HTTP = {
     400: (3, "Bad Request"),
     401: (16, "Unauthorized"),

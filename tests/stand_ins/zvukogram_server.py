@@ -1,4 +1,4 @@
-"""A real HTTP server speaking the Zvukogram TTS API (protocols.md §6), with knobs.
+"""A real HTTP server speaking the Zvukogram TTS API (docs/protocols/zvukogram.md), with knobs.
 
 - ``POST /index.php?r=api/text``: synchronous; text over ``short_limit`` characters is refused.
 - ``POST /index.php?r=api/longtext``: a job, ``{"id", "status": 0}``; ``api/result`` (``id``) says

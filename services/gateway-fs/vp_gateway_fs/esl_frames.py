@@ -1,4 +1,4 @@
-"""Event Socket framing (protocols.md 9c): header blocks, ``Content-Length`` bodies, plain events.
+"""Event Socket framing (docs/protocols/freeswitch.md): headers, ``Content-Length`` bodies, plain events.
 
 A message is ``Name: value`` lines ended by a blank line, then exactly ``Content-Length`` bytes if
 that header is present. A ``text/event-plain`` body is the event's own header block, values

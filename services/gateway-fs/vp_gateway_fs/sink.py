@@ -1,7 +1,7 @@
 """The FreeSWITCH side of a call's robot audio: segments → mod_audio_stream files → uuid_broadcast.
 
 The community mod_audio_stream does not play what the server sends: a ``streamAudio`` text frame
-makes it write a file and raise ``mod_audio_stream::play`` with the path (protocols.md 9a). So the
+makes it write a file and raise ``mod_audio_stream::play`` (docs/protocols/freeswitch.md). So the
 sink cuts the paced frames ``CallSession`` gives it into segments, sends each as one ``streamAudio``
 frame over the call's own WebSocket, and on the play event queues the file with ``uuid_broadcast
 <uuid> <file> aleg`` over the ESL. Broadcasts of one channel play one after the other, in order.

@@ -2,7 +2,7 @@
 
 What gateway-fs, ``vp call --phone`` and the benchmarks use instead of a real FreeSWITCH (Debian has
 no package). It listens for ESL connections like mod_event_socket (the gateway connects to it),
-and ``place_call`` makes a call arrive as the dialplan of protocols.md 9d would: the channel is
+and ``place_call`` makes a call arrive as the dialplan (docs/protocols/freeswitch.md) would: the channel is
 created, answered, and ``api_on_answer`` opens the mod_audio_stream WebSocket to the gateway.
 
     peer = FreeSwitchPeer(esl_password="ClueCon")

@@ -1,6 +1,6 @@
 """The API commands the peer answers (``api``/``bgapi``), with FreeSWITCH's output strings.
 
-mod_commands (protocols.md 9c table) and mod_audio_stream's ``uuid_audio_stream`` (9a). Arguments
+mod_commands and mod_audio_stream's ``uuid_audio_stream`` (docs/protocols/freeswitch.md). Arguments
 are split like ``switch_separate_string``. An empty output becomes ``-ERR no reply`` on the socket,
 an unknown command ``-ERR <cmd> Command not found!`` (mod_event_socket's ``api_exec``).
 """

@@ -1,4 +1,4 @@
-"""The mod_audio_stream side of a peer channel (protocols.md 9a, amigniter/mod_audio_stream).
+"""The mod_audio_stream side of a peer channel (docs/protocols/freeswitch.md; amigniter's).
 
 One WebSocket client per channel ("media bug"). On open it sends the start metadata as the first
 text frame, then fires ``mod_audio_stream::connect``. The real module may send audio before the

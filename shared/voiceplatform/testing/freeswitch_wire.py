@@ -1,4 +1,4 @@
-"""FreeSWITCH wire details the peer reproduces byte for byte (protocols.md 9c, FS sources).
+"""FreeSWITCH wire details the peer reproduces byte for byte (docs/protocols/freeswitch.md).
 
 - ``url_encode``: ``switch_url_encode`` (switch_utils.c): bytes outside 0x20..0x7e and the bytes of
   ``SWITCH_URL_UNSAFE`` become ``%XX`` (upper-case hex); an existing ``%XX`` (upper-case hex) is kept.

@@ -1,7 +1,7 @@
 -- robot.lua: the Lua bridge to a voice robot (the seed's ws_bridge.lua, rewritten for gateway-fs).
 --
 -- The dialplan runs it when VP_FS_ROBOT_BRIDGE=lua, as `lua robot.lua <dialled number>`; it does what
--- the default XML extension does (protocols.md 9d): answer, start mod_audio_stream towards gateway-fs
+-- the default XML extension does (docs/protocols/freeswitch.md): answer, start mod_audio_stream to gateway-fs
 -- with the call's metadata as the first text frame, then keep the call up while gateway-fs drives it
 -- over the Event Socket (uuid_broadcast, uuid_break, uuid_kill ... act on the channel while we sleep).
 -- Uses only session:answer/get_uuid/getVariable/ready/sleep/hangup and freeswitch.API/consoleLog

@@ -1,4 +1,4 @@
-"""``yandex`` ASR provider: SpeechKit STT API v3 streaming recognition over gRPC (protocols.md §1).
+"""``yandex`` ASR provider: SpeechKit STT v3 streaming recognition (docs/protocols/yandex-speechkit.md).
 
 One bidirectional ``speechkit.stt.v3.Recognizer/RecognizeStreaming`` call per ``stream_recognize``:
 ``session_options`` (raw LPCM, 8/16 kHz mono) first, then the audio in ≤ 200 ms messages, then a
@@ -15,7 +15,7 @@ half-close; the service answers ``partial`` / ``final`` / ``final_refinement`` /
   responses for a channel other than "0" (we send mono).
 
 Closing the iterator or cancelling the task cancels the gRPC call at once (barge-in). gRPC statuses
-map to the shared error tree through the SpeechKit gRPC↔HTTP table (§0); gRPC-level retries are off.
+map to the shared error tree through SpeechKit's gRPC↔HTTP status table; gRPC-level retries are off.
 A watchdog raises ``ProviderTimeoutError`` when no result comes within ``first_result_timeout_s`` of
 the first audio, or the service goes quiet for ``finish_timeout_s`` after our half-close.
 
@@ -56,12 +56,12 @@ DEFAULT_ENDPOINT = "stt.api.cloud.yandex.net:443"
 API_KEY_NAME = "YANDEX_API_KEY"
 IAM_TOKEN_NAME = "YANDEX_IAM_TOKEN"
 MAX_ERROR_TEXT = 200
-# big segments are split: the service wants audio in small, regular messages (§1 session rules)
+# big segments are split: the service wants audio in small, regular messages (its session rules)
 CHUNK_MS = 200
 # our one retry layer lives above the providers: no transparent gRPC retries underneath it
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.enable_retries", 0),)
 
-# gRPC status → the HTTP status the SpeechKit docs pair it with (§0), so error_from_status decides
+# gRPC status → the HTTP status the SpeechKit docs pair it with (status table), so error_from_status decides
 # retryability the same way for every provider (401/403/400 no; 429/5xx yes).
 _HTTP_OF_GRPC: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -331,7 +331,7 @@ class YandexAsr(ProviderBase):
             raise ProviderError(self.name, f"{missing} is not set", retryable=False)
         self._secret = secret
         scheme = "Api-Key" if auth == "api_key" else "Bearer"
-        # gRPC metadata keys must be lower-case (§0)
+        # gRPC metadata keys must be lower-case (yandex-speechkit.md, conventions)
         self._metadata: tuple[tuple[str, str], ...] = (
             ("authorization", f"{scheme} {secret}"),
             ("x-data-logging-enabled", "true" if self.options.data_logging else "false"),

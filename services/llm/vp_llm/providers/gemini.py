@@ -4,7 +4,7 @@
 ``x-goog-api-key`` header (never ``?key=``: a key must not sit in a URL, where proxies and httpx
 log it). The answer is SSE: ``data: <GenerateContentResponse JSON>`` events whose
 ``candidates[0].content.parts[].text`` are deltas; ``finishReason`` and the final ``usageMetadata``
-come last; there is no ``[DONE]``, the body just ends (protocols.md §7).
+come last; there is no ``[DONE]``, the body just ends (docs/protocols/gemini.md).
 
 Key/model rotation is the ONE retry inside a provider, on purpose: which key and which model to use
 is this provider's own business, and a 429 on one (key, model) pair says nothing about the next

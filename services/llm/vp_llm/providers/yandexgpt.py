@@ -1,6 +1,6 @@
 """``yandex`` LLM provider: YandexGPT ``completion`` over the native REST API, streamed.
 
-Wire (protocols.md §3a, §0): ``POST {base_url}/completion`` with ``Authorization: Api-Key <key>`` (or
+Wire (docs/protocols/yandexgpt.md): ``POST {base_url}/completion`` with ``Authorization: Api-Key <key>`` (or
 ``Bearer <IAM token>``) and ``x-folder-id``; a lowerCamelCase body with ``completionOptions.stream =
 true``. The answer is newline-delimited JSON (not SSE), one ``{"result": {...}}`` object per line, each
 carrying the WHOLE text generated so far; the alternative's status stays ``ALTERNATIVE_STATUS_PARTIAL``
@@ -48,7 +48,7 @@ FOLDER_ENV_NAME = "YANDEX_FOLDER_ID"  # seed 000: the folder may come from env l
 MAX_LINE_BYTES = 1 << 20  # one cumulative line is at most a few KB; more means a broken stream
 MAX_ERROR_TEXT = 200
 
-# Yandex's gRPC code → HTTP status table (protocols.md §0), for errors that carry only a gRPC code
+# Yandex's gRPC code → HTTP status table (docs/protocols/yandex-speechkit.md) for errors with a gRPC code only
 GRPC_TO_HTTP = {3: 400, 4: 504, 5: 404, 7: 403, 8: 429, 12: 501, 13: 500, 14: 503, 16: 401}
 FINAL_STATUSES = {
     "ALTERNATIVE_STATUS_FINAL": "stop",
@@ -336,7 +336,7 @@ class YandexGpt(ProviderBase):
         if not line:
             return None
         if line.startswith("data:"):
-            # the framing is [T] in protocols.md (one source claims SSE): accept an SSE prefix too
+            # the framing is [T] (docs/protocols/yandexgpt.md; one source claims SSE): accept an SSE prefix
             line = line[5:].strip()
         try:
             obj = json.loads(line)

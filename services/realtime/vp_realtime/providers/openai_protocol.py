@@ -1,6 +1,6 @@
 """The OpenAI Realtime event protocol over WebSocket, spoken by Yandex's realtime API and OpenAI's.
 
-Facts are from protocols.md §4. Both vendors get the GA event names and the GA ``session.update``
+Facts: docs/protocols/openai-realtime.md. Both vendors get the GA event names and the GA ``session.update``
 shape (Yandex's official sample uses it, without ``"type": "realtime"``); the pre-GA names
 (``response.audio.delta``, ``conversation.item.created`` …) are accepted too, because Yandex sends
 some of them [T]. What is marked [U] there (truncate/cancel support on Yandex, output rates other
@@ -61,7 +61,7 @@ def session_update(
         "silence_duration_ms": config.silence_duration_ms,
         "prefix_padding_ms": config.prefix_padding_ms,
         "create_response": True,
-        # the server stops its own reply when the caller speaks; we still cancel + truncate (§4b)
+        # the server stops its own reply when the caller speaks; we still cancel + truncate (Barge-in)
         "interrupt_response": True,
     }
     output: dict[str, Any] = {"format": {"type": "audio/pcm", "rate": config.output_rate}}

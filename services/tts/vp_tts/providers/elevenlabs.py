@@ -1,4 +1,4 @@
-"""``elevenlabs`` TTS: HTTP streaming or the WebSocket ``stream-input`` API (protocols.md §5).
+"""``elevenlabs`` TTS: HTTP streaming or the WebSocket ``stream-input`` API (docs/protocols/elevenlabs.md).
 
 HTTP: ``POST {base_url}/v1/text-to-speech/{voice_id}/stream?output_format=…`` answers with a chunked
 raw audio body. WS: ``{ws_url}/v1/text-to-speech/{voice_id}/stream-input?model_id=…&output_format=…``;
@@ -61,7 +61,7 @@ log = structlog.get_logger("vp_tts.elevenlabs")
 # tells them from other engines' voice names ("alena", "ru+f3") passed through the service.
 _VOICE_ID = re.compile(r"^[A-Za-z0-9]{16,40}$")
 _PCM_FORMAT = re.compile(r"^pcm_(8000|16000|22050|24000|32000|44100|48000)$")
-# vendor error codes (detail.status) → the HTTP status they come with (protocols.md §5a), used to
+# vendor error codes (detail.status) → the HTTP status they come with (docs/protocols/elevenlabs.md), used to
 # map WebSocket error frames, whose exact shape is [U]
 _STATUS_BY_CODE = {
     "invalid_api_key": 401,
@@ -327,7 +327,7 @@ class ElevenLabsTts(ProviderBase):
 
     def _ws_open_message(self) -> dict[str, Any]:
         opts = self.options
-        # the key travels in the handshake header (preferred by protocols.md §5b), not in this message
+        # the key travels in the handshake header (preferred: docs/protocols/elevenlabs.md), not in a message
         message: dict[str, Any] = {"text": " "}
         if opts.voice_settings is not None:
             message["voice_settings"] = opts.voice_settings.model_dump(exclude_none=True)
