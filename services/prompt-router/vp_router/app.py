@@ -310,7 +310,13 @@ class RouterService:
             await self._publish(
                 subjects.llm_request(msg.call_id),
                 llm_request(
-                    state, robot, msg.turn_id, history, msg.text, speech_end_ts_ms=msg.speech_end_ts_ms
+                    state,
+                    robot,
+                    msg.turn_id,
+                    history,
+                    msg.text,
+                    speech_end_ts_ms=msg.speech_end_ts_ms,
+                    event="dtmf" if msg.dtmf else "",
                 ),
                 subjects.work_msg_id(msg.turn_id, "llm.request"),
             )
