@@ -201,5 +201,5 @@ def test_validation_warns_on_empty_or_foreign_examples_and_refuses_empty_intents
             }
         )
     text = str(err.value)
-    for expected in ("needs keywords or examples", "min_similarity", "limit", "smalltalk"):
+    for expected in ("needs keywords, examples or dtmf keys", "min_similarity", "limit", "smalltalk"):
         assert expected in text

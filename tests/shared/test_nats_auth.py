@@ -147,7 +147,7 @@ REFUSED = [
     ("prompt-router", subjects.control(CALL), subjects.llm_request(CALL)),
     ("realtime", subjects.audio_in(CALL), subjects.tts_audio(CALL)),
     ("gateway-web", subjects.tts_audio(CALL), subjects.audio_in(CALL)),
-    ("gateway-fs", subjects.asr(CALL), subjects.control(CALL)),
+    ("gateway-fs", subjects.llm_request(CALL), subjects.control(CALL)),
     ("recorder", subjects.audio_in(CALL), subjects.call_event("call.started")),
     ("recorder", subjects.control(CALL), subjects.call_event("call.started")),
 ]
