@@ -31,7 +31,6 @@ from voiceplatform.logging import bind_call
 from voiceplatform.runtime import TaskRegistry, cancel_and_wait
 from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.wire import (
-    CallDtmf,
     CallRecording,
     ControlInterrupt,
     ControlRecord,
@@ -170,7 +169,6 @@ class PhoneCall:
     async def _key(self, digit: str) -> None:
         """Keys are handled one after another, in the order FreeSWITCH reported them."""
         async with self._keys:
-            await self._publish(CallDtmf(call_id=self.call_id, digits=digit))
             await self.session.press_key(digit)
 
     # ---- the synthesized greeting, kept for the robot's next calls ---------------------------------

@@ -34,6 +34,7 @@ from voiceplatform.wire import (
     AsrFinal,
     AssignRequest,
     AudioChunk,
+    CallDtmf,
     CallEnded,
     CallStarted,
     ControlHangup,
@@ -527,9 +528,13 @@ class CallSession:
         )
 
     async def press_key(self, key: str) -> None:
-        """A key the caller pressed (DTMF): part of a caller turn (``DigitTurns``)."""
+        """A key the caller pressed (DTMF): published as ``call.dtmf``, then part of a caller turn
+        (``DigitTurns``). Call it for one key at a time, in the order they were pressed."""
         if not self.ended:
             with bind_call(call_id=self.call_id):
+                await self.bus.publish(
+                    subjects.lifecycle(self.call_id), CallDtmf(call_id=self.call_id, digits=key[:8])
+                )
                 await self.digits.press(key)
 
     async def _on_lifecycle(self, env: Envelope) -> Message | None:
