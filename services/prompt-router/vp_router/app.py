@@ -2,8 +2,8 @@
 
 Also turns ``call.no_input`` (the caller stayed silent) into an ``llm.request`` with
 ``event="no_input"``, a keypad transcript (``asr.final`` with ``dtmf``) into one with
-``event="dtmf"`` (the keys choose no topic), and takes a caller turn out of the history when its interrupt says the words
-were continued in a later turn or were only a backchannel.
+``event="dtmf"`` (the keys choose no topic), and takes a caller turn out of the history when its
+interrupt says the words were continued in a later turn or were only a backchannel.
 
 Stateless: all state lives in the ``vp_dialog`` KV bucket, changed by compare-and-set. The turn
 requests (``asr`` and ``lifecycle``: call start/end, no-input) are work taken from the
