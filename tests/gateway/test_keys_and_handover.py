@@ -57,7 +57,7 @@ async def test_one_key_is_a_whole_turn_when_max_digits_is_one(broker, robot) -> 
 
 
 def test_the_summary_is_flat_safe_text() -> None:
-    assert clean_value("раз\nдва 'три' \"4\" \\5") == "раз два три 4 5"
+    assert clean_value("раз\nдва 'три' \"4\" \\5 ${x}") == "раз два три 4 5 x"
     assert len(clean_value("я" * 1000)) == 400
     said = Turn("t1", state=TurnState.DONE, user_text="хочу\nоператора")
     said.sentences = {0: "Соединяю."}

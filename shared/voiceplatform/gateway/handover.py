@@ -3,7 +3,7 @@
 The phone gateway sets each entry as a channel variable ``vp_<key>`` (``uuid_setvar``) before
 ``uuid_transfer``, so the dialplan, a queue (mod_callcenter) or the agent's screen can read them.
 Values are one line, without quotes or backslashes (FreeSWITCH's API argument splitting would eat
-them), and capped in length.
+them) and without ``$`` or braces (nothing in them is ever expanded), capped in length.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from voiceplatform.gateway.turns import Turn, TurnKind, TurnState
 
 LAST_TURNS = 3
 MAX_VALUE_CHARS = 400
-_UNSAFE = re.compile(r"[\r\n\t'\"\\]+")
+# quotes and backslashes: the API's argument splitting; "$" and braces: variable expansion where a
+# dialplan uses the value (``${vp_intent}`` in an export or a dial string)
+_UNSAFE = re.compile(r"[\r\n\t'\"\\${}]+")
 
 
 def clean_value(text: str, limit: int = MAX_VALUE_CHARS) -> str:
