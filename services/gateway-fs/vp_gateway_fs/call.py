@@ -5,8 +5,8 @@ pacing, barge-in and the call's record. This object adds the channel: its ESL ev
 playback, mod_audio_stream's play/error), and the control messages only a phone can honour:
 ``ControlTransfer`` → ``uuid_setvar vp_<key>`` for each entry of its summary, then ``uuid_transfer``;
 ``ControlRecord`` (or the robot's ``recording.enabled``) → ``uuid_record``, announced as
-``call.recording`` with the file's path. Each DTMF key is published (``call.dtmf``) and handed to the
-session, which makes the keys a caller turn (``voiceplatform.gateway.digits``). Whatever ends the
+``call.recording`` with the file's path. Each DTMF key goes to the session, which publishes it
+(``call.dtmf``) and makes the keys a caller turn (``voiceplatform.gateway.digits``). Whatever ends the
 call (caller hangup, the stream or the ESL failing, the robot), ``CallSession.end`` runs once with
 the reason, so the record is always closed.
 """
@@ -224,10 +224,9 @@ class PhoneCall:
         """The call's summary as channel variables ``vp_<key>`` (a failed one is logged, not fatal:
         the caller still reaches a person)."""
         for key, value in summary.items():
-            name = f"vp_{key}"
+            name, value = f"vp_{key}", clean_value(value)
             if not _VARIABLE.match(name) or not value:
                 continue
-            value = clean_value(value)
             try:
                 reply = await self.esl.api(f"uuid_setvar {self.uuid} {name} {value}")
             except EslError as exc:
