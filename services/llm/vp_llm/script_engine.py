@@ -35,6 +35,10 @@ Matching, per caller phrase:
    least ``min_similarity``;
 3. nothing: the state's fallback ("не понял"), only after such a real miss.
 
+``dtmf`` turns (the caller pressed keys; the text is the digits) match only the intents' ``"dtmf"``
+key sequences, exactly, in the same priority order; no match says the fallback. An intent's own
+``"transfer_to"`` hands the caller over after its reply, like the built-in operator intent.
+
 ``no_input`` turns (the caller stayed silent) re-prompt; after ``builtins.no_input.limit`` silences
 in a row the robot says goodbye and hangs up. Without the encoder (not installed, failed) matching
 goes on with keywords alone.
