@@ -332,6 +332,7 @@ def test_dialplan_starts_the_stream_to_gateway_fs_then_parks(
     actions = [(a.get("application"), a.get("data") or "") for a in condition.iter("action")]
     apps = [app for app, _ in actions]
     assert apps[-2:] == ["answer", "park"]
+    assert ("set", "playback_terminators=none") in actions  # a "*" would end a robot segment
     on_answer = [data for app, data in actions if app == "set" and data.startswith("api_on_answer=")]
     assert len(on_answer) == 1 and apps.index("answer") > actions.index(("set", on_answer[0]))
     captured = number.fullmatch("7000")

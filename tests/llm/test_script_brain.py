@@ -201,5 +201,37 @@ def test_validation_warns_on_empty_or_foreign_examples_and_refuses_empty_intents
             }
         )
     text = str(err.value)
-    for expected in ("needs keywords or examples", "min_similarity", "limit", "smalltalk"):
+    for expected in ("needs keywords, examples or dtmf keys", "min_similarity", "limit", "smalltalk"):
         assert expected in text
+
+
+async def test_keys_choose_an_intent_only_when_pressed() -> None:
+    script = DialogScript.from_dict(
+        {
+            "start": "m",
+            "states": {
+                "m": {
+                    "intents": [
+                        {"id": "one", "dtmf": "1", "reply": "Один."},
+                        {"id": "pay", "dtmf": ["2", "*2"], "keywords": ["оплата"], "reply": "Оплата."},
+                        {"id": "person", "dtmf": "9", "reply": "Соединяю.", "transfer_to": "200"},
+                    ],
+                    "fallback": "Нажмите один.",
+                }
+            },
+            "builtins": {"operator": {"dtmf": "0", "examples": []}, "repeat": {"enabled": False}},
+        }
+    )
+    st = ScriptState()
+    assert (await script.respond(st, "", "1", "dtmf")).intent == "one"
+    assert (await script.respond(st, "", "*2", "dtmf")).intent == "pay"
+    assert (await script.respond(st, "", "5", "dtmf")).how == "fallback"
+    assert (await script.respond(st, "", "оплата", "")).intent == "pay"
+    person = await script.respond(st, "", "9", "dtmf")
+    assert person.transfer_to == "200" and person.how == "dtmf"
+    operator = await script.respond(st, "", "0", "dtmf")
+    assert operator.how == "operator" and operator.intent == "builtin.operator"
+    with pytest.raises(DialogScriptError, match="dtmf"):
+        DialogScript.from_dict(
+            {"start": "m", "states": {"m": {"intents": [{"dtmf": "1x", "reply": "x"}], "fallback": "?"}}}
+        )

@@ -308,3 +308,18 @@ def test_dialog_state_rejects_newer_versions() -> None:
         decode_state(encode_state(state))
     with pytest.raises(DialogStateError):
         decode_state(b"\x01garbage")
+
+
+async def test_keys_are_routed_as_a_dtmf_event_and_keep_the_prompt(
+    broker: MemoryBroker, router: RouterService, store: DialogStore
+) -> None:
+    out = await Collector.on(broker.bus("watch"), subjects.ALL_CALLS)
+    await start_call(broker, store)
+    await broker.bus("gateway").publish(
+        subjects.asr(CALL), AsrFinal(call_id=CALL, turn_id="k1", text="1", provider="dtmf", dtmf=True)
+    )
+    (req,) = await out.wait(LlmRequest, turn_id="k1")
+    assert (req.event, req.user_text, req.prompt_id) == ("dtmf", "1", "default")
+    await say(broker, "t2", "у меня есть собака")  # words still switch topics
+    (spoken,) = await out.wait(LlmRequest, turn_id="t2")
+    assert spoken.event == "" and spoken.prompt_id == "pets"

@@ -39,7 +39,7 @@ from voiceplatform.bus.permissions import (
 from voiceplatform.config.settings import ServiceSettings
 from voiceplatform.credentials import CREDENTIALS_FILE, LocalCredentials
 from voiceplatform.devinfra import EmbeddedNats
-from voiceplatform.wire import ControlHangup
+from voiceplatform.wire import AsrFinal, ControlHangup
 
 CALL = "authcall1"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "call_events_subscriber.py"
@@ -147,7 +147,7 @@ REFUSED = [
     ("prompt-router", subjects.control(CALL), subjects.llm_request(CALL)),
     ("realtime", subjects.audio_in(CALL), subjects.tts_audio(CALL)),
     ("gateway-web", subjects.tts_audio(CALL), subjects.audio_in(CALL)),
-    ("gateway-fs", subjects.asr(CALL), subjects.control(CALL)),
+    ("gateway-fs", subjects.llm_request(CALL), subjects.control(CALL)),
     ("recorder", subjects.audio_in(CALL), subjects.call_event("call.started")),
     ("recorder", subjects.control(CALL), subjects.call_event("call.started")),
 ]
@@ -181,8 +181,11 @@ async def test_a_gateway_publishes_caller_audio_and_a_hangup(
     await client.nc.publish(subjects.audio_in(CALL), b"\0\0")
     bus = NatsBus(client.nc, user)
     await bus.publish(subjects.control(CALL), ControlHangup(call_id=CALL, reason="test"))
+    # keypad digits: the gateway publishes the caller turn's transcript itself
+    await bus.publish(subjects.asr(CALL), AsrFinal(call_id=CALL, turn_id="k1", text="1", dtmf=True))
     assert await observer.next_subject() == subjects.audio_in(CALL)
     assert await observer.next_subject() == subjects.control(CALL)
+    assert await observer.next_subject() == subjects.asr(CALL)
     assert not client.errors
 
 

@@ -3,7 +3,10 @@
 ``CallSession`` (the same as for a browser, at 8 or 16 kHz) does assignment, greeting, playout
 pacing, barge-in and the call's record. This object adds the channel: its ESL events (hangup, DTMF,
 playback, mod_audio_stream's play/error), and the control messages only a phone can honour:
-``ControlTransfer`` → ``uuid_transfer`` and ``ControlRecord`` → ``uuid_record``. Whatever ends the
+``ControlTransfer`` → ``uuid_setvar vp_<key>`` for each entry of its summary, then ``uuid_transfer``;
+``ControlRecord`` (or the robot's ``recording.enabled``) → ``uuid_record``, announced as
+``call.recording`` with the file's path. Each DTMF key goes to the session, which publishes it
+(``call.dtmf``) and makes the keys a caller turn (``voiceplatform.gateway.digits``). Whatever ends the
 call (caller hangup, the stream or the ESL failing, the robot), ``CallSession.end`` runs once with
 the reason, so the record is always closed.
 """
@@ -23,11 +26,12 @@ from prometheus_client import Counter, Histogram
 from voiceplatform import metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.gateway import CallSession
+from voiceplatform.gateway.handover import clean_value
 from voiceplatform.logging import bind_call
 from voiceplatform.runtime import TaskRegistry, cancel_and_wait
 from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.wire import (
-    CallDtmf,
+    CallRecording,
     ControlInterrupt,
     ControlRecord,
     ControlTransfer,
@@ -49,6 +53,7 @@ ANSWER_TO_AUDIO = Histogram(
 DTMF_IN = Counter("vp_gateway_fs_dtmf_total", "DTMF digits received from callers")
 # uuid_transfer arguments: <dest-exten> [<dialplan>] [<context>], each a plain token
 _TRANSFER_TOKEN = re.compile(r"^[A-Za-z0-9_+*#@.:=-]{1,64}$")
+_VARIABLE = re.compile(r"^[a-z0-9_]{1,64}$")
 NORMAL_CAUSES = ("", "NORMAL_CLEARING", "ORIGINATOR_CANCEL")
 END_TIMEOUT_S = 30.0
 
@@ -82,6 +87,7 @@ class PhoneCall:
         self._tasks = TaskRegistry()
         self._greeting_seen = False
         self.hangup_seen = asyncio.Event()
+        self._keys = asyncio.Lock()
 
     @property
     def call_id(self) -> str:
@@ -92,6 +98,8 @@ class PhoneCall:
         if self.greeting_capture is not None:
             self._capture_sub = await self.bus.subscribe(subjects.tts_audio(self.call_id), self._on_greeting)
         await self.session.start()
+        if self.session.robot.settings.recording.enabled:
+            self._spawn(self.record("start"), "record")
 
     async def end(self, reason: str) -> None:
         with bind_call(call_id=self.call_id):
@@ -130,7 +138,7 @@ class PhoneCall:
             digit = event.headers.get("DTMF-Digit", "")[:8]
             if digit:
                 DTMF_IN.inc()
-                self._spawn(self._publish(CallDtmf(call_id=self.call_id, digits=digit)), "dtmf")
+                self._spawn(self._key(digit), "dtmf")
         elif name == "CHANNEL_HANGUP_COMPLETE":
             self.sink.channel_gone()
             cause = event.headers.get("Hangup-Cause", "")
@@ -158,6 +166,11 @@ class PhoneCall:
     async def _publish(self, msg: Message) -> None:
         await self.bus.publish(subjects.lifecycle(self.call_id), msg)
 
+    async def _key(self, digit: str) -> None:
+        """Keys are handled one after another, in the order FreeSWITCH reported them."""
+        async with self._keys:
+            await self.session.press_key(digit)
+
     # ---- the synthesized greeting, kept for the robot's next calls ---------------------------------
     async def _on_greeting(self, env: Envelope) -> Message | None:
         capture = self.greeting_capture
@@ -179,17 +192,18 @@ class PhoneCall:
             if msg.turn_id == self.greeting_capture.turn_id:
                 self.greeting_capture.abandon()  # the caller did not hear it all: not worth keeping
         elif isinstance(msg, ControlTransfer):
-            self._spawn(self.transfer(msg.destination), "transfer")
+            self._spawn(self.transfer(msg.destination, msg.summary), "transfer")
         elif isinstance(msg, ControlRecord):
             self._spawn(self.record(msg.action, msg.path), "record")
         return None
 
-    async def transfer(self, destination: str) -> bool:
+    async def transfer(self, destination: str, summary: dict[str, str] | None = None) -> bool:
         tokens = destination.split()
         if not 1 <= len(tokens) <= 3 or not all(_TRANSFER_TOKEN.match(t) for t in tokens):
             await self._error("transfer_refused", "destination must be <exten> [<dialplan>] [<context>]")
             return False
         await self.sink.flush("transfer")
+        await self._set_variables(summary or {})
         try:
             reply = await self.esl.api(f"uuid_transfer {self.uuid} {' '.join(tokens)}")
         except EslError as exc:
@@ -201,9 +215,25 @@ class PhoneCall:
             await self._error("transfer_failed", reply.text[:120])
             return False
         self.sink.hangup_on_close = False  # the operator has the caller now
+        self.session.transferred_to = " ".join(tokens)
         log.info("fs.transferred", call_id=self.call_id, pii_destination=destination)
         await self.end("transferred")
         return True
+
+    async def _set_variables(self, summary: dict[str, str]) -> None:
+        """The call's summary as channel variables ``vp_<key>`` (a failed one is logged, not fatal:
+        the caller still reaches a person)."""
+        for key, value in summary.items():
+            name, value = f"vp_{key}", clean_value(value)
+            if not _VARIABLE.match(name) or not value:
+                continue
+            try:
+                reply = await self.esl.api(f"uuid_setvar {self.uuid} {name} {value}")
+            except EslError as exc:
+                command_failed("uuid_setvar", self.uuid, exc)
+                return
+            if not reply.ok:
+                command_failed("uuid_setvar", self.uuid, reply)
 
     def _record_path(self, path: str) -> str | None:
         root = self.recordings_dir.resolve()
@@ -235,6 +265,12 @@ class PhoneCall:
             return False
         self.recording = target if action == "start" else None
         log.info("fs.recording", call_id=self.call_id, action=action, path=target)
+        if target != "all":
+            await self._publish(
+                CallRecording(
+                    call_id=self.call_id, action="start" if action == "start" else "stop", path=target
+                )
+            )
         return True
 
     async def _error(self, kind: str, detail: str) -> None:

@@ -6,7 +6,8 @@ Protocol on ``/ws`` (close codes in ``voiceplatform.web_protocol``; docs/operati
   it comes from POST /tokens with the site's API key, or POST /page-token for the bundled page), or
   ``{"type": "resume", "call_id": "...", "resume_token": "..."}`` to continue a call whose socket
   dropped; then binary frames of 16-bit LE mono PCM at that rate (any chunking, 8-48 kHz, no faster
-  than real time plus a burst); text frames ``{"type": "heartbeat"}`` and ``{"type": "hangup"}``.
+  than real time plus a burst); text frames ``{"type": "heartbeat"}``, ``{"type": "hangup"}`` and
+  ``{"type": "dtmf", "digits": "1#"}`` (keypad keys, as a phone's DTMF).
 - server → client: binary frames of robot audio (16-bit LE mono, 16 kHz, 20 ms, paced in real time);
   JSON events: call.started, call.resumable / call.resumed (the resume token), busy, heartbeat,
   vad.speech_started, asr.final, bot.sentence, playback.flush (drop queued robot audio now:
@@ -49,6 +50,7 @@ AUDIO_DROPPED = Counter(
 )
 STATIC = Path(__file__).parent / "static"
 HANGUP_CLOSE_CODES = (1000, 1001)  # the client closed on purpose; anything else is a dropped socket
+MAX_KEYS_PER_EVENT = 32  # a "dtmf" text frame: more keys than a caller types at once are ignored
 
 
 class GatewayWeb:
@@ -329,6 +331,9 @@ class GatewayWeb:
             elif kind == "hangup":
                 session.end_reason = "caller_hangup"
                 return False
+            elif kind == "dtmf" and isinstance(event.get("digits"), str):
+                for key in event["digits"][:MAX_KEYS_PER_EVENT]:  # keypad keys, as on a phone
+                    await session.press_key(key)
             elif kind not in ("start", "resume"):
                 BAD_CLIENT_INPUT.labels("unknown_event").inc()
         return False

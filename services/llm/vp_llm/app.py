@@ -252,6 +252,7 @@ class LlmService:
             dialog_state=req.dialog_state,
             prompt_id=req.prompt_id,
             event=req.event,
+            keys=req.user_text if req.event == "dtmf" else "",
         )
         messages = build_messages(req)
         log.info("llm.turn_started", provider=cfg.provider, turn_event=req.event, pii_user_text=req.user_text)

@@ -35,6 +35,10 @@ Matching, per caller phrase:
    least ``min_similarity``;
 3. nothing: the state's fallback ("не понял"), only after such a real miss.
 
+``dtmf`` turns (the caller pressed keys; the text is the digits) match only the intents' ``"dtmf"``
+key sequences, exactly, in the same priority order; no match says the fallback. An intent's own
+``"transfer_to"`` hands the caller over after its reply, like the built-in operator intent.
+
 ``no_input`` turns (the caller stayed silent) re-prompt; after ``builtins.no_input.limit`` silences
 in a row the robot says goodbye and hangs up. Without the encoder (not installed, failed) matching
 goes on with keywords alone.
@@ -87,7 +91,7 @@ class Step:
     state: str
     end_call: bool
     matched: str  # the keyword phrase or nearest example, "" for a fallback
-    how: str = "keyword"  # keyword | meaning | fallback | no_input | repeat | operator
+    how: str = "keyword"  # keyword | meaning | dtmf | fallback | no_input | repeat | operator
     intent: str = ""
     score: float = 0.0
     transfer_to: str = ""
@@ -217,6 +221,8 @@ class DialogScript:
         node = self.node_of(st.state or self.start)
         if event == "no_input" or not user_text.strip():
             step = self.no_input(node, st)
+        elif event == "dtmf":
+            step = self.pressed(node, st, prompt, user_text.strip())
         else:
             step = await self._understand(node, st, prompt, user_text)
         DECISIONS.labels(step.how).inc()
@@ -250,6 +256,13 @@ class DialogScript:
             return self._miss(node, prompt, match)
         return self._reply(self.intents[match.label], node, "meaning", match.example, match.score, st.last)
 
+    def pressed(self, node: DialogNode, st: ScriptState, prompt: str, keys: str) -> Step:
+        """The caller pressed ``keys``: the eligible intent listing that sequence, else the fallback."""
+        for intent in self.eligible(node, prompt):
+            if keys in intent.dtmf:
+                return self._reply(intent, node, "dtmf", keys, 1.0, st.last)
+        return self._miss(node, prompt)
+
     def _score(self, scores: dict[int, Match[int]], intent: Intent) -> float:
         match = scores.get(self._label[id(intent)])
         return match.score if match is not None else -1.0
@@ -269,7 +282,7 @@ class DialogScript:
             # without a destination the caller hears that nobody is available, and the talk goes on
             reply = intent.reply if self.transfer_to else self.builtins.operator_unavailable
             return Step(reply, nxt, False, matched, "operator", intent.name, score, self.transfer_to)
-        return Step(intent.reply, nxt, intent.end_call, matched, how, intent.name, score)
+        return Step(intent.reply, nxt, intent.end_call, matched, how, intent.name, score, intent.transfer_to)
 
     def _miss(self, node: DialogNode, prompt: str, near: Match[int] | None = None) -> Step:
         reply = node.fallback_by_prompt.get(prompt) or node.fallback

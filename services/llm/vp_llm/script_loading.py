@@ -14,16 +14,18 @@ from typing import Any
 from voiceplatform.numerals import words_to_digits
 from voiceplatform.text import Keyword, tokenize
 
-INTENT_KEYS = {"id", "keywords", "examples", "reply", "next", "end_call", "prompt"}
+INTENT_KEYS = {"id", "keywords", "examples", "dtmf", "reply", "next", "end_call", "prompt", "transfer_to"}
 BUILTIN_KEYS = {
-    "repeat": {"enabled", "keywords", "examples", "reply"},
-    "operator": {"enabled", "keywords", "examples", "reply", "unavailable"},
-    "goodbye": {"enabled", "keywords", "examples", "reply"},
+    "repeat": {"enabled", "keywords", "examples", "dtmf", "reply"},
+    "operator": {"enabled", "keywords", "examples", "dtmf", "reply", "unavailable"},
+    "goodbye": {"enabled", "keywords", "examples", "dtmf", "reply"},
     "no_input": {"reply", "limit", "goodbye"},
 }
 # measured on bench/data/brain_ru.json: off-topic phrases stay below, garbled on-topic ones above
 DEFAULT_MIN_SIMILARITY = 0.55
 DEFAULT_NO_INPUT_LIMIT = 3
+# a key sequence an intent answers (the end key, "#" by default, is not part of what was pressed)
+_KEYS = re.compile(r"^[0-9*#A-D]{1,64}$")
 _CYRILLIC = re.compile(r"[а-яё]", re.IGNORECASE)
 _LETTER = re.compile(r"[^\W\d_]")
 
@@ -93,6 +95,8 @@ class Intent:
     end_call: bool = False
     prompt: str | None = None
     builtin: str = ""  # "repeat" | "operator" | "goodbye" for the built-in intents
+    dtmf: tuple[str, ...] = ()  # key sequences (phone keypad) that choose this intent
+    transfer_to: str = ""  # hand the caller over to this destination after the reply
 
     def keyword_hit(self, tokens: list[str]) -> str | None:
         for keyword in self.keywords:
@@ -150,6 +154,16 @@ class _Checker:
             return None
         return raw
 
+    def keys(self, at: str, raw: Any) -> tuple[str, ...] | None:
+        """``"dtmf": "1"`` or ``["1", "01"]``: key sequences of 0-9 * # A-D."""
+        seqs = [raw] if isinstance(raw, str) else raw
+        if raw is None:
+            return ()
+        if not isinstance(seqs, list) or not all(isinstance(k, str) and _KEYS.match(k) for k in seqs):
+            self.problems.append(f"{at}.dtmf: must be a key sequence or a list of them (0-9 * # A-D)")
+            return None
+        return tuple(seqs)
+
     def examples(self, at: str, raw: Any) -> list[str] | None:
         examples = self.phrases(at, raw, "examples")
         if examples is None:
@@ -177,10 +191,15 @@ class _Checker:
                 self.problems.append(f"{at}: unknown keys {sorted(unknown)}")
             kws = self.phrases(at, intent.get("keywords"), "keywords")
             examples = self.examples(at, intent.get("examples"))
-            if kws is None or examples is None:
+            keys = self.keys(at, intent.get("dtmf"))
+            if kws is None or examples is None or keys is None:
                 continue
-            if not kws and not examples:
-                self.problems.append(f"{at}.keywords: needs keywords or examples (lists of phrases)")
+            if not kws and not examples and not keys:
+                self.problems.append(f"{at}.keywords: needs keywords, examples or dtmf keys")
+                continue
+            transfer_to = intent.get("transfer_to", "")
+            if not isinstance(transfer_to, str):
+                self.problems.append(f"{at}.transfer_to: must be text (a number or a queue)")
                 continue
             reply, name = intent.get("reply"), intent.get("id", at)
             if not isinstance(name, str) or not name.strip():
@@ -198,6 +217,8 @@ class _Checker:
                     next=intent.get("next"),
                     end_call=bool(intent.get("end_call", False)),
                     prompt=intent.get("prompt"),
+                    dtmf=keys,
+                    transfer_to=transfer_to.strip(),
                 )
             )
         return good
@@ -241,6 +262,7 @@ class _Checker:
                     examples=tuple(self.examples(at, spec["examples"]) or []),
                     end_call=kind == "goodbye",
                     builtin=kind,
+                    dtmf=self.keys(at, spec.get("dtmf")) or (),
                 )
             )
         no_input = over["no_input"]

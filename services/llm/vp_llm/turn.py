@@ -19,6 +19,8 @@ FIRST_SENTENCE = metrics.STAGE_LATENCY.labels(SERVICE, "llm_first_sentence")
 
 # stands in for the caller's words on a no-input turn: every chat API wants the user to speak last
 NO_INPUT_HINT = "[The caller stays silent after your last reply. Re-prompt them briefly, in their language.]"
+# a caller who pressed keys: a chat model is told so (the script engine reads the event itself)
+DTMF_HINT = "[The caller pressed these phone keys: {}]"
 
 
 def build_messages(req: LlmRequest) -> list[ChatMessage]:
@@ -29,6 +31,11 @@ def build_messages(req: LlmRequest) -> list[ChatMessage]:
     messages.extend(m for m in req.history if m.content)
     if req.event == "no_input":
         messages.append(ChatMessage(role="user", content=NO_INPUT_HINT, turn_id=req.turn_id))
+        return messages
+    if req.event == "dtmf":
+        messages.append(
+            ChatMessage(role="user", content=DTMF_HINT.format(req.user_text), turn_id=req.turn_id)
+        )
         return messages
     messages.append(ChatMessage(role="user", content=req.user_text, turn_id=req.turn_id))
     return messages
@@ -56,6 +63,7 @@ class TurnOutput:
         self.dialog_state = self.req.dialog_state
         self.end_call = False
         self.transfer_to = ""
+        self.intent = ""
 
     @property
     def text(self) -> str:
@@ -104,6 +112,7 @@ class TurnOutput:
             self.dialog_state = chunk.dialog_state
         self.end_call = self.end_call or chunk.end_call
         self.transfer_to = chunk.transfer_to or self.transfer_to
+        self.intent = chunk.meta.get("intent", self.intent)
         usage = attempt.usage
         usage.prompt_tokens, usage.completion_tokens = self.prompt_tokens, self.completion_tokens
         usage.model = self.model
@@ -146,6 +155,7 @@ class TurnOutput:
                 dialog_state=self.dialog_state,
                 hangup=self.end_call and not interrupted,
                 transfer_to="" if interrupted else self.transfer_to,
+                intent=self.intent,
             ),
             subjects.work_msg_id(req.turn_id, "llm.done"),
         )

@@ -1,8 +1,9 @@
 """Prompt-router: asr.final → (keywords, then meaning → prompt) → llm.request; state in NATS KV.
 
 Also turns ``call.no_input`` (the caller stayed silent) into an ``llm.request`` with
-``event="no_input"``, and takes a caller turn out of the history when its interrupt says the words
-were continued in a later turn or were only a backchannel.
+``event="no_input"``, a keypad transcript (``asr.final`` with ``dtmf``) into one with
+``event="dtmf"`` (the keys choose no topic), and takes a caller turn out of the history when its
+interrupt says the words were continued in a later turn or were only a backchannel.
 
 Stateless: all state lives in the ``vp_dialog`` KV bucket, changed by compare-and-set. The turn
 requests (``asr`` and ``lifecycle``: call start/end, no-input) are work taken from the
@@ -274,7 +275,8 @@ class RouterService:
                 return route, previous_prompt, history
 
             try:
-                topic = await self._classify(msg.call_id, msg.text)
+                # keys are no words to take a topic from: a keypad turn keeps the current prompt
+                topic = None if msg.dtmf else await self._classify(msg.call_id, msg.text)
                 saved = await self.store.mutate(msg.call_id, change)
             except RobotConfigError as exc:
                 await self._stage_error(msg.call_id, msg.turn_id, "robot_config", str(exc), False)
@@ -310,7 +312,13 @@ class RouterService:
             await self._publish(
                 subjects.llm_request(msg.call_id),
                 llm_request(
-                    state, robot, msg.turn_id, history, msg.text, speech_end_ts_ms=msg.speech_end_ts_ms
+                    state,
+                    robot,
+                    msg.turn_id,
+                    history,
+                    msg.text,
+                    speech_end_ts_ms=msg.speech_end_ts_ms,
+                    event="dtmf" if msg.dtmf else "",
                 ),
                 subjects.work_msg_id(msg.turn_id, "llm.request"),
             )

@@ -66,6 +66,7 @@ def _data(msg: Message) -> tuple[str, dict[str, Any]] | None:
                 "reason": msg.reason,
                 "duration_ms": msg.duration_ms,
                 "turns": msg.turns,
+                "transfer_to": msg.transfer_to or None,
             }
     return None
 

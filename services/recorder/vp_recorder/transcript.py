@@ -29,6 +29,7 @@ from voiceplatform.turn_figures import turn_figures
 from voiceplatform.wire import (
     AsrFinal,
     CallEnded,
+    CallRecording,
     CallStarted,
     ControlInterrupt,
     LlmDone,
@@ -175,6 +176,10 @@ def build_transcript(events: Sequence[StoredEvent]) -> dict[str, Any]:
         "ended_at": iso_utc(end_ms),
         "duration_sec": duration_sec,
         "end_reason": ended.reason if ended is not None else None,
+        # end reason "transferred": the destination the caller was handed over to
+        "transferred_to": (ended.transfer_to or None) if ended is not None else None,
+        # files FreeSWITCH recorded the call to (uuid_record), in the order they were started
+        "recordings": _recordings(stream, start_ms),
         # turns completed as the gateway counts them (one turn.metrics each)
         "turns": max(metrics_turns, ended.turns if ended is not None else 0),
         "events": len(stream),
@@ -183,6 +188,26 @@ def build_transcript(events: Sequence[StoredEvent]) -> dict[str, Any]:
         "pipeline_log": [log_entry(e, start_ms) for e in stream],
         "metadata": metadata,
     }
+
+
+def _recordings(stream: list[StoredEvent], start_ms: int | None) -> list[dict[str, Any]]:
+    files: dict[str, dict[str, Any]] = {}
+    for event in stream:
+        msg = event.message
+        if not isinstance(msg, CallRecording):
+            continue
+        if msg.action == "start":
+            files.setdefault(
+                msg.path,
+                {
+                    "path": msg.path,
+                    "started_offset_ms": offset_ms(msg.ts_ms, start_ms),
+                    "stopped_offset_ms": None,
+                },
+            )
+        elif msg.path in files:
+            files[msg.path]["stopped_offset_ms"] = offset_ms(msg.ts_ms, start_ms)
+    return list(files.values())
 
 
 def _collect_turns(stream: list[StoredEvent]) -> list[_Turn]:
@@ -253,6 +278,8 @@ def _user_segment(turn: _Turn, start_ms: int | None, prompt: str | None) -> dict
     }
     if turn.interrupt is not None and turn.interrupt.reason == "backchannel":
         segment["backchannel"] = True  # said over the robot; not part of the dialogue
+    if asr is not None and asr.dtmf:
+        segment["dtmf"] = True  # keys the caller pressed: the text is the digits
     return segment
 
 

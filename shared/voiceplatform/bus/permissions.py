@@ -7,7 +7,8 @@ The rules that matter for a call:
 
 - only the gateways publish caller audio (``audio.in``) and ``control`` (hangup, barge-in,
   transfer); the one exception is ``realtime``, which owns a whole realtime call and hangs it up
-  when its provider is gone;
+  when its provider is gone. Gateways also publish ``asr`` besides the asr worker: keypad digits
+  as a caller turn's transcript (``voiceplatform.gateway.digits``);
 - a worker publishes only its own stage's output (tts: ``tts.audio``; llm: ``llm.sentence`` and
   ``llm.done``; …) and ``lifecycle`` (stage errors, provider usage);
 - ``call-events`` is the read-only user for integrators: it subscribes ``call_events.>`` and
@@ -130,6 +131,7 @@ _GATEWAY = (
         subjects.ANY_CONTROL,
         subjects.ANY_LIFECYCLE,
         subjects.ANY_LLM_SENTENCE,  # the greeting is spoken as a sentence of the robot
+        subjects.ANY_ASR,  # keypad digits (DTMF) become a caller turn's transcript
         subjects.ANY_ASSIGN,
         subjects.ANY_ASSIGN_TO_INSTANCE,
     ),

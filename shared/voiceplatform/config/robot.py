@@ -18,6 +18,8 @@ from typing import Any, Literal
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from voiceplatform.config.phone import DtmfConfig, RecordingConfig
+
 _ROBOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ENV_PREFIX = "ROBOT_"
 
@@ -226,6 +228,8 @@ class RobotSettings(_Section):
     deadlines: DeadlinesConfig = Field(default_factory=DeadlinesConfig)
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    dtmf: DtmfConfig = Field(default_factory=DtmfConfig)
+    recording: RecordingConfig = Field(default_factory=RecordingConfig)
     # file (in the robot folder) of the deterministic dialogue script used by llm.provider=script
     dialog_file: str = "dialog.json"
     max_call_s: int = Field(default=900, ge=10)

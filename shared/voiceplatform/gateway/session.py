@@ -17,9 +17,11 @@ from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfig
 from voiceplatform.gateway.call_owners import CallOwners
+from voiceplatform.gateway.digits import DigitTurns
 from voiceplatform.gateway.failover import OwnerEpochs
 from voiceplatform.gateway.fallback_line import FallbackLine
 from voiceplatform.gateway.greeting import greeting_pcm
+from voiceplatform.gateway.handover import call_summary
 from voiceplatform.gateway.owners import GatewayDirectory, owned_roles_for
 from voiceplatform.gateway.playout import Playout
 from voiceplatform.gateway.turn_keeper import TurnKeeper
@@ -32,9 +34,11 @@ from voiceplatform.wire import (
     AsrFinal,
     AssignRequest,
     AudioChunk,
+    CallDtmf,
     CallEnded,
     CallStarted,
     ControlHangup,
+    ControlRecord,
     ControlTransfer,
     LlmDone,
     LlmSentence,
@@ -138,9 +142,17 @@ class CallSession:
             wake=self._audio_ready.set,
             fallback_line=FallbackLine(robot, sample_rate),
         )
+        self.digits = DigitTurns(
+            call_id=self.call_id,
+            bus=bus,
+            keeper=self.keeper,
+            cfg=robot.settings.dtmf,
+            realtime=robot.settings.mode == "realtime",
+        )
         self.greeting_turn = f"{self.call_id}-greeting"
         self.ended = False
         self.end_reason = ""
+        self.transferred_to = ""  # set by a gateway that handed the caller over (end reason "transferred")
         self._seq = 0
         self._subs: list[Subscription] = []
         self._tasks = TaskRegistry()
@@ -233,6 +245,7 @@ class CallSession:
                         reason=reason,
                         duration_ms=duration,
                         turns=self.turns_completed,
+                        transfer_to=self.transferred_to,
                     ),
                 )
             log.info("call.ended", reason=reason, duration_ms=duration, turns=self.turns_completed)
@@ -384,7 +397,12 @@ class CallSession:
             if turn.transfer_to:
                 await self.bus.publish(
                     subjects.control(self.call_id),
-                    ControlTransfer(call_id=self.call_id, destination=turn.transfer_to, reason="robot"),
+                    ControlTransfer(
+                        call_id=self.call_id,
+                        destination=turn.transfer_to,
+                        reason="robot",
+                        summary=self.summary(turn.intent, "robot"),
+                    ),
                 )
             if turn.hangup_after:
                 self._spawn(self.end("robot_hangup"), "hangup")
@@ -449,6 +467,7 @@ class CallSession:
         turn.clock.llm_done()
         turn.hangup_after = turn.hangup_after or msg.hangup
         turn.transfer_to = turn.transfer_to or msg.transfer_to
+        turn.intent = turn.intent or msg.intent
         self._audio_ready.set()
         return None
 
@@ -482,7 +501,41 @@ class CallSession:
                 playing.hangup_after = True
             else:
                 self._spawn(self.end(f"hangup:{msg.reason}"), "hangup")
+        elif isinstance(msg, ControlTransfer | ControlRecord) and self.channel != "phone":
+            # only a phone line can be handed over or recorded by the platform: say so, go on talking
+            what, done = (
+                ("transfer", "transferred") if isinstance(msg, ControlTransfer) else ("record", "recorded")
+            )
+            kind, detail = f"{what}_unsupported", f"a {self.channel} call cannot be {done} by the platform"
+            log.warning("call.control_unsupported", kind=kind)
+            await self._publish_error(self.channel_stage, kind, detail)
         return None
+
+    @property
+    def channel_stage(self) -> str:
+        """The stage name of this call's gateway in a ``stage.error``."""
+        return "gateway-fs" if self.channel == "phone" else "gateway-web"
+
+    def summary(self, intent: str, reason: str) -> dict[str, str]:
+        """The call's summary for a person taking it over (``ControlTransfer.summary``)."""
+        return call_summary(
+            self.turns,
+            call_id=self.call_id,
+            robot=self.robot.name,
+            caller=self.caller,
+            intent=intent,
+            reason=reason,
+        )
+
+    async def press_key(self, key: str) -> None:
+        """A key the caller pressed (DTMF): published as ``call.dtmf``, then part of a caller turn
+        (``DigitTurns``). Call it for one key at a time, in the order they were pressed."""
+        if not self.ended:
+            with bind_call(call_id=self.call_id):
+                await self.bus.publish(
+                    subjects.lifecycle(self.call_id), CallDtmf(call_id=self.call_id, digits=key[:8])
+                )
+                await self.digits.press(key)
 
     async def _on_lifecycle(self, env: Envelope) -> Message | None:
         msg = env.message

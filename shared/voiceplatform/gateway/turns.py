@@ -88,6 +88,7 @@ class Turn:
     hold_until_ms: int = 0
     hangup_after: bool = False
     transfer_to: str = ""
+    intent: str = ""  # what the dialogue engine recognized in the caller's words (LlmDone.intent)
     played_text: str = ""
     played_ms: int = 0
     # what the reply's stages are awaited for, since when (the per-stage deadlines)

@@ -43,8 +43,11 @@ class LlmOptions:
     dialog_state: str = ""
     # active prompt (topic) chosen by the prompt-router, for engines that answer by topic
     prompt_id: str = ""
-    # "" for a caller utterance, "no_input" when the caller stayed silent (see LlmRequest.event)
+    # "" for a caller utterance, "no_input" when the caller stayed silent, "dtmf" when the caller
+    # pressed keys (see LlmRequest.event)
     event: str = ""
+    # event "dtmf": the keys pressed (chat models get them as a hint message instead)
+    keys: str = ""
 
 
 @dataclass(slots=True)

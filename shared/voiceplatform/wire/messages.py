@@ -59,6 +59,8 @@ class CallEnded(Message, tag="call.ended"):
     reason: str
     duration_ms: int = 0
     turns: int = 0
+    # reason "transferred": where the caller was handed over (the ``control.transfer`` destination)
+    transfer_to: str = ""
 
 
 class ControlHangup(Message, tag="control.hangup"):
@@ -73,6 +75,9 @@ class ControlTransfer(Message, tag="control.transfer"):
 
     destination: str
     reason: str = ""
+    # what the person taking the call should know (last turns, intent, caller facts); the phone
+    # gateway sets each as a channel variable ``vp_<key>`` before it transfers
+    summary: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class ControlRecord(Message, tag="control.record"):
@@ -83,9 +88,18 @@ class ControlRecord(Message, tag="control.record"):
 
 
 class CallDtmf(Message, tag="call.dtmf"):
-    """Keypad digits the caller pressed (phone calls)."""
+    """Keypad digits the caller pressed (phone calls), one event per key as FreeSWITCH reports it.
+
+    The gateway also collects the keys into a caller turn: an ``asr.final`` with ``dtmf`` set."""
 
     digits: str
+
+
+class CallRecording(Message, tag="call.recording"):
+    """The phone gateway started or stopped recording the call to ``path`` (FreeSWITCH's file)."""
+
+    action: Literal["start", "stop"]
+    path: str
 
 
 # ---- per-call ownership of streaming stages -----------------------------------------------------
@@ -285,6 +299,8 @@ class AsrFinal(Message, tag="asr.final"):
     # earlier caller turns whose audio this transcript includes (continuation: one utterance)
     merged: list[str] = msgspec.field(default_factory=list)
     epoch: int = 0  # the owner's assignment epoch (see AssignRequest); 0: not fenced
+    # the text is keypad digits the caller pressed (published by the gateway, no ASR involved)
+    dtmf: bool = False
 
 
 # ---- dialogue ------------------------------------------------------------------------------------
@@ -316,7 +332,8 @@ class LlmRequest(Message, tag="llm.request"):
     sample_rate: int
     speech_end_ts_ms: int = 0
     dialog_state: str = ""
-    # "" for a caller utterance; "no_input" when the caller stayed silent (user_text is "")
+    # "" for a caller utterance; "no_input" when the caller stayed silent (user_text is "");
+    # "dtmf" when the caller pressed keys (user_text is the digits, end key left out)
     event: str = ""
 
 
@@ -345,6 +362,8 @@ class LlmDone(Message, tag="llm.done"):
     hangup: bool = False
     # transfer the caller to this destination (number or queue) once the reply has been played
     transfer_to: str = ""
+    # the intent the dialogue engine recognized ("" when it does not say, as a free LLM)
+    intent: str = ""
 
 
 INTERRUPT_REASONS = ("barge_in", "continued", "superseded", "backchannel", "call_ended", "deadline")

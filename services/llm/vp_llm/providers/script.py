@@ -41,7 +41,12 @@ class ScriptDialog(ProviderBase):
     async def stream_complete(
         self, messages: Sequence[ChatMessage], options: LlmOptions
     ) -> AsyncIterator[LlmChunk]:
-        user_text = "" if options.event == "no_input" else _last_user_text(messages)
+        if options.event == "dtmf":
+            user_text = options.keys
+        elif options.event == "no_input":
+            user_text = ""
+        else:
+            user_text = _last_user_text(messages)
         state = ScriptState.decode(options.dialog_state)
         prompt = options.prompt_id or state.prompt
         step = await self.script.respond(state, prompt, user_text, options.event)
@@ -62,7 +67,7 @@ class ScriptDialog(ProviderBase):
             dialog_state=state.after(step, prompt).encode(),
             end_call=step.end_call,
             transfer_to=step.transfer_to,
-            meta={"matched": step.matched, "how": step.how},
+            meta={"matched": step.matched, "how": step.how, "intent": step.intent},
         )
 
     async def aclose(self) -> None:
