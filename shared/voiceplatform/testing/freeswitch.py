@@ -51,6 +51,7 @@ from voiceplatform.runtime.tasks import TaskRegistry
 from voiceplatform.testing.freeswitch_api import COMMANDS
 from voiceplatform.testing.freeswitch_call import PeerCall
 from voiceplatform.testing.freeswitch_esl import EslCommand, EslListener
+from voiceplatform.testing.freeswitch_outbound import Outbound
 from voiceplatform.testing.freeswitch_wire import EslPacket, FsEvent, standard_headers
 
 log = structlog.get_logger("voiceplatform.testing.freeswitch")
@@ -115,6 +116,7 @@ class FreeSwitchPeer:
         self._overrides: dict[str, deque[str]] = {}
         self._tasks = TaskRegistry()
         self._server: asyncio.Server | None = None
+        self.outbound = Outbound(self)  # `originate` and its scripted callees (freeswitch_outbound)
 
     async def __aenter__(self) -> FreeSwitchPeer:
         await self.start()
@@ -240,6 +242,8 @@ class FreeSwitchPeer:
         forced = self.override(command)
         if forced is not None:
             return forced if forced.endswith("\n") else forced + "\n"
+        if command == "originate":
+            return await self.outbound.originate(arg or "")
         function = COMMANDS.get(command)  # FreeSWITCH's API names are case-sensitive
         if function is None:
             return None
