@@ -127,6 +127,9 @@ async def test_busy_is_retried_and_every_attempt_recorded(stack: Stack) -> None:
         (1, "busy", "USER_BUSY"),
         (2, "busy", "USER_BUSY"),
     ]
+    for dialed in stack.of(CallDialed):  # each unanswered attempt's record is closed
+        await wait_for(lambda d=dialed: stack.of(CallEnded, d.call_id), 5)
+        assert stack.of(CallEnded, dialed.call_id)[0].reason == "dial_busy"
     await wait_for(lambda: stack.service.dialer.runs[r.json()["id"]].campaign.finished, 5)
     status = await _status(stack, r.json()["id"])
     assert status["results"][0]["status"] == "gave_up"

@@ -15,7 +15,9 @@ Variable values are percent-encoded: no comma, quote or brace of a value can bre
 The attempt's outcome comes from the ``BACKGROUND_JOB`` (``+OK <uuid>`` or ``-ERR <cause>``) or the
 channel's hangup, whichever is first; a job that never reports is failed after the originate
 timeout plus ``JOB_GRACE_S``. Each outcome is published as ``call.dialed`` on the call id the stream
-has (or would have had): ``phone-<uuid>``; the recorder keeps it with the call's events.
+has (or would have had): ``phone-<uuid>``; the recorder keeps it with the call's events. An attempt
+that was not answered has no stream to end its record: ``call.ended`` (reason ``dial_busy``,
+``dial_no_answer``, ``dial_failed``) follows at once, so every number dialled has a closed record.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from voiceplatform.outbound.amd import AmdConfig
 from voiceplatform.outbound.campaign import Attempt, Campaign, Outcome, TargetState, outcome_of_cause
 from voiceplatform.phone_stream import stream_url
 from voiceplatform.runtime import TaskRegistry
-from voiceplatform.wire import CallDialed
+from voiceplatform.wire import CallDialed, CallEnded
 from vp_gateway_fs.esl import EslError, EslEvent
 
 if TYPE_CHECKING:
@@ -238,6 +240,10 @@ class Dialer:
                     cause=cause,
                 ),
             )
+            if outcome != "answered":  # no stream will end this call id: its record is closed here
+                await bus.publish(
+                    subjects.lifecycle(call_id), CallEnded(call_id=call_id, reason=f"dial_{outcome}")
+                )
 
     async def _finish(self, leg: Leg, outcome: Outcome, cause: str) -> None:
         if leg.done:
