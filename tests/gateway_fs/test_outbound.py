@@ -6,15 +6,19 @@ test plays the workers (TTS of greetings: conftest; one caller turn: ``bot_turn`
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from pydantic import SecretStr
 
 from tests.gateway_fs.conftest import Stack, robot_quiet
 from tests.gateway_fs.test_gateway_fs import bot_turn, goodbye_pcm
 from tests.waiting import wait_for
+from voiceplatform.cli.main import main
 from voiceplatform.testing.freeswitch_outbound import Callee, human, voicemail
 from voiceplatform.wire import CallAmd, CallDialed, CallEnded, CallStarted
 
@@ -143,3 +147,26 @@ async def _status(stack: Stack, campaign_id: str) -> dict[str, Any]:
     assert r.status_code == 200
     result: dict[str, Any] = r.json()
     return result
+
+
+async def test_vp_dial_sends_a_csv_list_and_its_columns_become_the_calls_variables(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbound(stack)
+    stack.peer.outbound.callees[NUMBER] = human()
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"number,name,order\n{NUMBER},Пётр,A-17\n", encoding="utf-8")
+    argv = ["dial", "--list", str(listing), "--robot", "dialer", "--url", stack.http, "--no-amd"]
+    monkeypatch.delenv("VP_FS_DIAL_API_KEY", raising=False)
+    assert await asyncio.to_thread(main, argv) == 2  # no key: refused before any request
+    monkeypatch.setenv("VP_FS_DIAL_API_KEY", KEY)
+    assert await asyncio.to_thread(main, argv) == 0
+    await wait_for(lambda: stack.peer.outbound.originated, 5)
+    call = stack.peer.outbound.originated[0]
+    call_id = f"phone-{call.uuid}"
+    await wait_for(lambda: stack.of(CallStarted, call_id), 5)
+    assert stack.of(CallStarted, call_id)[0].variables == {"name": "Пётр", "order": "A-17"}
+    assert call.variables["vp_var_name"] == "%D0%9F%D1%91%D1%82%D1%80"  # nothing breaks the dial string
+    await robot_quiet(stack, call, 8)
+    assert stack.synthesized == ["Здравствуйте, Пётр!"]  # --no-amd: greeted at once
+    await call.hangup()
