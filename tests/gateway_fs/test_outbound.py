@@ -20,7 +20,7 @@ from tests.gateway_fs.test_gateway_fs import bot_turn, goodbye_pcm
 from tests.waiting import wait_for
 from voiceplatform.cli.main import main
 from voiceplatform.testing.freeswitch_outbound import Callee, human, voicemail
-from voiceplatform.wire import CallAmd, CallDialed, CallEnded, CallStarted
+from voiceplatform.wire import CallAmd, CallDialed, CallEnded, CallStarted, ControlInterrupt
 
 KEY = "dial-key-of-the-tests-0123456789"
 NUMBER = "79990001122"
@@ -97,9 +97,16 @@ async def test_voicemail_gets_the_message_after_the_beep_then_hangup(stack: Stac
     await wait_for(lambda: stack.peer.outbound.originated, 5)
     call = stack.peer.outbound.originated[0]
     call_id = f"phone-{call.uuid}"
+    # the workers hear the machine's greeting as an utterance and answer it, while the gateway
+    # waits for the beep: that reply must never be played
+    await wait_for(lambda: stack.of(CallAmd, call_id), 8)
+    machine_reply = goodbye_pcm(0.5)
+    await bot_turn(stack, call_id, "m1", machine_reply)
     await wait_for(lambda: call.ended.is_set(), 15)
     found = stack.of(CallAmd, call_id)[0]
     assert (found.result, found.action) == ("voicemail", "voicemail_message")
+    assert stack.of(ControlInterrupt, call_id)[0].reason == "backchannel"
+    assert not any(p.pcm == machine_reply for p in call.plays)  # the machine's words got no reply
     assert stack.synthesized == ["Анна, перезвоните нам, пожалуйста."]
     beep_end = call._t0 + 0.1 + 3.0 + 0.4
     assert call.plays and all(p.started_at and p.started_at >= beep_end for p in call.plays)

@@ -5,8 +5,9 @@ the callee's first seconds: every caller frame (``feed``) and the call's transcr
 / ``asr.partial``, for the words). On the decision:
 
 - ``human`` / ``silence``: the greeting starts at once: right after the hello ended, or after a
-  short silence when the callee waits for us. The hello ("алло?") and anything else the callee
-  said meanwhile leaves the dialogue (cut as a backchannel): the greeting is the answer to it;
+  short silence when the callee waits for us. Until then (and for good on a machine) every caller
+  turn is cut as a backchannel as soon as it appears, so the hello, a machine's greeting or an
+  IVR menu never gets a reply of its own: for a human the greeting is the answer to the hello;
 - ``voicemail``: ``hangup`` ends the call (reason ``amd_voicemail``); ``message`` waits until the
   machine's greeting and beep are over (``BeepWait``), says ``voicemail_text`` (``{name}`` filled
   from the call's variables) and hangs up when it has been played;
@@ -35,6 +36,7 @@ from voiceplatform.runtime import TaskRegistry
 from voiceplatform.wire import AsrFinal, AsrPartial, CallAmd, Message
 
 log = structlog.get_logger("vp_gateway_fs.amd")
+MUTE_CHECK_S = 0.05
 AMD_RESULTS = Counter("vp_gateway_fs_amd_total", "Answering-machine detection results", ["result", "action"])
 
 
@@ -61,6 +63,14 @@ class AmdWatch:
 
     async def start(self) -> None:
         self._sub = await self.bus.subscribe(subjects.asr(self.session.call_id), self._on_asr)
+        self._tasks.spawn(self._keep_out_of_dialogue(), name=f"{self.session.call_id}-amd-mute")
+
+    async def _keep_out_of_dialogue(self) -> None:
+        """Until the robot greets a human, nothing the far end says gets a reply: a machine's
+        greeting (or a hello) would otherwise be answered while detection or the beep wait runs."""
+        while not self.session.ended and self.action != "greeting":
+            await self._drop_caller_turns()
+            await asyncio.sleep(MUTE_CHECK_S)
 
     async def stop(self) -> None:
         sub, self._sub = self._sub, None

@@ -120,6 +120,8 @@ class CallSession:
         self.variables = dict(variables or {})
         # an outbound call's greeting waits for answering-machine detection: start_greeting()
         self.hold_greeting = hold_greeting
+        # ...and until it starts, the far end's words get no reply (a machine's greeting, a hello)
+        self.replies_held = hold_greeting
         self.streaming = CallOwners(
             bus,
             AssignRequest(
@@ -285,6 +287,8 @@ class CallSession:
     # ---- robot-initiated turns: the greeting and re-prompts ------------------------------------------
     async def start_greeting(self, text: str | None = None) -> None:
         """The held greeting now (``hold_greeting``), or ``text`` said in its place (synthesized)."""
+        if text is None:
+            self.replies_held = False  # a human: the dialogue may begin
         if not self.ended and self.turns.get(self.greeting_turn) is None:
             await self._start_greeting(text)
 
@@ -431,6 +435,8 @@ class CallSession:
         the fallback line after a missed deadline: counted and dropped)."""
         turn = self.turns.get(turn_id)
         if turn is None or not turn.accepts_reply:
+            return None
+        if self.replies_held and turn.kind is not TurnKind.GREETING:
             return None
         return turn
 
