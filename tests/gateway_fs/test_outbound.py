@@ -18,9 +18,10 @@ from pydantic import SecretStr
 from tests.gateway_fs.conftest import Stack, robot_quiet
 from tests.gateway_fs.test_gateway_fs import bot_turn, goodbye_pcm
 from tests.waiting import wait_for
+from voiceplatform import subjects
 from voiceplatform.cli.main import main
-from voiceplatform.testing.freeswitch_outbound import Callee, human, voicemail
-from voiceplatform.wire import CallAmd, CallDialed, CallEnded, CallStarted, ControlInterrupt
+from voiceplatform.testing.freeswitch_outbound import Callee, Utterance, human, speech_like, voicemail
+from voiceplatform.wire import AsrPartial, CallAmd, CallDialed, CallEnded, CallStarted, ControlInterrupt
 
 KEY = "dial-key-of-the-tests-0123456789"
 NUMBER = "79990001122"
@@ -177,3 +178,24 @@ async def test_vp_dial_sends_a_csv_list_and_its_columns_become_the_calls_variabl
     await robot_quiet(stack, call, 8)
     assert stack.synthesized == ["Здравствуйте, Пётр!"]  # --no-amd: greeted at once
     await call.hangup()
+
+
+async def test_an_ivr_is_known_by_its_words_and_hung_up_on(stack: Stack) -> None:
+    outbound(stack)
+    # a menu read in phrases: neither a short hello nor one long stretch, so only words decide it
+    phrase = speech_like(1.5) + bytes(int(0.35 * 8000) * 2)
+    stack.peer.outbound.callees[NUMBER] = Callee("answer", 0.1, [Utterance(0.1, phrase * 3)])
+    r = await post(stack, campaign())
+    assert r.status_code == 201
+    await wait_for(lambda: stack.peer.outbound.originated, 5)
+    call = stack.peer.outbound.originated[0]
+    call_id = f"phone-{call.uuid}"
+    await wait_for(lambda: stack.of(CallStarted, call_id), 5)
+    words = "Здравствуйте! Для связи с оператором нажмите ноль"
+    await stack.workers.publish(subjects.asr(call_id), AsrPartial(call_id=call_id, turn_id="m1", text=words))
+    await wait_for(lambda: call.ended.is_set(), 10)
+    found = stack.of(CallAmd, call_id)[0]
+    assert (found.result, found.reason, found.action, found.words) == ("ivr", "words", "hangup", words)
+    assert not call.plays
+    await wait_for(lambda: stack.of(CallEnded, call_id))
+    assert stack.of(CallEnded, call_id)[0].reason == "amd_ivr"

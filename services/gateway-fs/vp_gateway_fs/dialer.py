@@ -1,6 +1,7 @@
 """Outbound campaigns: calls placed through FreeSWITCH's Event Socket, one ``bgapi originate`` each.
 
     bgapi originate {origination_uuid=<uuid>,originate_timeout=<s>,ignore_early_media=true,
+        STREAM_BUFFER_SIZE=20,STREAM_SUPPRESS_LOG=true,park_timeout=3600,
         origination_caller_id_number=<cid>,vp_robot=<robot>,vp_campaign=<id>,vp_attempt=<n>,
         vp_var_<name>=<percent-encoded value>,...}sofia/gateway/<gateway>/<number> &park()
 
@@ -52,6 +53,8 @@ ATTEMPTS = Counter("vp_gateway_fs_dial_attempts_total", "Outbound attempts by ou
 IN_FLIGHT = Gauge("vp_gateway_fs_dial_in_flight", "Outbound attempts dialling or talking")
 VAR_PREFIX = "vp_var_"
 JOB_GRACE_S = 30.0
+PARK_TIMEOUT_S = 3600
+KEEP_FINISHED = 100  # finished campaigns whose report GET /outbound/campaigns/{id} still serves
 _ORIGINATION_UUID = re.compile(r"origination_uuid=([A-Za-z0-9-]{8,64})")
 
 
@@ -96,6 +99,9 @@ class Dialer:
     def submit(self, campaign: Campaign, *, robot: str, amd: AmdConfig, caller_id: str = "") -> CampaignRun:
         if campaign.id in self.runs:
             raise ValueError(f"campaign {campaign.id!r} exists")
+        finished = [key for key, run in self.runs.items() if run.campaign.finished]
+        for key in finished[: max(len(finished) - KEEP_FINISHED, 0)]:
+            del self.runs[key]  # bounded: the oldest finished campaigns' reports are dropped
         run = CampaignRun(campaign, robot, amd, caller_id or self.settings.fs_dial_caller_id)
         self.runs[campaign.id] = run
         self._tasks.spawn(self._run(run), key="campaign", name=f"campaign-{campaign.id}")
@@ -155,6 +161,11 @@ class Dialer:
             "origination_uuid": attempt.uuid,
             "originate_timeout": str(int(s.fs_originate_timeout_s)),
             "ignore_early_media": "true",
+            # what the inbound dialplan sets before its stream starts: 20 ms frames, quiet logs,
+            # and the same one-hour safety net on the parked call
+            "STREAM_BUFFER_SIZE": "20",
+            "STREAM_SUPPRESS_LOG": "true",
+            "park_timeout": str(PARK_TIMEOUT_S),
             "vp_robot": run.robot,
             "vp_campaign": run.campaign.id,
             "vp_attempt": str(attempt.number),
