@@ -27,6 +27,10 @@ Two races of the real thing it models on demand:
   ``event_delay_s`` delays every event's delivery (in order) by that long; ``flush_events``
   delivers what is held at once.
 
+Outbound: ``peer.outbound`` answers ``originate`` with a scripted callee per number (answer after a
+ring time, busy, no answer; a human's hello, a voicemail greeting, an IVR prompt): see
+``freeswitch_outbound``.
+
 The stream URL is whatever the caller of ``place_call`` gives: the dialplan's
 ``<base>/<uuid>?key=<secret>`` (``voiceplatform.phone_stream.stream_url``).
 """
