@@ -130,7 +130,12 @@ class Dialer:
             for state in campaign.due(now)[: max(room, 0)]:
                 await self._dial(run, state)
             wakeup = campaign.next_wakeup(self.clock())
-            timeout = 1.0 if wakeup is None else min(max(wakeup - self.clock(), 0.01), 1.0)
+            full = (
+                campaign.in_flight >= campaign.concurrency
+                or len(self.legs) >= self.settings.fs_dial_max_in_flight
+            )
+            # full: an attempt ending wakes the loop (at the latest each second for the gateway-wide cap)
+            timeout = 1.0 if wakeup is None or full else min(max(wakeup - self.clock(), 0.01), 1.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.wake.wait(), timeout)
         log.info("fs.campaign_finished", campaign=campaign.id, cancelled=campaign.cancelled)
