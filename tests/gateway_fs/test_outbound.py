@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -20,7 +21,16 @@ from tests.gateway_fs.test_gateway_fs import bot_turn, goodbye_pcm
 from tests.waiting import wait_for
 from voiceplatform import subjects
 from voiceplatform.cli.main import main
-from voiceplatform.testing.freeswitch_outbound import Callee, Utterance, human, speech_like, voicemail
+from voiceplatform.outbound.amd import AmdConfig
+from voiceplatform.outbound.campaign import Campaign, DialTarget
+from voiceplatform.testing.freeswitch_outbound import (
+    Callee,
+    Utterance,
+    human,
+    parse_originate,
+    speech_like,
+    voicemail,
+)
 from voiceplatform.wire import (
     AsrPartial,
     CallAmd,
@@ -30,6 +40,8 @@ from voiceplatform.wire import (
     ControlInterrupt,
     PlaybackStarted,
 )
+from vp_gateway_fs.dialer import CampaignRun, Dialer, call_variables
+from vp_gateway_fs.settings import GatewayFsSettings
 
 KEY = "dial-key-of-the-tests-0123456789"
 NUMBER = "79990001122"
@@ -215,3 +227,17 @@ async def test_an_ivr_is_known_by_its_words_and_hung_up_on(stack: Stack) -> None
     assert not call.plays
     await wait_for(lambda: stack.of(CallEnded, call_id))
     assert stack.of(CallEnded, call_id)[0].reason == "amd_ivr"
+
+
+def test_no_variable_value_can_break_the_dial_string() -> None:
+    settings = GatewayFsSettings(fs_dial_gateway="carrier")
+    dialer = Dialer(SimpleNamespace(settings=settings))  # type: ignore[arg-type]
+    hostile = "x},vp_robot=other,{y='a b'\\"
+    c = Campaign("c1", [DialTarget(NUMBER, {"name": hostile})])
+    run = CampaignRun(c, "dialer", AmdConfig())
+    attempt = c.started(c.states[0], "0b7c5d8e-uuid", 0.0)
+    command = dialer.originate_command(run, c.states[0], attempt)
+    variables, endpoint, app = parse_originate(command.removeprefix("originate "))
+    assert (endpoint, app) == (f"sofia/gateway/carrier/{NUMBER}", "&park()")
+    assert variables["vp_robot"] == "dialer" and variables["origination_uuid"] == "0b7c5d8e-uuid"
+    assert call_variables(variables) == {"name": hostile}  # decoded back exactly by the gateway
