@@ -27,6 +27,8 @@ from referencing.jsonschema import DRAFT7
 
 from voiceplatform.wire import (
     AsrFinal,
+    CallAmd,
+    CallDialed,
     CallEnded,
     CallStarted,
     ControlInterrupt,
@@ -49,6 +51,8 @@ SCHEMA_OF_TYPE = {
     "prompt.switched": "PromptSwitchedEvent",
     "barge_in": "BargeInEvent",
     "call.ended": "CallEndedEvent",
+    "call.dialed": "CallDialedEvent",
+    "call.amd": "CallAmdEvent",
 }
 
 
@@ -140,11 +144,15 @@ def a_call(call_id: str) -> list[StoredEvent]:
     """Every public type, plus events without a public form, as the stream holds them."""
     t0 = 1_763_700_000_000
     messages: list[Message] = [
+        CallDialed(call_id=call_id, campaign_id="c1", number="79990001122", attempt=1, outcome="answered",
+                   ts_ms=t0 - 10),
         CallStarted(call_id=call_id, robot="topic_prompts_russian", channel="phone", sample_rate=8000,
                     ts_ms=t0),
         # the greeting: no caller speech to measure from
         TurnMetrics(call_id=call_id, turn_id=f"{call_id}-greeting", bot_text="Здравствуйте!", ts_ms=t0 + 900,
                     first_sentence_ts_ms=t0 + 100, first_audio_ts_ms=t0 + 300, first_played_ts_ms=t0 + 320),
+        CallAmd(call_id=call_id, result="human", reason="short_hello", after_ms=900, action="greeting",
+                ts_ms=t0 + 800),
         AsrFinal(call_id=call_id, turn_id="u1", text="у меня собака", ts_ms=t0 + 2400),
         PromptSwitched(call_id=call_id, turn_id="u1", from_prompt="default", to_prompt="pets",
                        matched="собака", ts_ms=t0 + 2500),
@@ -174,7 +182,8 @@ def public_payloads(events: list[StoredEvent]) -> list[dict[str, Any]]:
 def test_payloads_from_wire_messages_validate(doc: dict[str, Any]) -> None:
     payloads = public_payloads(a_call("contract-1"))
     assert [p["type"] for p in payloads] == [
-        "call.started", "turn.completed", "prompt.switched", "turn.completed", "barge_in", "call.ended",
+        "call.dialed", "call.started", "turn.completed", "call.amd", "prompt.switched", "turn.completed",
+        "barge_in", "call.ended",
     ]  # fmt: skip
     any_event = validator(doc, "CallEvent")
     for payload in payloads:
@@ -182,10 +191,10 @@ def test_payloads_from_wire_messages_validate(doc: dict[str, Any]) -> None:
         any_event.validate(payload)
         assert payload["id"].startswith("contract-1:")
     # the greeting: nothing measured from caller speech (null), but its TTS stage took 200 ms
-    greeting_latency = payloads[1]["data"]["latency"]
+    greeting_latency = payloads[2]["data"]["latency"]
     assert len(greeting_latency) == 7
     assert {k: v for k, v in greeting_latency.items() if v is not None} == {"tts_latency_ms": 200}
-    assert payloads[3]["data"]["latency"]["voice_to_voice_ms"] == 812
+    assert payloads[5]["data"]["latency"]["voice_to_voice_ms"] == 812
     assert payloads[-1]["data"]["summary"]["errors"] == 1
 
 
@@ -220,6 +229,8 @@ def broken(payload: dict[str, Any], path: list[str], value: Any = ...) -> dict[s
         ("call.ended", ["data", "summary"], ...),
         ("call.ended", ["data", "summary", "barge_ins"], ...),
         ("call.ended", ["ts_ms"], "yesterday"),
+        ("call.dialed", ["data", "outcome"], "maybe"),
+        ("call.amd", ["data", "result"], ...),
     ],
 )
 def test_broken_payloads_fail(doc: dict[str, Any], event_type: str, path: list[str], value: Any) -> None:
@@ -273,7 +284,12 @@ async def finish(proc: asyncio.subprocess.Process, within_s: float = 15) -> tupl
 async def test_example_subscriber_prints_each_event_once_and_exits(nats_url: str) -> None:
     call_id = f"sub-{uuid.uuid4().hex[:10]}"
     greeting = f"{call_id}-greeting"
-    payloads = [p for p in public_payloads(a_call(call_id)) if p["data"].get("turn_id") != greeting]
+    outbound = ("call.dialed", "call.amd")
+    payloads = [
+        p
+        for p in public_payloads(a_call(call_id))
+        if p["data"].get("turn_id") != greeting and p["type"] not in outbound
+    ]
     assert [p["type"] for p in payloads] == ["call.started", "prompt.switched", "turn.completed", "barge_in",
                                              "call.ended"]  # fmt: skip
     turn = payloads[2]

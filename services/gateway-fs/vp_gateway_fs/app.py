@@ -32,8 +32,10 @@ from voiceplatform.logging import register_secret
 from voiceplatform.runtime import TaskRegistry, cancel_and_wait
 from vp_gateway_fs.call import PhoneCall
 from vp_gateway_fs.channels import ChannelRegistry
+from vp_gateway_fs.dialer import Dialer
 from vp_gateway_fs.esl import EslClient, EslError, EslEvent
 from vp_gateway_fs.greeting import GreetingCache
+from vp_gateway_fs.outbound_api import outbound_router
 from vp_gateway_fs.routing import RobotRouter
 from vp_gateway_fs.settings import (
     GatewayFsSettings,
@@ -48,7 +50,7 @@ log = structlog.get_logger("vp_gateway_fs")
 SERVICE = "gateway-fs"
 SUBSCRIPTION = (
     "CHANNEL_CREATE CHANNEL_PARK CHANNEL_ANSWER CHANNEL_HANGUP CHANNEL_HANGUP_COMPLETE "
-    "DTMF PLAYBACK_START PLAYBACK_STOP CUSTOM "
+    "DTMF PLAYBACK_START PLAYBACK_STOP BACKGROUND_JOB CUSTOM "
     "mod_audio_stream::play mod_audio_stream::connect mod_audio_stream::disconnect mod_audio_stream::error"
 )
 ANSWER_MEMORY_S = 60.0
@@ -68,6 +70,8 @@ class GatewayFs:
         password = settings.fs_esl_password.get_secret_value()
         register_secret(password)
         register_secret(settings.fs_stream_secret.get_secret_value())
+        if settings.fs_dial_api_key.get_secret_value():
+            register_secret(settings.fs_dial_api_key.get_secret_value())
         self.channels = ChannelRegistry()  # what FreeSWITCH announced: the only channels we serve
         self.settings = settings
         self.router = RobotRouter(
@@ -90,6 +94,7 @@ class GatewayFs:
         self.orphans: set[str] = set()  # channels we must still hang up
         self.accepting = True
         self.streams = StreamHandler(self)
+        self.dialer = Dialer(self)  # outbound campaigns (POST /outbound/campaigns)
         self._own_cache = settings.fs_greeting_cache_dir is None
         cache = settings.fs_greeting_cache_dir or Path(tempfile.mkdtemp(prefix="vp-gateway-fs-greetings-"))
         self.greetings = GreetingCache(cache)
@@ -105,6 +110,7 @@ class GatewayFs:
     async def drain(self, timeout: float) -> None:
         """Stop taking calls; let live calls finish up to the timeout, then end them."""
         self.accepting = False
+        await self.dialer.stop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.calls and loop.time() < deadline:
@@ -147,12 +153,14 @@ class GatewayFs:
         async def call_without_uuid(ws: WebSocket) -> None:
             await self.streams.handle(ws, None)
 
+        app.include_router(outbound_router(self))
         return app
 
     # ---- ESL ------------------------------------------------------------------------------------------
     def _on_esl_event(self, event: EslEvent) -> None:
         uuid = event.uuid
         self.channels.on_event(event)
+        self.dialer.on_event(event)
         call = self.calls.get(uuid)
         if event.name == "CHANNEL_ANSWER" and call is None:
             cutoff = time.monotonic() - ANSWER_MEMORY_S

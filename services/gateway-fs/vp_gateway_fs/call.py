@@ -38,6 +38,7 @@ from voiceplatform.wire import (
     Message,
     TtsAudio,
 )
+from vp_gateway_fs.amd_watch import AmdWatch
 from vp_gateway_fs.channels import ChannelFacts
 from vp_gateway_fs.esl import EslClient, EslError, EslEvent
 from vp_gateway_fs.greeting import GreetingCapture
@@ -88,6 +89,7 @@ class PhoneCall:
         self._greeting_seen = False
         self.hangup_seen = asyncio.Event()
         self._keys = asyncio.Lock()
+        self.amd: AmdWatch | None = None  # an outbound call's answering-machine detection
 
     @property
     def call_id(self) -> str:
@@ -97,6 +99,8 @@ class PhoneCall:
         self._subs.append(await self.bus.subscribe(subjects.control(self.call_id), self._on_control))
         if self.greeting_capture is not None:
             self._capture_sub = await self.bus.subscribe(subjects.tts_audio(self.call_id), self._on_greeting)
+        if self.amd is not None:
+            await self.amd.start()
         await self.session.start()
         if self.session.robot.settings.recording.enabled:
             self._spawn(self.record("start"), "record")
@@ -111,6 +115,8 @@ class PhoneCall:
                 await sub.unsubscribe()
             self._subs.clear()
             await self._stop_capture()
+            if self.amd is not None:
+                await self.amd.stop()
             current = asyncio.current_task()
             for task in self._tasks.all_tasks():
                 if task is not current:

@@ -22,6 +22,7 @@ import structlog
 from voiceplatform.audio import write_wav
 from voiceplatform.config import RobotConfig
 from voiceplatform.gateway.greeting import wav_pcm
+from voiceplatform.outbound.template import has_placeholders
 from voiceplatform.wire import TtsAudio
 
 log = structlog.get_logger("vp_gateway_fs.greeting")
@@ -39,7 +40,9 @@ class GreetingCache:
         return self.folder / f"{robot.name}-{rate}-{digest}"
 
     def needs_synthesis(self, robot: RobotConfig) -> bool:
-        return robot.greeting_wav is None and bool(robot.settings.greeting_text.strip())
+        text = robot.settings.greeting_text
+        # a greeting with per-call variables ({name}) differs per call: never kept
+        return robot.greeting_wav is None and bool(text.strip()) and not has_placeholders(text)
 
     def cached(self, robot: RobotConfig, rate: int) -> bytes | None:
         """The greeting kept from an earlier call of this robot at this rate, if any."""

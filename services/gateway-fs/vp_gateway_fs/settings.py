@@ -56,6 +56,18 @@ class GatewayFsSettings(ServiceSettings):
     # raises them as mod_audio_stream::json events, where dialplan scripts and `vp call --phone` see them
     fs_forward_events: bool = True
     max_message_bytes: int = 1 << 16
+    # ---- outbound calls (dialer.py, outbound_api.py) ----
+    # bearer key of /outbound/*: unset, every request is refused
+    fs_dial_api_key: SecretStr = SecretStr("")
+    # FreeSWITCH endpoint of a dialled number; {gateway} is VP_FS_DIAL_GATEWAY (a sofia gateway)
+    fs_dial_endpoint: str = "sofia/gateway/{gateway}/{number}"
+    fs_dial_gateway: str = "carrier"
+    fs_dial_caller_id: str = ""
+    fs_originate_timeout_s: float = Field(default=30.0, gt=0, le=300)
+    # attempts in flight (dialling or talking) over all campaigns of this gateway
+    fs_dial_max_in_flight: int = Field(default=50, ge=1, le=5000)
+    # where FreeSWITCH opens an answered outbound call's stream (this gateway, as FreeSWITCH reaches it)
+    fs_stream_url: str = "ws://gateway-fs:8090/call"
 
 
 def password_problem(settings: GatewayFsSettings) -> str | None:

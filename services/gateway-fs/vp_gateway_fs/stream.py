@@ -46,6 +46,7 @@ from voiceplatform.gateway import CallSession, FrameAssembler
 from voiceplatform.logging import bind_call
 from voiceplatform.phone_stream import KEY_PARAM, secret_matches
 from voiceplatform.wire import frame_bytes
+from vp_gateway_fs.amd_watch import AmdWatch
 from vp_gateway_fs.call import PhoneCall
 from vp_gateway_fs.channels import LOOKUPS, ChannelFacts
 from vp_gateway_fs.esl import EslError
@@ -218,6 +219,7 @@ class StreamHandler:
         gw = self.gw
         assert gw.bus is not None
         call_id = f"phone-{uuid}"
+        variables, amd = gw.dialer.call_setup(uuid, facts.variables)
         capture = gw.greetings.capture(robot, rate, call_id)
         holder: list[PhoneCall] = []
         sink = FsSink(
@@ -242,6 +244,8 @@ class StreamHandler:
             gateway_id=self.settings.instance_id,
             lead_frames=self.settings.fs_lead_frames,
             greeting_audio=gw.greetings.cached(robot, rate),
+            variables=variables,
+            hold_greeting=amd is not None,  # outbound: the greeting waits for AMD (amd_watch.py)
         )
         call = PhoneCall(
             facts=facts,
@@ -254,6 +258,8 @@ class StreamHandler:
             answered_at=gw.answered.pop(uuid, None),
             greeting_capture=capture,
         )
+        if amd is not None:
+            call.amd = AmdWatch(session, gw.bus, amd, rate, on_result=lambda r: gw.dialer.note_amd(uuid, r))
         holder.append(call)
         gw.calls[uuid] = call
         assembler = FrameAssembler(rate, rate)
@@ -307,6 +313,8 @@ class StreamHandler:
     async def _audio(call: PhoneCall, assembler: FrameAssembler, data: bytes, rate: int) -> None:
         _FRAMES_IN.inc()
         for piece in assembler.push(data):
+            if call.amd is not None:
+                call.amd.feed(piece)
             await call.session.push_audio(piece)
 
 

@@ -30,6 +30,7 @@ from voiceplatform.bus.streams import CALL_EVENTS
 from voiceplatform.bus.work import WorkSource, WorkSpec, check_still_ours, take_work
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.logging import bind_call
+from voiceplatform.outbound.template import fill
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.wire import (
@@ -231,6 +232,7 @@ class RouterService:
                 channel=msg.channel,
                 sample_rate=msg.sample_rate,
                 prompt_id=robot.settings.router.default_prompt,
+                variables=dict(msg.variables),
             )
             created = await self.store.create(state)
             log.info("router.call_started", robot=robot.name, prompt_id=state.prompt_id, created=created)
@@ -436,7 +438,7 @@ def llm_request(
         turn_id=turn_id,
         robot=robot.name,
         prompt_id=state.prompt_id,
-        system_prompt=robot.prompt_text(state.prompt_id),
+        system_prompt=fill(robot.prompt_text(state.prompt_id), state.variables),
         history=history,
         user_text=user_text,
         sample_rate=state.sample_rate,

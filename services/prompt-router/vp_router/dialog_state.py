@@ -38,6 +38,8 @@ class DialogState(msgspec.Struct, kw_only=True):
     pending_interrupts: dict[str, str] = msgspec.field(default_factory=dict)
     # caller turns taken out of the dialogue (continued or backchannel): their late messages stay out
     dropped_turns: list[str] = msgspec.field(default_factory=list)
+    # per-call variables from call.started (outbound calls): {name} in the prompts
+    variables: dict[str, str] = msgspec.field(default_factory=dict)
 
     def drop_turn(self, turn_id: str) -> int:
         """Take a caller turn and the robot's reply to it out of the history; returns how many left."""

@@ -11,7 +11,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from voiceplatform.turn_figures import turn_figures
-from voiceplatform.wire import CallEnded, CallStarted, ControlInterrupt, Message, PromptSwitched, TurnMetrics
+from voiceplatform.wire import (
+    CallAmd,
+    CallDialed,
+    CallEnded,
+    CallStarted,
+    ControlInterrupt,
+    Message,
+    PromptSwitched,
+    TurnMetrics,
+)
 
 PUBLIC_EVENT_VERSION = 1
 REDIS_CHANNEL = "call_events"
@@ -60,6 +69,22 @@ def _data(msg: Message) -> tuple[str, dict[str, Any]] | None:
                 "by_turn_id": msg.by_turn_id,
                 "played_ms": msg.played_ms,
                 "played_text": msg.played_text,
+            }
+        case CallDialed():
+            return "call.dialed", {
+                "campaign_id": msg.campaign_id,
+                "number": msg.number,
+                "attempt": msg.attempt,
+                "outcome": msg.outcome,
+                "cause": msg.cause,
+            }
+        case CallAmd():
+            return "call.amd", {
+                "result": msg.result,
+                "reason": msg.reason,
+                "after_ms": msg.after_ms,
+                "action": msg.action,
+                "words": msg.words,
             }
         case CallEnded():
             return "call.ended", {

@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--esl-port", type=int, default=8021, help="--phone: Event Socket port to listen on")
     call.add_argument("--number", default="7000", help="--phone: the dialed number (DNIS)")
 
+    from voiceplatform.cli import dial
+
+    dial.add_arguments(sub.add_parser("dial", help="place outbound calls from a list through gateway-fs"))
+
     from voiceplatform.bus import natsconf
 
     natsconf.add_arguments(
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "nats-config":
         return natsconf.run(args)
+    if args.command == "dial":
+        return dial.run_dial(args)
     if args.command == "up":
         from voiceplatform.cli.up import run_up
 

@@ -28,6 +28,7 @@ from voiceplatform.gateway.turn_keeper import TurnKeeper
 from voiceplatform.gateway.turn_policy import Cut
 from voiceplatform.gateway.turns import Turn, TurnKind, TurnState, TurnTable
 from voiceplatform.logging import bind_call
+from voiceplatform.outbound.template import fill
 from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.runtime.tasks import TaskRegistry
 from voiceplatform.wire import (
@@ -102,6 +103,8 @@ class CallSession:
         lead_frames: int = 3,
         greeting_audio: bytes | None = None,
         sink_ahead_ms: int = 0,
+        variables: dict[str, str] | None = None,
+        hold_greeting: bool = False,
     ) -> None:
         self.bus = bus
         self.robot = robot
@@ -117,6 +120,12 @@ class CallSession:
         self.sink_ahead_ms = sink_ahead_ms
         # greeting PCM at the call's rate kept by the gateway (synthesized once), else greeting.wav
         self.greeting_audio = greeting_audio
+        # per-call variables (outbound calls): {name} in greeting_text; sent on call.started
+        self.variables = dict(variables or {})
+        # an outbound call's greeting waits for answering-machine detection: start_greeting()
+        self.hold_greeting = hold_greeting
+        # ...and until it starts, the far end's words get no reply (a machine's greeting, a hello)
+        self.replies_held = hold_greeting
         self.streaming = CallOwners(
             bus,
             AssignRequest(
@@ -202,10 +211,12 @@ class CallSession:
                     caller=self.caller,
                     mode=self.robot.settings.mode,
                     gateway_id=self.gateway_id,
+                    variables=self.variables,
                 ),
             )
             log.info("call.started", robot=self.robot.name, channel=self.channel, rate=self.sample_rate)
-            await self._start_greeting()
+            if not self.hold_greeting:
+                await self._start_greeting()
             self._spawn(self._playout_loop(), "playout")
             for role in owned_roles_for(self.robot.settings.mode):
                 self.request_reassign(role, "call_start")
@@ -287,13 +298,20 @@ class CallSession:
         )
 
     # ---- robot-initiated turns: the greeting and re-prompts ------------------------------------------
-    async def _start_greeting(self) -> None:
-        text = self.robot.settings.greeting_text
-        pcm = (
-            self.greeting_audio
-            if self.greeting_audio is not None
-            else greeting_pcm(self.robot, self.sample_rate)
-        )
+    async def start_greeting(self, text: str | None = None) -> None:
+        """The held greeting now (``hold_greeting``), or ``text`` said in its place (synthesized)."""
+        if text is None:
+            self.replies_held = False  # a human: the dialogue may begin
+        if not self.ended and self.turns.get(self.greeting_turn) is None:
+            await self._start_greeting(text)
+
+    async def _start_greeting(self, say: str | None = None) -> None:
+        text = fill(self.robot.settings.greeting_text, self.variables) if say is None else say
+        pcm = None
+        if say is None:
+            pcm = self.greeting_audio
+            if pcm is None:
+                pcm = greeting_pcm(self.robot, self.sample_rate)
         if pcm is None and not text:
             return
         turn = self.turns.add(
@@ -435,6 +453,8 @@ class CallSession:
         the fallback line after a missed deadline: counted and dropped)."""
         turn = self.turns.get(turn_id)
         if turn is None or not turn.accepts_reply:
+            return None
+        if self.replies_held and turn.kind is not TurnKind.GREETING:
             return None
         return turn
 

@@ -27,6 +27,10 @@ Two races of the real thing it models on demand:
   ``event_delay_s`` delays every event's delivery (in order) by that long; ``flush_events``
   delivers what is held at once.
 
+Outbound: ``peer.outbound`` answers ``originate`` with a scripted callee per number (answer after a
+ring time, busy, no answer; a human's hello, a voicemail greeting, an IVR prompt): see
+``freeswitch_outbound``.
+
 The stream URL is whatever the caller of ``place_call`` gives: the dialplan's
 ``<base>/<uuid>?key=<secret>`` (``voiceplatform.phone_stream.stream_url``).
 """
@@ -51,6 +55,7 @@ from voiceplatform.runtime.tasks import TaskRegistry
 from voiceplatform.testing.freeswitch_api import COMMANDS
 from voiceplatform.testing.freeswitch_call import PeerCall
 from voiceplatform.testing.freeswitch_esl import EslCommand, EslListener
+from voiceplatform.testing.freeswitch_outbound import Outbound
 from voiceplatform.testing.freeswitch_wire import EslPacket, FsEvent, standard_headers
 
 log = structlog.get_logger("voiceplatform.testing.freeswitch")
@@ -115,6 +120,7 @@ class FreeSwitchPeer:
         self._overrides: dict[str, deque[str]] = {}
         self._tasks = TaskRegistry()
         self._server: asyncio.Server | None = None
+        self.outbound = Outbound(self)  # `originate` and its scripted callees (freeswitch_outbound)
 
     async def __aenter__(self) -> FreeSwitchPeer:
         await self.start()
@@ -240,6 +246,8 @@ class FreeSwitchPeer:
         forced = self.override(command)
         if forced is not None:
             return forced if forced.endswith("\n") else forced + "\n"
+        if command == "originate":
+            return await self.outbound.originate(arg or "")
         function = COMMANDS.get(command)  # FreeSWITCH's API names are case-sensitive
         if function is None:
             return None

@@ -49,6 +49,8 @@ class CallStarted(Message, tag="call.started"):
     caller: str = ""
     mode: str = "pipeline"
     gateway_id: str = ""
+    # per-call variables of an outbound call (name, debt, ...): ``{name}`` in the robot's texts
+    variables: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 # ``CallEnded.reason`` the recorder publishes for a call whose gateway died without ending it
@@ -61,6 +63,31 @@ class CallEnded(Message, tag="call.ended"):
     turns: int = 0
     # reason "transferred": where the caller was handed over (the ``control.transfer`` destination)
     transfer_to: str = ""
+
+
+class CallDialed(Message, tag="call.dialed"):
+    """One outbound attempt's outcome (gateway-fs), on the call id its stream has or would have had.
+
+    ``outcome``: answered | busy | no_answer | failed; ``cause``: FreeSWITCH's hangup cause."""
+
+    campaign_id: str
+    number: str
+    attempt: int
+    outcome: str
+    cause: str = ""
+
+
+class CallAmd(Message, tag="call.amd"):
+    """Answering-machine detection on an answered outbound call, and what the gateway did about it.
+
+    ``result``: human | voicemail | ivr | silence; ``reason``: words | long_speech | short_hello |
+    silence | timeout; ``action``: greeting | voicemail_message | hangup."""
+
+    result: str
+    reason: str
+    after_ms: int
+    action: str
+    words: str = ""
 
 
 class ControlHangup(Message, tag="control.hangup"):
