@@ -3,7 +3,8 @@
 # Uses the NATS/Postgres/Redis on loopback when they run, embedded ones from PyPI otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VP_EXTRA_APT_PACKAGES="shellcheck lua5.2" bash scripts/setup.sh
+# shellcheck (setup scripts), lua5.2 (the FreeSWITCH robot.lua), chromium (the bundled page in a real browser)
+VP_EXTRA_APT_PACKAGES="shellcheck lua5.2 chromium" bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1
 
 echo "== ruff"
