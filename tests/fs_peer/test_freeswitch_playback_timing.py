@@ -7,6 +7,7 @@ application gap), so the figures below are exact even on a busy machine.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -59,7 +60,7 @@ async def test_each_broadcast_waits_five_lead_frames_so_back_to_back_files_leave
     assert all(p.via == "broadcast" and p.lead_frames == BROADCAST_LEAD_FRAMES == 5 for p in plays)
     lead = BROADCAST_LEAD_FRAMES * FRAME_S
     assert plays[0].started_at == pytest.approx(plays[0].queued_at + lead, abs=1e-6)
-    for before, after in zip(plays, plays[1:], strict=False):
+    for before, after in itertools.pairwise(plays):
         assert before.stopped_at is not None and after.started_at is not None
         assert after.started_at - before.stopped_at == pytest.approx(lead + APP_GAP_S, abs=1e-6)
     # 1.2 s of audio takes 1.5 s: the 25 % slow-down a real FreeSWITCH showed with 400 ms segments
@@ -85,7 +86,7 @@ async def test_playback_queued_with_sendmsg_runs_back_to_back_in_real_time(
     assert call.heard() == b"".join(pcm for _, pcm in files)
     assert all(p.via == "execute" and p.lead_frames == 0 for p in plays)
     assert plays[0].started_at == pytest.approx(plays[0].queued_at, abs=1e-6)  # no lead frames
-    gaps = [(b.started_at or 0) - (a.stopped_at or 0) for a, b in zip(plays, plays[1:], strict=False)]
+    gaps = [(b.started_at or 0) - (a.stopped_at or 0) for a, b in itertools.pairwise(plays)]
     assert all(g == pytest.approx(APP_GAP_S, abs=1e-6) for g in gaps) and max(gaps) < 0.005
     for play, (_, pcm) in zip(plays, files, strict=True):  # each plays for exactly its length
         assert (play.stopped_at or 0) - (play.started_at or 0) == pytest.approx(len(pcm) / 16000, abs=1e-6)

@@ -1,14 +1,25 @@
-"""The FreeSWITCH side of a call's robot audio: segments → mod_audio_stream files → uuid_broadcast.
+"""The FreeSWITCH side of a call's robot audio: segments → mod_audio_stream files → playback queue.
 
 The community mod_audio_stream does not play what the server sends: a ``streamAudio`` text frame
-makes it write a file and raise ``mod_audio_stream::play`` with the path (protocols.md 9a). So the
-sink cuts the paced frames ``CallSession`` gives it into segments, sends each as one ``streamAudio``
-frame over the call's own WebSocket, and on the play event queues the file with ``uuid_broadcast
-<uuid> <file> aleg`` over the ESL. Broadcasts of one channel play one after the other, in order.
-Why this path: it needs nothing but the two modules the dialplan already uses, no shared volume
+makes it write a file and raise ``mod_audio_stream::play`` with the path. So the sink cuts the
+paced frames ``CallSession`` gives it into segments, sends each as one ``streamAudio`` frame over
+the call's own WebSocket, and on the play event queues the file on the channel with ``sendmsg
+<uuid>`` / ``execute playback <file>`` over the ESL (``playback="execute"``, the default). Files of
+one channel play one after the other, in order, 1-2 ms apart: the caller hears one continuous
+voice. The older path, ``uuid_broadcast <uuid> <file> aleg`` (``playback="broadcast"``), makes
+FreeSWITCH read 5 frames (100 ms) before every file, so 400 ms segments played with 100 ms holes
+and 25 % slower than real time; it is kept only to measure against (docs/telephony.md).
+Why files at all: it needs nothing but the two modules the dialplan already uses, no shared volume
 (FreeSWITCH writes the files itself), and the first word costs one small file write and two local
-round trips, a few milliseconds; a barge-in is one ``uuid_break <uuid> all``, which stops the
-current file and drops the queued ones at once.
+round trips; a barge-in is one ``uuid_break <uuid> all``, which stops the current file and drops
+the queued ones at once.
+
+What the caller heard (``unheard_bytes``, the session's ``PlaybackClock``): a file counts from its
+``PLAYBACK_START`` in real time until its ``PLAYBACK_STOP``. A file FreeSWITCH cannot open fires
+neither, only ``CHANNEL_EXECUTE_COMPLETE`` (``FILE NOT FOUND``): that ends it as lost. Should both
+be missed, a started file ends ``stop_grace_s`` after its audio would have, and files that never
+start end once nothing has started for ``stop_grace_s`` (counted as ``no_stop``), so neither the
+session nor ``close`` waits for an event that will not come.
 
 Segment sizes: the session sends ``lead`` frames at once, then one every 20 ms. Segment k (frames
 a..b) is complete when frame b arrives, at (b - lead) x 20 ms, and must be queued before FreeSWITCH
@@ -31,6 +42,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,13 +65,30 @@ PLAYBACK_LOST = Counter(
 COMMAND_ERRORS = Counter(
     "vp_gateway_fs_esl_command_errors_total", "ESL commands that failed", ["command", "kind"]
 )
-GONE_MARKERS = ("no such channel", "invalid uuid")
+DRAIN_TIMEOUTS = Counter(
+    "vp_gateway_fs_drain_timeouts_total", "Hangups that waited for queued robot audio until the timeout"
+)
+GONE_MARKERS = ("no such channel", "invalid uuid", "invalid session id")
 
 
 @dataclass
 class _Segment:
     epoch: int
     nbytes: int
+
+
+@dataclass
+class _File:
+    """A segment's file queued on the channel: what FreeSWITCH reported of it so far."""
+
+    nbytes: int
+    seconds: float
+    started_at: float | None = None  # monotonic, when its PLAYBACK_START arrived
+
+    def heard(self, now: float, rate: int) -> int:
+        if self.started_at is None:
+            return 0
+        return min(self.nbytes, max(0, int((now - self.started_at) * rate)) * 2)
 
 
 def command_failed(command: str, uuid: str, error: EslError | EslReply) -> None:
@@ -83,8 +112,14 @@ class FsSink:
         idle_flush_s: float = 0.06,
         forward_events: bool = True,
         on_channel_gone: Callable[[], None] | None = None,
+        playback: str = "execute",
+        stop_grace_s: float = 1.0,
     ) -> None:
+        if playback not in ("execute", "broadcast"):
+            raise ValueError(f"playback must be 'execute' or 'broadcast', not {playback!r}")
         self.ws, self.esl, self.uuid, self.rate = ws, esl, uuid, rate
+        self.playback = playback
+        self.stop_grace_s = stop_grace_s
         frame = frame_bytes(rate)
         self.first_bytes = max(frame, first_segment_ms // 20 * frame)
         self.segment_bytes = max(frame, segment_ms // 20 * frame)
@@ -101,7 +136,8 @@ class FsSink:
         self._fresh = True  # next segment is the first of a burst: small
         self._epoch = 0
         self._sent: deque[_Segment] = deque()  # streamAudio frames awaiting their play event
-        self._queued: dict[str, int] = {}  # broadcast files not yet stopped → bytes
+        self._queued: dict[str, _File] = {}  # files queued on the channel, not yet stopped
+        self._progress_at = time.monotonic()  # last START/STOP/queueing: files that never start
         self._drained = asyncio.Event()
         self._drained.set()
         self._idle: asyncio.TimerHandle | None = None
@@ -148,7 +184,9 @@ class FsSink:
             if self.drain_on_close and self.ws.application_state == WebSocketState.CONNECTED:
                 if self._buffer:
                     await self._ship()
-                await self.wait_drained(self.pending_audio_s() + 1.5)
+                if not await self.wait_drained(self.pending_audio_s() + self.stop_grace_s + 0.5):
+                    DRAIN_TIMEOUTS.inc()
+                    log.warning("fs.drain_timeout", uuid=self.uuid)
             await self.hangup("NORMAL_CLEARING")
         self._finished = True
         await self._tasks.cancel_all(1.0)
@@ -179,13 +217,22 @@ class FsSink:
         self._queued.clear()
         self._update_drained()
 
+    def unheard_bytes(self) -> int:
+        """``PlaybackClock``: robot audio given to the sink that the caller has not heard yet."""
+        now = time.monotonic()
+        self._expire(now)
+        queued = sum(f.nbytes - f.heard(now, self.rate) for f in self._queued.values())
+        return len(self._buffer) + sum(s.nbytes for s in self._sent) + queued
+
     def pending_audio_s(self) -> float:
-        nbytes = len(self._buffer) + sum(s.nbytes for s in self._sent) + sum(self._queued.values())
-        return nbytes / 2 / self.rate
+        return self.unheard_bytes() / 2 / self.rate
 
     async def wait_drained(self, timeout: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), timeout)
+        deadline = time.monotonic() + timeout
+        while not self._drained.is_set() and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), min(left, 0.1))
+            self._expire(time.monotonic())
         return self._drained.is_set()
 
     # ---- ESL events of this channel (called by the ESL reader: never block) -----------------------
@@ -205,38 +252,87 @@ class FsSink:
             log.error("fs.play_event_without_usable_file", uuid=self.uuid)
             self._update_drained()
             return
+        command = "sendmsg" if self.playback == "execute" else "uuid_broadcast"
         try:
-            future = self.esl.submit(f"api uuid_broadcast {self.uuid} {path} aleg")
+            if self.playback == "execute":  # no lead frames: queued files play back to back
+                execute = [("execute-app-name", "playback"), ("execute-app-arg", path)]
+                future = self.esl.submit_sendmsg(self.uuid, [("call-command", "execute"), *execute])
+            else:
+                future = self.esl.submit(f"api uuid_broadcast {self.uuid} {path} aleg")
         except EslError as exc:
             PLAYBACK_LOST.labels("esl_unavailable").inc()
-            command_failed("uuid_broadcast", self.uuid, exc)
+            command_failed(command, self.uuid, exc)
             self._update_drained()
             return
-        self._queued[path] = segment.nbytes
-        self._tasks.spawn(self._check_broadcast(future, path), name=f"broadcast-{self.uuid}")
+        if not self._queued:
+            self._progress_at = time.monotonic()
+        self._queued[path] = _File(segment.nbytes, segment.nbytes / 2 / self.rate)
+        self._tasks.spawn(self._check_queued(future, path, command), name=f"queue-{self.uuid}")
 
     def on_playback(self, event: EslEvent) -> None:
         path = event.headers.get("Playback-File-Path", "")
-        if event.name == "PLAYBACK_START" and path in self._queued and self.first_playback_at is None:
-            self.first_playback_at = event.received
+        file = self._queued.get(path)
+        if event.name == "PLAYBACK_START" and file is not None:
+            file.started_at = event.received
+            self._progress_at = event.received
+            if self.first_playback_at is None:
+                self.first_playback_at = event.received
         elif event.name == "PLAYBACK_STOP":
+            self._progress_at = event.received
             self._queued.pop(path, None)
             self._update_drained()
 
+    def on_execute_complete(self, event: EslEvent) -> None:
+        """``CHANNEL_EXECUTE_COMPLETE`` of ``playback``: a file that never started is over (lost)."""
+        if event.headers.get("Application") != "playback":
+            return
+        path = event.headers.get("Application-Data", "")
+        file = self._queued.get(path)
+        if file is None or file.started_at is not None:
+            return  # its PLAYBACK_STOP does the rest
+        self._queued.pop(path)
+        self._progress_at = event.received
+        PLAYBACK_LOST.labels("not_played").inc()
+        response = event.headers.get("Application-Response", "")[:40]
+        log.error("fs.file_not_played", uuid=self.uuid, response=response)
+        self._update_drained()
+
+    def _expire(self, now: float) -> None:
+        """Files whose end FreeSWITCH never reported: over once they cannot be playing any more."""
+        grace = self.stop_grace_s
+        stalled = not self._playing(now) and now > self._progress_at + grace  # nothing starts any more
+        lapsed = [
+            path
+            for path, f in self._queued.items()
+            if (f.started_at is None and stalled)
+            or (f.started_at is not None and now > f.started_at + f.seconds + grace)
+        ]
+        for path in lapsed:
+            del self._queued[path]
+            PLAYBACK_LOST.labels("no_stop").inc()
+            log.warning("fs.playback_stop_missing", uuid=self.uuid)
+        if lapsed:
+            self._progress_at = now
+            self._update_drained()
+
+    def _playing(self, now: float) -> bool:
+        files = self._queued.values()
+        return any(f.started_at is not None and now <= f.started_at + f.seconds for f in files)
+
     # ---- internals --------------------------------------------------------------------------------
-    async def _check_broadcast(self, future: asyncio.Future[EslReply], path: str) -> None:
+    async def _check_queued(self, future: asyncio.Future[EslReply], path: str, command: str) -> None:
         try:
             reply = await self.esl.wait(future)
         except EslError as exc:
             reply = None
-            command_failed("uuid_broadcast", self.uuid, exc)
+            command_failed(command, self.uuid, exc)
         if reply is not None and reply.ok:
             return
-        PLAYBACK_LOST.labels("broadcast_failed").inc()
+        PLAYBACK_LOST.labels("queue_failed").inc()
         self._queued.pop(path, None)
         self._update_drained()
         if reply is not None:
-            command_failed("uuid_broadcast", self.uuid, reply)
+            command_failed(command, self.uuid, reply)
             if any(m in reply.text.lower() for m in GONE_MARKERS):
                 self.channel_gone()
                 if self.on_channel_gone is not None:

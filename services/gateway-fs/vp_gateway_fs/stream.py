@@ -229,6 +229,8 @@ class StreamHandler:
             segment_ms=self.settings.fs_segment_ms,
             forward_events=self.settings.fs_forward_events,
             on_channel_gone=lambda: holder[0].channel_gone() if holder else None,
+            playback=self.settings.fs_playback,
+            stop_grace_s=self.settings.fs_playback_stop_grace_s,
         )
         session = CallSession(
             gw.bus,
@@ -242,6 +244,7 @@ class StreamHandler:
             gateway_id=self.settings.instance_id,
             lead_frames=self.settings.fs_lead_frames,
             greeting_audio=gw.greetings.cached(robot, rate),
+            clock=sink,  # what the caller heard: FreeSWITCH's PLAYBACK_START/STOP
         )
         call = PhoneCall(
             facts=facts,
