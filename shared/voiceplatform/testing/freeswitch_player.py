@@ -28,8 +28,8 @@ import asyncio
 import contextlib
 import time
 import uuid as uuidlib
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from voiceplatform.testing.freeswitch_media import Track, load_audio
