@@ -178,3 +178,20 @@ async def test_a_file_that_fails_to_play_does_not_stall_the_hangup(stack: Stack)
     await wait_for(lambda: stack.of(CallEnded, call_id))
     assert counter("vp_gateway_fs_drain_timeouts_total") == timeouts  # ended by the event, not a timeout
     assert counter("vp_gateway_fs_playback_lost_total", {"reason": "not_played"}) > not_played
+
+
+async def test_a_caller_hanging_up_mid_reply_is_recorded_with_what_was_heard(stack: Stack) -> None:
+    call = await stack.call("7000")
+    call_id = f"phone-{call.uuid}"
+    await robot_quiet(stack, call)
+    first = len(call.plays)
+    await reply(stack, call_id, "u1", sentences=1, seconds=1.5)  # all sent ~0.5 s before it is heard
+    await wait_for(lambda: len(call.plays) > first and call.plays[first].started_at, timeout=5)
+    started = call.plays[first].started_at or 0.0
+    await asyncio.sleep(max(0.0, started + 1.2 - time.monotonic()))
+    await call.hangup()
+    await wait_for(lambda: stack.of(CallEnded, call_id), timeout=5)
+    cut = [m for m in stack.of(ControlInterrupt, call_id) if m.turn_id == "u1"]
+    assert cut and cut[0].reason == "call_ended", "the reply was recorded as heard in full"
+    heard_ms = sum(len(p.pcm) for p in call.plays[first:]) / 2 / RATE * 1000
+    assert abs(cut[0].played_ms - heard_ms) < 60, (cut[0].played_ms, heard_ms)

@@ -138,6 +138,7 @@ class FsSink:
         self._sent: deque[_Segment] = deque()  # streamAudio frames awaiting their play event
         self._queued: dict[str, _File] = {}  # files queued on the channel, not yet stopped
         self._progress_at = time.monotonic()  # last START/STOP/queueing: files that never start
+        self._gone_at: float | None = None  # when FreeSWITCH reported the hangup
         self._drained = asyncio.Event()
         self._drained.set()
         self._idle: asyncio.TimerHandle | None = None
@@ -210,17 +211,25 @@ class FsSink:
         return True
 
     def channel_gone(self) -> None:
-        """FreeSWITCH hung the channel up: nothing queued will play, and nothing is to hang up."""
+        """FreeSWITCH hung the channel up: nothing queued will play, and nothing is to hang up.
+        What was not heard by then stays unheard (the clock stops), so the session's cut at the
+        end of the call records what the caller heard before hanging up."""
         self.channel_alive = False
+        self._gone_at = self._gone_at or time.monotonic()
         self._buffer.clear()
-        self._sent.clear()
-        self._queued.clear()
         self._update_drained()
+
+    def hung_up(self, at: float) -> None:
+        """``CHANNEL_HANGUP``: the caller hears nothing after ``at`` (the clock stops there)."""
+        self._gone_at = self._gone_at or at
 
     def unheard_bytes(self) -> int:
         """``PlaybackClock``: robot audio given to the sink that the caller has not heard yet."""
         now = time.monotonic()
-        self._expire(now)
+        if self._gone_at is not None:
+            now = self._gone_at
+        else:
+            self._expire(now)
         queued = sum(f.nbytes - f.heard(now, self.rate) for f in self._queued.values())
         return len(self._buffer) + sum(s.nbytes for s in self._sent) + queued
 
@@ -243,7 +252,7 @@ class FsSink:
             path = str(json.loads(event.body).get("file", ""))
         except (json.JSONDecodeError, AttributeError):
             path = ""
-        if segment is None or segment.epoch != self._epoch or self._finished:
+        if segment is None or segment.epoch != self._epoch or self._finished or not self.channel_alive:
             PLAYBACK_LOST.labels("stale" if segment is not None else "unexpected").inc()
             self._update_drained()
             return
@@ -270,6 +279,8 @@ class FsSink:
         self._tasks.spawn(self._check_queued(future, path, command), name=f"queue-{self.uuid}")
 
     def on_playback(self, event: EslEvent) -> None:
+        if self._gone_at is not None:
+            return  # the hangup stopped the clock: the files it cut stay unheard
         path = event.headers.get("Playback-File-Path", "")
         file = self._queued.get(path)
         if event.name == "PLAYBACK_START" and file is not None:
@@ -382,7 +393,7 @@ class FsSink:
             self._tasks.spawn(self._ship(), name=f"ship-{self.uuid}")
 
     def _update_drained(self) -> None:
-        if not self._buffer and not self._sent and not self._queued:
+        if self._gone_at is not None or (not self._buffer and not self._sent and not self._queued):
             self._drained.set()
         else:
             self._drained.clear()
