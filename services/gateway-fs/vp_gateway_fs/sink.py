@@ -55,6 +55,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.wire import frame_bytes
 from vp_gateway_fs.esl import EslClient, EslError, EslEvent, EslReply
+from vp_gateway_fs.played import PlayedFiles
 
 log = structlog.get_logger("vp_gateway_fs.sink")
 
@@ -75,20 +76,6 @@ GONE_MARKERS = ("no such channel", "invalid uuid", "invalid session id")
 class _Segment:
     epoch: int
     nbytes: int
-
-
-@dataclass
-class _File:
-    """A segment's file queued on the channel: what FreeSWITCH reported of it so far."""
-
-    nbytes: int
-    seconds: float
-    started_at: float | None = None  # monotonic, when its PLAYBACK_START arrived
-
-    def heard(self, now: float, rate: int) -> int:
-        if self.started_at is None:
-            return 0
-        return min(self.nbytes, max(0, int((now - self.started_at) * rate)) * 2)
 
 
 def command_failed(command: str, uuid: str, error: EslError | EslReply) -> None:
@@ -136,9 +123,7 @@ class FsSink:
         self._fresh = True  # next segment is the first of a burst: small
         self._epoch = 0
         self._sent: deque[_Segment] = deque()  # streamAudio frames awaiting their play event
-        self._queued: dict[str, _File] = {}  # files queued on the channel, not yet stopped
-        self._progress_at = time.monotonic()  # last START/STOP/queueing: files that never start
-        self._gone_at: float | None = None  # when FreeSWITCH reported the hangup
+        self._queued = PlayedFiles(rate, stop_grace_s)  # files queued on the channel, not yet stopped
         self._drained = asyncio.Event()
         self._drained.set()
         self._idle: asyncio.TimerHandle | None = None
@@ -215,23 +200,19 @@ class FsSink:
         What was not heard by then stays unheard (the clock stops), so the session's cut at the
         end of the call records what the caller heard before hanging up."""
         self.channel_alive = False
-        self._gone_at = self._gone_at or time.monotonic()
+        self._queued.freeze(time.monotonic())
         self._buffer.clear()
         self._update_drained()
 
     def hung_up(self, at: float) -> None:
         """``CHANNEL_HANGUP``: the caller hears nothing after ``at`` (the clock stops there)."""
-        self._gone_at = self._gone_at or at
+        self._queued.freeze(at)
 
     def unheard_bytes(self) -> int:
         """``PlaybackClock``: robot audio given to the sink that the caller has not heard yet."""
         now = time.monotonic()
-        if self._gone_at is not None:
-            now = self._gone_at
-        else:
-            self._expire(now)
-        queued = sum(f.nbytes - f.heard(now, self.rate) for f in self._queued.values())
-        return len(self._buffer) + sum(s.nbytes for s in self._sent) + queued
+        self._expire(now)
+        return len(self._buffer) + sum(s.nbytes for s in self._sent) + self._queued.unheard(now)
 
     def pending_audio_s(self) -> float:
         return self.unheard_bytes() / 2 / self.rate
@@ -273,24 +254,18 @@ class FsSink:
             command_failed(command, self.uuid, exc)
             self._update_drained()
             return
-        if not self._queued:
-            self._progress_at = time.monotonic()
-        self._queued[path] = _File(segment.nbytes, segment.nbytes / 2 / self.rate)
+        self._queued.queue(path, segment.nbytes)
         self._tasks.spawn(self._check_queued(future, path, command), name=f"queue-{self.uuid}")
 
     def on_playback(self, event: EslEvent) -> None:
-        if self._gone_at is not None:
+        if self._queued.frozen_at is not None:
             return  # the hangup stopped the clock: the files it cut stay unheard
         path = event.headers.get("Playback-File-Path", "")
-        file = self._queued.get(path)
-        if event.name == "PLAYBACK_START" and file is not None:
-            file.started_at = event.received
-            self._progress_at = event.received
-            if self.first_playback_at is None:
+        if event.name == "PLAYBACK_START":
+            if self._queued.started(path, event.received) and self.first_playback_at is None:
                 self.first_playback_at = event.received
         elif event.name == "PLAYBACK_STOP":
-            self._progress_at = event.received
-            self._queued.pop(path, None)
+            self._queued.stopped(path, event.received)
             self._update_drained()
 
     def on_execute_complete(self, event: EslEvent) -> None:
@@ -298,11 +273,8 @@ class FsSink:
         if event.headers.get("Application") != "playback":
             return
         path = event.headers.get("Application-Data", "")
-        file = self._queued.get(path)
-        if file is None or file.started_at is not None:
-            return  # its PLAYBACK_STOP does the rest
-        self._queued.pop(path)
-        self._progress_at = event.received
+        if not self._queued.never_started(path, event.received):
+            return  # not ours, or it started: its PLAYBACK_STOP does the rest
         PLAYBACK_LOST.labels("not_played").inc()
         response = event.headers.get("Application-Response", "")[:40]
         log.error("fs.file_not_played", uuid=self.uuid, response=response)
@@ -310,25 +282,11 @@ class FsSink:
 
     def _expire(self, now: float) -> None:
         """Files whose end FreeSWITCH never reported: over once they cannot be playing any more."""
-        grace = self.stop_grace_s
-        stalled = not self._playing(now) and now > self._progress_at + grace  # nothing starts any more
-        lapsed = [
-            path
-            for path, f in self._queued.items()
-            if (f.started_at is None and stalled)
-            or (f.started_at is not None and now > f.started_at + f.seconds + grace)
-        ]
-        for path in lapsed:
-            del self._queued[path]
-            PLAYBACK_LOST.labels("no_stop").inc()
-            log.warning("fs.playback_stop_missing", uuid=self.uuid)
+        lapsed = self._queued.expire(now)
         if lapsed:
-            self._progress_at = now
+            PLAYBACK_LOST.labels("no_stop").inc(lapsed)
+            log.warning("fs.playback_stop_missing", uuid=self.uuid, files=lapsed)
             self._update_drained()
-
-    def _playing(self, now: float) -> bool:
-        files = self._queued.values()
-        return any(f.started_at is not None and now <= f.started_at + f.seconds for f in files)
 
     # ---- internals --------------------------------------------------------------------------------
     async def _check_queued(self, future: asyncio.Future[EslReply], path: str, command: str) -> None:
@@ -340,7 +298,7 @@ class FsSink:
         if reply is not None and reply.ok:
             return
         PLAYBACK_LOST.labels("queue_failed").inc()
-        self._queued.pop(path, None)
+        self._queued.forget(path)
         self._update_drained()
         if reply is not None:
             command_failed(command, self.uuid, reply)
@@ -393,7 +351,7 @@ class FsSink:
             self._tasks.spawn(self._ship(), name=f"ship-{self.uuid}")
 
     def _update_drained(self) -> None:
-        if self._gone_at is not None or (not self._buffer and not self._sent and not self._queued):
+        if self._queued.frozen_at is not None or (not self._buffer and not self._sent and not self._queued):
             self._drained.set()
         else:
             self._drained.clear()
