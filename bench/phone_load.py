@@ -24,6 +24,7 @@ Measured per call:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -77,6 +78,9 @@ class LevelStats:
     gw_lag_ms: list[float] = field(default_factory=list)
     gw_hop_ms: list[float] = field(default_factory=list)  # peer sent → gateway published
     gw_missing: int = 0  # sampled frames the gateway never published
+    # silence between two robot files the second of which was already queued (a hole the caller
+    # hears inside a reply: ~100 ms per file with uuid_broadcast, 1-2 ms with sendmsg + playback)
+    gap_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     cpu_pct: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -250,6 +254,9 @@ def _collect(
         return errors
     stats.v2v_ms += v2v
     stats.peer_lag_ms += meter.lag_ms
+    for a, b in itertools.pairwise(call.plays):
+        if a.stopped_at is not None and b.started_at is not None and b.queued_at < a.stopped_at:
+            stats.gap_ms.append((b.started_at - a.stopped_at) * 1000)
     if meter.due_wall_ms:
         seen = {seq for seq, _ in chunks}
         sent = len(meter.due_wall_ms)
@@ -333,7 +340,7 @@ def format_table(results: list[LevelStats]) -> str:
     head = (
         f"{'calls':>5} {'greeted':>7} {'turns':>9} | {'peer lag p50/95/99 max':>22} | "
         f"{'gw lag p50/95/99':>16} | {'hop p50/99':>10} | {'greeting p50/p99':>16} | "
-        f"{'reply p50/95/99':>16} | {'v2v p50/p99':>11} | {'recorded':>8} | ok | errors"
+        f"{'reply p50/95/99':>16} | {'v2v p50/p99':>11} | {'gap p50/max':>11} | {'recorded':>8} | ok | errors"
     )
     lines = [head, "-" * len(head)]
     for r in results:
@@ -346,7 +353,8 @@ def format_table(results: list[LevelStats]) -> str:
             f"{r.calls:>5} {r.answered:>7} {f'{r.turns}/{r.turns_planned}':>9} | {peer:>22} | "
             f"{trio(r.gw_lag_ms):>16} | {trio(r.gw_hop_ms, (50, 99)):>10} | "
             f"{trio(r.greeting_ms, (50, 99)):>16} | {trio(r.reply_ms):>16} | "
-            f"{trio(r.v2v_ms, (50, 99)):>11} | {recorded:>8} | {'yes' if r.sustained() else 'NO':>2} | "
+            f"{trio(r.v2v_ms, (50, 99)):>11} | {trio(r.gap_ms, (50, 100)):>11} | {recorded:>8} | "
+            f"{'yes' if r.sustained() else 'NO':>2} | "
             f"{errors or '-'}"
         )
     return "\n".join(lines)

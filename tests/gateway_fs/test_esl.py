@@ -244,4 +244,6 @@ async def test_commands_are_single_lines(esl_server) -> None:
     client, task, _ = await connected_client(esl_server)
     with pytest.raises(ValueError):
         client.submit("api uuid_kill x\n\napi status")
+    with pytest.raises(ValueError):  # a header value cannot smuggle in a second command
+        client.submit_sendmsg("x", [("execute-app-arg", "/tmp/a.r8\n\napi status")])
     task.cancel()

@@ -204,8 +204,8 @@ def lost(reason: str) -> float:
 
 
 async def test_err_answers_lose_a_segment_not_the_call(stack: Stack) -> None:
-    lost_before = lost("broadcast_failed")
-    stack.peer.fail_next("uuid_broadcast", "-ERR no")
+    lost_before = lost("queue_failed")
+    stack.peer.fail_next("sendmsg", "-ERR no")
     call = await stack.call("7000")
     call_id = f"phone-{call.uuid}"
     await robot_quiet(stack, call)
@@ -214,7 +214,7 @@ async def test_err_answers_lose_a_segment_not_the_call(stack: Stack) -> None:
     first_segment = 8 * 320  # 160 ms at 8 kHz
     heard = call.heard()
     assert heard[: len(greeting) - first_segment] == greeting[first_segment:]  # only segment 0 is lost
-    assert lost("broadcast_failed") == lost_before + 1
+    assert lost("queue_failed") == lost_before + 1
     stack.peer.fail_next("uuid_break", "-ERR No such channel!")
     await stack.workers.publish(
         subjects.vad(call_id), VadSpeechStarted(call_id=call_id, turn_id="u1", audio_offset_ms=0)

@@ -1,11 +1,14 @@
-"""FsSink alone: segmenting, play events → uuid_broadcast, barge-in, goodbye then hangup."""
+"""FsSink alone: segmenting, play events → queued playback, barge-in, goodbye then hangup, and
+what the caller heard (the session's clock) from PLAYBACK_START/STOP."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+from typing import Any
 
+from prometheus_client import REGISTRY
 from starlette.websockets import WebSocketState
 
 from tests.waiting import wait_for
@@ -48,6 +51,9 @@ class FakeEsl:
         future.set_result(EslReply(self.reply))
         return future
 
+    def submit_sendmsg(self, uuid: str, headers: list[tuple[str, str]]) -> asyncio.Future[EslReply]:
+        return self.submit(f"sendmsg {uuid} " + " ".join(f"{k}={v}" for k, v in headers))
+
     async def wait(self, future: asyncio.Future[EslReply], timeout: float | None = None) -> EslReply:
         return await future
 
@@ -66,9 +72,13 @@ def playback(name: str, path: str) -> EslEvent:
     return EslEvent({"Event-Name": name, "Unique-ID": "u1", "Playback-File-Path": path})
 
 
-def make_sink() -> tuple[FsSink, FakeWs, FakeEsl]:
+def make_sink(**kw: Any) -> tuple[FsSink, FakeWs, FakeEsl]:
     ws, esl = FakeWs(), FakeEsl()
-    return FsSink(ws, esl, "u1", RATE, idle_flush_s=0.05), ws, esl  # type: ignore[arg-type]
+    return FsSink(ws, esl, "u1", RATE, idle_flush_s=0.05, **kw), ws, esl  # type: ignore[arg-type]
+
+
+def execute(path: str) -> str:
+    return f"sendmsg u1 call-command=execute execute-app-name=playback execute-app-arg={path}"
 
 
 def frame(value: int) -> bytes:
@@ -90,18 +100,26 @@ async def test_small_first_segment_then_large_ones_then_the_rest_when_frames_sto
     assert len(ws.segments()[3]) == 8 * FRAME
 
 
-async def test_play_events_are_broadcast_in_order_and_stale_ones_dropped_after_a_flush() -> None:
+async def test_play_events_are_queued_in_order_and_stale_ones_dropped_after_a_flush() -> None:
     sink, _ws, esl = make_sink()
     for _ in range(28):
         await sink.send_audio(frame(1))
     sink.on_play(play_event("/tmp/u1_0.tmp.r8"))
     await sink.flush("turn-1")  # barge-in while segment 1 is still being written by FreeSWITCH
     sink.on_play(play_event("/tmp/u1_1.tmp.r8"))  # its play event arrives after the flush
-    assert esl.commands == ["api uuid_broadcast u1 /tmp/u1_0.tmp.r8 aleg", "api uuid_break u1 all"]
+    assert esl.commands == [execute("/tmp/u1_0.tmp.r8"), "api uuid_break u1 all"]
     for _ in range(8):
         await sink.send_audio(frame(2))  # the next turn plays normally
     sink.on_play(play_event("/tmp/u1_2.tmp.r8"))
-    assert esl.commands[-1] == "api uuid_broadcast u1 /tmp/u1_2.tmp.r8 aleg"
+    assert esl.commands[-1] == execute("/tmp/u1_2.tmp.r8")
+
+
+async def test_the_broadcast_path_is_still_there_to_measure_against() -> None:
+    sink, _ws, esl = make_sink(playback="broadcast")
+    for _ in range(8):
+        await sink.send_audio(frame(1))
+    sink.on_play(play_event("/tmp/u1_0.tmp.r8"))
+    assert esl.commands == ["api uuid_broadcast u1 /tmp/u1_0.tmp.r8 aleg"]
 
 
 async def test_unsafe_paths_and_esl_outages_lose_the_segment_not_the_call() -> None:
@@ -149,3 +167,59 @@ async def test_gone_channel_is_reported() -> None:
     sink.on_play(play_event("/tmp/u1_0.tmp.r8"))
     await wait_for(lambda: gone)
     assert not sink.channel_alive
+
+
+def lost(reason: str) -> float:
+    return REGISTRY.get_sample_value("vp_gateway_fs_playback_lost_total", {"reason": reason}) or 0.0
+
+
+def execute_complete(path: str, response: str) -> EslEvent:
+    headers = {"Event-Name": "CHANNEL_EXECUTE_COMPLETE", "Unique-ID": "u1", "Application": "playback"}
+    return EslEvent({**headers, "Application-Data": path, "Application-Response": response})
+
+
+async def test_unheard_audio_follows_playback_start_and_stop() -> None:
+    sink, _ws, _esl = make_sink()
+    for _ in range(8):
+        await sink.send_audio(frame(1))
+    assert sink.unheard_bytes() == 8 * FRAME  # sent as a file, not played yet
+    sink.on_play(play_event("/tmp/u1_0.tmp.r8"))
+    assert sink.unheard_bytes() == 8 * FRAME  # queued on the channel
+    start = playback("PLAYBACK_START", "/tmp/u1_0.tmp.r8")
+    start.received -= 0.1  # FreeSWITCH started it 100 ms ago: 5 of 8 frames are still to come
+    sink.on_playback(start)
+    assert 0 < sink.unheard_bytes() <= 3 * FRAME + 2
+    sink.on_playback(playback("PLAYBACK_STOP", "/tmp/u1_0.tmp.r8"))
+    assert sink.unheard_bytes() == 0
+
+
+async def test_a_file_freeswitch_cannot_open_ends_at_its_execute_complete_and_close_does_not_wait() -> None:
+    sink, _ws, esl = make_sink()
+    before = lost("not_played")
+    for _ in range(8):
+        await sink.send_audio(frame(3))
+    sink.on_play(play_event("/tmp/u1_0.tmp.r8"))
+    closing = asyncio.create_task(sink.close("robot_hangup"))
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # the goodbye is queued: close waits for it
+    sink.on_execute_complete(execute_complete("/tmp/u1_0.tmp.r8", "FILE NOT FOUND"))  # no START, no STOP
+    await asyncio.wait_for(closing, 5)
+    assert esl.commands[-1] == "api uuid_kill u1 NORMAL_CLEARING"
+    assert lost("not_played") == before + 1 and sink.unheard_bytes() == 0
+
+
+async def test_missing_playback_stop_ends_after_the_grace_not_never() -> None:
+    sink, _ws, _esl = make_sink(stop_grace_s=0.05)
+    before = lost("no_stop")
+    for _ in range(8):
+        await sink.send_audio(frame(3))
+    sink.on_play(play_event("/tmp/u1_0.tmp.r8"))
+    sink.on_playback(playback("PLAYBACK_START", "/tmp/u1_0.tmp.r8"))
+    assert not await sink.wait_drained(0.01)
+    assert await sink.wait_drained(5)  # 160 ms of audio + 50 ms grace, then it counts as over
+    assert lost("no_stop") == before + 1 and sink.unheard_bytes() == 0
+    for _ in range(8):  # a file that never starts and never completes: over once nothing plays
+        await sink.send_audio(frame(4))
+    sink.on_play(play_event("/tmp/u1_1.tmp.r8"))
+    assert await sink.wait_drained(5)
+    assert lost("no_stop") == before + 2

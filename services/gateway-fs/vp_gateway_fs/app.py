@@ -50,7 +50,7 @@ log = structlog.get_logger("vp_gateway_fs")
 SERVICE = "gateway-fs"
 SUBSCRIPTION = (
     "CHANNEL_CREATE CHANNEL_PARK CHANNEL_ANSWER CHANNEL_HANGUP CHANNEL_HANGUP_COMPLETE "
-    "DTMF PLAYBACK_START PLAYBACK_STOP BACKGROUND_JOB CUSTOM "
+    "DTMF PLAYBACK_START PLAYBACK_STOP CHANNEL_EXECUTE_COMPLETE BACKGROUND_JOB CUSTOM "
     "mod_audio_stream::play mod_audio_stream::connect mod_audio_stream::disconnect mod_audio_stream::error"
 )
 ANSWER_MEMORY_S = 60.0

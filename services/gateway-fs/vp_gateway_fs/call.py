@@ -136,6 +136,10 @@ class PhoneCall:
                     after_ms = (self.sink.first_playback_at - self.answered_at) * 1000
                     ANSWER_TO_AUDIO.observe(after_ms)
                     log.info("fs.first_audio_played", call_id=self.call_id, after_answer_ms=int(after_ms))
+        elif name == "CHANNEL_HANGUP":  # playback stops here; the rest follows on HANGUP_COMPLETE
+            self.sink.hung_up(event.received)
+        elif name == "CHANNEL_EXECUTE_COMPLETE":
+            self.sink.on_execute_complete(event)
         elif name == "CUSTOM":
             self._on_stream_event(event)
         elif name == "CHANNEL_ANSWER":

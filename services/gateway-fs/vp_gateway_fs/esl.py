@@ -98,6 +98,21 @@ class EslClient:
         writer.write(command.encode("utf-8") + b"\n\n")
         return future
 
+    def submit_sendmsg(self, uuid: str, headers: list[tuple[str, str]]) -> asyncio.Future[EslReply]:
+        """``sendmsg <uuid>`` with its header lines (``call-command: execute`` ...); the reply is
+        ``+OK`` or ``-ERR invalid session id [<uuid>]``."""
+        lines = [f"sendmsg {uuid}", *(f"{name}: {value}" for name, value in headers)]
+        if any("\n" in line or "\r" in line or not line.strip() for line in lines):
+            raise ValueError("sendmsg header lines must be single, non-empty lines")
+        writer = self._writer
+        if writer is None or writer.is_closing() or not self._ready:
+            raise EslUnavailable("no ESL connection to FreeSWITCH")
+        future: asyncio.Future[EslReply] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        self._pending.append(future)
+        writer.write("\n".join(lines).encode("utf-8") + b"\n\n")
+        return future
+
     async def wait(self, future: asyncio.Future[EslReply], timeout: float | None = None) -> EslReply:
         """The reply of a submitted command; ``EslTimeout`` when FreeSWITCH is too slow to answer."""
         try:

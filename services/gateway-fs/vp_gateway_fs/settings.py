@@ -8,6 +8,7 @@ secret ``VP_FS_STREAM_SECRET`` (voiceplatform.phone_stream) is required too: no 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 
@@ -52,6 +53,11 @@ class GatewayFsSettings(ServiceSettings):
     fs_lead_frames: int = Field(default=25, ge=2, le=100)
     fs_first_segment_ms: int = Field(default=160, ge=20, le=2000)
     fs_segment_ms: int = Field(default=400, ge=20, le=2000)
+    # how segments are queued on the channel: "execute" (sendmsg + playback, back to back) or
+    # "broadcast" (uuid_broadcast: 100 ms lead before every file; kept to measure against)
+    fs_playback: Literal["execute", "broadcast"] = "execute"
+    # a file whose PLAYBACK_STOP never came counts as over this long after its audio would have ended
+    fs_playback_stop_grace_s: float = Field(default=1.0, gt=0, le=30)
     # also send the call's JSON events (call.started, turn.metrics, ...) as text frames: FreeSWITCH
     # raises them as mod_audio_stream::json events, where dialplan scripts and `vp call --phone` see them
     fs_forward_events: bool = True

@@ -1,14 +1,26 @@
-"""The FreeSWITCH side of a call's robot audio: segments → mod_audio_stream files → uuid_broadcast.
+"""The FreeSWITCH side of a call's robot audio: segments → mod_audio_stream files → playback queue.
 
 The community mod_audio_stream does not play what the server sends: a ``streamAudio`` text frame
-makes it write a file and raise ``mod_audio_stream::play`` (docs/protocols/freeswitch.md). So the
-sink cuts the paced frames ``CallSession`` gives it into segments, sends each as one ``streamAudio``
-frame over the call's own WebSocket, and on the play event queues the file with ``uuid_broadcast
-<uuid> <file> aleg`` over the ESL. Broadcasts of one channel play one after the other, in order.
-Why this path: it needs nothing but the two modules the dialplan already uses, no shared volume
+makes it write a file and raise ``mod_audio_stream::play`` with the path
+(docs/protocols/freeswitch.md). So the sink cuts the paced frames ``CallSession`` gives it into
+segments, sends each as one ``streamAudio`` frame over the call's own WebSocket, and on the play
+event queues the file on the channel with ``sendmsg <uuid>`` / ``execute playback <file>`` over the
+ESL (``playback="execute"``, the default). Files of one channel play one after the other, in order,
+1-2 ms apart: the caller hears one continuous voice. The older path, ``uuid_broadcast <uuid> <file>
+aleg`` (``playback="broadcast"``), makes FreeSWITCH read 5 frames (100 ms) before every file, so
+400 ms segments played with 100 ms holes and 25 % slower than real time; it is kept only to measure
+against (docs/telephony.md).
+Why files at all: it needs nothing but the two modules the dialplan already uses, no shared volume
 (FreeSWITCH writes the files itself), and the first word costs one small file write and two local
-round trips, a few milliseconds; a barge-in is one ``uuid_break <uuid> all``, which stops the
-current file and drops the queued ones at once.
+round trips; a barge-in is one ``uuid_break <uuid> all``, which stops the current file and drops
+the queued ones at once.
+
+What the caller heard (``unheard_bytes``, the session's ``PlaybackClock``): a file counts from its
+``PLAYBACK_START`` in real time until its ``PLAYBACK_STOP``. A file FreeSWITCH cannot open fires
+neither, only ``CHANNEL_EXECUTE_COMPLETE`` (``FILE NOT FOUND``): that ends it as lost. Should both
+be missed, a started file ends ``stop_grace_s`` after its audio would have, and files that never
+start end once nothing has started for ``stop_grace_s`` (counted as ``no_stop``), so neither the
+session nor ``close`` waits for an event that will not come.
 
 Segment sizes: the session sends ``lead`` frames at once, then one every 20 ms. Segment k (frames
 a..b) is complete when frame b arrives, at (b - lead) x 20 ms, and must be queued before FreeSWITCH
@@ -31,6 +43,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +56,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.wire import frame_bytes
 from vp_gateway_fs.esl import EslClient, EslError, EslEvent, EslReply
+from vp_gateway_fs.played import PlayedFiles
 
 log = structlog.get_logger("vp_gateway_fs.sink")
 
@@ -53,7 +67,10 @@ PLAYBACK_LOST = Counter(
 COMMAND_ERRORS = Counter(
     "vp_gateway_fs_esl_command_errors_total", "ESL commands that failed", ["command", "kind"]
 )
-GONE_MARKERS = ("no such channel", "invalid uuid")
+DRAIN_TIMEOUTS = Counter(
+    "vp_gateway_fs_drain_timeouts_total", "Hangups that waited for queued robot audio until the timeout"
+)
+GONE_MARKERS = ("no such channel", "invalid uuid", "invalid session id")
 
 
 @dataclass
@@ -83,8 +100,14 @@ class FsSink:
         idle_flush_s: float = 0.06,
         forward_events: bool = True,
         on_channel_gone: Callable[[], None] | None = None,
+        playback: str = "execute",
+        stop_grace_s: float = 1.0,
     ) -> None:
+        if playback not in ("execute", "broadcast"):
+            raise ValueError(f"playback must be 'execute' or 'broadcast', not {playback!r}")
         self.ws, self.esl, self.uuid, self.rate = ws, esl, uuid, rate
+        self.playback = playback
+        self.stop_grace_s = stop_grace_s
         frame = frame_bytes(rate)
         self.first_bytes = max(frame, first_segment_ms // 20 * frame)
         self.segment_bytes = max(frame, segment_ms // 20 * frame)
@@ -101,7 +124,7 @@ class FsSink:
         self._fresh = True  # next segment is the first of a burst: small
         self._epoch = 0
         self._sent: deque[_Segment] = deque()  # streamAudio frames awaiting their play event
-        self._queued: dict[str, int] = {}  # broadcast files not yet stopped → bytes
+        self._queued = PlayedFiles(rate, stop_grace_s)  # files queued on the channel, not yet stopped
         self._drained = asyncio.Event()
         self._drained.set()
         self._idle: asyncio.TimerHandle | None = None
@@ -148,7 +171,9 @@ class FsSink:
             if self.drain_on_close and self.ws.application_state == WebSocketState.CONNECTED:
                 if self._buffer:
                     await self._ship()
-                await self.wait_drained(self.pending_audio_s() + 1.5)
+                if not await self.wait_drained(self.pending_audio_s() + self.stop_grace_s + 0.5):
+                    DRAIN_TIMEOUTS.inc()
+                    log.warning("fs.drain_timeout", uuid=self.uuid)
             await self.hangup("NORMAL_CLEARING")
         self._finished = True
         await self._tasks.cancel_all(1.0)
@@ -172,20 +197,33 @@ class FsSink:
         return True
 
     def channel_gone(self) -> None:
-        """FreeSWITCH hung the channel up: nothing queued will play, and nothing is to hang up."""
+        """FreeSWITCH hung the channel up: nothing queued will play, and nothing is to hang up.
+        What was not heard by then stays unheard (the clock stops), so the session's cut at the
+        end of the call records what the caller heard before hanging up."""
         self.channel_alive = False
+        self._queued.freeze(time.monotonic())
         self._buffer.clear()
-        self._sent.clear()
-        self._queued.clear()
         self._update_drained()
 
+    def hung_up(self, at: float) -> None:
+        """``CHANNEL_HANGUP``: the caller hears nothing after ``at`` (the clock stops there)."""
+        self._queued.freeze(at)
+
+    def unheard_bytes(self) -> int:
+        """``PlaybackClock``: robot audio given to the sink that the caller has not heard yet."""
+        now = time.monotonic()
+        self._expire(now)
+        return len(self._buffer) + sum(s.nbytes for s in self._sent) + self._queued.unheard(now)
+
     def pending_audio_s(self) -> float:
-        nbytes = len(self._buffer) + sum(s.nbytes for s in self._sent) + sum(self._queued.values())
-        return nbytes / 2 / self.rate
+        return self.unheard_bytes() / 2 / self.rate
 
     async def wait_drained(self, timeout: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), timeout)
+        deadline = time.monotonic() + timeout
+        while not self._drained.is_set() and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), min(left, 0.1))
+            self._expire(time.monotonic())
         return self._drained.is_set()
 
     # ---- ESL events of this channel (called by the ESL reader: never block) -----------------------
@@ -196,7 +234,7 @@ class FsSink:
             path = str(json.loads(event.body).get("file", ""))
         except (json.JSONDecodeError, AttributeError):
             path = ""
-        if segment is None or segment.epoch != self._epoch or self._finished:
+        if segment is None or segment.epoch != self._epoch or self._finished or not self.channel_alive:
             PLAYBACK_LOST.labels("stale" if segment is not None else "unexpected").inc()
             self._update_drained()
             return
@@ -205,38 +243,66 @@ class FsSink:
             log.error("fs.play_event_without_usable_file", uuid=self.uuid)
             self._update_drained()
             return
+        command = "sendmsg" if self.playback == "execute" else "uuid_broadcast"
         try:
-            future = self.esl.submit(f"api uuid_broadcast {self.uuid} {path} aleg")
+            if self.playback == "execute":  # no lead frames: queued files play back to back
+                execute = [("execute-app-name", "playback"), ("execute-app-arg", path)]
+                future = self.esl.submit_sendmsg(self.uuid, [("call-command", "execute"), *execute])
+            else:
+                future = self.esl.submit(f"api uuid_broadcast {self.uuid} {path} aleg")
         except EslError as exc:
             PLAYBACK_LOST.labels("esl_unavailable").inc()
-            command_failed("uuid_broadcast", self.uuid, exc)
+            command_failed(command, self.uuid, exc)
             self._update_drained()
             return
-        self._queued[path] = segment.nbytes
-        self._tasks.spawn(self._check_broadcast(future, path), name=f"broadcast-{self.uuid}")
+        self._queued.queue(path, segment.nbytes)
+        self._tasks.spawn(self._check_queued(future, path, command), name=f"queue-{self.uuid}")
 
     def on_playback(self, event: EslEvent) -> None:
+        if self._queued.frozen_at is not None:
+            return  # the hangup stopped the clock: the files it cut stay unheard
         path = event.headers.get("Playback-File-Path", "")
-        if event.name == "PLAYBACK_START" and path in self._queued and self.first_playback_at is None:
-            self.first_playback_at = event.received
+        if event.name == "PLAYBACK_START":
+            if self._queued.started(path, event.received) and self.first_playback_at is None:
+                self.first_playback_at = event.received
         elif event.name == "PLAYBACK_STOP":
-            self._queued.pop(path, None)
+            self._queued.stopped(path, event.received)
+            self._update_drained()
+
+    def on_execute_complete(self, event: EslEvent) -> None:
+        """``CHANNEL_EXECUTE_COMPLETE`` of ``playback``: a file that never started is over (lost)."""
+        if event.headers.get("Application") != "playback":
+            return
+        path = event.headers.get("Application-Data", "")
+        if not self._queued.never_started(path, event.received):
+            return  # not ours, or it started: its PLAYBACK_STOP does the rest
+        PLAYBACK_LOST.labels("not_played").inc()
+        response = event.headers.get("Application-Response", "")[:40]
+        log.error("fs.file_not_played", uuid=self.uuid, response=response)
+        self._update_drained()
+
+    def _expire(self, now: float) -> None:
+        """Files whose end FreeSWITCH never reported: over once they cannot be playing any more."""
+        lapsed = self._queued.expire(now)
+        if lapsed:
+            PLAYBACK_LOST.labels("no_stop").inc(lapsed)
+            log.warning("fs.playback_stop_missing", uuid=self.uuid, files=lapsed)
             self._update_drained()
 
     # ---- internals --------------------------------------------------------------------------------
-    async def _check_broadcast(self, future: asyncio.Future[EslReply], path: str) -> None:
+    async def _check_queued(self, future: asyncio.Future[EslReply], path: str, command: str) -> None:
         try:
             reply = await self.esl.wait(future)
         except EslError as exc:
             reply = None
-            command_failed("uuid_broadcast", self.uuid, exc)
+            command_failed(command, self.uuid, exc)
         if reply is not None and reply.ok:
             return
-        PLAYBACK_LOST.labels("broadcast_failed").inc()
-        self._queued.pop(path, None)
+        PLAYBACK_LOST.labels("queue_failed").inc()
+        self._queued.forget(path)
         self._update_drained()
         if reply is not None:
-            command_failed("uuid_broadcast", self.uuid, reply)
+            command_failed(command, self.uuid, reply)
             if any(m in reply.text.lower() for m in GONE_MARKERS):
                 self.channel_gone()
                 if self.on_channel_gone is not None:
@@ -286,7 +352,7 @@ class FsSink:
             self._tasks.spawn(self._ship(), name=f"ship-{self.uuid}")
 
     def _update_drained(self) -> None:
-        if not self._buffer and not self._sent and not self._queued:
+        if self._queued.frozen_at is not None or (not self._buffer and not self._sent and not self._queued):
             self._drained.set()
         else:
             self._drained.clear()

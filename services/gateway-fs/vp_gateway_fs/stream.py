@@ -231,6 +231,8 @@ class StreamHandler:
             segment_ms=self.settings.fs_segment_ms,
             forward_events=self.settings.fs_forward_events,
             on_channel_gone=lambda: holder[0].channel_gone() if holder else None,
+            playback=self.settings.fs_playback,
+            stop_grace_s=self.settings.fs_playback_stop_grace_s,
         )
         session = CallSession(
             gw.bus,
@@ -246,6 +248,7 @@ class StreamHandler:
             greeting_audio=gw.greetings.cached(robot, rate),
             variables=variables,
             hold_greeting=amd is not None,  # outbound: the greeting waits for AMD (amd_watch.py)
+            clock=sink,  # what the caller heard: FreeSWITCH's PLAYBACK_START/STOP
         )
         call = PhoneCall(
             facts=facts,

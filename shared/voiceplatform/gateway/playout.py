@@ -6,12 +6,19 @@ worker that retries a sentence another one started (``bus/work.py``) sends the s
 and only the chunks not yet added count, so a slow original and its retry are heard once.
 ``flush`` drops everything at once (barge-in) and reports what the caller actually heard of the
 interrupted turn.
+
+With a ``PlaybackClock`` (a sink that knows what the far end has played: FreeSWITCH's playback
+events), a turn whose frames were all sent stays ``sounding`` until its audio was heard, ``drop``
+steps back to the last byte heard (so ``played_text`` is the words the caller heard), and
+``rewind`` steps back exactly over the unheard part. Without one, frames sent count as heard.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+
+from voiceplatform.gateway.heard import PlaybackClock, SentLog
 
 
 @dataclass
@@ -38,6 +45,23 @@ class TurnAudio:
     def finished(self) -> bool:
         return self.expected is not None and self.index >= self.expected
 
+    def step_back(self, nbytes: int) -> int:
+        """Move the play position back ``nbytes``, across sentence starts; returns the bytes moved."""
+        left = max(0, nbytes - nbytes % 2)
+        while left > 0:
+            if self.offset == 0:
+                if self.index == 0:
+                    break
+                self.index -= 1
+                previous = self.sentences.get(self.index)
+                self.offset = len(previous.pcm) - len(previous.pcm) % 2 if previous else 0
+                continue
+            step = min(left, self.offset)
+            self.offset -= step
+            self.played_bytes -= step
+            left -= step
+        return max(0, nbytes - nbytes % 2) - left
+
     def played_text(self) -> str:
         """Whole sentences played, plus the spoken share of the current one (by words)."""
         parts = [self.sentences[i].text for i in range(self.index) if i in self.sentences]
@@ -52,11 +76,14 @@ class TurnAudio:
 
 
 class Playout:
-    def __init__(self, frame_bytes: int) -> None:
+    def __init__(self, frame_bytes: int, clock: PlaybackClock | None = None) -> None:
         self.frame_bytes = frame_bytes
+        self.clock = clock
         self._turns: deque[TurnAudio] = deque()
         self._by_id: dict[str, TurnAudio] = {}
         self._done: list[TurnAudio] = []  # finished while cutting frames, not yet reported
+        self._sounding: dict[str, TurnAudio] = {}  # all frames sent, not all heard yet (clock only)
+        self._sent = SentLog()
 
     def turn(self, turn_id: str) -> TurnAudio:
         found = self._by_id.get(turn_id)
@@ -109,6 +136,8 @@ class Playout:
                 turn.played_bytes += len(chunk)
                 if len(chunk) < self.frame_bytes:
                     chunk += b"\x00" * (self.frame_bytes - len(chunk))
+                if self.clock is not None:
+                    self._sent.sent(turn.turn_id, len(chunk))
                 return turn.turn_id, chunk
             if sentence.done:
                 turn.index += 1
@@ -117,8 +146,28 @@ class Playout:
             return None
         return None
 
+    def unheard(self, turn_id: str) -> int:
+        """Bytes of the turn sent to the sink and not heard yet (0 without a clock)."""
+        if self.clock is None:
+            return 0
+        return self._sent.unheard(turn_id, self.clock.unheard_bytes())
+
     def pop_finished(self) -> list[TurnAudio]:
-        """Turns whose every sentence has been played (advancing past trailing empty sentences)."""
+        """Turns whose every sentence has been played (advancing past trailing empty sentences);
+        with a clock, once the caller has heard them too."""
+        done = self._sent_out()
+        if self.clock is None:
+            return done
+        unheard = self.clock.unheard_bytes()
+        self._sent.trim(unheard)
+        for turn in done:
+            self._sounding[turn.turn_id] = turn
+        heard = [t for t in self._sounding.values() if not self._sent.unheard(t.turn_id, unheard)]
+        for turn in heard:
+            del self._sounding[turn.turn_id]
+        return heard
+
+    def _sent_out(self) -> list[TurnAudio]:
         done, self._done = self._done, []
         while self._turns:
             turn = self._turns[0]
@@ -134,19 +183,38 @@ class Playout:
 
     def rewind(self, turn_id: str, nbytes: int) -> int:
         """Step back ``nbytes`` in the sentence being played (not before its start), so audio that
-        was sent but probably not heard plays again after a pause; returns the bytes stepped back."""
+        was sent but probably not heard plays again after a pause; returns the bytes stepped back.
+        With a clock the step is exactly what was not heard (``nbytes`` is ignored)."""
         turn = self._by_id.get(turn_id)
+        if turn is None and turn_id in self._sounding:  # all sent, still playing: it plays again
+            turn = self._sounding.pop(turn_id)
+            self._by_id[turn_id] = turn
+            self._turns.appendleft(turn)
         if turn is None:
             return 0
+        if self.clock is not None:
+            return turn.step_back(self.unheard(turn_id))
         step = min(max(0, nbytes - nbytes % 2), turn.offset)
         turn.offset -= step
         turn.played_bytes -= step
         return step
 
     def drop(self, turn_id: str) -> TurnAudio | None:
+        """Forget the turn's audio (a cut); with a clock its position goes back to the last byte
+        the caller heard, so ``played_bytes``/``played_text`` say what was heard."""
+        unheard = self.unheard(turn_id)
         turn = self._by_id.pop(turn_id, None)
         if turn is not None:
             self._turns.remove(turn)
+        else:
+            turn = self._sounding.pop(turn_id, None)
+            for finished in self._done if turn is None else []:
+                if finished.turn_id == turn_id:
+                    turn = finished
+                    self._done.remove(finished)
+                    break
+        if turn is not None and unheard:
+            turn.step_back(unheard)
         return turn
 
     def _drop_front(self) -> TurnAudio:
@@ -156,4 +224,4 @@ class Playout:
 
     @property
     def idle(self) -> bool:
-        return not self._turns
+        return not self._turns and not self._sounding

@@ -22,6 +22,7 @@ from voiceplatform.gateway.failover import OwnerEpochs
 from voiceplatform.gateway.fallback_line import FallbackLine
 from voiceplatform.gateway.greeting import greeting_pcm
 from voiceplatform.gateway.handover import call_summary
+from voiceplatform.gateway.heard import PlaybackClock
 from voiceplatform.gateway.owners import GatewayDirectory, owned_roles_for
 from voiceplatform.gateway.playout import Playout
 from voiceplatform.gateway.turn_keeper import TurnKeeper
@@ -105,6 +106,7 @@ class CallSession:
         sink_ahead_ms: int = 0,
         variables: dict[str, str] | None = None,
         hold_greeting: bool = False,
+        clock: PlaybackClock | None = None,
     ) -> None:
         self.bus = bus
         self.robot = robot
@@ -137,7 +139,8 @@ class CallSession:
             next_seq=lambda: self._seq,
             on_refused=lambda role, why: self._publish_error(role, "unassigned", why),
         )
-        self.playout = Playout(frame_bytes(sample_rate))
+        # the phone path: what the caller heard comes from the media server (heard.py)
+        self.playout = Playout(frame_bytes(sample_rate), clock)
         self._audio_ready = asyncio.Event()
         self.keeper = TurnKeeper(
             call_id=self.call_id,

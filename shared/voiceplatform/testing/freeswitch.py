@@ -27,6 +27,12 @@ Two races of the real thing it models on demand:
   ``event_delay_s`` delays every event's delivery (in order) by that long; ``flush_events``
   delivers what is held at once.
 
+Playback timing as a real FreeSWITCH plays files (``freeswitch_player``, which also lists what is
+not modelled): every ``uuid_broadcast`` reads 5 lead frames (100 ms) before its file, files queued
+with ``sendmsg`` + ``execute playback`` follow each other 1.5 ms apart in real time, and a file that
+cannot be opened (``PeerCall.player.fail_open``) fires no PLAYBACK_START/STOP, only
+CHANNEL_EXECUTE_COMPLETE with ``FILE NOT FOUND``.
+
 Outbound: ``peer.outbound`` answers ``originate`` with a scripted callee per number (answer after a
 ring time, busy, no answer; a human's hello, a voicemail greeting, an IVR prompt): see
 ``freeswitch_outbound``.

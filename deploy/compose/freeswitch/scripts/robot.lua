@@ -3,7 +3,7 @@
 -- The dialplan runs it when VP_FS_ROBOT_BRIDGE=lua, as `lua robot.lua <dialled number>`; it does what
 -- the default XML extension does (docs/protocols/freeswitch.md): answer, start mod_audio_stream to gateway-fs
 -- with the call's metadata as the first text frame, then keep the call up while gateway-fs drives it
--- over the Event Socket (uuid_broadcast, uuid_break, uuid_kill ... act on the channel while we sleep).
+-- over the Event Socket (sendmsg playback, uuid_break, uuid_kill ... act on the channel while we sleep).
 -- Uses only session:answer/get_uuid/getVariable/ready/sleep/hangup and freeswitch.API/consoleLog
 -- (switch_cpp.h and mod_lua).
 
