@@ -117,11 +117,15 @@ async def hold_dialogue(
             if delay > 0:
                 await asyncio.sleep(delay)
 
-        async def until_robot_quiet(after: float, deadline: float) -> None:
-            """Silence until robot audio started after ``after`` and then stopped for IDLE_S."""
+        async def until_robot_quiet(after: float, deadline: float, turn: DialogueTurn | None = None) -> None:
+            """Silence until robot audio started after ``after`` and then stopped for IDLE_S, and (for a
+            caller turn) the gateway said the reply is over: a reply whose next sentence is being
+            redone by another instance pauses for a moment, and a caller who spoke into that pause
+            would cut it."""
             while not receiver.done() and time.monotonic() < deadline:
                 t = now()
-                if last_audio_at > after and t - last_audio_at > IDLE_S:
+                finished = turn is None or bool(turn.metrics)
+                if finished and last_audio_at > after and t - last_audio_at > IDLE_S:
                     return
                 await send(SILENCE)
 
@@ -141,7 +145,7 @@ async def hold_dialogue(
                 current.spoken_at = now()
                 if hook is not None:
                     await hook(result, index, "spoken")
-                await until_robot_quiet(current.spoken_at, time.monotonic() + reply_timeout_s)
+                await until_robot_quiet(current.spoken_at, time.monotonic() + reply_timeout_s, current)
         finally:
             if not receiver.done():
                 await ws.send(json.dumps({"type": "hangup"}))
