@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Generator
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Protocol, TypeVar
 
 import structlog
 import uvicorn
@@ -104,9 +104,18 @@ async def run_service(
 
     try:
         if bus is None:
-            bus = await NatsBus.connect(settings.nats_url, service.name, **NatsAuth.of(settings).options())
+            # a NATS that is gone (or refuses our login) retries forever: SIGTERM must still end us
+            bus = await _unless_stopped(
+                NatsBus.connect(settings.nats_url, service.name, **NatsAuth.of(settings).options()), stop
+            )
+            if bus is None:
+                log.warning("service.stopped_before_start", reason="no NATS connection when told to stop")
+                return
         bus_ref.append(bus)
-        await service.start(bus)
+        if not await _unless_stopped(_start(service, bus), stop):
+            log.warning("service.stopped_before_start", reason="still starting when told to stop")
+            await _bounded(bus.close(), settings.drain_timeout_s)
+            return
         state["phase"] = "running"
         presence_task = asyncio.create_task(_announce(bus, service, settings, state), name="presence")
         log.info("service.started", http_port=port, instance_id=settings.instance_id)
@@ -115,11 +124,46 @@ async def run_service(
         log.info("service.draining", timeout_s=settings.drain_timeout_s)
         await service.drain(settings.drain_timeout_s)
         presence_task.cancel()  # alive (not ready) until drained: its calls are not orphans yet
-        await bus.drain()
+        if not await _bounded(bus.drain(), settings.drain_timeout_s):
+            log.warning("service.bus_drain_timeout", timeout_s=settings.drain_timeout_s)
+            await _bounded(bus.close(), 1.0)
     finally:
         server.should_exit = True
         await http_task
         log.info("service.stopped")
+
+
+T = TypeVar("T")
+
+
+async def _start(service: Service, bus: Bus) -> bool:
+    await service.start(bus)
+    return True
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``work``'s result, or None (``work`` cancelled) if ``stop`` is set first."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return None
+
+
+async def _bounded(work: Awaitable[Any], timeout_s: float) -> bool:
+    """Await ``work`` for at most ``timeout_s``; False when it had to be abandoned."""
+    try:
+        await asyncio.wait_for(work, timeout_s)
+    except TimeoutError:
+        return False
+    return True
 
 
 async def _announce(bus: Bus, service: Service, settings: ServiceSettings, state: dict[str, str]) -> None:
