@@ -38,7 +38,9 @@ MODULES |= {"mod_native_file", "mod_lua", "mod_audio_stream", "mod_dialplan_xml"
 
 
 # compose also requires a password per NATS user (deploy/compose/nats.conf)
-NATS_PASSWORDS = {natsconf.password_env(user): f"nats{i}" for i, user in enumerate(permissions.USERS)}
+NATS_PASSWORDS = {natsconf.password_env(user): f"nats{i}" for i, user in enumerate(permissions.USERS)} | {
+    name: f"store{i}" for i, name in enumerate(natsconf.STORE_PASSWORD_ENVS)
+}
 
 
 class InterpolationError(Exception):

@@ -68,13 +68,26 @@ def test_the_nats_server_gets_every_password(services: dict[str, dict[str, Any]]
         assert value.startswith("${" + name + ":?"), name
 
 
-def test_env_file_gets_a_password_per_user_once(tmp_path: Path) -> None:
+def test_env_file_gets_a_password_per_user_and_store_once(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("VP_FS_ESL_PASSWORD=kept")
     added = natsconf.add_missing_passwords(env_file)
-    assert set(added) == {natsconf.password_env(u) for u in permissions.USERS}
+    assert set(added) == {natsconf.password_env(u) for u in permissions.USERS} | {
+        "POSTGRES_PASSWORD",
+        "REDIS_PASSWORD",
+    }
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     first = env_file.read_text()
     assert first.startswith("VP_FS_ESL_PASSWORD=kept\n")
     assert natsconf.add_missing_passwords(env_file) == []
     assert env_file.read_text() == first
+
+
+def test_compose_stores_refuse_to_start_without_their_passwords(services: dict[str, dict[str, Any]]) -> None:
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert "--requirepass" in services["redis"]["command"]
+    assert services["redis"]["command"][-1].startswith("${REDIS_PASSWORD:?")
+    recorder = services["recorder"]["environment"]
+    assert (
+        "${POSTGRES_PASSWORD:?" in recorder["POSTGRES_DSN"] and "${REDIS_PASSWORD:?" in recorder["REDIS_URL"]
+    )

@@ -131,11 +131,18 @@ def compose_config(tls: ServerTls | None = None) -> str:
     return text + ("\n" + tls_block(tls) if tls else "")
 
 
+# compose's PostgreSQL and Redis refuse to start without these (docker-compose.yml): generated with
+# the NATS passwords so one command sets up every secret of a compose deployment
+STORE_PASSWORD_ENVS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD")
+
+
 def add_missing_passwords(env_file: Path) -> list[str]:
-    """Append a random ``NATS_PASSWORD_<USER>`` for every user the file lacks; the names added."""
+    """Append a random ``NATS_PASSWORD_<USER>`` for every user the file lacks, and the stores'
+    passwords (``STORE_PASSWORD_ENVS``); the names added."""
     existing = env_file.read_text() if env_file.is_file() else ""
     present = {line.split("=", 1)[0].strip() for line in existing.splitlines() if "=" in line}
-    added = [password_env(u) for u in permissions.USERS if password_env(u) not in present]
+    wanted = [password_env(u) for u in permissions.USERS] + list(STORE_PASSWORD_ENVS)
+    added = [name for name in wanted if name not in present]
     if added:
         lines = [f"{name}={new_password()}" for name in added]
         prefix = "" if not existing or existing.endswith("\n") else "\n"
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write nats.conf here (else stdout)")
-    parser.add_argument("--env-file", type=Path, default=None, help="add missing NATS passwords to this .env")
+    parser.add_argument("--env-file", type=Path, default=None, help="add missing passwords to this .env")
     parser.add_argument("--tls-cert", default=None, help="server certificate (path seen by nats-server)")
     parser.add_argument("--tls-key", default=None, help="server key")
     parser.add_argument("--tls-ca", default=None, help="CA of client certificates")
@@ -163,7 +170,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.env_file is not None:
         added = add_missing_passwords(args.env_file)
-        print(f"{args.env_file}: added {len(added)} NATS password(s)", file=sys.stderr)
+        print(f"{args.env_file}: added {len(added)} password(s)", file=sys.stderr)
         if args.out is None:
             return 0
     if bool(args.tls_cert) != bool(args.tls_key):
