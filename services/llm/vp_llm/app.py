@@ -88,15 +88,7 @@ class LlmService:
             self._factory = functools.partial(registry_factory, key_health=BusKeyHealthStore(bus))
             self._prepare_scripts()
         self._control_sub = await bus.subscribe(subjects.ANY_CONTROL, self._on_control)
-        s = self.settings
-        spec = WorkSpec(
-            WORK,
-            subjects.queue_group("llm"),
-            subjects.ANY_LLM_REQUEST,
-            ack_wait_s=s.work_ack_wait_s,
-            max_deliver=s.work_max_deliver,
-            stale_s=s.work_stale_s,
-        )
+        spec = WorkSpec.of(WORK, subjects.queue_group("llm"), subjects.ANY_LLM_REQUEST, self.settings)
         self._requests = await take_work(bus, spec, self._on_request, self._exhausted)
 
     async def drain(self, timeout: float) -> None:

@@ -125,14 +125,7 @@ class RouterService:
             ("lifecycle", subjects.ANY_LIFECYCLE, self._on_lifecycle),
             ("asr", subjects.ANY_ASR, self._on_asr),
         ):
-            spec = WorkSpec(
-                CALL_EVENTS,
-                f"{SERVICE}-{name}",
-                subject,
-                ack_wait_s=s.work_ack_wait_s,
-                max_deliver=s.work_max_deliver,
-                stale_s=s.work_stale_s,
-            )
+            spec = WorkSpec.of(CALL_EVENTS, f"{SERVICE}-{name}", subject, s)
             self._work.append(await take_work(bus, spec, work, self._exhausted))
 
     async def drain(self, timeout: float) -> None:

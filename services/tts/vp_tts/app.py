@@ -117,15 +117,7 @@ class TtsService:
                 # not installed here (Debian non-free): robots fall through to festival
                 log.warning("tts.rhvoice_unavailable", error=str(exc)[:300])
         self._control_sub = await bus.subscribe(subjects.ANY_CONTROL, self._on_control)
-        s = self.settings
-        spec = WorkSpec(
-            CALL_EVENTS,
-            subjects.queue_group("tts"),
-            subjects.ANY_LLM_SENTENCE,
-            ack_wait_s=s.work_ack_wait_s,
-            max_deliver=s.work_max_deliver,
-            stale_s=s.work_stale_s,
-        )
+        spec = WorkSpec.of(CALL_EVENTS, subjects.queue_group("tts"), subjects.ANY_LLM_SENTENCE, self.settings)
         self._sentences = await take_work(bus, spec, self._on_sentence, self._exhausted)
         log.info("tts.started", providers=sorted(self._providers), ready=self.ready())
 

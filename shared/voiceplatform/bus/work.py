@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import nats.errors
 import nats.js.errors
@@ -44,6 +44,9 @@ from voiceplatform.bus.jetstream import StreamSpec
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.bus.streams import stream_for
 from voiceplatform.wire import WireError, decode
+
+if TYPE_CHECKING:
+    from voiceplatform.config.settings import ServiceSettings
 
 log = structlog.get_logger("voiceplatform.work")
 
@@ -104,6 +107,20 @@ class WorkSpec:
     max_deliver: int = 3
     stale_s: float = 15.0
     max_in_flight: int = 256
+
+    @classmethod
+    def of(
+        cls, stream: StreamSpec, consumer: str, filter_subject: str, settings: ServiceSettings
+    ) -> WorkSpec:
+        """A role's work with the delivery settings every service reads (``VP_WORK_*``)."""
+        return cls(
+            stream,
+            consumer,
+            filter_subject,
+            ack_wait_s=settings.work_ack_wait_s,
+            max_deliver=settings.work_max_deliver,
+            stale_s=settings.work_stale_s,
+        )
 
 
 class WorkSource(Protocol):
