@@ -45,8 +45,8 @@ from bench.platform_report import STAGES, LevelResult, format_stages, format_tab
 from bench.platform_stack import ROBOT, InProcessStack, ProcessStack, make_robot, tts_mode
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.config import RobotConfig, RobotRegistry
-from voiceplatform.devinfra import EmbeddedNats
 from voiceplatform.gateway import CallSession, GatewayDirectory
+from voiceplatform_devstack.devinfra import EmbeddedNats
 
 RATE = 16000
 FRAME_S = 0.02

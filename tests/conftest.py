@@ -14,7 +14,7 @@ from voiceplatform.bus.memory import MemoryBroker
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # so tests can import tests.stand_ins and bench helpers
 
-from voiceplatform.devinfra import port_open  # noqa: E402
+from voiceplatform_devstack.devinfra import port_open  # noqa: E402
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def nats_url() -> Iterator[str]:
     if port_open("127.0.0.1", 4222):
         yield "nats://127.0.0.1:4222"
         return
-    from voiceplatform.devinfra import EmbeddedNats
+    from voiceplatform_devstack.devinfra import EmbeddedNats
 
     server = EmbeddedNats.start(Path(os.environ.get("TMPDIR", "/tmp")) / "vp-test-nats")
     try:
@@ -49,7 +49,7 @@ def postgres_dsn() -> Iterator[str]:
     if port_open("127.0.0.1", 5432):
         yield "postgresql://postgres@127.0.0.1:5432/test"
         return
-    from voiceplatform.devinfra import EmbeddedPostgres
+    from voiceplatform_devstack.devinfra import EmbeddedPostgres
 
     server = EmbeddedPostgres.start(Path(os.environ.get("TMPDIR", "/tmp")) / "vp-test-pg")
     try:
@@ -67,7 +67,7 @@ def redis_url() -> Iterator[str]:
     if port_open("127.0.0.1", 6379):
         yield "redis://127.0.0.1:6379/15"
         return
-    from voiceplatform.devinfra import EmbeddedRedis
+    from voiceplatform_devstack.devinfra import EmbeddedRedis
 
     server = EmbeddedRedis.start(Path(os.environ.get("TMPDIR", "/tmp")) / "vp-test-redis")
     try:

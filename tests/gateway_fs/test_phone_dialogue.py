@@ -17,7 +17,6 @@ from voiceplatform import subjects
 from voiceplatform.audio import write_wav
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.testing import PeerCall
 from voiceplatform.wire import (
     AsrFinal,
     CallDtmf,
@@ -33,6 +32,7 @@ from voiceplatform.wire import (
     TtsAudio,
     TurnMetrics,
 )
+from voiceplatform_devstack import PeerCall
 from vp_llm.app import LlmService
 from vp_llm.settings import LlmSettings
 from vp_recorder.stored import StoredEvent

@@ -24,8 +24,8 @@ from bench.platform_stack import ROBOT, InProcessStack, make_robot
 from voiceplatform.audio import read_wav, write_wav
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.cli.call import place_phone_call
-from voiceplatform.devinfra import free_port
 from voiceplatform.runtime import run_service
+from voiceplatform_devstack.devinfra import free_port
 from vp_gateway_fs.app import GatewayFs
 from vp_gateway_fs.settings import GatewayFsSettings
 

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from voiceplatform.devinfra import free_port
+from voiceplatform_devstack.devinfra import free_port
 from vp_recorder.directory import get_scenario, record_caller, sync_scenarios
 from vp_recorder.migrate import apply_migrations, load_migrations
 from vp_recorder.scenario_cache import SCENARIO_TTL_S, ScenarioCache, scenario_key

@@ -1,10 +1,10 @@
 """`vp call`: stream a WAV into a robot in real time, collect the robot's replies and timings.
 
 Web mode talks to gateway-web as a browser does. ``--phone`` plays FreeSWITCH instead: it starts the
-FreeSWITCH peer (``voiceplatform.testing``) with its Event Socket on ``--esl-port`` (password
-``VP_FS_ESL_PASSWORD``), waits for gateway-fs to log in, and places a call whose mod_audio_stream
-WebSocket goes to gateway-fs (``--url``) with 8 kHz audio, as a real phone call would. Both modes
-print the same report.
+FreeSWITCH peer (``voiceplatform_devstack``, the development stack) with its Event Socket on
+``--esl-port`` (password ``VP_FS_ESL_PASSWORD``), waits for gateway-fs to log in, and places a call
+whose mod_audio_stream WebSocket goes to gateway-fs (``--url``) with 8 kHz audio, as a real phone
+call would. Both modes print the same report.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from voiceplatform.audio import Int16Array, frames, read_wav, resample, rms, write_wav
+from voiceplatform.cli.devstack import required_for
 from voiceplatform.phone_stream import find_stream_secret, stream_url
 
 if TYPE_CHECKING:
-    from voiceplatform.testing import PeerCall
+    from voiceplatform_devstack import PeerCall
 
 RATE = 16000
 FRAME = RATE // 50
@@ -298,7 +299,8 @@ async def place_phone_call(
     been playing for ``delay_s`` and then speak over it (a barge-in placed by what the caller
     hears, not by a clock, so it holds on a busy machine).
     """
-    from voiceplatform.testing import FreeSwitchPeer
+    with required_for("vp call --phone (the FreeSWITCH peer)"):
+        from voiceplatform_devstack import FreeSwitchPeer
 
     peer = FreeSwitchPeer(esl_password=esl_password, esl_port=esl_port)
     await peer.start()

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from voiceplatform.cli.devstack import required_for
 from voiceplatform.cli.supervisor import StatusServer, Supervisor
 from voiceplatform.config.api_tokens import TOKENS_FILE, ensure_tokens_file
 
@@ -35,6 +36,7 @@ WEB_API_KEY_FILE = "web_api_key"  # the key an embedding site (or `vp call`) sen
 FIRST_WORKER_PORT = 8101
 GATEWAY_FS_PORT = 8090  # where FreeSWITCH's mod_audio_stream (or `vp call --phone`) connects
 ESL_PASSWORD_FILE = "fs_esl_password"
+INFRA_URLS = ("NATS_URL", "POSTGRES_DSN", "REDIS_URL")  # unset ones: embedded servers (the dev stack)
 
 
 @dataclass
@@ -75,27 +77,27 @@ class Infra:
         self.service_env: dict[str, dict[str, str]] = {}  # per service name: its NATS credentials
 
     def start(self) -> None:
-        from voiceplatform import devinfra
         from voiceplatform.credentials import LocalCredentials
+
+        unset = [name for name in INFRA_URLS if not os.environ.get(name)]
+        self.env.update({name: os.environ[name] for name in INFRA_URLS if name not in unset})
+        if not unset:
+            return
+        with required_for(f"vp up without {', '.join(unset)} (embedded servers)"):
+            from voiceplatform_devstack import devinfra
 
         # embedded servers get passwords generated at first start (<workdir>/credentials.json, 0600)
         creds = LocalCredentials.load_or_create(self.workdir)
-        if os.environ.get("NATS_URL"):
-            self.env["NATS_URL"] = os.environ["NATS_URL"]
-        else:
+        if "NATS_URL" in unset:
             nats = devinfra.EmbeddedNats.start(self.workdir / "nats", passwords=creds.nats)
             self._servers.append(nats)
             self.env["NATS_URL"] = nats.url
             self.service_env = {name: creds.nats_env(name) for name, _ in SERVICES}
-        if os.environ.get("POSTGRES_DSN"):
-            self.env["POSTGRES_DSN"] = os.environ["POSTGRES_DSN"]
-        else:
+        if "POSTGRES_DSN" in unset:
             pg = devinfra.EmbeddedPostgres.start(self.workdir / "postgres", password=creds.postgres)
             self._servers.append(pg)
             self.env["POSTGRES_DSN"] = pg.dsn
-        if os.environ.get("REDIS_URL"):
-            self.env["REDIS_URL"] = os.environ["REDIS_URL"]
-        else:
+        if "REDIS_URL" in unset:
             redis = devinfra.EmbeddedRedis.start(self.workdir / "redis", password=creds.redis)
             self._servers.append(redis)
             self.env["REDIS_URL"] = redis.url

@@ -19,13 +19,13 @@ from typing import Any, Protocol
 
 import structlog
 
-from voiceplatform.testing.freeswitch_channel import cause_name, channel_data
-from voiceplatform.testing.freeswitch_media import Track, interleave, mix, wav_file
-from voiceplatform.testing.freeswitch_player import Playback, Player
-from voiceplatform.testing.freeswitch_stream import AudioStream
-from voiceplatform.testing.freeswitch_wire import EslPacket, FsEvent
+from voiceplatform_devstack.freeswitch_channel import cause_name, channel_data
+from voiceplatform_devstack.freeswitch_media import Track, interleave, mix, wav_file
+from voiceplatform_devstack.freeswitch_player import Playback, Player
+from voiceplatform_devstack.freeswitch_stream import AudioStream
+from voiceplatform_devstack.freeswitch_wire import EslPacket, FsEvent
 
-log = structlog.get_logger("voiceplatform.testing.freeswitch")
+log = structlog.get_logger("voiceplatform_devstack.freeswitch")
 
 
 class ChannelHost(Protocol):

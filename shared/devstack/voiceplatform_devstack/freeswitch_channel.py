@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from voiceplatform.testing.freeswitch_wire import names
+from voiceplatform_devstack.freeswitch_wire import names
 
 HANGUP_CAUSES = names(
     """NONE UNALLOCATED_NUMBER NO_ROUTE_TRANSIT_NET NO_ROUTE_DESTINATION CHANNEL_UNACCEPTABLE

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from voiceplatform.testing.freeswitch_wire import EVENT_NAMES, FsEvent, event_type
+from voiceplatform_devstack.freeswitch_wire import EVENT_NAMES, FsEvent, event_type
 
 
 class Subscription:

@@ -13,9 +13,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from voiceplatform.testing.freeswitch_call import PeerCall
-from voiceplatform.testing.freeswitch_channel import cause_name
-from voiceplatform.testing.freeswitch_wire import separate_string, serialize_plain
+from voiceplatform_devstack.freeswitch_call import PeerCall
+from voiceplatform_devstack.freeswitch_channel import cause_name
+from voiceplatform_devstack.freeswitch_wire import separate_string, serialize_plain
 
 STREAM_USAGE = (
     "-USAGE: <uuid> [start | stop | send_text | pause | resume | graceful-shutdown ] [wss-url | path]"

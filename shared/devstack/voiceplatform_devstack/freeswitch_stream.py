@@ -27,8 +27,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from voiceplatform.resampling import StreamResampler
-from voiceplatform.testing.freeswitch_media import RAW_RATES, STREAM_AUDIO_EXT, interleave, mix
-from voiceplatform.testing.freeswitch_wire import cjson_dumps
+from voiceplatform_devstack.freeswitch_media import RAW_RATES, STREAM_AUDIO_EXT, interleave, mix
+from voiceplatform_devstack.freeswitch_wire import cjson_dumps
 
 EXT_BY_RATE = {rate: ext for ext, rate in RAW_RATES.items()}
 CONNECT_FAILED = 6

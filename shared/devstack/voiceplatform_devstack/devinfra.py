@@ -366,7 +366,7 @@ def postgres_install_dir(uid: int | None = None, gid: int | None = None) -> Path
 
 # a cluster with a password: TCP logins need it; the Unix socket (0700, the server's user) is trusted
 _PG_HBA_PASSWORD = """\
-# written by voiceplatform.devinfra (embedded PostgreSQL with a generated password)
+# written by voiceplatform_devstack.devinfra (embedded PostgreSQL with a generated password)
 local   all all                 trust
 host    all all 127.0.0.1/32    scram-sha-256
 host    all all ::1/128         scram-sha-256

@@ -58,13 +58,13 @@ from typing import Any
 import structlog
 
 from voiceplatform.runtime.tasks import TaskRegistry
-from voiceplatform.testing.freeswitch_api import COMMANDS
-from voiceplatform.testing.freeswitch_call import PeerCall
-from voiceplatform.testing.freeswitch_esl import EslCommand, EslListener
-from voiceplatform.testing.freeswitch_outbound import Outbound
-from voiceplatform.testing.freeswitch_wire import EslPacket, FsEvent, standard_headers
+from voiceplatform_devstack.freeswitch_api import COMMANDS
+from voiceplatform_devstack.freeswitch_call import PeerCall
+from voiceplatform_devstack.freeswitch_esl import EslCommand, EslListener
+from voiceplatform_devstack.freeswitch_outbound import Outbound
+from voiceplatform_devstack.freeswitch_wire import EslPacket, FsEvent, standard_headers
 
-log = structlog.get_logger("voiceplatform.testing.freeswitch")
+log = structlog.get_logger("voiceplatform_devstack.freeswitch")
 
 ESL_READ_LIMIT = 16 * 1024 * 1024
 SHUTDOWN_NOTICE = "The system is being shut down.\n"

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from voiceplatform.testing.freeswitch_call import PeerCall
-from voiceplatform.testing.freeswitch_channel import cause_name
+from voiceplatform_devstack.freeswitch_call import PeerCall
+from voiceplatform_devstack.freeswitch_channel import cause_name
 
 if TYPE_CHECKING:
-    from voiceplatform.testing.freeswitch import FreeSwitchPeer
+    from voiceplatform_devstack.freeswitch import FreeSwitchPeer
 
 DEFAULT_ORIGINATE_TIMEOUT_S = 60.0
 USAGE = (

@@ -17,8 +17,8 @@ from typing import Any, NamedTuple, Protocol
 
 import structlog
 
-from voiceplatform.testing.freeswitch_events import Subscription
-from voiceplatform.testing.freeswitch_wire import (
+from voiceplatform_devstack.freeswitch_events import Subscription
+from voiceplatform_devstack.freeswitch_wire import (
     EslPacket,
     FsEvent,
     api_response,
@@ -31,7 +31,7 @@ from voiceplatform.testing.freeswitch_wire import (
     strip_cr,
 )
 
-log = structlog.get_logger("voiceplatform.testing.freeswitch")
+log = structlog.get_logger("voiceplatform_devstack.freeswitch")
 
 AUTH_TIMEOUT_S = 25.0  # read_packet(listener, &event, 25) while not authenticated
 GOODBYE = "Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"

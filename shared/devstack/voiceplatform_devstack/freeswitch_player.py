@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from voiceplatform.testing.freeswitch_media import Track, load_audio
+from voiceplatform_devstack.freeswitch_media import Track, load_audio
 
 FRAME_S = 0.02
 BROADCAST_LEAD_FRAMES = 5  # switch_ivr_broadcast's "lead-frames" header
