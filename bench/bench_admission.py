@@ -39,7 +39,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from bench.bench_platform import caller_frames
+from bench.caller_signal import caller_frames
 from bench.platform_stack import ROBOT, InProcessStack, ProcessStack, make_robot
 from voiceplatform.cli.web_token import fetch_call_token
 from voiceplatform.web_protocol import CLOSE_BUSY, CLOSE_TOKEN
