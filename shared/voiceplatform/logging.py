@@ -19,6 +19,8 @@ from urllib.parse import unquote, urlsplit
 
 import structlog
 
+from voiceplatform.tracing import add_trace_id
+
 _SECRET_KEY = re.compile(r"(api_?key|token|secret|password|passwd|authorization|dsn)$", re.IGNORECASE)
 _secrets: set[str] = set()
 MASK = "***"
@@ -85,6 +87,7 @@ def configure_logging(service: str, level: str = "INFO", json: bool | None = Non
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _scrub,
