@@ -34,15 +34,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("voiceplatform.tracing")
 
 ROOT_SPAN = "turn"
-# span names, one per stage, in turn order (docs/operations.md#traces)
-STAGE_SPANS = (
-    "vad.end",
-    "asr.final",
-    "router.route",
-    "llm.first_sentence",
-    "tts.first_audio",
-    "gateway.playout",
-)
 ATTRIBUTE_PREFIX = "vp."
 
 Attribute = str | int | float | bool

@@ -51,7 +51,7 @@ class ServiceSettings(BaseSettings):
     work_max_deliver: int = Field(default=3, ge=1)
     work_stale_s: float = Field(default=15.0, gt=0)
     log_level: str = "INFO"
-    # traces (voiceplatform.tracing, docs/operations.md#traces): off unless an OTLP/HTTP endpoint is set
+    # traces (voiceplatform.tracing; docs/operations.md#traces-opentelemetry): off without an endpoint
     otel_exporter_otlp_endpoint: str = Field(default="", validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
     otel_exporter_otlp_traces_endpoint: str = Field(
         default="", validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
