@@ -44,7 +44,7 @@ class _Recorder(Protocol):
         self, name: str, call_id: str, turn_id: str, start_ms: float, attrs: dict[str, Any]
     ) -> None: ...
 
-    def shutdown(self) -> None: ...
+    def shutdown(self, timeout_s: float) -> None: ...
 
 
 _recorder: _Recorder | None = None
@@ -154,9 +154,9 @@ def configure_from(settings: ServiceSettings, service: str) -> bool:
     )
 
 
-def shutdown() -> None:
-    """Export what is buffered and stop tracing (at process end; in tests between cases)."""
+def shutdown(timeout_s: float = 2.0) -> None:
+    """Export what is buffered (for at most ``timeout_s``) and stop tracing (at process end)."""
     global _recorder
     recorder, _recorder = _recorder, None
     if recorder is not None:
-        recorder.shutdown()
+        recorder.shutdown(timeout_s)

@@ -8,6 +8,7 @@ headers, timeout and TLS settings from the standard ``OTEL_EXPORTER_OTLP_*`` var
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from opentelemetry import trace
@@ -50,6 +51,7 @@ class OtlpRecorder:
             resource=Resource.create(resource),
             sampler=TraceIdRatioBased(sample_ratio),  # same trace id, same decision in every service
             id_generator=self._ids,
+            shutdown_on_exit=False,  # ``shutdown`` bounds the wait; an atexit hook would not
         )
         self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
         self._tracer = self._provider.get_tracer("voiceplatform")
@@ -73,5 +75,9 @@ class OtlpRecorder:
             span = self._tracer.start_span(name, parent, attributes=attributes, start_time=start_ns)
         span.end()
 
-    def shutdown(self) -> None:
-        self._provider.shutdown()
+    def shutdown(self, timeout_s: float) -> None:
+        """Export what is queued; a collector that is down would hold us for its retries (seconds),
+        so give up after ``timeout_s`` and lose those spans rather than delay the service's stop."""
+        exporting = threading.Thread(target=self._provider.shutdown, name="otel-shutdown", daemon=True)
+        exporting.start()
+        exporting.join(timeout_s)
