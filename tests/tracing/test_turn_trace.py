@@ -40,6 +40,8 @@ async def test_one_turn_is_one_trace_across_the_services(
     tmp_path: Path, collector: OtlpCollector, monkeypatch
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)  # the children's settings
+    # export while the call runs, not only in the (bounded) flush at SIGTERM: the machine may be busy
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
     assert tracing.configure("gateway-web", endpoint=collector.endpoint)  # this process: the gateway
     nats = EmbeddedNats.start(tmp_path / "nats")  # private: no other run's workers take our calls
     stack = ProcessStack(make_robot(tmp_path / "robots", silence_frames=25), nats.url, tmp_path / "logs")
@@ -59,7 +61,7 @@ async def test_one_turn_is_one_trace_across_the_services(
     finally:
         await stack.stop()  # SIGTERM: every service exports what it buffered
         nats.stop()
-        tracing.shutdown()
+        tracing.shutdown(timeout_s=60)
     assert result.errors == {} and result.turns == 1, result.errors
 
     traces: dict[str, list[CollectedSpan]] = defaultdict(list)
