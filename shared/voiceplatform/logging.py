@@ -1,6 +1,7 @@
 """structlog JSON logging with call_id/turn_id context, secret masking and PII suppression.
 
 - ``bind_call(call_id=..., turn_id=...)`` puts ids into contextvars; every line in that task has them.
+- While traces are on (``voiceplatform.tracing``), a line with both ids also has the turn's ``trace_id``.
 - Keys named ``pii_*`` (transcripts, phone numbers, prompts) are dropped unless VP_LOG_PII=1.
 - Values of registered secrets are masked wherever they appear, and so is any value whose key looks
   like a credential (``*key``, ``*token``, ``*secret``, ``*password``, ``authorization``).

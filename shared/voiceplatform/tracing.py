@@ -1,9 +1,8 @@
 """One OpenTelemetry trace per turn, across the services; off (and free) unless an OTLP endpoint is set.
 
 Every service records its stage of a turn with one call, ``span(name, call_id, turn_id, took_ms,
-**attributes)``, when the stage's work is over.
-The gateway, which owns the turn, records the turn itself with ``turn_finished`` when the turn is
-final (played, cut or without reply).
+**attributes)``, when the stage's work is over. The gateway, which owns the turn, records the turn
+itself with ``turn_finished`` when the turn is final (played, cut or without reply).
 
 No context travels on the bus: the turn's trace id and its root span id are derived from
 ``(call_id, turn_id)``, which every message of a turn already carries. So every service starts its
@@ -25,6 +24,7 @@ import importlib
 import time
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -86,7 +86,7 @@ class FinishedTurn(Protocol):
 
 def turn_finished(call_id: str, turn: FinishedTurn, robot: str) -> None:
     """The gateway's spans of a final turn: ``gateway.playout`` (first frame played to the reply's
-    end or its cut) and the root ``turn`` (the caller's first word, or the earliest time known, to now)."""
+    end or its cut) and the root ``turn`` (the caller's speech start, or the earliest time known, to now)."""
     if _recorder is None:
         return
     outcome = turn.outcome
@@ -139,7 +139,8 @@ def configure(
         return False
     shutdown()
     _recorder = tracing_sdk.OtlpRecorder(service, url, sample_ratio, instance_id)
-    log.info("tracing.on", endpoint=url, sample_ratio=sample_ratio)
+    where = urlsplit(url)  # logged without a user:password@ it might carry
+    log.info("tracing.on", collector=f"{where.scheme}://{where.netloc.rpartition('@')[2]}{where.path}")
     return True
 
 

@@ -105,10 +105,17 @@ def test_settings_name_the_endpoint_and_the_traces_endpoint_wins(monkeypatch, co
     monkeypatch.setenv("VP_TRACE_SAMPLE_RATIO", "1")
     with capture_logs() as logs:
         assert tracing.configure_from(ServiceSettings(), "tts")
-    assert logs[-1]["event"] == "tracing.on" and logs[-1]["endpoint"] == f"{collector.endpoint}/v1/traces"
+    assert logs[-1]["event"] == "tracing.on" and logs[-1]["collector"] == f"{collector.endpoint}/v1/traces"
     tracing.span("tts.first_audio", "web-1", "web-1-t1", 5.0)
     tracing.shutdown()
     assert [(s.service, s.name) for s in collector.spans] == [("tts", "tts.first_audio")]
+
+
+def test_the_collector_is_logged_without_credentials(collector: OtlpCollector) -> None:
+    host = collector.endpoint.removeprefix("http://")
+    with capture_logs() as logs:
+        assert tracing.configure("asr", endpoint=f"http://user:s3cret-pass@{host}")
+    assert logs[-1]["collector"] == f"http://{host}/v1/traces"
 
 
 def test_requested_without_the_packages_warns_once_and_runs_without(monkeypatch) -> None:
