@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from voiceplatform import metrics, subjects
+from voiceplatform import metrics, subjects, tracing
 from voiceplatform.bus import Bus
 from voiceplatform.bus.work import check_still_ours
 from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider
@@ -119,9 +119,17 @@ class TurnOutput:
 
     async def _publish(self, sentence: str, last: bool) -> None:
         check_still_ours()  # this process stalled and the turn went to another: say nothing more
-        if self.published == 0:
-            FIRST_SENTENCE.observe((time.monotonic() - self.started) * 1000)
         req = self.req
+        if self.published == 0:
+            FIRST_SENTENCE.observe(took_ms := (time.monotonic() - self.started) * 1000)
+            tracing.span(
+                "llm.first_sentence",
+                req.call_id,
+                req.turn_id,
+                took_ms,
+                robot=req.robot,
+                provider=self.provider,
+            )
         await self.bus.publish(
             subjects.llm_sentence(req.call_id),
             LlmSentence(

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 from prometheus_client import Counter
 
-from voiceplatform import metrics, subjects
+from voiceplatform import metrics, subjects, tracing
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.bus.streams import CALL_EVENTS
 from voiceplatform.bus.work import WorkSource, WorkSpec, check_still_ours, take_work
@@ -319,6 +319,9 @@ class RouterService:
             )
             elapsed_ms = (time.perf_counter() - received) * 1000
             ROUTE_LATENCY.observe(elapsed_ms)
+            tracing.span(
+                "router.route", msg.call_id, msg.turn_id, elapsed_ms, robot=robot.name, how=route.how
+            )
             log.info(
                 "router.routed",
                 prompt_id=state.prompt_id,

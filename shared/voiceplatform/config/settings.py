@@ -51,3 +51,10 @@ class ServiceSettings(BaseSettings):
     work_max_deliver: int = Field(default=3, ge=1)
     work_stale_s: float = Field(default=15.0, gt=0)
     log_level: str = "INFO"
+    # traces (voiceplatform.tracing; docs/operations.md#traces-opentelemetry): off without an endpoint
+    otel_exporter_otlp_endpoint: str = Field(default="", validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    otel_exporter_otlp_traces_endpoint: str = Field(
+        default="", validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    # share of turns traced, decided on the turn's trace id (the same turns in every service)
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)

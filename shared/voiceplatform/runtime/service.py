@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from voiceplatform import subjects
+from voiceplatform import subjects, tracing
 from voiceplatform.bus import Bus
 from voiceplatform.bus.auth import NatsAuth
 from voiceplatform.bus.nats import NatsBus
@@ -82,6 +82,7 @@ async def run_service(
     for secret in (settings.postgres_dsn, settings.redis_url, settings.mongo_uri, settings.nats_password):
         if secret is not None:
             register_secret(secret.get_secret_value())
+    tracing.configure_from(settings, service.name)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -130,6 +131,7 @@ async def run_service(
     finally:
         server.should_exit = True
         await http_task
+        await asyncio.to_thread(tracing.shutdown)  # exports the spans still buffered
         log.info("service.stopped")
 
 
