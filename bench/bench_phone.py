@@ -121,8 +121,11 @@ class GatewayProcess:
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
-    async def wait_ready(self, presence: bool, timeout: float = READY_TIMEOUT_S) -> None:
-        """The ESL is logged in and, with ``presence``, every pipeline role announced (/health 200).
+    async def wait_ready(
+        self, presence: bool, timeout: float = READY_TIMEOUT_S, without: tuple[str, ...] = ()
+    ) -> None:
+        """The ESL is logged in and, with ``presence``, every pipeline role announced (/health 200)
+        but the roles ``without`` (a run without the recorder).
 
         In-process services announce no presence (``run_service`` does that): calls are assigned all
         the same, so only the ESL is waited for then.
@@ -136,7 +139,9 @@ class GatewayProcess:
                 with contextlib.suppress(httpx.HTTPError):
                     reply = await client.get(f"http://127.0.0.1:{self.http_port}/health")
                     body = reply.text
-                    if reply.status_code == 200 or (not presence and reply.json().get("esl_connected")):
+                    health = reply.json()
+                    missing = set(health.get("missing_services") or ()) if presence else set()
+                    if reply.status_code == 200 or (health.get("esl_connected") and missing <= set(without)):
                         return
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"gateway-fs not ready within {timeout:.0f} s: {body[:300]}\n{self.log_tail()}")
@@ -247,7 +252,8 @@ class PhoneStack:
         if self.recorder is not None:
             await self.recorder.start(self.nats.url)
         self.bus = await NatsBus.connect(self.nats.url, "bench-phone")
-        await self.gateway.wait_ready(presence=self.layout == "procs")
+        without = () if self.recorder is not None else ("recorder",)
+        await self.gateway.wait_ready(presence=self.layout == "procs", without=without)
 
     def plan(self, step: int, speech: bytes) -> CallPlan:
         assert self.gateway is not None
