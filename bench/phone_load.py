@@ -189,8 +189,8 @@ async def run_call(
     if bus is not None:
 
         async def on_chunk(env: Envelope) -> Message | None:
-            if isinstance(env.message, AudioChunk):
-                chunks.append((env.message.seq, env.message.ts_ms))
+            if isinstance(env.message, AudioChunk):  # v2: several frames, stamped when the last came
+                chunks.extend((seq, env.message.ts_ms) for seq, _ in env.message.frames())
             return None
 
         sub = await bus.subscribe(subjects.audio_in(f"phone-{plan.uuid}"), on_chunk)

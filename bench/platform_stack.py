@@ -29,7 +29,7 @@ from typing import Any
 
 from bench.instant_engines import INSTANT, InstantTtsStage, register_instant_engines, tts_service_available
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.runtime import Service, run_service
+from voiceplatform.runtime import Service, run_event_loop, run_service
 
 REPO = Path(__file__).resolve().parent.parent
 ROBOT = "bench_instant"
@@ -207,7 +207,7 @@ def _serve(role: str) -> None:
     register_instant_engines()
     service, settings = build_service(role)
     configure_logging(service.name, os.environ.get("VP_LOG_LEVEL", "INFO"))
-    asyncio.run(run_service(service, settings))
+    run_event_loop(run_service(service, settings), getattr(settings, "event_loop", "asyncio"))
 
 
 def main() -> None:

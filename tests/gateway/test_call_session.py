@@ -230,3 +230,39 @@ async def test_owner_released_triggers_reassignment(broker, robot):
     await wait_for(lambda: session.owners.get("vad") not in (None, vad_owner))
     await session.end("test")
     await directory.stop()
+
+
+async def test_frames_go_out_batched_through_the_outbox_and_packed_per_message(broker, robot):
+    """Two frames per audio.chunk (v2) through a 5 ms outbox: every frame arrives once, in order,
+    numbered by frame; a lone frame left at the end goes out as v1 when the call ends."""
+    from voiceplatform.gateway.frame_outbox import FrameOutbox
+
+    got: list[AudioChunk] = []
+
+    async def on_chunk(env: Envelope):
+        got.append(env.message)
+
+    listener = broker.bus("vad")
+    outbox = FrameOutbox(broker.bus("gateway"), batch_ms=5)
+    session = CallSession(
+        broker.bus("gateway"),
+        robot,
+        channel="phone",
+        sample_rate=RATE,
+        sink=RecordingSink(),
+        outbox=outbox,
+        frames_per_message=2,
+    )
+    await listener.subscribe(subjects.audio_in(session.call_id), on_chunk)
+    await session.start()
+    frames = [bytes([i]) * FRAME for i in range(5)]
+    for frame in frames:
+        await session.push_audio(frame)
+    assert not got  # nothing is published before the outbox's delay
+    await wait_for(lambda: len(got) == 2)
+    await session.end("test")
+    await outbox.close()
+    await wait_for(lambda: len(got) == 3)
+    assert [(c.seq, c.v, len(c.pcm) // FRAME) for c in got] == [(0, 2, 2), (2, 2, 2), (4, 1, 1)]
+    assert [pcm for c in got for _, pcm in c.frames()] == frames
+    assert [seq for seq, _ in session.streaming.audio_log.frames] == [0, 1, 2, 3, 4]  # the replay's log

@@ -84,3 +84,17 @@ def test_frame_validation():
 def test_type_names_are_unique_and_dotted():
     assert all("." in name for name in TYPES_BY_NAME)
     assert len(TYPES_BY_NAME) >= 20
+
+
+def test_a_v2_chunk_holds_consecutive_frames_and_v1_only_one():
+    pcm = b"".join(bytes([i]) * 320 for i in range(3))
+    chunk = decode_as(encode(AudioChunk(call_id="c", seq=7, sample_rate=8000, pcm=pcm, v=2)), AudioChunk)
+    assert chunk.problem(8000) is None
+    assert chunk.frames() == [(7, b"\0" * 320), (8, b"\1" * 320), (9, b"\2" * 320)]
+    # several frames in a v1 message, a v2 message with a partial frame or none: the wrong size
+    assert AudioChunk(call_id="c", seq=0, sample_rate=8000, pcm=pcm).problem(8000) == "wrong_frame_size"
+    for bad in (pcm[:-2], b""):
+        partial = AudioChunk(call_id="c", seq=0, sample_rate=8000, pcm=bad, v=2)
+        assert partial.problem(8000) == "wrong_frame_size"
+    single = AudioChunk(call_id="c", seq=4, sample_rate=8000, pcm=pcm[:320])
+    assert single.v == 1 and single.frames() == [(4, pcm[:320])]

@@ -292,3 +292,44 @@ async def test_over_real_nats(nats_url: str, nats_bus: Bus, start_service: Start
         await service.drain(1.0)
     finally:
         await service_bus.close()
+
+
+def packed(call_id: str, samples: Pcm, rate: int, per_message: int) -> list[AudioChunk]:
+    """The frames of ``samples`` as v2 chunks of ``per_message`` frames (what a gateway set to send
+    fewer messages publishes)."""
+    single = chunks(call_id, samples, rate)
+    return [
+        AudioChunk(
+            call_id=call_id,
+            seq=single[i].seq,
+            sample_rate=rate,
+            pcm=b"".join(c.pcm for c in single[i : i + per_message]),
+            v=2,
+        )
+        for i in range(0, len(single), per_message)
+    ]
+
+
+async def test_chunks_of_several_frames_give_the_same_turns_as_single_frames(
+    broker: MemoryBroker, start_service: StartService
+) -> None:
+    service = await start_service("vad-a")
+    client = broker.bus("gateway")
+    events = await collect(client, subjects.vad("call-v2"))
+    frames_before = counter("vp_audio_frames_in_total", service="vad")
+    assert (await assign(client, "call-v2", rate=8000)).accepted
+
+    audio = packed("call-v2", utterance(8000), 8000, per_message=3)
+    await stream(client, audio)
+    await events.wait(lambda: len(events.of(VadSpeechEnded)) == 1)
+
+    (started,) = events.of(VadSpeechStarted)
+    (ended,) = events.of(VadSpeechEnded)
+    assert started.audio_offset_ms == 500  # offsets by frame, not by message
+    assert ended.audio_offset_ms == 1500 and ended.speech_ms == 1000
+    assert counter("vp_audio_frames_in_total", service="vad") - frames_before == len(utterance(8000)) // 160
+    # a v1 message may hold one frame only: two are dropped as the wrong size
+    bad = AudioChunk(call_id="call-v2", seq=10_000, sample_rate=8000, pcm=b"\0" * 640)
+    session = service.sessions["call-v2"]
+    await client.publish(subjects.audio_in("call-v2"), bad)
+    await events.wait(lambda: session.dropped == 1)

@@ -20,6 +20,7 @@ class FrameBuffer:
         self.max_seq = -1
         self._oldest_seq = 0  # every buffered seq is >= this
         self._arrived = asyncio.Event()
+        self._waiting = 0  # wait_for calls in progress: no event is made per frame without one
         self.silence = bytes(frame_bytes(sample_rate))
         self._keep = max(1, math.ceil(buffer_ms / FRAME_MS))
 
@@ -28,9 +29,9 @@ class FrameBuffer:
         if seq > self.max_seq:
             self.max_seq = seq
             self._evict_before(seq - self._keep + 1)
-        # wake every waiter, then arm a fresh event for the next frame
-        arrived, self._arrived = self._arrived, asyncio.Event()
-        arrived.set()
+        if self._waiting:  # wake every waiter, then arm a fresh event for the next frame
+            arrived, self._arrived = self._arrived, asyncio.Event()
+            arrived.set()
 
     def clear(self) -> None:
         self._frames.clear()
@@ -49,13 +50,17 @@ class FrameBuffer:
     async def wait_for(self, end_ms: int, timeout_s: float) -> None:
         """Until a frame at or past ``end_ms`` is buffered, or ``timeout_s`` has passed."""
         deadline = time.monotonic() + timeout_s
-        while self.max_seq * FRAME_MS < end_ms:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.debug("asr.tail_wait_expired", end_ms=end_ms, last_offset_ms=self.max_seq * FRAME_MS)
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+        self._waiting += 1
+        try:
+            while self.max_seq * FRAME_MS < end_ms:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.debug("asr.tail_wait_expired", end_ms=end_ms, last_offset_ms=self.max_seq * FRAME_MS)
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+        finally:
+            self._waiting -= 1
 
     def cut(self, from_ms: int, to_ms: int) -> bytes:
         """PCM of [from_ms, to_ms) from the buffer; frames lost inside the span become silence."""

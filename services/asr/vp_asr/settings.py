@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from voiceplatform.config import ServiceSettings
 
 
 class AsrSettings(ServiceSettings):
+    # every caller frame passes through this service: uvloop halves the event loop's share of it
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     # providers whose models load at start, before the instance takes calls
     # (env VP_PRELOAD_PROVIDERS='["whisper"]')
     preload_providers: list[str] = Field(default_factory=lambda: ["whisper"])

@@ -28,6 +28,7 @@ from fastapi import FastAPI, WebSocket
 from voiceplatform.bus import Bus
 from voiceplatform.config import RobotRegistry
 from voiceplatform.gateway import GatewayDirectory
+from voiceplatform.gateway.frame_outbox import FrameOutbox
 from voiceplatform.logging import register_secret
 from voiceplatform.runtime import TaskRegistry, cancel_and_wait
 from vp_gateway_fs.call import PhoneCall
@@ -89,6 +90,7 @@ class GatewayFs:
         )
         self.bus: Bus | None = None
         self.directory: GatewayDirectory | None = None
+        self.outbox: FrameOutbox | None = None  # caller frames of every call, batched (frame_outbox.py)
         self.calls: dict[str, PhoneCall] = {}  # by FreeSWITCH channel uuid
         self.answered: dict[str, float] = {}  # CHANNEL_ANSWER seen, stream not open yet
         self.orphans: set[str] = set()  # channels we must still hang up
@@ -103,6 +105,8 @@ class GatewayFs:
 
     async def start(self, bus: Bus) -> None:
         self.bus = bus
+        if self.settings.fs_audio_batch_ms > 0:
+            self.outbox = FrameOutbox(bus, self.settings.fs_audio_batch_ms, SERVICE)
         self.directory = GatewayDirectory(bus)
         await self.directory.start()
         self._esl_task = asyncio.create_task(self.esl.run(), name="esl")
@@ -118,6 +122,8 @@ class GatewayFs:
         for call in list(self.calls.values()):
             call.sink.drain_on_close = False
             await call.end("gateway_shutdown")
+        if self.outbox is not None:
+            await self.outbox.close()
         if self.directory is not None:
             await self.directory.stop()
         await self._tasks.cancel_all(1.0)

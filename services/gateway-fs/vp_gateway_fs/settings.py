@@ -19,6 +19,8 @@ STOCK_PASSWORD = "ClueCon"
 
 
 class GatewayFsSettings(ServiceSettings):
+    # every caller frame passes through this service: uvloop halves the event loop's share of it
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     # mod_audio_stream connects to ws://<host>:<http_port>/call/<uuid>
     http_port: int = 8090
     fs_esl_host: str = "127.0.0.1"
@@ -62,6 +64,16 @@ class GatewayFsSettings(ServiceSettings):
     # raises them as mod_audio_stream::json events, where dialplan scripts and `vp call --phone` see them
     fs_forward_events: bool = True
     max_message_bytes: int = 1 << 16
+    # caller frames of all calls go to NATS together every this many ms (one socket write for many
+    # frames; voiceplatform.gateway.frame_outbox); 0: each frame at once
+    fs_audio_batch_ms: float = Field(default=5.0, ge=0, le=20)
+    # caller frames per audio.chunk message: 1 (every receiver reads it), or 2-5 (audio.chunk v2:
+    # fewer messages for NATS, vad and asr to handle; each frame up to (n-1) x 20 ms later; needs vad,
+    # asr and realtime instances that read v2, so upgrade them before the gateway)
+    fs_frames_per_message: int = Field(default=1, ge=1, le=5)
+    # permessage-deflate on the stream WebSocket: off, PCM barely compresses and the zlib work per
+    # frame costs both ends CPU (mod_audio_stream asks for it only with STREAM_MESSAGE_DEFLATE)
+    ws_per_message_deflate: bool = False
     # ---- outbound calls (dialer.py, outbound_api.py) ----
     # bearer key of /outbound/*: unset, every request is refused
     fs_dial_api_key: SecretStr = SecretStr("")

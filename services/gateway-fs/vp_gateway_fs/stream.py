@@ -249,6 +249,8 @@ class StreamHandler:
             variables=variables,
             hold_greeting=amd is not None,  # outbound: the greeting waits for AMD (amd_watch.py)
             clock=sink,  # what the caller heard: FreeSWITCH's PLAYBACK_START/STOP
+            outbox=gw.outbox,
+            frames_per_message=self.settings.fs_frames_per_message,
         )
         call = PhoneCall(
             facts=facts,

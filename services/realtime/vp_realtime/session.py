@@ -62,6 +62,7 @@ from voiceplatform.wire import (
     TtsAudio,
     VadSpeechEnded,
     VadSpeechStarted,
+    frame_bytes,
 )
 
 from .metrics import BARGE_INS, NOTICES, RECONNECTS, SERVICE
@@ -386,7 +387,7 @@ class RealtimeCallSession:
             self.dropped_frames += 1
             metrics.MESSAGES_DROPPED.labels(SERVICE, "audio.in", problem).inc()
             return None
-        self._frames_in.inc()
+        self._frames_in.inc(len(chunk.pcm) // frame_bytes(self.sample_rate))  # v2: several frames
         self.last_activity = time.monotonic()
         self._unbilled_audio_bytes += len(chunk.pcm)
         assert conn is not None

@@ -187,7 +187,8 @@ class VadSession:
         if self._gate.hold(chunk):
             return None
         async with self._lock:
-            await self._feed(chunk.seq, chunk.pcm)
+            for seq, pcm in chunk.frames():
+                await self._feed(seq, pcm)
         return None
 
     async def _feed(self, seq: int, pcm: bytes) -> None:
@@ -241,7 +242,8 @@ class VadSession:
     async def _go_live(self, outcome: str) -> None:
         """End the replay: the live frames held meanwhile, then live (the caller holds the lock)."""
         for chunk in self._gate.finish(outcome):
-            await self._feed(chunk.seq, chunk.pcm)
+            for seq, pcm in chunk.frames():
+                await self._feed(seq, pcm)
         if self._replay_timer is not None and self._replay_timer is not asyncio.current_task():
             self._replay_timer.cancel()
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from voiceplatform.config import ServiceSettings
 
 
 class VadSettings(ServiceSettings):
+    # every caller frame passes through this service: uvloop halves the event loop's share of it
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     # another silero ONNX file instead of the one shipped in the silero-vad wheel
     silero_model_path: Path | None = None
     # a call that sent no audio for this long is dropped (its gateway vanished without call.ended)

@@ -10,6 +10,7 @@ import os
 import socket
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,11 @@ class ServiceSettings(BaseSettings):
     # health + metrics HTTP port; 0 picks a free port (printed in the start-up log line)
     http_port: int = 0
     http_host: str = "127.0.0.1"
+    # whether the HTTP server accepts permessage-deflate on WebSockets (gateway-fs turns it off)
+    ws_per_message_deflate: bool = True
+    # the asyncio event loop: the standard one, or uvloop (libuv; uvicorn[standard] installs it),
+    # which the services on the per-frame path (gateway-fs, vad, asr) use by default
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     instance_id: str = Field(default_factory=_default_instance_id)
     # calls one instance of a stateful stage accepts before it rejects assignments
     max_calls: int = 50

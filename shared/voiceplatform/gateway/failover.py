@@ -82,7 +82,10 @@ class CallerAudioLog:
     # ---- what the gateway sees ---------------------------------------------------------------
     def keep(self, seq: int, pcm: bytes) -> None:
         self.frames.append((seq, pcm))
-        floor = min(self.replay_from("vad", seq + 1), self.replay_from("asr", seq + 1))
+        if self.turns:
+            floor = min(self.replay_from("vad", seq + 1), self.replay_from("asr", seq + 1))
+        else:  # the common case, once per frame: both roles need just the idle lead
+            floor = seq + 1 - IDLE_REPLAY_FRAMES
         while self.frames and self.frames[0][0] < floor:
             self.frames.popleft()
 

@@ -23,6 +23,8 @@ class FrameAssembler:
 
     def push(self, data: bytes) -> list[bytes]:
         """Add caller bytes (16-bit LE mono at ``input_rate``); return the complete frames."""
+        if len(data) == self._frame and not self._pending and not self._odd and self._resampler.passthrough:
+            return [data]  # a whole frame at the call's rate, as FreeSWITCH sends them: no copies
         data = self._odd + data
         if len(data) % 2:
             self._odd, data = data[-1:], data[:-1]

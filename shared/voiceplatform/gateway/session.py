@@ -20,6 +20,7 @@ from voiceplatform.gateway.call_owners import CallOwners
 from voiceplatform.gateway.digits import DigitTurns
 from voiceplatform.gateway.failover import OwnerEpochs
 from voiceplatform.gateway.fallback_line import FallbackLine
+from voiceplatform.gateway.frame_outbox import FrameOutbox
 from voiceplatform.gateway.greeting import greeting_pcm
 from voiceplatform.gateway.handover import call_summary
 from voiceplatform.gateway.heard import PlaybackClock
@@ -107,6 +108,8 @@ class CallSession:
         variables: dict[str, str] | None = None,
         hold_greeting: bool = False,
         clock: PlaybackClock | None = None,
+        outbox: FrameOutbox | None = None,
+        frames_per_message: int = 1,
     ) -> None:
         self.bus = bus
         self.robot = robot
@@ -115,6 +118,13 @@ class CallSession:
         self.sink = sink
         self.directory = directory
         self.call_id = subjects.check_token(call_id or new_call_id(channel))
+        # caller frames: published a few ms at a time with the process's other calls (frame_outbox.py),
+        # or each at once without an outbox
+        self.outbox = outbox
+        self._audio_subject = subjects.audio_in(self.call_id)
+        # frames per audio.chunk (v2 above 1): fewer messages, each frame up to (n-1) x 20 ms later
+        self.frames_per_message = max(1, frames_per_message)
+        self._unsent: list[bytes] = []
         self.caller = caller
         self.gateway_id = gateway_id
         self.lead_frames = lead_frames
@@ -247,6 +257,8 @@ class CallSession:
         self.ended = True
         self.end_reason = reason
         with bind_call(call_id=self.call_id):
+            with contextlib.suppress(Exception):
+                await self._send_frames()  # the caller's last frames, held for a fuller chunk
             for turn in self.turns.live():
                 if turn.expects_reply or turn.state is TurnState.SPEAKING or turn.kind is not TurnKind.CALLER:
                     await self.keeper.cut(Cut(turn.turn_id, "call_ended"))
@@ -286,10 +298,28 @@ class CallSession:
         """One 20 ms frame of caller audio at the call's rate."""
         if self.ended:
             return
-        chunk = AudioChunk(call_id=self.call_id, seq=self._seq, sample_rate=self.sample_rate, pcm=frame)
         self.streaming.audio_log.keep(self._seq, frame)  # replayed to a new vad/asr owner
         self._seq += 1
-        await self.bus.publish(subjects.audio_in(self.call_id), chunk)
+        self._unsent.append(frame)
+        if len(self._unsent) >= self.frames_per_message:
+            await self._send_frames()
+
+    async def _send_frames(self) -> None:
+        """Publish the frames not sent yet as one ``audio.chunk`` (v2 when it holds several)."""
+        frames, self._unsent = self._unsent, []
+        if not frames:
+            return
+        chunk = AudioChunk(
+            call_id=self.call_id,
+            seq=self._seq - len(frames),
+            sample_rate=self.sample_rate,
+            pcm=frames[0] if len(frames) == 1 else b"".join(frames),
+            v=1 if len(frames) == 1 else 2,
+        )
+        if self.outbox is not None:
+            self.outbox.put(self._audio_subject, chunk)
+        else:
+            await self.bus.publish(self._audio_subject, chunk)
 
     # ---- ownership ----------------------------------------------------------------------------
     def request_reassign(self, role: str, reason: str) -> None:
@@ -360,6 +390,7 @@ class CallSession:
         next_t: float | None = None
         playing: str | None = None
         lead_s = self.lead_frames * FRAME_S
+        loop = asyncio.get_running_loop()
         with bind_call(call_id=self.call_id):
             while not self.ended:
                 item: tuple[str, bytes] | None = None
@@ -369,9 +400,14 @@ class CallSession:
                     playing, next_t = None, None  # the caller's side was flushed, or got nothing yet
                 await self._complete_finished()
                 if item is None:
+                    # nothing to play: wait for audio, or look again in 50 ms (a held turn may play by
+                    # then); a timer handle, not wait_for's task: this runs 20 times a second per call
                     self._audio_ready.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._audio_ready.wait(), timeout=0.05)
+                    wake = loop.call_later(0.05, self._audio_ready.set)
+                    try:
+                        await self._audio_ready.wait()
+                    finally:
+                        wake.cancel()
                     continue
                 turn_id, frame = item
                 if turn_id != playing:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -93,7 +93,12 @@ async def run_service(
     bus_ref: list[Bus] = []
     app = build_http_app(service, bus_ref, state)
     config = uvicorn.Config(
-        app, host=settings.http_host, port=settings.http_port, log_level="warning", lifespan="off"
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level="warning",
+        lifespan="off",
+        ws_per_message_deflate=settings.ws_per_message_deflate,
     )
     server = _QuietServer(config)
     http_task = asyncio.create_task(server.serve(), name="http")
@@ -188,8 +193,23 @@ async def _announce(bus: Bus, service: Service, settings: ServiceSettings, state
         await asyncio.sleep(1.0)
 
 
+def run_event_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """``asyncio.run(main)`` on the event loop named by ``ServiceSettings.event_loop``.
+
+    uvloop matters where every caller frame passes through: its transports, timers and futures are
+    C, and pausing and resuming a socket's reading (uvicorn does both for every WebSocket message)
+    costs no epoll system calls of its own."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main)
+    else:
+        asyncio.run(main)
+
+
 def service_main(factory: Callable[[], tuple[Service, ServiceSettings]]) -> None:
     """Console entry point helper: build the service, configure logs, run it."""
     service, settings = factory()
     configure_logging(service.name, settings.log_level)
-    asyncio.run(run_service(service, settings))
+    run_event_loop(run_service(service, settings), settings.event_loop)

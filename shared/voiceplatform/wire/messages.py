@@ -222,19 +222,36 @@ class WorkerHeartbeat(Message, tag="worker.heartbeat"):
 
 
 class AudioChunk(Message, tag="audio.chunk"):
-    """One 20 ms frame of caller audio from a gateway."""
+    """Caller audio from a gateway: one 20 ms frame (frame number ``seq``).
+
+    v2: ``pcm`` may hold several consecutive frames, ``seq`` being the first one's (a gateway set to
+    send fewer, larger messages: ``VP_FS_FRAMES_PER_MESSAGE``). Senders stamp v2 only on such
+    chunks, so a single frame stays readable by v1 receivers (docs/architecture.md#caller-audio).
+    """
+
+    VERSION: ClassVar[int] = 2
 
     seq: int
     sample_rate: int
     pcm: bytes
 
     def problem(self, expected_rate: int) -> str | None:
-        """Why this frame must be dropped, as a metric label, or None when it is good."""
+        """Why this chunk must be dropped, as a metric label, or None when it is good."""
         if self.sample_rate != expected_rate:
             return "wrong_sample_rate"
-        if len(self.pcm) != frame_bytes(expected_rate):
+        size = frame_bytes(expected_rate)
+        if len(self.pcm) != size and (self.v < 2 or not self.pcm or len(self.pcm) % size):
             return "wrong_frame_size"
         return None
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        """``(seq, pcm)`` of each frame, in order (call after ``problem`` found none)."""
+        size = frame_bytes(self.sample_rate)
+        if len(self.pcm) == size:
+            return [(self.seq, self.pcm)]
+        return [
+            (self.seq + i, self.pcm[at : at + size]) for i, at in enumerate(range(0, len(self.pcm), size))
+        ]
 
 
 class TtsAudio(Message, tag="tts.audio"):
