@@ -200,12 +200,15 @@ def run_event_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
     C, and pausing and resuming a socket's reading (uvicorn does both for every WebSocket message)
     costs no epoll system calls of its own."""
     if event_loop == "uvloop":
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main)
-    else:
-        asyncio.run(main)
+        try:
+            import uvloop
+        except ImportError:  # a platform without it (uvicorn[standard] skips it on Windows)
+            log.warning("service.uvloop_missing", fallback="asyncio")
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main)
+            return
+    asyncio.run(main)
 
 
 def service_main(factory: Callable[[], tuple[Service, ServiceSettings]]) -> None:
