@@ -328,8 +328,14 @@ async def test_chunks_of_several_frames_give_the_same_turns_as_single_frames(
     assert started.audio_offset_ms == 500  # offsets by frame, not by message
     assert ended.audio_offset_ms == 1500 and ended.speech_ms == 1000
     assert counter("vp_audio_frames_in_total", service="vad") - frames_before == len(utterance(8000)) // 160
+    # a chunk that starts at a frame already fed (a replay carried it) gives its new frame only
+    session = service.sessions["call-v2"]
+    fed, last = session.frames, len(utterance(8000)) // 160 - 1
+    straddling = AudioChunk(call_id="call-v2", seq=last, sample_rate=8000, pcm=b"\0" * 640, v=2)
+    await client.publish(subjects.audio_in("call-v2"), straddling)
+    await events.wait(lambda: session.frames == fed + 1)
+    assert session.dropped == 0
     # a v1 message may hold one frame only: two are dropped as the wrong size
     bad = AudioChunk(call_id="call-v2", seq=10_000, sample_rate=8000, pcm=b"\0" * 640)
-    session = service.sessions["call-v2"]
     await client.publish(subjects.audio_in("call-v2"), bad)
     await events.wait(lambda: session.dropped == 1)

@@ -181,13 +181,16 @@ class VadSession:
                 problem, env.subject, seq=chunk.seq, sample_rate=chunk.sample_rate, size=len(chunk.pcm)
             )
             return None
-        if self._last_seq is not None and chunk.seq <= self._last_seq:
+        frames = chunk.frames()
+        # a v2 chunk may start before frames already fed (the frames a replay also carried): only
+        # one with nothing new is stale; _feed skips the old frames of the others
+        if self._last_seq is not None and frames[-1][0] <= self._last_seq:
             self._drop("out_of_order", env.subject, seq=chunk.seq, last_seq=self._last_seq)
             return None
         if self._gate.hold(chunk):
             return None
         async with self._lock:
-            for seq, pcm in chunk.frames():
+            for seq, pcm in frames:
                 await self._feed(seq, pcm)
         return None
 
