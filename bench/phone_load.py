@@ -53,6 +53,8 @@ REPLY_TIMEOUT_S = 4.0  # beyond the VAD hang-over
 QUIET_TIMEOUT_S = 5.0
 POLL_S = 0.05
 SETUP_FRAMES = 25
+# gateway-fs publishes caller frames up to VP_FS_AUDIO_BATCH_MS (5 ms) after it took them
+PUBLISH_GRACE_S = 0.1
 MAX_SPREAD_S = 5.0  # call starts are spread over up to this long
 MACHINE = "machine"  # cpu_pct key: every core's busy time, whatever process used it
 
@@ -228,6 +230,7 @@ async def run_call(
             errors.append("ended_by_platform")
         await call.hangup()
         if sub is not None:
+            await asyncio.sleep(PUBLISH_GRACE_S)  # the last frames the gateway took are still due
             await sub.unsubscribe()
         errors += _collect(call, meter, chunks, stats)
         if stats is None:
