@@ -46,6 +46,7 @@ from voiceplatform.wire import (
     LlmSentence,
     Message,
     PlaybackStarted,
+    PromptSwitched,
     StageError,
     TtsAudio,
     VadSpeechEnded,
@@ -234,6 +235,7 @@ class CallSession:
                     "call_id": self.call_id,
                     "sample_rate": self.sample_rate,
                     "robot": self.robot.name,
+                    "prompt": self.robot.settings.router.default_prompt,
                 }
             )
 
@@ -326,6 +328,11 @@ class CallSession:
         if pcm is not None:
             self.playout.add_audio(self.greeting_turn, 0, pcm, last=True, text=text)
             self._audio_ready.set()
+            if text:  # a recorded greeting: the client is told its words (a synthesized one's come
+                # with its llm.sentence, as any reply's)
+                await self.sink.send_event(
+                    {"type": "bot.sentence", "turn_id": self.greeting_turn, "index": 0, "text": text}
+                )
         elif self.robot.settings.mode != "realtime":
             # no recorded greeting: synthesize it through the normal TTS path (a realtime session
             # has its model say it, into this same turn)
@@ -520,7 +527,9 @@ class CallSession:
         msg = env.message
         if isinstance(msg, ControlHangup):
             playing = self.turns.get(self.playout.current.turn_id) if self.playout.current else None
-            if msg.graceful and playing is not None and playing.live:
+            # graceful: the reply being heard finishes first; one not heard yet (a realtime greeting
+            # its failed model will never speak) would keep the call open for nothing
+            if msg.graceful and playing is not None and playing.live and playing.first_played_ts_ms:
                 playing.hangup_after = True
             else:
                 self._spawn(self.end(f"hangup:{msg.reason}"), "hangup")
@@ -562,9 +571,20 @@ class CallSession:
 
     async def _on_lifecycle(self, env: Envelope) -> Message | None:
         msg = env.message
+        if isinstance(msg, PromptSwitched):  # a topic robot changed its prompt: the client shows it
+            event = {"type": "prompt.switched", "turn_id": msg.turn_id, "prompt": msg.to_prompt}
+            await self.sink.send_event(event | {"from_prompt": msg.from_prompt, "matched": msg.matched})
+            return None
         if isinstance(msg, StageError):
             await self.sink.send_event(
-                {"type": "error", "stage": msg.stage, "kind": msg.kind, "turn_id": msg.turn_id}
+                {
+                    "type": "error",
+                    "stage": msg.stage,
+                    "kind": msg.kind,
+                    "detail": msg.detail,
+                    "retryable": msg.retryable,
+                    "turn_id": msg.turn_id,
+                }
             )
             turn = self._live_reply(msg.turn_id) if msg.turn_id else None
             if turn is None:
