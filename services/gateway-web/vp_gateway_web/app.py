@@ -10,8 +10,10 @@ Protocol on ``/ws`` (close codes in ``voiceplatform.web_protocol``; docs/operati
   ``{"type": "dtmf", "digits": "1#"}`` (keypad keys, as a phone's DTMF).
 - server → client: binary frames of robot audio (16-bit LE mono, 16 kHz, 20 ms, paced in real time);
   JSON events: call.started, call.resumable / call.resumed (the resume token), busy, heartbeat,
-  vad.speech_started, asr.final, bot.sentence, playback.flush (drop queued robot audio now:
-  barge-in), turn.metrics, error, call.ended.
+  vad.speech_started, asr.final, bot.sentence (the greeting's too), playback.flush (drop queued
+  robot audio now: barge-in), reply.cut (what was heard of a stopped reply), prompt.switched,
+  turn.metrics, error (stage, kind, detail), call.ended. docs/protocols/web-client.md for clients.
+- ``/static/``: the bundled page's modules (client.js is the part a site copies).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter
 
 from voiceplatform import metrics, web_protocol
@@ -108,6 +111,8 @@ class GatewayWeb:
         @app.get("/robots")
         async def robots() -> dict[str, list[str]]:
             return {"robots": self.robots.names(), "default": [self.settings.default_robot]}
+
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
         for path, endpoint in token_routes(self):
             app.add_api_route(path, endpoint, methods=["POST"])
