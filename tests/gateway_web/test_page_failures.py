@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway_web.browser import CHROMIUM, Browser
+from tests.gateway_web.browser import CHROMIUM, Browser, DroppingProxy
 from tests.waiting import wait_for
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.wire import CallEnded
@@ -136,3 +136,26 @@ async def test_a_realtime_robot_without_a_key_says_so_and_the_call_ends(
     finally:
         await realtime.drain(2.0)
         await bus.close()
+
+
+async def test_a_gateway_that_is_not_taking_calls(gateway_factory, browser_for):
+    async with gateway_factory() as gw:
+        gw.service.accepting = False  # draining
+        browser = await browser_for()
+        alert, ended = await call_and_wait(browser, f"http://{gw.base}/")
+        assert alert.startswith("Сервер сейчас не принимает звонки")
+        assert ended == "Звонок не состоялся."
+
+
+async def test_a_gateway_out_of_reach_after_the_page_loaded(gateway_factory, browser_for):
+    async with gateway_factory() as gw:
+        proxy = DroppingProxy(int(gw.base.rsplit(":", 1)[1]))
+        await proxy.start()
+        browser = await browser_for()
+        await browser.open(f"http://127.0.0.1:{proxy.port}/")
+        await proxy.stop()
+        await browser.js("document.getElementById('start').click()")
+        await browser.until(ENDED)
+        assert (await browser.js(ALERT)).startswith("Не удалось соединиться с сервером звонков.")
+        assert await browser.js(ENDED) == "Звонок не состоялся."
+        assert browser.errors == []

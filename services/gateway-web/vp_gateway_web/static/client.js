@@ -21,7 +21,8 @@ export const RATE = 16000; // the call's audio rate both ways (the gateway's CAL
 // failure codes (the page turns them into words): before the call, on the socket, from the robot
 export const FAILURES = [
   'insecure_origin', 'mic_denied', 'no_mic', 'mic_busy', 'audio', // this browser, this page
-  'token', 'origin', 'busy', 'not_accepting', 'bad_start', 'network', // the gateway refused or is gone
+  'token', 'origin', 'busy', 'not_accepting', 'bad_start', 'replaced', // the gateway refused
+  'unreachable', 'network', // no connection to the gateway / lost and not resumed in time
   'robot', // a stage of the robot failed (detail says which and why); fatal ones end the call
 ];
 
@@ -35,7 +36,7 @@ const CLOSED_FOR_GOOD = {
 export async function pageToken(robot, base = '') {
   const r = await fetch(`${base}/page-token`, {
     method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ robot }),
-  });
+  }).catch((err) => { throw Object.assign(err, { code: 'unreachable' }); });
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw Object.assign(new Error(body.error || `HTTP ${r.status}`), { code: 'token' });
   return body.token;
@@ -97,11 +98,12 @@ export class VoiceCall extends EventTarget {
           echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1,
         },
       });
+      token = await this.getToken(); // after the microphone prompt: the token lives only a minute
       await this.startAudio();
-      token = await this.getToken();
     } catch (err) {
       return this.fail(startFailure(err), err.message, true);
     }
+    if (this.state === 'ended') return false; // hung up while connecting
     this.open({ type: 'start', token, robot: this.robot, sample_rate: RATE });
     return true;
   }
@@ -109,8 +111,11 @@ export class VoiceCall extends EventTarget {
   async startAudio() {
     this.ctx = new AudioContext({ latencyHint: 'interactive' });
     await this.ctx.resume(); // start() runs from a click: autoplay rules allow it
-    await this.ctx.audioWorklet.addModule(new URL('capture-worklet.js', this.assets));
-    await this.ctx.audioWorklet.addModule(new URL('playback-worklet.js', this.assets));
+    for (const file of ['capture-worklet.js', 'playback-worklet.js']) {
+      await this.ctx.audioWorklet.addModule(new URL(file, this.assets)).catch((err) => {
+        throw Object.assign(err, { code: 'audio' }); // not the microphone's AbortError
+      });
+    }
     const options = { processorOptions: { rate: RATE } };
     this.capture = new AudioWorkletNode(this.ctx, 'vp-capture', options);
     this.capture.port.onmessage = (e) => this.micFrame(e.data);
@@ -177,7 +182,7 @@ export class VoiceCall extends EventTarget {
       return this.fail(code, detail, true);
     }
     // a dropped socket: back to the same call with the resume token, while its grace lasts
-    if (!this.resume) return this.fail('network', `socket closed (${e.code})`, true);
+    if (!this.resume) return this.fail('unreachable', `socket closed (${e.code})`, true); // never got in
     this.live = false;
     this.playback.port.postMessage({ flush: true });
     this.resume.until ??= Date.now() + this.resume.graceS * 1000;
@@ -214,7 +219,7 @@ export class VoiceCall extends EventTarget {
 }
 
 function startFailure(err) {
-  if (err.code === 'token') return 'token';
+  if (FAILURES.includes(err.code)) return err.code; // from getToken: 'token' or 'unreachable'
   switch (err.name) {
     case 'NotAllowedError': case 'SecurityError': return 'mic_denied';
     case 'NotFoundError': case 'OverconstrainedError': return 'no_mic';

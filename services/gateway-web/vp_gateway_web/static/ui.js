@@ -17,6 +17,7 @@ const FAILURE_TEXT = {
   busy: 'Все линии заняты, позвоните чуть позже.',
   not_accepting: 'Сервер сейчас не принимает звонки, попробуйте через минуту.',
   bad_start: 'Сервер не принял звонок.',
+  unreachable: 'Не удалось соединиться с сервером звонков. Проверьте интернет и попробуйте снова.',
   network: 'Связь с сервером потеряна, звонок завершён.',
   replaced: 'Этот звонок продолжен в другой вкладке.',
 };
@@ -176,7 +177,7 @@ async function startCall() {
   call.addEventListener('message', ({ detail }) => onMessage(detail));
   call.addEventListener('failure', ({ detail }) => {
     if (detail.code === 'robot') alertText(robotFailure(detail.detail));
-    else alertText(FAILURE_TEXT[detail.code] + (detail.detail && detail.code !== 'network' ? ` (${detail.detail})` : ''));
+    else alertText(FAILURE_TEXT[detail.code] + (detail.detail && !/network|unreachable/.test(detail.code) ? ` (${detail.detail})` : ''));
   });
   call.addEventListener('ended', ({ detail }) => {
     setInCall(false);
@@ -190,6 +191,8 @@ async function startCall() {
   });
   setInCall(true);
   $('ended').textContent = '';
+  $('mute').textContent = 'Выключить микрофон';
+  $('mute').setAttribute('aria-pressed', 'false');
   await call.start();
 }
 
