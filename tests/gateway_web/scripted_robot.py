@@ -5,6 +5,7 @@ sentences and tone "speech" as the tts stage would, so a browser call has a real
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,8 +52,10 @@ class ScriptedRobot:
     bus: Bus
     script: list[Reply]
     robot: str = "bot"
+    think_s: float = 0.5  # from the end of the caller's speech to the transcript and the reply
     calls: dict[str, _Caller] = field(default_factory=dict)
     _sub: Subscription | None = None
+    _answering: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
         self._sub = await self.bus.subscribe(subjects.ANY_AUDIO_IN, self._audio)
@@ -60,6 +63,8 @@ class ScriptedRobot:
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
+        for task in list(self._answering):
+            task.cancel()
 
     async def _audio(self, env: Envelope) -> None:
         chunk = env.message
@@ -92,9 +97,13 @@ class ScriptedRobot:
                     speech_ms=speech_ms,
                 ),
             )
-            await self._answer(chunk.call_id, turn_id, self.script[(caller.turns - 1) % len(self.script)])
+            reply = self.script[(caller.turns - 1) % len(self.script)]
+            task = asyncio.create_task(self._answer(chunk.call_id, turn_id, reply))
+            self._answering.add(task)  # a handler must not block the subscription: answer aside
+            task.add_done_callback(self._answering.discard)
 
     async def _answer(self, call_id: str, turn_id: str, reply: Reply) -> None:
+        await asyncio.sleep(self.think_s)
         await self.bus.publish(
             subjects.asr(call_id), AsrFinal(call_id=call_id, turn_id=turn_id, text=reply.heard)
         )
