@@ -155,3 +155,19 @@ class ScriptedRobot:
 def tone(seconds: float, hz: float = 220.0) -> bytes:
     t = np.arange(int(RATE * seconds)) / RATE
     return (np.sin(2 * np.pi * hz * t) * 3000).astype("<i2").tobytes()
+
+
+# the caller's two utterances (the fake microphone's WAV) and the robot's answers to them
+SAID = ["Здравствуйте, у меня дома живёт собака.", "Её зовут Шарик, ей три года."]
+SCRIPT = [
+    Reply(
+        SAID[0],
+        [
+            "Как здорово, что у вас есть собака!",
+            "Собаки очень преданные и умные друзья.",
+            "Расскажите, какой она породы, как её зовут и сколько ей лет?",
+        ],
+        topic="pets",
+    ),
+    Reply(SAID[1], ["Шарик — отличное имя!", "Передавайте ему привет от меня."]),
+]

@@ -19,7 +19,7 @@ import pytest
 from tests.audio_fixtures import caller_audio, festival_available
 from tests.gateway_web.browser import CHROMIUM, Browser, DroppingProxy
 from tests.gateway_web.conftest import GREETING
-from tests.gateway_web.scripted_robot import Reply, ScriptedRobot
+from tests.gateway_web.scripted_robot import SAID, SCRIPT, ScriptedRobot
 from tests.waiting import wait_for
 from voiceplatform.audio import write_wav
 from voiceplatform.bus.nats import NatsBus
@@ -29,19 +29,6 @@ pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
 )
 
-SAID = ["Здравствуйте, у меня дома живёт собака.", "Её зовут Шарик, ей три года."]
-SCRIPT = [
-    Reply(
-        SAID[0],
-        [
-            "Как здорово, что у вас есть собака!",
-            "Собаки очень преданные и умные друзья.",
-            "Расскажите, какой она породы, как её зовут и сколько ей лет?",
-        ],
-        topic="pets",
-    ),
-    Reply(SAID[1], ["Шарик — отличное имя!", "Передавайте ему привет от меня."]),
-]
 LISTEN = "vpCall.addEventListener('message', (e) => (window.events ||= []).push(e.detail));"
 PLAYED = "vpCall.addEventListener('speaking', (e) => { window.played = e.detail.played; });"
 
