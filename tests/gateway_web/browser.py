@@ -156,12 +156,11 @@ class Browser:
             if message.get("id") == self._id:
                 return dict(message.get("result", {}))
 
-    async def open(self, url: str) -> None:
+    async def open(self, url: str, ready: str = "document.getElementById('robot')?.options.length") -> None:
+        """Navigate, then wait until the page is loaded and ``ready`` (the robot list) is truthy."""
         await self._call("Page.navigate", url=url)
         for _ in range(300):
-            if await self.js("document.readyState") == "complete" and await self.js(
-                "document.getElementById('robot').options.length"
-            ):
+            if await self.js("document.readyState") == "complete" and await self.js(ready):
                 return
             await asyncio.sleep(0.1)
 
