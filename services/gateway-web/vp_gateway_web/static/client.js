@@ -211,7 +211,9 @@ export class VoiceCall extends EventTarget {
     if (this.state === 'ended') return;
     this.live = false;
     this.mic?.getTracks().forEach((t) => t.stop());
-    this.ctx?.close();
+    // the robot's last words (a goodbye) may still be in the jitter buffer: let them play out
+    const ctx = this.ctx;
+    if (ctx) setTimeout(() => ctx.close(), reason === 'caller_hangup' ? 0 : 300);
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000);
     this.setState('ended');
     this.emit('ended', { reason });

@@ -121,7 +121,7 @@ function onMessage(e) {
 }
 
 function showTopic(prompt) {
-  $('topic').hidden = !prompt;
+  $('topic').hidden = !prompt || prompt === 'default'; // a robot without topics has only 'default'
   $('topic').textContent = `Тема: ${prompt}`;
 }
 
