@@ -159,3 +159,14 @@ async def test_a_gateway_out_of_reach_after_the_page_loaded(gateway_factory, bro
         assert (await browser.js(ALERT)).startswith("Не удалось соединиться с сервером звонков.")
         assert await browser.js(ENDED) == "Звонок не состоялся."
         assert browser.errors == []
+
+
+async def test_the_call_ends_when_no_audio_comes_and_says_why(gateway_factory, browser_for):
+    async with gateway_factory(idle_timeout_s=1) as gw:
+        browser = await browser_for()
+        stalled = (
+            "window.addEventListener('click', () => setTimeout(() => { vpCall.micFrame = () => {}; }), true)"
+        )
+        alert, ended = await call_and_wait(browser, f"http://{gw.base}/", stalled)  # a stuck capture
+        assert ended == "Звонок завершён: от микрофона долго не было звука."
+        assert alert == ""
