@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from voiceplatform import metrics, subjects
+from voiceplatform import load, metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.logging import bind_call
@@ -426,6 +426,7 @@ class AsrSession:
         )
         await self.bus.publish(subjects.asr(self.call_id), final)
         metrics.STAGE_LATENCY.labels(SERVICE, "asr").observe(processing_ms)
+        load.observe_turn(SERVICE, processing_ms / 1000)
         log.info(
             "asr.final",
             audio_ms=audio_ms,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from voiceplatform import metrics, subjects
+from voiceplatform import load, metrics, subjects
 from voiceplatform.bus import Bus
 from voiceplatform.bus.work import check_still_ours
 from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider
@@ -121,6 +121,7 @@ class TurnOutput:
         check_still_ours()  # this process stalled and the turn went to another: say nothing more
         if self.published == 0:
             FIRST_SENTENCE.observe((time.monotonic() - self.started) * 1000)
+            load.observe_turn(SERVICE, time.monotonic() - self.started)
         req = self.req
         await self.bus.publish(
             subjects.llm_sentence(req.call_id),

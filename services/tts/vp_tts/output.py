@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from voiceplatform import subjects
+from voiceplatform import load, subjects
 from voiceplatform.bus import Bus
 from voiceplatform.bus.work import check_still_ours
 from voiceplatform.wire import LlmSentence, TtsAudio
@@ -48,6 +48,7 @@ class SentenceOutput:
         if pcm and self.first_audio_ms is None:
             self.first_audio_ms = (time.monotonic() - self.received_at) * 1000
             FIRST_AUDIO_MS.observe(self.first_audio_ms)
+            load.observe_turn("tts", self.first_audio_ms / 1000)
         s = self.sentence
         await self.bus.publish(
             self.subject,
