@@ -1,6 +1,6 @@
 """How loaded each stage is, for an autoscaler: the same metric names for every stage, in one place.
 
-A process runs one stage, and says how much work it has in the terms that fit the stage:
+Each stage says how much work it has in the terms that fit it:
 
 - streaming stages and gateways (vad, asr, realtime, gateway-web, gateway-fs) own calls:
   ``vp_stage_calls_owned`` out of ``vp_stage_capacity`` (``VP_MAX_CALLS``), and their ratio
