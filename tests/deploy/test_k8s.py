@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,28 @@ def test_secret_files_are_documented(platform: Platform) -> None:
         for env in gen["envs"]:
             if env != "nats-passwords.env":  # made by vp nats-config --env-file
                 assert (K8S / f"{env}.example").is_file(), env
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl (its kustomize builds deploy/k8s)")
+def test_kustomize_builds_it_with_the_secret_files_in_place(tmp_path: Path) -> None:
+    build = tmp_path / "k8s"
+    shutil.copytree(K8S, build)
+    natsconf.add_missing_passwords(build / "nats-passwords.env")
+    for example in build.glob("*.env.example"):
+        shutil.copy(example, build / example.name.removesuffix(".example"))
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(build)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    built = [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+    for obj in built:
+        _validate(obj)
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == "voice-platform", obj["metadata"]["name"]
+    names = {(o["kind"], o["metadata"]["name"]) for o in built}
+    # generated names carry a content hash, and every reference to them was rewritten
+    secrets = {n for kind, n in names if kind == "Secret"}
+    assert len(secrets) == 3 and all(re.match(r"^vp-[a-z-]+-[a-z0-9]{10}$", n) for n in secrets)
+    text = out.stdout
+    for plain in ("name: vp-nats-passwords\n", "name: vp-stores\n", "name: vp-nats-config\n"):
+        assert plain not in text
