@@ -27,7 +27,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse
 from prometheus_client import Counter
 
-from voiceplatform import metrics, web_protocol
+from voiceplatform import load, metrics, web_protocol
 from voiceplatform.bus import Bus
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfigError, RobotRegistry
@@ -74,6 +74,7 @@ class GatewayWeb:
         self.bus = bus
         self.directory = GatewayDirectory(bus)
         await self.directory.start()
+        load.track_calls(SERVICE, lambda: len(self.sessions), self.settings.max_calls)
 
     async def drain(self, timeout: float) -> None:
         """Stop taking calls; let live calls finish up to the timeout, then end them."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from voiceplatform import metrics, subjects, tracing
+from voiceplatform import load, metrics, subjects, tracing
 from voiceplatform.bus import Bus
 from voiceplatform.bus.work import check_still_ours
 from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider
@@ -122,6 +122,7 @@ class TurnOutput:
         req = self.req
         if self.published == 0:
             FIRST_SENTENCE.observe(took_ms := (time.monotonic() - self.started) * 1000)
+            load.observe_turn(SERVICE, took_ms / 1000)
             tracing.span(
                 "llm.first_sentence",
                 req.call_id,

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import structlog
 from prometheus_client import Counter, Histogram
 
-from voiceplatform import metrics, subjects
+from voiceplatform import load, metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfig
@@ -397,6 +397,7 @@ class CallSession:
                 turn.advance(TurnState.SPEAKING)
             if turn.speech_end_ts_ms:
                 VOICE_TO_VOICE.observe(ts - turn.speech_end_ts_ms)
+                load.observe_turn(load.gateway_of(self.channel), (ts - turn.speech_end_ts_ms) / 1000)
         if turn_id == self.greeting_turn:
             GREETING_LATENCY.observe(ts - self._started_ms)
             log.info("call.greeting_started", after_ms=ts - self._started_ms)
