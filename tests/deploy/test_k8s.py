@@ -18,7 +18,7 @@ import yaml
 from tests.deploy.k8s_manifests import K8S, KUBERNETES_VERSION, REPO, Platform, load_platform
 from voiceplatform import load
 from voiceplatform.bus import natsconf, permissions
-from voiceplatform.devinfra import nats_server_binary
+from voiceplatform_devstack.devinfra import nats_server_binary
 
 CALL_OWNERS = {"gateway-web", "gateway-fs", "vad", "asr", "realtime"}  # scale on calls owned / capacity
 WORK_STAGES = {"prompt-router", "llm", "tts"}  # scale on their consumer's backlog per pod
