@@ -34,6 +34,7 @@ from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.recent import RecentTurns
 from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.wire import ControlInterrupt, LlmRequest, Message
+from vp_llm.providers.script import ScriptDialog
 from vp_llm.settings import LlmSettings
 from vp_llm.turn import SERVICE, TurnOutput, build_messages
 
@@ -125,6 +126,12 @@ class LlmService:
             except Exception as exc:  # the same problem fails that robot's turns later, loudly
                 metrics.PROVIDER_ERRORS.labels(SERVICE, "script", "setup").inc()
                 log.error("llm.script_unusable", robot=name, error=f"{type(exc).__name__}: {exc}"[:300])
+
+    async def examples_embedded(self, timeout_s: float) -> None:
+        """Wait until every script robot's examples are embedded (a turn before that goes by keywords)."""
+        for provider in self._providers.live():
+            if isinstance(provider, ScriptDialog) and provider.script.use_meaning:
+                await provider.script.index.ready(timeout_s)
 
     async def close_providers(self) -> None:
         await self._providers.aclose()
