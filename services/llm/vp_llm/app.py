@@ -78,7 +78,7 @@ class LlmService:
         self._turns = TaskRegistry()
         self._interrupted = RecentTurns(settings.interrupt_memory_s)
         self._providers: RobotProviders[LlmProvider] = RobotProviders()
-        self._tracks = TrackTurns()
+        self.tracks = TrackTurns()
         self._requests: WorkSource | None = None
         self._control_sub: Subscription | None = None
         self._draining = False
@@ -90,6 +90,7 @@ class LlmService:
             # key cooldowns (429, invalid keys) are shared by every call and every LLM worker
             self._factory = functools.partial(registry_factory, key_health=BusKeyHealthStore(bus))
             self._prepare_scripts()
+        self._prepare_tracks()
         self._control_sub = await bus.subscribe(subjects.ANY_CONTROL, self._on_control)
         spec = WorkSpec.of(WORK, subjects.queue_group("llm"), subjects.ANY_LLM_REQUEST, self.settings)
         self._requests = await take_work(bus, spec, self._on_request, self._exhausted)
@@ -125,11 +126,20 @@ class LlmService:
                 cfg = robot.settings.llm
                 if robot.settings.mode == "pipeline" and "script" in (cfg.provider, *cfg.fallback):
                     self._provider(robot, "script")
-                if robot.settings.mode == "llm_script":
-                    self._tracks.chooser(robot)
+
             except Exception as exc:  # the same problem fails that robot's turns later, loudly
                 metrics.PROVIDER_ERRORS.labels(SERVICE, "script", "setup").inc()
                 log.error("llm.script_unusable", robot=name, error=f"{type(exc).__name__}: {exc}"[:300])
+
+    def _prepare_tracks(self) -> None:
+        """Check every llm_script robot's manifest now and start embedding its phrases."""
+        for name in self.robots.names():
+            try:
+                robot = self.robots.get(name)
+                if robot.settings.mode == "llm_script":
+                    self.tracks.chooser(robot)
+            except Exception as exc:  # the same problem fails that robot's turns later, loudly
+                log.error("llm.tracks_unusable", robot=name, error=f"{type(exc).__name__}: {exc}"[:300])
 
     async def close_providers(self) -> None:
         await self._providers.aclose()
@@ -248,7 +258,7 @@ class LlmService:
 
         if robot.settings.mode == "llm_script":
             try:
-                return await self._tracks.run(
+                return await self.tracks.run(
                     req, robot, out, functools.partial(self._chain, robot, req), failed
                 )
             except TracksError as exc:

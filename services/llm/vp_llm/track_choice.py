@@ -65,7 +65,12 @@ class TrackChooser:
 
     def choice_messages(self, system_prompt: str, history: list[ChatMessage]) -> list[ChatMessage]:
         """The chat for a generative provider: the robot's prompt, the track list, the dialogue."""
-        listing = "\n".join(f"- {t.id}: {t.when or '; '.join(t.examples)}" for t in self.manifest.tracks)
+        # a track with neither (the fallthrough's "not understood" line) is what "none" leads to
+        listing = "\n".join(
+            f"- {t.id}: {t.when or '; '.join(t.examples)}"
+            for t in self.manifest.tracks
+            if t.when or t.examples
+        )
         system = CHOICE_INSTRUCTIONS + listing
         if system_prompt:
             system = f"{system_prompt}\n\n{system}"

@@ -64,6 +64,10 @@ class TrackTurns:
         self._choosers[robot.name] = (tracks, chooser)
         return chooser
 
+    async def ready(self, robot: RobotConfig, timeout_s: float) -> None:
+        """Wait until the robot's phrases are embedded (NotReady after ``timeout_s``)."""
+        await self.chooser(robot).index.ready(timeout_s)
+
     async def run(
         self,
         req: LlmRequest,
