@@ -218,5 +218,6 @@ def metrics_event(m: TurnMetrics) -> dict[str, Any]:
         "interrupted": m.interrupted,
         "played_text": m.played_text,
         "outcome": m.outcome,
+        "track": m.track,
         **latencies(m),
     }
