@@ -20,7 +20,7 @@ from voiceplatform.bus.memory import MemoryBroker
 from voiceplatform.config import RobotConfig, RobotRegistry
 from voiceplatform.config.tracks import load_tracks
 from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider, ProviderConnectionError
-from voiceplatform.wire import ChatMessage, LlmDone, LlmRequest, LlmSentence
+from voiceplatform.wire import ChatMessage, LlmDone, LlmRequest, LlmSentence, StageError
 from vp_llm.app import LlmService
 from vp_llm.settings import LlmSettings
 from vp_llm.track_choice import CHOICE_INSTRUCTIONS, TrackChooser
@@ -223,3 +223,24 @@ def test_answers_are_read_leniently_but_never_guessed() -> None:
         (c.track.id if c.track else c.how) if c else None
         for c in map(chooser.parse_answer, ["Hours", '"address"', "id: price.", "None.", "", "hours, price"])
     ] == ["hours", "address", "price", "llm_none", None, None]
+
+
+async def test_a_broken_manifest_fails_the_turn_with_a_clear_stage_error(
+    broker: MemoryBroker, llm: LlmService, out: Collector, robots_dir: Path
+) -> None:
+    write_robot(robots_dir, "broken", {"provider": "script"}, fallthrough="nobody")
+    req = LlmRequest(
+        call_id=CALL,
+        turn_id="t1",
+        robot="broken",
+        prompt_id="default",
+        system_prompt="",
+        history=[],
+        user_text="какой у вас адрес",
+        sample_rate=16000,
+    )
+    await broker.bus("router").publish(subjects.llm_request(CALL), req)
+    (error,) = await out.wait(StageError, turn_id="t1")
+    assert error.kind == "robot_config" and "fallthrough 'nobody'" in error.detail
+    (done,) = await out.wait(LlmDone, turn_id="t1")
+    assert done.sentences == 0 and out.of(LlmSentence, turn_id="t1") == []
