@@ -202,6 +202,7 @@ async def test_unknown_id_or_a_failure_falls_back_to_the_meaning_match(
     FakeChooser.choice = answer
     sentence, done = await ask(broker, out, "by_llm", "t1", "на какой улице вы", llm)
     assert sentence.track == "address" and done.text == track_text("address")
+    assert done.provider == "meaning"  # the model's answer did not decide
 
 
 async def test_llm_says_none_and_fallthrough_tts_speaks_its_own_reply(

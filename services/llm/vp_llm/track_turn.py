@@ -109,7 +109,7 @@ class TrackTurns:
             outcome = await out.run(make_chain(generative), build_messages(req), options, on_failure)
             if outcome.finished or out.published:
                 return "ok" if outcome.finished else "failed"
-        out.provider = out.provider or "fallthrough"
+        out.provider = "fallthrough"
         await out.say(robot.settings.fallback_text or DEFAULT_FALLTHROUGH_TEXT)
         return "ok"
 
@@ -145,11 +145,12 @@ class TrackTurns:
         if not outcome.finished:
             log.warning("track.choice_failed", failure=str(outcome.failure)[:200])
             return None
-        out.provider = outcome.provider
         choice = chooser.parse_answer(answer)
         if choice is None:
             CHOICES.labels("llm_unknown").inc()
             log.warning("track.choice_unknown", answer=answer[:80])
+        else:
+            out.provider = outcome.provider  # the reply's record names who chose it
         return choice
 
 
