@@ -6,7 +6,9 @@ none of them an example of the manifest, plus off-topic talk that must fall thro
 each threshold: right choices in all, on-topic right, off-topic rejected. Then milliseconds per
 choice (encode one phrase on the encoder's thread + nearest example; the one-time load of the
 encoder and embedding of the examples are excluded: they happen at service start), and the TTS
-side: decoding + resampling a recording the first time, and a cached one.
+side: decoding + resampling a recording the first time, and a cached one. Last, whole turns
+through the LLM service on the in-memory bus (request → first sentence), against the script
+engine robot pipeline_russian on the same phrases.
 
     .venv/bin/python bench/bench_track_choice.py [--robot robots/llm_script_russian] [--rounds 5]
 """
@@ -19,7 +21,14 @@ import json
 import time
 from pathlib import Path
 
+from voiceplatform import subjects
+from voiceplatform.bus import Envelope
+from voiceplatform.bus.memory import MemoryBroker
+from voiceplatform.config import RobotRegistry
 from voiceplatform.config.tracks import _pcm, load_tracks, track_pcm
+from voiceplatform.wire import LlmRequest, LlmSentence
+from vp_llm.app import LlmService
+from vp_llm.settings import LlmSettings
 from vp_llm.track_choice import TrackChooser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +106,51 @@ async def main() -> None:
                 cached.append((time.perf_counter() - t) * 1000)
     figures("recording decode + resample (first play per file and rate)", first)
     figures("recording from the cache", cached)
+    await service_turns(args.robot.parent, [c["text"] for c in cases], args.rounds)
+
+
+async def service_turns(robots_dir: Path, phrases: list[str], rounds: int) -> None:
+    """llm.request → llm.sentence through the LLM service (in-memory bus): the recorded-reply robot
+    against the script engine of pipeline_russian on the same phrases (it matches by meaning too)."""
+    broker = MemoryBroker()
+    service = LlmService(LlmSettings(), robots=RobotRegistry(robots_dir))
+    await service.start(broker.bus("llm"))
+    sent: dict[str, float] = {}
+    took: dict[str, list[float]] = {}
+
+    async def on_sentence(env: Envelope) -> None:
+        msg = env.message
+        if isinstance(msg, LlmSentence) and msg.index == 0 and msg.turn_id in sent:
+            took.setdefault(msg.turn_id.split(":")[0], []).append(
+                (time.perf_counter() - sent.pop(msg.turn_id)) * 1000
+            )
+
+    await broker.bus("watch").subscribe(subjects.ANY_LLM_SENTENCE, on_sentence)
+    router = broker.bus("router")
+    try:
+        await service.tracks.ready(service.robots.get("llm_script_russian"), 120)
+        for n in range(rounds):
+            for i, text in enumerate(phrases):
+                for robot in ("llm_script_russian", "pipeline_russian"):
+                    turn_id = f"{robot}:{n}:{i}"
+                    req = LlmRequest(
+                        call_id="bench",
+                        turn_id=turn_id,
+                        robot=robot,
+                        prompt_id="default",
+                        system_prompt="",
+                        history=[],
+                        user_text=text,
+                        sample_rate=16000,
+                    )
+                    sent[turn_id] = time.perf_counter()
+                    await router.publish(subjects.llm_request("bench"), req)
+                    while turn_id in sent:
+                        await asyncio.sleep(0.001)
+    finally:
+        await service.drain(1.0)
+    for robot, ms in took.items():
+        figures(f"llm service turn, {robot} (request to first sentence)", ms)
 
 
 if __name__ == "__main__":
