@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import pytest
 import yaml
@@ -317,3 +318,16 @@ async def test_example_subscriber_stops_on_sigint(nats_url: str) -> None:
     returncode, lines, stderr = await finish(proc)
     assert returncode == 0, stderr
     assert lines == []
+
+
+def test_a_played_track_is_named_in_turn_completed(doc: dict[str, Any]) -> None:
+    """llm_script robots: the recorded track the reply played (additive; null when synthesized)."""
+    metrics = TurnMetrics(call_id="contract-5", turn_id="t1", user_text="когда вы работаете")
+    played = msgspec.structs.replace(metrics, bot_text="С девяти до шести.", track="hours")
+    payloads = [public_event(m, f"contract-5:{n}") for n, m in enumerate((metrics, played))]
+    assert [p["data"]["track"] for p in payloads if p] == [None, "hours"]
+    schema = validator(doc, "TurnCompletedEvent")
+    for payload in payloads:
+        assert payload is not None
+        schema.validate(payload)
+    assert not schema.is_valid(broken(payloads[1], ["data", "track"], 7))  # type: ignore[arg-type]

@@ -53,6 +53,7 @@ def _data(msg: Message) -> tuple[str, dict[str, Any]] | None:
                 "outcome": msg.outcome or ("cut" if msg.interrupted else "played"),
                 "speech_end_ts_ms": msg.speech_end_ts_ms or None,
                 "latency": dict(turn_figures(msg)),
+                "track": msg.track or None,
             }
         case PromptSwitched():
             return "prompt.switched", {

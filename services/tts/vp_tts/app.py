@@ -49,6 +49,7 @@ from .metrics import (
 from .output import SentenceOutput
 from .settings import TtsSettings
 from .text import normalize_text
+from .tracks import play_track
 
 log = structlog.get_logger("vp_tts")
 
@@ -288,6 +289,11 @@ class TtsService:
                 SENTENCES.labels("empty").inc()
                 return
             robot = self._robot(msg.robot)
+            if msg.track and await play_track(robot, msg, out):
+                await out.finish()
+                SENTENCES.labels("track").inc()
+                log.info("tts.track_done", index=msg.index, track=msg.track, chunks=out.seq)
+                return
             cfg = robot.settings.tts if robot is not None else LOCAL_CHAIN
             try:
                 tail = await self._synthesize_chain(text, cfg, robot, out)

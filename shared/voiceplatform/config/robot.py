@@ -347,9 +347,12 @@ def load_robot(path: Path | str, root_env: Path | None = None) -> RobotConfig:
             problems.append(f"router.prompts.{prompt_id}: file {file_name} not found")
             continue
         prompts[prompt_id] = p.read_text(encoding="utf-8").strip()
-    needs_script = settings.mode != "realtime" and settings.llm.provider == "script"
+    # llm_script robots choose among recordings (tracks/manifest.json), not a dialog script
+    needs_script = settings.mode == "pipeline" and settings.llm.provider == "script"
     if needs_script and not (folder / settings.dialog_file).is_file():
         problems.append(f"llm.provider is 'script' but {settings.dialog_file} is missing")
+    if settings.mode == "llm_script" and not (folder / "tracks" / "manifest.json").is_file():
+        problems.append("mode is 'llm_script' but tracks/manifest.json is missing")
     if problems:
         raise RobotConfigError(name, problems)
     return RobotConfig(

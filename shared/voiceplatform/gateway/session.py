@@ -473,6 +473,8 @@ class CallSession:
         turn.expects_reply = True
         turn.first_sentence_ts_ms = turn.first_sentence_ts_ms or msg.ts_ms
         turn.sentences[msg.index] = msg.text
+        if msg.track:
+            turn.tracks[msg.index] = msg.track
         turn.clock.sentence(msg.index, now_ms())
         self.playout.turn(msg.turn_id).sentence(msg.index).text = msg.text
         await self.sink.send_event(

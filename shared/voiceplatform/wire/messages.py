@@ -375,6 +375,9 @@ class LlmSentence(Message, tag="llm.sentence"):
     last: bool = False
     # False when the sentence is already being spoken (realtime mode): recorded and shown, not synthesized
     synthesize: bool = True
+    # llm_script mode: the id of the robot's recording to play instead of synthesizing; ``text`` is
+    # what that recording says (voiceplatform.config.tracks)
+    track: str = ""
 
 
 class LlmDone(Message, tag="llm.done"):
@@ -447,6 +450,8 @@ class TurnMetrics(Message, tag="turn.metrics"):
     # "no_reply" (nothing to say), "call_ended", "fallback" (a stage missed its deadline: the
     # fallback line was said instead of the rest); "" from gateways older than this field
     outcome: str = ""
+    # llm_script mode: the id of the recorded track the reply played ("" for a synthesized reply)
+    track: str = ""
 
 
 class CallNoInput(Message, tag="call.no_input"):
