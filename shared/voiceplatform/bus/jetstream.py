@@ -36,6 +36,7 @@ class StreamSpec:
     max_bytes: int = -1
     duplicate_window_s: float = 120.0
     retention: RetentionPolicy = RetentionPolicy.LIMITS
+    replicas: int = 1  # VP_JS_REPLICAS: 3 on a NATS cluster (docs/deploy-cluster.md)
 
     def config(self) -> StreamConfig:
         return StreamConfig(
@@ -47,6 +48,7 @@ class StreamSpec:
             max_bytes=self.max_bytes,
             duplicate_window=self.duplicate_window_s,
             retention=self.retention,
+            num_replicas=self.replicas,
         )
 
 
