@@ -42,7 +42,8 @@ async def one_call(url: str, robot: str, index: int, turns: int, delay_s: float)
     try:
         dialogue = await hold_dialogue(url, robot, [speech(index * 100 + i) for i in range(turns)], hook=hook)
     except Exception as exc:  # the test reports it with the others
-        emit({"call": index, "result": {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}})
+        error = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
+        emit({"call": index, "result": error})
         return
     outcomes = [m.get("outcome") for t in dialogue.turns for m in t.metrics]
     emit(

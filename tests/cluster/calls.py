@@ -64,7 +64,8 @@ async def place_calls(
     for task in tasks:
         await task  # a fault that failed fails the test here
     if len(batch.results) != calls:
-        raise AssertionError(f"caller ended with {len(batch.results)}/{calls} results:\n{stderr.decode()[-3000:]}")
+        tail = stderr.decode(errors="replace")[-3000:]
+        raise AssertionError(f"caller ended with {len(batch.results)}/{calls} results:\n{tail}")
     return batch
 
 
@@ -81,7 +82,8 @@ async def recorded(dsn: str, call_id: str, timeout_s: float = 30.0) -> tuple[str
                 break
             await asyncio.sleep(0.2)
         turns = await conn.fetch(
-            "select turn_id, user_text, bot_text, interrupted from call_turns where call_id=$1 order by created_at",
+            "select turn_id, user_text, bot_text, interrupted from call_turns "
+            "where call_id=$1 order by created_at",
             call_id,
         )
     finally:

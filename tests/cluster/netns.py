@@ -7,6 +7,7 @@ next, and ``sweep_stale()`` removes what a dead run left behind. Needs root (``i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,10 +54,8 @@ def _kill_inside(ns: str) -> None:
     """SIGKILL what still runs in ``ns`` (only processes started in our own namespace)."""
     done = _ip("netns", "pids", ns, check=False)
     for pid in (int(p) for p in done.stdout.split() if p.isdigit()):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def sweep_stale() -> list[str]:

@@ -129,9 +129,8 @@ class ClusterPlatform:
 
     def hosts_with(self, call_id: str, role: str) -> list[str]:
         """Hosts whose ``role`` logged ``call_id`` (who held or worked on the call)."""
-        return sorted(
-            {p.host.name for p in self.procs if p.host and p.name.startswith(role + "@") and call_id in p.log_text()}
-        )
+        procs = [p for p in self.procs if p.host is not None and p.name.startswith(role + "@")]
+        return sorted({p.host.name for p in procs if p.host is not None and call_id in p.log_text()})
 
     def stop(self) -> None:
         try:
@@ -155,7 +154,9 @@ def launch(
     platform: ClusterPlatform | None = None
     try:
         credentials = LocalCredentials.load_or_create(workdir)
-        nats_hosts = [net.add_host(f"nats{i}") for i in range(1, nats_nodes + 1)]
+        # one node: the NATS server shares the services' host (the one-host comparison)
+        names = ["solo"] if nats_nodes == 1 else [f"nats{i}" for i in range(1, nats_nodes + 1)]
+        nats_hosts = [net.add_host(name) for name in names]
         net.add_host("caller")
         nats = start_nats(nats_hosts, workdir / "nats", credentials.nats)
         robots = make_robot(workdir / "robots", SILENCE_FRAMES)
