@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -122,9 +123,12 @@ async def host_cut(platform: ClusterPlatform, calls: int, turns: int, dsn: str) 
 async def run(turns: int, dsn: str, redis: str) -> None:
     for name, layout, nodes in (("one host", ONE_HOST, 1), ("cluster", CLUSTER, 3)):
         started = time.monotonic()
-        platform = await asyncio.to_thread(
-            launch, Path(tempfile.mkdtemp(prefix="vp-bench-cluster-")), dsn, redis, layout, nodes
-        )
+        workdir = Path(tempfile.mkdtemp(prefix="vp-bench-cluster-"))
+        try:
+            platform = await asyncio.to_thread(launch, workdir, dsn, redis, layout, nodes)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         try:
             print(f"{name}: up in {time.monotonic() - started:.0f} s", flush=True)
             batch = await place_calls(platform, 2, turns)
@@ -134,6 +138,7 @@ async def run(turns: int, dsn: str, redis: str) -> None:
                 await host_cut(platform, 3, 3, dsn)
         finally:
             await asyncio.to_thread(platform.stop)
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
