@@ -71,22 +71,27 @@ _UNANSWERED = (
 )
 
 
+async def _retrying(op: Callable[[], Awaitable[_T]], retry_s: float) -> _T:
+    """``op()``, again while the server leaves it unanswered, for up to ``retry_s`` (0: once)."""
+    deadline = time.monotonic() + retry_s
+    delay = 0.2
+    while True:
+        try:
+            return await op()
+        except _UNANSWERED:
+            if time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
 class _NatsKeyValue:
     def __init__(self, kv: NatsKv, retry_s: float = 0.0) -> None:
         self._kv = kv
         self._retry_s = retry_s
 
     async def _call(self, op: Callable[[], Awaitable[_T]]) -> _T:
-        deadline = time.monotonic() + self._retry_s
-        delay = 0.2
-        while True:
-            try:
-                return await op()
-            except _UNANSWERED:
-                if time.monotonic() + delay > deadline:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        return await _retrying(op, self._retry_s)
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         try:
@@ -217,8 +222,9 @@ class NatsBus:
             return self._kvs[bucket]
         clustered = self.js_replicas > 1
         js = self._nc.jetstream(timeout=KV_ATTEMPT_TIMEOUT_S) if clustered else self._nc.jetstream()
+        retry_s = ACKED_PUBLISH_S if clustered else 0.0
         try:
-            kv = await js.key_value(bucket)
+            kv = await _retrying(lambda: js.key_value(bucket), retry_s)
         except nats.js.errors.BucketNotFoundError:
             try:
                 kv = await js.create_key_value(
@@ -230,7 +236,7 @@ class NatsBus:
                     kv = await js.key_value(bucket)
                 except nats.js.errors.BucketNotFoundError:
                     raise BusError(f"cannot create KV bucket {bucket}") from exc
-        wrapped = _NatsKeyValue(kv, ACKED_PUBLISH_S if clustered else 0.0)
+        wrapped = _NatsKeyValue(kv, retry_s)
         self._kvs[bucket] = wrapped
         return wrapped
 
