@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -32,6 +33,8 @@ def netns_available() -> str:
     """Empty when namespaces can be made here, else the reason they cannot."""
     if os.geteuid() != 0:
         return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "the ip command (iproute2) is not installed"
     probe = f"{PREFIX}{os.getpid()}-probe"
     done = _ip("netns", "add", probe, check=False)
     if done.returncode != 0:

@@ -2,7 +2,9 @@
 consumers with explicit acks, and read-back of one call's events.
 
 Publishers keep using core NATS publish (no JetStream ack on the call path): the stream captures
-those subjects on the server, so a consumer that is down, slow or restarting misses nothing.
+those subjects on the server, so a consumer that is down, slow or restarting misses nothing. On a
+NATS cluster (``VP_JS_REPLICAS`` > 1) ``NatsBus.publish`` sends them with an ack instead, because a
+stream electing a new leader drops core publishes (docs/deploy-cluster.md).
 """
 
 from __future__ import annotations
