@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 import pytest
 
 from voiceplatform import subjects
@@ -27,11 +28,19 @@ class _Unanswered:
         return 7
 
 
+class _Refused:
+    calls = 0
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        raise nats.js.errors.BadRequestError
+
+
 class _FakeClient:
     is_closed = False
 
     def __init__(self, js_failures: int) -> None:
-        self.js_publish = _Unanswered(js_failures)
+        self.js_publish: Any = _Unanswered(js_failures)
         self.core: list[str] = []
 
     def jetstream(self, **_: Any) -> Any:
@@ -54,6 +63,14 @@ async def test_on_a_cluster_a_stream_subject_is_retried_until_a_stream_stores_it
     await bus.publish(subjects.asr("c1"), _final(), msg_id="c1-t1-final")
     assert client.js_publish.calls == 3
     assert client.core == []
+
+
+async def test_a_stream_that_refuses_gets_the_message_without_an_ack_at_once():
+    client = _FakeClient(js_failures=0)
+    client.js_publish = _Refused()
+    await NatsBus(client, "asr", js_replicas=3).publish(subjects.asr("c1"), _final())  # type: ignore[arg-type]
+    assert client.js_publish.calls == 1
+    assert client.core == [subjects.asr("c1")]
 
 
 async def test_on_one_server_and_off_the_streams_publish_stays_core():

@@ -61,13 +61,15 @@ class _NatsSubscription:
             pass
 
 
-# a bucket's stream without a leader (its node died, the replicas elect another) answers nothing:
-# on a cluster each KV call waits this long, and is retried until ACKED_PUBLISH_S
-KV_ATTEMPT_TIMEOUT_S = 1.0
+# a stream or bucket without a leader (its node died, the replicas elect another) answers nothing:
+# on a cluster each attempt waits this long, and is retried until ACKED_PUBLISH_S
+ATTEMPT_TIMEOUT_S = 1.0
 _UNANSWERED = (
-    nats.errors.TimeoutError,
+    TimeoutError,  # nats.errors.TimeoutError too
     nats.errors.NoRespondersError,
     nats.js.errors.ServiceUnavailableError,
+    nats.errors.ConnectionReconnectingError,  # our own node died: the client is moving to another
+    nats.errors.StaleConnectionError,
 )
 
 
@@ -183,10 +185,12 @@ class NatsBus:
         delay = 0.2
         while True:
             try:
-                await self._nc.jetstream().publish(subject, data, timeout=1.0, headers=headers)
+                await self._nc.jetstream().publish(subject, data, timeout=ATTEMPT_TIMEOUT_S, headers=headers)
                 return
-            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
-                if self._nc.is_closed or time.monotonic() > deadline:
+            except (nats.errors.Error, TimeoutError) as exc:
+                # a refusal (not a silence) will not change on retry: sent without an ack at once
+                retry = isinstance(exc, _UNANSWERED) and time.monotonic() < deadline
+                if self._nc.is_closed or not retry:
                     ACKED_PUBLISH_FAILED.labels(self.service).inc()
                     log.warning("nats.acked_publish_failed", subject=subject, error=type(exc).__name__)
                     if not self._nc.is_closed:
@@ -221,7 +225,7 @@ class NatsBus:
         if bucket in self._kvs:
             return self._kvs[bucket]
         clustered = self.js_replicas > 1
-        js = self._nc.jetstream(timeout=KV_ATTEMPT_TIMEOUT_S) if clustered else self._nc.jetstream()
+        js = self._nc.jetstream(timeout=ATTEMPT_TIMEOUT_S) if clustered else self._nc.jetstream()
         retry_s = ACKED_PUBLISH_S if clustered else 0.0
         try:
             kv = await _retrying(lambda: js.key_value(bucket), retry_s)
