@@ -43,6 +43,7 @@ def call_events_stream(settings: RecorderSettings) -> StreamSpec:
         subjects=subjects.RECORDED,
         max_age_s=settings.stream_max_age_s,
         max_bytes=settings.stream_max_bytes,
+        replicas=settings.js_replicas,
     )
 
 
@@ -53,6 +54,7 @@ def parked_stream(settings: RecorderSettings) -> StreamSpec:
         subjects=(subjects.ALL_PARKED,),
         max_age_s=settings.parked_max_age_s,
         duplicate_window_s=min(settings.parked_max_age_s, 24 * 3600),
+        replicas=settings.js_replicas,
     )
 
 

@@ -26,7 +26,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import nats.errors
@@ -207,7 +207,7 @@ class _JetStreamWork:
 
     async def start(self) -> None:
         spec = self.spec
-        self._stream = await stream_for(self._js, spec.stream)
+        self._stream = await stream_for(self._js, replace(spec.stream, replicas=self._bus.js_replicas))
         config = ConsumerConfig(
             durable_name=spec.consumer,
             ack_policy=AckPolicy.EXPLICIT,

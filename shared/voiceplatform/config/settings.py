@@ -31,6 +31,9 @@ class ServiceSettings(BaseSettings):
     nats_tls_ca: Path | None = Field(default=None, validation_alias="NATS_TLS_CA")
     nats_tls_cert: Path | None = Field(default=None, validation_alias="NATS_TLS_CERT")
     nats_tls_key: Path | None = Field(default=None, validation_alias="NATS_TLS_KEY")
+    # copies of each JetStream stream and KV bucket this service creates (VP_JS_REPLICAS): 3 on a
+    # 3-node NATS cluster (docs/deploy-cluster.md), so losing one node loses no record; 1 on one server
+    js_replicas: int = Field(default=1, ge=1, le=5)
     robots_dir: Path = Field(default=Path("robots"), validation_alias="ROBOTS_DIR")
     postgres_dsn: SecretStr = Field(
         default=SecretStr("postgresql://postgres@127.0.0.1:5432/postgres"), validation_alias="POSTGRES_DSN"

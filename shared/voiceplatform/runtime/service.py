@@ -113,7 +113,13 @@ async def run_service(
         if bus is None:
             # a NATS that is gone (or refuses our login) retries forever: SIGTERM must still end us
             bus = await _unless_stopped(
-                NatsBus.connect(settings.nats_url, service.name, **NatsAuth.of(settings).options()), stop
+                NatsBus.connect(
+                    settings.nats_url,
+                    service.name,
+                    js_replicas=settings.js_replicas,
+                    **NatsAuth.of(settings).options(),
+                ),
+                stop,
             )
             if bus is None:
                 log.warning("service.stopped_before_start", reason="no NATS connection when told to stop")
