@@ -51,3 +51,6 @@ class ServiceSettings(BaseSettings):
     work_max_deliver: int = Field(default=3, ge=1)
     work_stale_s: float = Field(default=15.0, gt=0)
     log_level: str = "INFO"
+    # call recordings (one stereo WAV per call): the gateways write them here, the recorder serves
+    # and deletes them (docs/operations.md, "Call recordings"); `vp up` sets <workdir>/data/recordings
+    recordings_dir: Path = Path(".vp/data/recordings")
