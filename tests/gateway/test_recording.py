@@ -133,7 +133,12 @@ async def test_a_robot_can_turn_recording_off(broker, robot, tmp_path: Path) -> 
     robot_off = type(robot)(robot.name, robot.path, off, robot.system_prompt, robot.prompts, robot.env)
     _, sink, _, _ = await start_call(broker, robot)
     session = CallSession(
-        broker.bus("gateway"), robot_off, channel="web", sample_rate=RATE, sink=sink, recordings_dir=tmp_path / "rec"
+        broker.bus("gateway"),
+        robot_off,
+        channel="web",
+        sample_rate=RATE,
+        sink=sink,
+        recordings_dir=tmp_path / "rec",
     )
     assert session.recording is None and session.sink is sink
     assert not (tmp_path / "rec").exists()

@@ -29,6 +29,7 @@ RECORDINGS_DELETED = Counter(
     "vp_recorder_recordings_deleted_total", "Call recordings deleted by the retention sweeper", ["outcome"]
 )
 MAX_PER_SWEEP = 1000
+FIRST_SWEEP_AFTER_S = 60.0
 
 T = TypeVar("T")
 Run = Callable[[Callable[[asyncpg.Connection], Awaitable[T]]], Awaitable[T]]
@@ -147,6 +148,7 @@ class RecordingSweeper:
             self._task = None
 
     async def _loop(self) -> None:
+        await asyncio.sleep(min(self.every_s, FIRST_SWEEP_AFTER_S))  # the tables exist by then
         while True:
             try:
                 await self.sweep()
