@@ -67,8 +67,9 @@ def latency_query_args(params: dict[str, str], now: datetime) -> tuple[str, date
 
 
 def console_routes(api: RecorderApi) -> list[BaseRoute]:
-    async def root(_: Request) -> Response:
-        return RedirectResponse("/console/", status_code=307)
+    async def root(request: Request) -> Response:
+        query = request.url.query  # a one-time ?token= goes along
+        return RedirectResponse(f"/console/?{query}" if query else "/console/", status_code=307)
 
     async def whoami(request: Request) -> Response:
         return JSONResponse({"role": api.auth.role(request)})

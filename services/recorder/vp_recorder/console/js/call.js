@@ -43,7 +43,7 @@ function transcript(doc) {
     const item = el("li", { class: s.role, "data-turn": s.turn_id },
       el("strong", {}, `${who}: `),
       s.interrupted ? [el("span", {}, s.played_text || ""), " ", el("span", { class: "cut" }, s.text.slice((s.played_text || "").length))]
-        : s.text,
+        : s.text || el("span", { class: "muted" }, "(nothing recognized)"),
       s.interrupted ? el("span", { class: "badge" }, "barge-in") : null,
       s.backchannel ? el("span", { class: "badge" }, "backchannel") : null,
       s.prompt ? el("span", { class: "muted" }, ` · ${s.prompt}`) : null,
