@@ -5,6 +5,7 @@ transcripts; the live view shows a call as it starts. Screenshots go to docs/img
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -17,16 +18,18 @@ from voiceplatform import subjects
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.wire import CallEnded, CallStarted, Message
 
+# VP_CONSOLE_SCREENSHOTS=1 writes the screenshots the docs show; else they go to the test's folder
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 MINUTE_MS = 60_000
 
 
 async def two_calls(console: Console, gateway_bus: NatsBus, js_nats_url: str) -> tuple[str, str]:
-    now = int(time.time() * 1000)
+    # each call within one minute (5 s past its start), so per-minute figures are the call's own
+    minute = int(time.time() * 1000) // MINUTE_MS * MINUTE_MS + 5000
     recorded, older = new_call_id(), new_call_id()
     events: list[tuple[str, Message]] = [
-        *demo_call(older, now - 70 * MINUTE_MS, None, robot="topic_prompts_russian"),
-        *demo_call(recorded, now - 20 * MINUTE_MS, console.recordings),
+        *demo_call(older, minute - 70 * MINUTE_MS, None, robot="topic_prompts_russian"),
+        *demo_call(recorded, minute - 20 * MINUTE_MS, console.recordings),
     ]
     await play(gateway_bus, events)
     await settle(console.recorder, js_nats_url, len(events), within_s=30)
@@ -34,8 +37,9 @@ async def two_calls(console: Console, gateway_bus: NatsBus, js_nats_url: str) ->
 
 
 async def test_operator_lists_opens_reads_and_plays_a_call(
-    console: Console, browser: ConsoleBrowser, gateway_bus: NatsBus, js_nats_url: str
+    console: Console, browser: ConsoleBrowser, gateway_bus: NatsBus, js_nats_url: str, tmp_path: Path
 ) -> None:
+    shots = DOCS_IMG if os.environ.get("VP_CONSOLE_SCREENSHOTS") else tmp_path
     recorded, older = await two_calls(console, gateway_bus, js_nats_url)
     await browser.goto(f"{console.base}/?token={OPERATOR_TOKEN}")  # once: then kept in sessionStorage
     await browser.view_ready("calls")
@@ -47,7 +51,8 @@ async def test_operator_lists_opens_reads_and_plays_a_call(
         await browser.js(f"document.querySelector('[data-call=\"{recorded}\"] .caller').textContent")
         == CALLER
     )
-    await browser.screenshot(DOCS_IMG / "console-calls.png")
+    await browser.screenshot(shots / "console-calls.png")
+    assert (shots / "console-calls.png").read_bytes().startswith(b"\x89PNG")
 
     # search by words of the transcript, through the filter form
     await browser.js("document.querySelector('#filters [name=q]').value = 'заказ'")
@@ -89,7 +94,23 @@ async def test_operator_lists_opens_reads_and_plays_a_call(
     await browser.until("document.querySelector('#recording audio').currentTime > 0.3")
     await browser.js("document.querySelector('#recording audio').pause()")
     await browser.js("window.scrollTo(0, 0)")
-    await browser.screenshot(DOCS_IMG / "console-call.png", height=1500)
+    await browser.screenshot(shots / "console-call.png", height=1500)
+
+    # latency over time: p50/p95 per minute from PostgreSQL, one chart per figure
+    await browser.js("location.hash = '#/latency?bucket=minute'")
+    await browser.view_ready("latency")
+    charts = await browser.js(
+        "[...document.querySelectorAll('svg.latency-chart')].map(c => c.dataset.figure)"
+    )
+    assert charts == ["voice_to_voice", "asr", "llm_first_sentence", "tts_first_audio"]
+    dots = await browser.js(
+        "[...document.querySelectorAll('svg[data-figure=voice_to_voice] circle title')]"
+        ".map(t => t.textContent)"
+    )
+    # two calls, each two turns in one minute: voice-to-voice 950 and 1020 ms → p50 985, p95 1016
+    # (1016.5 in floating point, just under)
+    assert sorted(d.split(": ")[1].split(" ms")[0] for d in dots) == ["1016", "1016", "985", "985"]
+    await browser.screenshot(shots / "console-latency.png")
 
 
 async def test_readonly_token_sees_no_caller_no_transcript_no_recording(

@@ -10,7 +10,7 @@ const TITLES = {
   tts_first_audio: "TTS first audio",
 };
 
-function chart(name, points) {
+function chart(name, points, range) {
   const width = 560, height = 180, left = 48, bottom = 24, top = 10, right = 10;
   const series = [[`${name}_p50`, "#2f6fde"], [`${name}_p95`, "#d9534f"]];
   const values = points.flatMap((p) => series.map(([k]) => p[k])).filter((v) => v !== null);
@@ -20,8 +20,8 @@ function chart(name, points) {
     return node;
   }
   const max = Math.max(...values) * 1.1 || 1;
-  const times = points.map((p) => Date.parse(p.bucket));
-  const t0 = Math.min(...times), t1 = Math.max(...times);
+  // the whole range asked for, so a quiet stretch shows as a gap
+  const [t0, t1] = range;
   const x = (t) => left + (t1 === t0 ? (width - left - right) / 2 : ((t - t0) / (t1 - t0)) * (width - left - right));
   const y = (v) => top + (1 - v / max) * (height - top - bottom);
   for (let i = 0; i <= 4; i++) {
@@ -69,6 +69,6 @@ export async function showLatency(view, params) {
     el("p", { class: "muted" }, `${answer.from} – ${answer.to}, per ${bucket}: ${turns} turns. `,
       el("span", { style: "color:#2f6fde" }, "p50"), " / ", el("span", { style: "color:#d9534f" }, "p95"),
       ", ms from the end of the caller's speech"),
-    ...Object.keys(TITLES).map((name) => el("section", {}, el("h3", {}, TITLES[name]), chart(name, answer.points))));
+    ...Object.keys(TITLES).map((name) => el("section", {}, el("h3", {}, TITLES[name]), chart(name, answer.points, [Date.parse(answer.from), Date.parse(answer.to)]))));
   return null;
 }
