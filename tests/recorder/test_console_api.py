@@ -243,6 +243,8 @@ async def test_console_is_served_and_the_root_leads_there(recorder: RecorderServ
         assert root.status_code == 307 and root.headers["location"] == "/console/"
         page = await client.get("/console/")  # static files hold no data: no token needed
         assert page.status_code == 200 and b'type="module"' in page.content and b"token" in page.content
+        assert page.headers["content-security-policy"].startswith("default-src 'self'")
+        assert page.headers["referrer-policy"] == "no-referrer"
         module = await client.get("/console/js/main.js")
         assert module.status_code == 200 and "javascript" in module.headers["content-type"]
         assert (await client.get("/calls")).status_code == 401  # the data still needs a token

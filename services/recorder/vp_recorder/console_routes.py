@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from vp_recorder.api import RecorderApi, checked_call_id, single_params
 from vp_recorder.api_auth import require_operator
@@ -27,6 +28,14 @@ from vp_recorder.call_query import ApiError, filter_value, parse_time
 from vp_recorder.recordings import call_recordings, playable
 
 CONSOLE_DIR = Path(__file__).resolve().parent / "console"
+# the console loads nothing from elsewhere and runs no inline script; the recording plays from a blob
+# fetched with the token; no Referer (a one-time ?token= in the address must not travel on)
+CONSOLE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "media-src 'self' blob:; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
 BUCKETS = {"minute": timedelta(hours=3), "hour": timedelta(days=2)}  # default span of each
 MAX_BUCKETS = 2000
 STATS_PARAMS = ("bucket", "from", "to", "robot")
@@ -52,6 +61,13 @@ async def known_recordings(api: RecorderApi, call_id: str) -> list[dict[str, Any
     if found is None:
         raise ApiError(404, f"no call {call_id!r} in postgres")
     return found
+
+
+class ConsoleFiles(StaticFiles):
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(CONSOLE_HEADERS)
+        return response
 
 
 def latency_query_args(params: dict[str, str], now: datetime) -> tuple[str, datetime, datetime, str | None]:
@@ -128,5 +144,5 @@ def console_routes(api: RecorderApi) -> list[BaseRoute]:
         Route("/calls/{call_id}/recordings", recordings, methods=["GET"]),
         Route("/live", live_events, methods=["GET"]),
         Route("/stats/latency", latency, methods=["GET"]),
-        Mount("/console", app=StaticFiles(directory=CONSOLE_DIR, html=True), name="console"),
+        Mount("/console", app=ConsoleFiles(directory=CONSOLE_DIR, html=True), name="console"),
     ]
