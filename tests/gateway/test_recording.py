@@ -142,3 +142,17 @@ async def test_a_robot_can_turn_recording_off(broker, robot, tmp_path: Path) -> 
     )
     assert session.recording is None and session.sink is sink
     assert not (tmp_path / "rec").exists()
+
+
+def test_the_file_is_written_as_the_call_goes_also_without_caller_audio(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rec = StereoRecording(tmp_path / "c4.wav", RATE, clock=clock)
+    for _ in range(150):  # 3 s of the robot, the caller's socket gone
+        rec.robot(frame(900))
+        clock.advance(20)
+    part = tmp_path / "c4.wav.part"
+    written = part.stat().st_size - 44  # past the WAV header
+    assert written >= ms(1000) * 4  # at least a second of stereo frames is on disk already
+    rec.close()
+    left, right, total = read_stereo(tmp_path / "c4.wav")
+    assert total == ms(3000) and np.all(right == 900) and not np.any(left)

@@ -128,6 +128,7 @@ class StereoRecording:
             return
         now = self._now()
         self._robot_end = self._put("robot", max(self._robot_end, now), pcm)
+        self._write_settled(now)  # also while the caller sends nothing (a dropped socket)
 
     def clear_robot(self) -> None:
         """The caller's side dropped what it had not played yet (barge-in): silence from now on."""
@@ -137,8 +138,9 @@ class StereoRecording:
             self._robot_end = now
 
     def _write_settled(self, now: int) -> None:
-        # audio older than the late window cannot change any more; write it in steps of a second
-        settled = now - self._late - self._base
+        # audio older than the late window (and a frame or more) cannot change any more; written in
+        # steps of a second
+        settled = now - self._late - self.sample_rate // 5 - self._base
         if settled >= self.sample_rate and len(self._left) >= settled:
             self._write(settled)
 
