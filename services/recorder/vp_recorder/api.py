@@ -22,8 +22,9 @@ Errors never carry exception texts (a DSN could be in one): clients get a fixed 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any, TypeVar, Union
 
 import asyncpg
@@ -43,7 +44,7 @@ from voiceplatform import subjects
 from voiceplatform.wire import CallStarted
 from voiceplatform.wire.codec import MESSAGE_TYPES
 from vp_recorder.api_auth import ApiAuth, AuthError, Role, redact_call, redact_turn, require_operator
-from vp_recorder.api_json import JSONResponse
+from vp_recorder.api_json import JSONResponse, iso
 from vp_recorder.call_query import (
     CALL_COLUMNS,
     LIST_PARAMS,
@@ -55,7 +56,7 @@ from vp_recorder.call_query import (
 from vp_recorder.call_query import MAX_LIMIT as MAX_LIMIT  # re-exported: the API's page cap
 from vp_recorder.directory import get_scenario
 from vp_recorder.live import LiveEvents
-from vp_recorder.recordings import RecordingFiles, call_recordings
+from vp_recorder.recordings import RecordingFiles, add_recording_state
 from vp_recorder.scenario_cache import ScenarioCache
 from vp_recorder.settings import RecorderSettings
 from vp_recorder.stored import CallEventReader, StoredEvent
@@ -106,10 +107,6 @@ ORDER BY (SELECT min(e.seq) FROM call_events e WHERE e.call_id = t.call_id AND e
 class PostgresUnavailable(ApiError):
     def __init__(self, message: str = "postgres is unavailable") -> None:
         super().__init__(503, message)
-
-
-def iso(at: datetime | None) -> str | None:
-    return None if at is None else at.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 class RecorderApi:
@@ -221,18 +218,6 @@ class RecorderApi:
         sources = [name for name, found in (("stream", from_stream), ("postgres", from_postgres)) if found]
         return [*(from_stream or []), *from_postgres], "+".join(sources)
 
-    async def add_recording_state(self, call_id: str, recordings: list[dict[str, Any]]) -> None:
-        """``deleted_at`` and ``url`` (the one ``/calls/{id}/recording`` serves) on the transcript's
-        recordings, from PostgreSQL; left out while PostgreSQL cannot say."""
-        try:
-            stored = await call_recordings(self.run, self.files, call_id) or []
-        except PostgresUnavailable:
-            return
-        by_path = {r["path"]: r for r in stored}
-        for item in recordings:
-            known = by_path.get(item["path"], {})
-            item["deleted_at"], item["url"] = known.get("deleted_at"), known.get("url")
-
     async def _stream_events(self, call_id: str) -> list[StoredEvent] | None:
         """The call's events in the stream; None when the stream cannot be read now."""
         reader = self.reader
@@ -340,7 +325,8 @@ def build_api(api: RecorderApi, extra_routes: Sequence[BaseRoute] = ()) -> Starl
         if not events:
             raise ApiError(404, f"no call {call_id!r} in the event stream or in postgres")
         document = build_transcript(events)
-        await api.add_recording_state(call_id, document["recordings"])
+        with contextlib.suppress(PostgresUnavailable):  # left out while PostgreSQL cannot say
+            await add_recording_state(api.run, api.files, call_id, document["recordings"])
         return JSONResponse(document, headers={"Vp-Source": source})
 
     async def call_turns(request: Request) -> Response:

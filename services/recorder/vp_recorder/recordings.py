@@ -22,6 +22,7 @@ import structlog
 from prometheus_client import Counter
 
 from voiceplatform.gateway.recording import PART_SUFFIX
+from vp_recorder.api_json import iso
 
 log = structlog.get_logger("vp_recorder.recordings")
 
@@ -46,10 +47,6 @@ ORDER BY started_at LIMIT $2
 _MARK_GONE = """
 INSERT INTO recording_deletions (path, reason) VALUES ($1, 'retention') ON CONFLICT (path) DO NOTHING
 """
-
-
-def iso(at: datetime | None) -> str | None:
-    return None if at is None else at.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 class RecordingFiles:
@@ -105,6 +102,17 @@ async def call_recordings(run: Run[Any], files: RecordingFiles, call_id: str) ->
     for item in found:
         item["url"] = recording_url(call_id) if item is chosen else None
     return found
+
+
+async def add_recording_state(
+    run: Run[Any], files: RecordingFiles, call_id: str, recordings: list[dict[str, Any]]
+) -> None:
+    """``deleted_at`` and ``url`` (the one ``/calls/{id}/recording`` serves) on a transcript's
+    ``recordings``, from PostgreSQL."""
+    by_path = {r["path"]: r for r in await call_recordings(run, files, call_id) or []}
+    for item in recordings:
+        known = by_path.get(item["path"], {})
+        item["deleted_at"], item["url"] = known.get("deleted_at"), known.get("url")
 
 
 def playable(recordings: list[dict[str, Any]], files: RecordingFiles) -> dict[str, Any] | None:
