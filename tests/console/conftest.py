@@ -32,6 +32,8 @@ class Console:
     base: str
     recorder: RecorderService
     recordings: Path
+    stop: asyncio.Event
+    running: asyncio.Task[None]
 
 
 @pytest.fixture
@@ -65,7 +67,7 @@ async def console(
             await asyncio.sleep(0.05)
     await wait_until(lambda: bool(service.consumers) and all(service.stores_up().values()), within_s=20)
     try:
-        yield Console(base, service, settings.recordings_dir)
+        yield Console(base, service, settings.recordings_dir, stop, task)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

@@ -4,6 +4,7 @@ transcripts; the live view shows a call as it starts. Screenshots go to docs/img
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -168,3 +169,18 @@ async def test_live_view_shows_a_call_as_it_starts_and_ends(
     await browser.until(
         f'document.querySelector(\'#live-feed li[data-type="call.ended"][data-call="{call_id}"]\') !== null'
     )
+
+
+async def test_a_recorder_stops_while_a_console_follows_live_events(
+    console: Console, browser: ConsoleBrowser
+) -> None:
+    await browser.goto(f"{console.base}/console/?token={OPERATOR_TOKEN}#/live")
+    await browser.view_ready("live")
+    for _ in range(300):
+        if console.recorder.live.listening:
+            break
+        await browser.js("new Promise(r => setTimeout(r, 50))")
+    assert console.recorder.live.listening == 1
+    console.stop.set()  # SIGTERM: the open event stream must not hold up the HTTP server's shutdown
+    await asyncio.wait_for(console.running, 30)
+    await browser.until("document.getElementById('live-status').textContent.includes('retrying')")

@@ -232,8 +232,12 @@ async def test_live_feed_follows_public_events_without_personal_data_for_readonl
     assert hidden["call_id"] == call_id and "caller" not in hidden["data"]  # type: ignore[operator]
     hidden = await first_of(readonly, "turn.completed")
     assert "user_text" not in hidden["data"] and hidden["data"]["latency"]  # type: ignore[index, operator]
-    await operator.aclose()
     await readonly.aclose()
+    assert recorder.live.listening == 1
+    # a recorder that stops ends the streams still open (else its HTTP server waits for them)
+    await recorder.live.stop()
+    events_left = [chunk async for chunk in operator]
+    assert all(b"call_event" in c or b"dropped" in c for c in events_left)
     assert recorder.live.listening == 0
 
 

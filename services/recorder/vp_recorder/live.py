@@ -50,14 +50,23 @@ def redact_public(event: dict[str, Any], role: Role) -> dict[str, Any]:
 
 class _Listener:
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_EVENTS)
+        # None: the recorder is stopping, the stream ends (an open response would hold up the
+        # HTTP server's shutdown)
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUE_EVENTS)
         self.dropped = 0
+
+    def put(self, event: dict[str, Any] | None) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()  # the oldest goes: a slow console must not hold memory
+            self.dropped += 1
+        self.queue.put_nowait(event)
 
 
 class LiveEvents:
     def __init__(self) -> None:
         self._listeners: set[_Listener] = set()
         self._sub: Subscription | None = None
+        self._stopped = False
 
     @property
     def listening(self) -> int:
@@ -67,6 +76,9 @@ class LiveEvents:
         self._sub = await nc.subscribe(subjects.ALL_CALL_EVENTS, cb=self._on_event)
 
     async def stop(self) -> None:
+        self._stopped = True
+        for listener in self._listeners:
+            listener.put(None)
         sub, self._sub = self._sub, None
         if sub is not None:
             with contextlib.suppress(Exception):
@@ -86,10 +98,7 @@ class LiveEvents:
 
     def publish(self, event: dict[str, Any]) -> None:
         for listener in self._listeners:
-            if listener.queue.full():
-                listener.queue.get_nowait()  # the oldest goes: a slow console must not hold memory
-                listener.dropped += 1
-            listener.queue.put_nowait(event)
+            listener.put(event)
 
     async def stream(self, role: Role) -> AsyncIterator[bytes]:
         """Server-sent events for one client, until it goes away."""
@@ -97,12 +106,14 @@ class LiveEvents:
         self._listeners.add(listener)
         try:
             yield b"retry: 2000\n: connected\n\n"
-            while True:
+            while not self._stopped:
                 try:
                     event = await asyncio.wait_for(listener.queue.get(), KEEPALIVE_S)
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
+                if event is None:
+                    return
                 if listener.dropped:
                     yield f"event: dropped\ndata: {listener.dropped}\n\n".encode()
                     listener.dropped = 0
