@@ -23,7 +23,10 @@ async function recordingPlayer(callId, doc) {
   const kept = (doc.recordings || []).find((r) => r.url);
   if (!kept) {
     const gone = (doc.recordings || []).find((r) => r.deleted_at);
-    section.append(el("p", { class: "muted" }, gone ? `deleted ${when(gone.deleted_at)} (retention)` : "no recording of this call"));
+    const open = (doc.recordings || []).find((r) => r.stopped_offset_ms === null);
+    const why = gone ? `deleted ${when(gone.deleted_at)} (retention)`
+      : open ? "being recorded: playable once the call has ended" : "no recording of this call";
+    section.append(el("p", { class: "muted" }, why));
     return section;
   }
   // <audio> cannot send a bearer token: the file is fetched with it and played from memory
