@@ -201,6 +201,7 @@ class GatewayWeb:
             directory=self.directory,
             caller=(grant["caller"] or str(start.get("caller", "")))[:64],
             gateway_id=self.settings.instance_id,
+            recordings_dir=self.settings.recordings_dir,
         )
         call = WebCall(
             session, sink, assembler, AudioRate(input_rate * 2, self.settings.audio_burst_s), robot_name

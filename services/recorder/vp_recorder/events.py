@@ -15,6 +15,7 @@ from voiceplatform.wire import (
     CallAmd,
     CallDialed,
     CallEnded,
+    CallRecording,
     CallStarted,
     ControlInterrupt,
     Message,
@@ -86,6 +87,14 @@ def _data(msg: Message) -> tuple[str, dict[str, Any]] | None:
                 "after_ms": msg.after_ms,
                 "action": msg.action,
                 "words": msg.words,
+            }
+        case CallRecording():
+            return "call.recording", {
+                "action": msg.action,
+                "path": msg.path,
+                "format": msg.format or None,
+                "channels": msg.channels or None,
+                "duration_ms": msg.duration_ms,
             }
         case CallEnded():
             return "call.ended", {

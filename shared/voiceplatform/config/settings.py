@@ -61,3 +61,6 @@ class ServiceSettings(BaseSettings):
     )
     # share of turns traced, decided on the turn's trace id (the same turns in every service)
     trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    # call recordings (one stereo WAV per call): the gateways write them here, the recorder serves
+    # and deletes them (docs/operations.md, "Call recordings"); `vp up` sets <workdir>/data/recordings
+    recordings_dir: Path = Path(".vp/data/recordings")

@@ -7,6 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -25,6 +26,12 @@ from voiceplatform.gateway.handover import call_summary
 from voiceplatform.gateway.heard import PlaybackClock
 from voiceplatform.gateway.owners import GatewayDirectory, owned_roles_for
 from voiceplatform.gateway.playout import Playout
+from voiceplatform.gateway.recording import (
+    RecordingSink,
+    close_recording,
+    open_recording,
+    recording_event,
+)
 from voiceplatform.gateway.turn_keeper import TurnKeeper
 from voiceplatform.gateway.turn_policy import Cut
 from voiceplatform.gateway.turns import Turn, TurnKind, TurnState, TurnTable
@@ -107,14 +114,18 @@ class CallSession:
         variables: dict[str, str] | None = None,
         hold_greeting: bool = False,
         clock: PlaybackClock | None = None,
+        recordings_dir: Path | None = None,
     ) -> None:
         self.bus = bus
         self.robot = robot
         self.channel = channel
         self.sample_rate = sample_rate
-        self.sink = sink
         self.directory = directory
         self.call_id = subjects.check_token(call_id or new_call_id(channel))
+        # the call's stereo WAV (gateway/recording.py): None without a recordings dir or when the
+        # robot turned it off; the sink wrapper places the robot audio as it is played
+        self.recording = open_recording(recordings_dir, robot, self.call_id, sample_rate)
+        self.sink: AudioSink = sink if self.recording is None else RecordingSink(sink, self.recording)
         self.caller = caller
         self.gateway_id = gateway_id
         self.lead_frames = lead_frames
@@ -145,7 +156,7 @@ class CallSession:
         self.keeper = TurnKeeper(
             call_id=self.call_id,
             bus=bus,
-            sink=sink,
+            sink=self.sink,
             playout=self.playout,
             settings=robot.settings,
             sample_rate=sample_rate,
@@ -218,6 +229,10 @@ class CallSession:
                 ),
             )
             log.info("call.started", robot=self.robot.name, channel=self.channel, rate=self.sample_rate)
+            if self.recording is not None:
+                await self.bus.publish(
+                    subjects.lifecycle(self.call_id), recording_event(self.call_id, self.recording)
+                )
             if not self.hold_greeting:
                 await self._start_greeting()
             self._spawn(self._playout_loop(), "playout")
@@ -263,6 +278,11 @@ class CallSession:
                     ),
                 )
             log.info("call.ended", reason=reason, duration_ms=duration, turns=self.turns_completed)
+            if self.recording is not None and close_recording(self.call_id, self.recording):
+                with contextlib.suppress(Exception):
+                    await self.bus.publish(
+                        subjects.lifecycle(self.call_id), recording_event(self.call_id, self.recording)
+                    )
             if self.directory is not None:
                 self.directory.unregister(self.call_id)
             for sub in self._subs:
@@ -287,6 +307,8 @@ class CallSession:
         if self.ended:
             return
         chunk = AudioChunk(call_id=self.call_id, seq=self._seq, sample_rate=self.sample_rate, pcm=frame)
+        if self.recording is not None:
+            self.recording.caller(frame)
         self.streaming.audio_log.keep(self._seq, frame)  # replayed to a new vad/asr owner
         self._seq += 1
         await self.bus.publish(subjects.audio_in(self.call_id), chunk)

@@ -123,10 +123,15 @@ class CallDtmf(Message, tag="call.dtmf"):
 
 
 class CallRecording(Message, tag="call.recording"):
-    """The phone gateway started or stopped recording the call to ``path`` (FreeSWITCH's file)."""
+    """A recording of the call started or stopped: FreeSWITCH's file (``uuid_record``), or the
+    gateway's stereo WAV of every call (``voiceplatform.gateway.recording``: ``format``, ``channels``,
+    and on ``stop`` the ``duration_ms``)."""
 
     action: Literal["start", "stop"]
     path: str
+    format: str = ""  # "wav"; "" when the gateway does not know (FreeSWITCH's file)
+    channels: int = 0  # 2: caller left, robot right; 0 when unknown
+    duration_ms: int | None = None  # on "stop", when the writer knows it
 
 
 # ---- per-call ownership of streaming stages -----------------------------------------------------
