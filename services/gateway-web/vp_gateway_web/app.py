@@ -11,7 +11,8 @@ Protocol on ``/ws`` (close codes in ``voiceplatform.web_protocol``; docs/operati
 - server → client: binary frames of robot audio (16-bit LE mono, 16 kHz, 20 ms, paced in real time);
   JSON events: call.started, call.resumable / call.resumed (the resume token), busy, heartbeat,
   vad.speech_started, asr.final, bot.sentence, playback.flush (drop queued robot audio now:
-  barge-in), turn.metrics, error, call.ended.
+  barge-in), turn.metrics, error (refusals; a stage's failure with its stage, kind, turn_id and
+  detail), call.ended.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ class GatewayWeb:
         try:
             input_rate = int(start.get("sample_rate") or ws.query_params.get("sample_rate") or CALL_RATE)
             assembler = FrameAssembler(input_rate, CALL_RATE)
-            robot = self.robots.get(robot_name)
+            robot = self.robots.get(robot_name, new_call=True)
         except (ValueError, RobotConfigError) as exc:
             BAD_CLIENT_INPUT.labels("bad_start").inc()
             await self._refuse(

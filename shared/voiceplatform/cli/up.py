@@ -35,6 +35,7 @@ WEB_API_KEY_FILE = "web_api_key"  # the key an embedding site (or `vp call`) sen
 FIRST_WORKER_PORT = 8101
 GATEWAY_FS_PORT = 8090  # where FreeSWITCH's mod_audio_stream (or `vp call --phone`) connects
 ESL_PASSWORD_FILE = "fs_esl_password"
+ROBOTS_DIR_FILE = "robots_dir"  # the robots folder the services load, for `vp call` and `vp check`
 
 
 @dataclass
@@ -218,6 +219,7 @@ def run_up(args: argparse.Namespace) -> int:
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }
+        (workdir / ROBOTS_DIR_FILE).write_text(base_env["ROBOTS_DIR"] + "\n", encoding="utf-8")
         base_env.setdefault("VP_WEB_API_KEY", dev_secret(workdir / WEB_API_KEY_FILE))
         base_env.setdefault("VP_FS_ESL_PASSWORD", dev_esl_password(workdir))
         base_env.setdefault("VP_API_TOKENS_FILE", str(ensure_tokens_file(workdir / TOKENS_FILE)))
