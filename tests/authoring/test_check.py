@@ -69,11 +69,13 @@ def test_unknown_fallback_provider_and_options_for_an_unknown_provider(robots, c
     folder = make_robot(robots, config=config)
     code, out = check(capsys, "robots/bot")
     cfg = folder / "config.json"
+    at = f"robots/bot/config.json: line {line_of(cfg, 'festivall')}"
+    known = "elevenlabs, espeak, festival, rhvoice, yandex, zvukogram"
     assert code == 1
     assert out == [
-        f"robots/bot/config.json: line {line_of(cfg, 'festivall')}: tts.fallback: unknown provider 'festivall' "
-        "(known: elevenlabs, espeak, festival, rhvoice, yandex, zvukogram)",
-        f"robots/bot/config.json: line {line_of(cfg, 'yandx')}: tts.providers.yandx: options for an unknown provider",
+        f"{at}: tts.fallback: unknown provider 'festivall' (known: {known})",
+        f"robots/bot/config.json: line {line_of(cfg, 'yandx')}: tts.providers.yandx: "
+        "options for an unknown provider",
     ]
 
 
@@ -203,8 +205,9 @@ def test_greeting_wav_against_greeting_text(robots, capsys) -> None:
     code, out = check(capsys, "robots/bot")
     assert code == 1
     assert out == [
-        "robots/bot/greeting.wav: says 'Здравствуйте! Чем могу помочь?' (greeting.wav.txt) but greeting_text "
-        "is 'Добрый день!': record it again (and its greeting.wav.txt), or delete it to have greeting_text spoken"
+        "robots/bot/greeting.wav: says 'Здравствуйте! Чем могу помочь?' (greeting.wav.txt) but "
+        "greeting_text is 'Добрый день!': record it again (and its greeting.wav.txt), or delete it to "
+        "have greeting_text spoken"
     ]
     (folder / "greeting.wav.txt").write_text("Добрый  день!\n")  # the same words
     assert check(capsys, "robots/bot")[0] == 0

@@ -105,7 +105,7 @@ def test_a_broken_edit_refuses_new_calls_and_keeps_calls_in_progress_on_the_last
 def test_a_robot_broken_from_the_start(robots: Path) -> None:
     make_robot(robots, config={**CONFIG, "tts": {"provider": "espek"}})
     registry = RobotRegistry(robots)
-    with pytest.raises(RobotConfigError, match="tts.provider: unknown provider 'espek'"):
+    with pytest.raises(RobotConfigError, match=r"tts\.provider: unknown provider 'espek'"):
         registry.get("bot", new_call=True)
     # a worker asked for a turn of an admitted call still gets what loaded: its stages report the rest
     assert registry.get("bot").settings.tts.provider == "espek"
@@ -116,5 +116,5 @@ def test_a_folder_that_does_not_load_is_refused_everywhere(robots: Path) -> None
     (folder / "config.json").write_text("{ not json")
     registry = RobotRegistry(robots)
     for new_call in (True, False):
-        with pytest.raises(RobotConfigError, match="config.json is not valid JSON"):
+        with pytest.raises(RobotConfigError, match=r"config\.json is not valid JSON"):
             registry.get("bot", new_call=new_call)
