@@ -101,10 +101,12 @@ def gateway_factory(private_nats: str, robots: Path) -> Callable[..., AbstractAs
         service = GatewayWeb(settings)
         workers = await NatsBus.connect(private_nats, "stand-in-workers")
         gateway = Gateway(f"127.0.0.1:{port}", service)
+        reported: set[str] = set()
 
         async def assign(env: Envelope) -> AssignReply:
             call_id, role = env.message.call_id, env.message.role
-            if role == "asr" and asr_error is not None:
+            if role == "asr" and asr_error is not None and call_id not in reported:
+                reported.add(call_id)
                 kind, detail = asr_error
                 error = StageError(call_id=call_id, stage="asr", kind=kind, detail=detail)
                 asyncio.get_running_loop().call_later(

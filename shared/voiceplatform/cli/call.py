@@ -207,12 +207,13 @@ def client_voice_to_voice(result: CallResult, samples: Int16Array, rate: int = R
 def call_failures(result: CallResult, samples: Int16Array, rate: int) -> list[str]:
     """Why the call did not do what a caller expects, one line each: the platform's stage errors
     (kind and detail), turns that ended without a reply, caller speech nobody answered."""
-    failures = [
+    failures = [  # each cause once: a re-assigned stage may report it again
         f"turn {e.get('turn_id') or '-'}: {e.get('stage', '?')} error {e.get('kind', '?')}: "
         f"{e.get('detail') or '(no detail)'}"
         for e in result.events
         if e.get("type") == "error" and e.get("stage")
     ]
+    failures = list(dict.fromkeys(failures))
     replies = 0
     for turn in result.turns:
         turn_id = str(turn.get("turn_id", ""))
