@@ -29,6 +29,7 @@ log = structlog.get_logger("voiceplatform.config")
 ROBOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # written by the recorder (JSON call logs) inside the robot's folder: not part of the robot
 NOT_THE_ROBOT = frozenset({"logs"})
+MAX_DEPTH = 4  # robot/prompts/x.txt is 1 deep; a symlink loop must not walk forever
 ROBOT_LOADS = Counter("vp_robot_loads_total", "Robot folder (re)loads, by outcome", ["outcome"])
 
 Fingerprint = tuple[tuple[str, int, int], ...]
@@ -42,15 +43,15 @@ def folder_fingerprint(folder: Path) -> Fingerprint:
     """
     (folder / "config.json").stat()
     entries: list[tuple[str, int, int]] = []
-    stack = [(folder, "")]
+    stack = [(folder, "", 0)]
     while stack:
-        directory, prefix = stack.pop()
+        directory, prefix, depth = stack.pop()
         with os.scandir(directory) as it:
             for entry in it:
                 name = prefix + entry.name
                 if entry.is_dir(follow_symlinks=True):
-                    if not (prefix == "" and entry.name in NOT_THE_ROBOT):
-                        stack.append((Path(entry.path), name + "/"))
+                    if not (prefix == "" and entry.name in NOT_THE_ROBOT) and depth < MAX_DEPTH:
+                        stack.append((Path(entry.path), name + "/", depth + 1))
                     continue
                 try:
                     st = entry.stat()
