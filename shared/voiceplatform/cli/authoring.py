@@ -1,7 +1,7 @@
 """`vp check` and `vp new robot`: catch a robot's mistakes before a call.
 
 A robot is named by its folder (``robots/x``, any path) or by a bare name, looked up in the robots
-folder the platform serves: the one `vp up` wrote into ``.vp/robots_dir``, else ``ROBOTS_DIR``, else
+folder the platform serves: ``ROBOTS_DIR``, else the one `vp up` wrote into ``.vp/robots_dir``, else
 ``robots``.
 """
 
@@ -24,11 +24,14 @@ NOT_COPIED = frozenset({"logs", ".env"})
 
 
 def served_robots_dir(workdir: Path = DEFAULT_WORKDIR) -> Path:
-    """The robots folder the local platform's services load."""
+    """The robots folder the platform's services load: ``ROBOTS_DIR`` when set, else the one `vp up`
+    recorded in its work dir, else ``robots``."""
+    if os.environ.get("ROBOTS_DIR"):
+        return Path(os.environ["ROBOTS_DIR"])
     served = workdir / ROBOTS_DIR_FILE
     if served.is_file():
         return Path(served.read_text(encoding="utf-8").strip())
-    return Path(os.environ.get("ROBOTS_DIR") or "robots")
+    return Path("robots")
 
 
 def is_bare_name(robot: str) -> bool:
