@@ -105,6 +105,9 @@ class GatewayFs:
         self.bus = bus
         self.directory = GatewayDirectory(bus)
         await self.directory.start()
+        await asyncio.to_thread(
+            self.router.registry.load_all
+        )  # checked before the first call (robot.invalid)
         self._esl_task = asyncio.create_task(self.esl.run(), name="esl")
 
     async def drain(self, timeout: float) -> None:

@@ -75,6 +75,7 @@ class GatewayWeb:
         self.bus = bus
         self.directory = GatewayDirectory(bus)
         await self.directory.start()
+        await asyncio.to_thread(self.robots.load_all)  # checked before the first call (robot.invalid)
 
     async def drain(self, timeout: float) -> None:
         """Stop taking calls; let live calls finish up to the timeout, then end them."""

@@ -152,7 +152,7 @@ def check_providers(ctx: Context) -> list[Problem]:
     s = ctx.robot.settings
     for role, section in (("asr", s.asr.providers), ("llm", s.llm.providers), ("tts", s.tts.providers)):
         for name in section:
-            if name not in catalog.BY_ROLE[role]:
+            if name not in catalog.registry(role).names():
                 where = f"{role}.providers.{name}"
                 problems.append(ctx.problem(CONFIG_FILE, f"{where}: options for an unknown provider", where))
     return problems

@@ -126,6 +126,17 @@ class RobotRegistry:
         self._cache[name] = entry
         return entry
 
+    def load_all(self) -> list[str]:
+        """Load and check every robot now (a gateway at start, so a first call does not wait for
+        it); the names refused, each logged with its problems."""
+        refused = []
+        for name in self.names():
+            try:
+                self.get(name, new_call=True)
+            except RobotConfigError:
+                refused.append(name)
+        return refused
+
     def names(self) -> list[str]:
         if not self.robots_dir.is_dir():
             return []

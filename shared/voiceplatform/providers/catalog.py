@@ -39,8 +39,13 @@ REALTIME = {
     "openai": "vp_realtime.providers:RealtimeEndpoint",
 }
 BY_ROLE = {"asr": ASR, "llm": LLM, "tts": TTS, "vad": VAD, "realtime": REALTIME}
+_REGISTRIES: dict[str, ProviderRegistry] = {}
 
 
 def registry(role: str) -> ProviderRegistry:
-    """The registry of ``role`` ("asr", "llm", "tts", "vad", "realtime")."""
-    return ProviderRegistry(role, BY_ROLE[role])
+    """The process's one registry of ``role`` ("asr", "llm", "tts", "vad", "realtime"): the service
+    builds from it and the robot check validates against it, so an engine added to it in a process
+    (a bench's stand-in) is known to both."""
+    if role not in _REGISTRIES:
+        _REGISTRIES[role] = ProviderRegistry(role, BY_ROLE[role])
+    return _REGISTRIES[role]
