@@ -118,3 +118,12 @@ def test_a_folder_that_does_not_load_is_refused_everywhere(robots: Path) -> None
     for new_call in (True, False):
         with pytest.raises(RobotConfigError, match=r"config\.json is not valid JSON"):
             registry.get("bot", new_call=new_call)
+
+
+def test_load_all_checks_every_robot_at_once(robots: Path) -> None:
+    """What a gateway does at start, so a robot's problems are in the log before its first call."""
+    make_robot(robots, "good")
+    make_robot(robots, "bad", config={**CONFIG, "llm": {"provider": "chatgpt"}})
+    registry = RobotRegistry(robots)
+    assert registry.load_all() == ["bad"]
+    assert registry.get("good", new_call=True).name == "good"

@@ -81,6 +81,25 @@ async def test_a_wrong_robot_name_is_one_line(gateway_factory, greeting_robot, t
     assert line.startswith("vp call: no call token for robot 'nosuch': ") and "no robot 'nosuch'" in line
 
 
+async def test_a_robot_that_fails_its_checks_gets_no_call(gateway_factory, robots, tmp_path, capsys) -> None:
+    """The gateway checks the robot for a new call: a provider name no service knows is refused with
+    its line, before anything is said (it used to fail mid-call as "asr provider_unavailable")."""
+    folder = make_robot(robots, config={**CONFIG, "asr": {"provider": "wisper"}})
+    serve(robots)
+    async with gateway_factory() as gw:
+        code = await asyncio.to_thread(run_call, args("bot", caller(tmp_path / "in.wav", True), gw.ws_url))
+        assert gw.service.sessions == {}
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    [line] = err.strip().splitlines()
+    n = next(
+        i for i, text in enumerate((folder / "config.json").read_text().splitlines(), 1) if "wisper" in text
+    )
+    assert line.endswith(
+        f"config.json: line {n}: asr.provider: unknown provider 'wisper' (known: whisper, yandex)"
+    )
+
+
 def test_a_robot_folder_outside_the_served_folder_is_not_called(robots, tmp_path, capsys) -> None:
     make_robot(robots)
     serve(robots)

@@ -248,7 +248,7 @@ def run_up(args: argparse.Namespace) -> int:
 
             wav = demo_caller_wav(workdir / "demo_caller.wav")
             demo_args = argparse.Namespace(
-                robot="robots/pipeline_russian",
+                robot="pipeline_russian",  # in the robots folder these services load
                 wav=wav,
                 url=f"ws://127.0.0.1:{args.port}/ws",
                 out=workdir / "demo_reply.wav",
