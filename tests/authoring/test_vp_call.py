@@ -124,6 +124,15 @@ def test_a_missing_or_broken_robot_folder_is_refused_before_the_call(robots, tmp
     assert line.startswith("vp call: robots/bot/config.json: line ") and "unknown provider 'wisper'" in line
 
 
+def test_a_wrong_robot_name_for_a_phone_call_is_one_line(robots, tmp_path, capsys) -> None:
+    """gateway-fs would route an unknown robot by the dialed number: vp call says so first."""
+    make_robot(robots)
+    serve(robots)
+    phone = argparse.Namespace(**{**vars(args("nosuch", caller(tmp_path / "in.wav", False))), "phone": True})
+    assert run_call(phone) == 2
+    assert stderr_lines(capsys) == [f"vp call: no robot 'nosuch' in {robots.resolve()}"]
+
+
 def test_an_audio_file_that_does_not_decode_is_one_line(robots, tmp_path, capsys) -> None:
     make_robot(robots)
     serve(robots)

@@ -45,13 +45,18 @@ def robot_folder(robot: str, robots_dir: Path | None = None) -> Path:
     return Path(robot)
 
 
-def callable_robot(robot: str) -> tuple[str, list[str]]:
+def callable_robot(robot: str, phone: bool = False) -> tuple[str, list[str]]:
     """The robot name to ask the gateway for, and why not (one line each) when it cannot be called.
 
-    A bare name is the gateway's business. A folder must be a robot of the folder the platform's
-    services load (``vp up --robots``): the call reaches exactly that robot, never a namesake.
+    A bare name is gateway-web's business (it answers an unknown one); gateway-fs would route an
+    unknown name by the dialed number instead, so for ``phone`` it must be in the served folder. A
+    folder must be a robot of the folder the services load (``vp up --robots``): the call reaches
+    exactly that robot, never a namesake.
     """
     if is_bare_name(robot):
+        served = served_robots_dir()
+        if phone and served.is_dir() and not (served / robot / "config.json").is_file():
+            return robot, [f"no robot {robot!r} in {served}"]
         return robot, []
     folder = Path(robot)
     if not (folder / "config.json").is_file():

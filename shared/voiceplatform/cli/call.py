@@ -236,7 +236,7 @@ def run_call(args: argparse.Namespace) -> int:
     from voiceplatform.audio_files import AudioFileError, load_audio
     from voiceplatform.cli.authoring import callable_robot
 
-    robot, problems = callable_robot(args.robot)
+    robot, problems = callable_robot(args.robot, phone=getattr(args, "phone", False))
     if problems:
         for line in problems:
             print(f"vp call: {line}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Everything a call would use from a robot folder, checked before a call: ``vp check`` and every
-service that loads a robot (``RobotRegistry``) run this one list of checkers.
+service that loads a robot (``RobotRegistry``) run this one list of checkers (``CHECKERS``);
+``vp check`` adds the author's (``AUTHOR_CHECKERS``) and the cloud providers' keys.
 
 A problem is one line, ``<folder>/<file>: line <n>: <what>``. The checkers run after the folder
 loaded (``load_robot``: config.json, .env, mode, option ranges, router prompt files); a folder that
