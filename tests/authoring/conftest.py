@@ -55,6 +55,14 @@ def make_robot(
     return folder
 
 
+def known(role: str) -> str:
+    """The provider names of ``role`` as a problem line lists them (a bench's stand-in engines,
+    added to the process's registry by another test, included)."""
+    from voiceplatform.providers import catalog
+
+    return ", ".join(catalog.registry(role).names())
+
+
 def tone(seconds: float = 1.0, rate: int = 16000, hz: float = 440.0) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (np.sin(2 * np.pi * hz * t) * 8000).astype(np.int16)

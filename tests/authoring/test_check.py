@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.authoring.conftest import CONFIG, DIALOG, make_robot, tone, write_json
+from tests.authoring.conftest import CONFIG, DIALOG, known, make_robot, tone, write_json
 from voiceplatform.audio import write_wav
 from voiceplatform.cli.main import main
 
@@ -60,7 +60,7 @@ def test_unknown_provider(robots, capsys) -> None:
     n = line_of(folder / "config.json", '"wisper"')
     assert code == 1
     assert out == [
-        f"robots/bot/config.json: line {n}: asr.provider: unknown provider 'wisper' (known: whisper, yandex)"
+        f"robots/bot/config.json: line {n}: asr.provider: unknown provider 'wisper' (known: {known('asr')})"
     ]
 
 
@@ -70,10 +70,9 @@ def test_unknown_fallback_provider_and_options_for_an_unknown_provider(robots, c
     code, out = check(capsys, "robots/bot")
     cfg = folder / "config.json"
     at = f"robots/bot/config.json: line {line_of(cfg, 'festivall')}"
-    known = "elevenlabs, espeak, festival, rhvoice, yandex, zvukogram"
     assert code == 1
     assert out == [
-        f"{at}: tts.fallback: unknown provider 'festivall' (known: {known})",
+        f"{at}: tts.fallback: unknown provider 'festivall' (known: {known('tts')})",
         f"robots/bot/config.json: line {line_of(cfg, 'yandx')}: tts.providers.yandx: "
         "options for an unknown provider",
     ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.authoring.conftest import CONFIG, make_robot, tone, write_json
+from tests.authoring.conftest import CONFIG, known, make_robot, tone, write_json
 from voiceplatform.audio import write_wav
 from voiceplatform.config import RobotConfigError, RobotRegistry
 
@@ -93,7 +93,7 @@ def test_a_broken_edit_refuses_new_calls_and_keeps_calls_in_progress_on_the_last
     with pytest.raises(RobotConfigError) as refused:
         registry.get("bot", new_call=True)
     assert refused.value.problems == [
-        "config.json: line 10: asr.provider: unknown provider 'wisper' (known: whisper, yandex)"
+        f"config.json: line 10: asr.provider: unknown provider 'wisper' (known: {known('asr')})"
     ]
     assert registry.get("bot") is good  # a turn of a call already in progress
     write_json(folder / "config.json", {**CONFIG, "greeting_text": "Привет"})  # fixed
