@@ -8,6 +8,7 @@ import asyncio
 import shutil
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -98,6 +99,30 @@ async def test_a_robot_that_fails_its_checks_gets_no_call(gateway_factory, robot
     assert line.endswith(
         f"config.json: line {n}: asr.provider: unknown provider 'wisper' (known: {known('asr')})"
     )
+
+
+async def test_a_live_edit_of_dialog_json_alone_is_seen_by_the_next_call(gateway_factory, robots) -> None:
+    """No config.json touched: the gateway refuses new calls while dialog.json is broken, and takes
+    them again once it is fixed."""
+    folder = make_robot(robots)
+    dialog = folder / "dialog.json"
+    good = dialog.read_text()
+    async with gateway_factory() as gw, httpx.AsyncClient() as client:
+
+        async def token() -> httpx.Response:
+            url, origin = f"http://{gw.base}/page-token", {"Origin": f"http://{gw.base}"}
+            return await client.post(url, json={"robot": "bot"}, headers=origin)
+
+        assert (await token()).status_code == 200
+        dialog.write_text(good.replace('"reply": "Здравствуйте!"', '"reply": ""'))
+        refused = await token()
+        n = next(i for i, line in enumerate(dialog.read_text().splitlines(), 1) if '"reply": ""' in line)
+        assert refused.status_code == 400
+        assert refused.json()["error"] == (
+            f"robot 'bot': dialog.json: line {n}: states.main.intents[0].reply: must be non-empty text"
+        )
+        dialog.write_text(good)
+        assert (await token()).status_code == 200
 
 
 def test_a_robot_folder_outside_the_served_folder_is_not_called(robots, tmp_path, capsys) -> None:
