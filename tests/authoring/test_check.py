@@ -101,8 +101,7 @@ def test_missing_key_of_a_cloud_provider_and_the_key_is_never_printed(robots, ca
     n = line_of(folder / "config.json", '"yandex"')
     assert code == 1
     assert out == [
-        f"robots/bot/config.json: line {n}: llm provider 'yandex': llm provider yandex needs "
-        "YANDEX_API_KEY or YANDEX_IAM_TOKEN"
+        f"robots/bot/config.json: line {n}: llm provider 'yandex': needs YANDEX_API_KEY or YANDEX_IAM_TOKEN"
     ]
     (folder / ".env").write_text("YANDEX_API_KEY=AQVN-secret-value-123\n")
     code, out = check(capsys, "robots/bot")

@@ -53,10 +53,6 @@ class CheckResult:
     robot: RobotConfig | None = None
     summary: list[str] = field(default_factory=list)  # what was checked, for the OK line
 
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
     def lines(self) -> list[str]:
         return [p.render(self.label) for p in self.problems]
 
@@ -132,7 +128,7 @@ def _provider_problems(role: str, name: str, given_at: tuple[str, str], ctx: Con
             where = rest.split(": ", 1)[0] if ": " in rest else ""
             yield ctx.problem(file, rest, where if not where.startswith("line ") else "")
         else:
-            line = line.removeprefix(f"{name}: ")
+            line = line.removeprefix(f"{name}: ").removeprefix(f"{role} provider {name} ")
             first = line.split(": ", 1)[0] if ": " in line else ""
             wheres = (first if "." in first and " " not in first else "", path)
             yield ctx.problem(CONFIG_FILE, f"{role} provider {name!r}: {line}", *wheres)
