@@ -57,6 +57,8 @@ async def main() -> None:
         ):
             if text:
                 lines.append((args.robot / name, text))
+                # the words a recording says, so `vp check` can tell it still matches the config
+                (args.robot / f"{name}.txt").write_text(text + "\n", encoding="utf-8")
     for path, text in lines:
         samples = await synthesize(tts, text, args.voice, args.rate)
         write_wav(path, samples, args.rate)

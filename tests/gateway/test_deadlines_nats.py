@@ -118,7 +118,8 @@ async def test_a_hung_llm_gives_the_fallback_line_a_stage_error_and_a_fallback_t
         line = wav_pcm(DEFAULT_WAV, RATE)
         heard = b"".join(pcm for _, pcm in sink.audio)
         assert line[: len(line) - len(line) % FRAME] in heard  # the caller heard the whole line
-        assert {"type": "error", "stage": "llm", "kind": "deadline", "turn_id": "u1"} in sink.events
+        shown = {"type": "error", "stage": "llm", "kind": "deadline", "turn_id": "u1", "detail": error.detail}
+        assert shown in sink.events
     finally:
         await session.end("test")
         await hung.stop()

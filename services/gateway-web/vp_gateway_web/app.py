@@ -11,7 +11,8 @@ Protocol on ``/ws`` (close codes in ``voiceplatform.web_protocol``; docs/operati
 - server → client: binary frames of robot audio (16-bit LE mono, 16 kHz, 20 ms, paced in real time);
   JSON events: call.started, call.resumable / call.resumed (the resume token), busy, heartbeat,
   vad.speech_started, asr.final, bot.sentence, playback.flush (drop queued robot audio now:
-  barge-in), turn.metrics, error, call.ended.
+  barge-in), turn.metrics, error (refusals; a stage's failure with its stage, kind, turn_id and
+  detail), call.ended.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class GatewayWeb:
         self.directory = GatewayDirectory(bus)
         await self.directory.start()
         load.track_calls(SERVICE, lambda: len(self.sessions), self.settings.max_calls)
+        await asyncio.to_thread(self.robots.load_all)  # checked before the first call (robot.invalid)
 
     async def drain(self, timeout: float) -> None:
         """Stop taking calls; let live calls finish up to the timeout, then end them."""
@@ -176,7 +178,7 @@ class GatewayWeb:
         try:
             input_rate = int(start.get("sample_rate") or ws.query_params.get("sample_rate") or CALL_RATE)
             assembler = FrameAssembler(input_rate, CALL_RATE)
-            robot = self.robots.get(robot_name)
+            robot = self.robots.get(robot_name, new_call=True)
         except (ValueError, RobotConfigError) as exc:
             BAD_CLIENT_INPUT.labels("bad_start").inc()
             await self._refuse(

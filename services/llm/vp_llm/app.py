@@ -26,7 +26,7 @@ from voiceplatform.bus.work import WorkGivenAway, WorkSource, WorkSpec, check_st
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.config.tracks import TracksError
 from voiceplatform.logging import bind_call
-from voiceplatform.providers import LlmOptions, LlmProvider, ProviderRegistry
+from voiceplatform.providers import LlmOptions, LlmProvider, catalog
 from voiceplatform.providers.base import ProviderContext
 from voiceplatform.providers.chain import Failure, Lazy, ProviderChain
 from voiceplatform.providers.keypool import BusKeyHealthStore, KeyHealthStore
@@ -42,15 +42,7 @@ from vp_llm.turn import SERVICE, TurnOutput, build_messages
 
 log = structlog.get_logger("vp_llm")
 
-PROVIDERS = ProviderRegistry(
-    "llm",
-    {
-        "script": "vp_llm.providers.script:ScriptDialog",
-        "openai": "vp_llm.providers.openai_compat:OpenAICompatible",
-        "yandex": "vp_llm.providers.yandexgpt:YandexGpt",
-        "gemini": "vp_llm.providers.gemini:GeminiLlm",
-    },
-)
+PROVIDERS = catalog.registry("llm")
 REQUESTS_IGNORED = Counter(
     "vp_llm_requests_ignored_total", "llm.request messages not turned into a turn", ["reason"]
 )

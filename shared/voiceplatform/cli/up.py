@@ -37,6 +37,7 @@ FIRST_WORKER_PORT = 8101
 GATEWAY_FS_PORT = 8090  # where FreeSWITCH's mod_audio_stream (or `vp call --phone`) connects
 ESL_PASSWORD_FILE = "fs_esl_password"
 INFRA_URLS = ("NATS_URL", "POSTGRES_DSN", "REDIS_URL")  # unset ones: embedded servers (the dev stack)
+ROBOTS_DIR_FILE = "robots_dir"  # the robots folder the services load, for `vp call` and `vp check`
 
 
 @dataclass
@@ -228,6 +229,7 @@ def run_up(args: argparse.Namespace) -> int:
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }
+        (workdir / ROBOTS_DIR_FILE).write_text(base_env["ROBOTS_DIR"] + "\n", encoding="utf-8")
         base_env.setdefault("VP_WEB_API_KEY", dev_secret(workdir / WEB_API_KEY_FILE))
         base_env.setdefault("VP_FS_ESL_PASSWORD", dev_esl_password(workdir))
         base_env.setdefault("VP_API_TOKENS_FILE", str(ensure_tokens_file(workdir / TOKENS_FILE)))
@@ -265,7 +267,7 @@ def run_up(args: argparse.Namespace) -> int:
 
             wav = demo_caller_wav(workdir / "demo_caller.wav")
             demo_args = argparse.Namespace(
-                robot="robots/pipeline_russian",
+                robot="pipeline_russian",  # in the robots folder these services load
                 wav=wav,
                 url=f"ws://127.0.0.1:{args.port}/ws",
                 out=workdir / "demo_reply.wav",

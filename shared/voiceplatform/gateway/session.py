@@ -80,6 +80,7 @@ VOICE_TO_VOICE = Histogram(
 )
 
 FRAME_S = 0.02
+MAX_ERROR_DETAIL = 300  # characters of a stage error's detail sent to the client
 
 
 class AudioSink(Protocol):
@@ -588,9 +589,9 @@ class CallSession:
     async def _on_lifecycle(self, env: Envelope) -> Message | None:
         msg = env.message
         if isinstance(msg, StageError):
-            await self.sink.send_event(
-                {"type": "error", "stage": msg.stage, "kind": msg.kind, "turn_id": msg.turn_id}
-            )
+            # the detail is the stage's own one-line cause (providers keep secrets out of it)
+            event = {"type": "error", "stage": msg.stage, "kind": msg.kind, "turn_id": msg.turn_id}
+            await self.sink.send_event({**event, "detail": msg.detail[:MAX_ERROR_DETAIL]})
             turn = self._live_reply(msg.turn_id) if msg.turn_id else None
             if turn is None:
                 return None
