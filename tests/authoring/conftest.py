@@ -19,9 +19,9 @@ from voiceplatform import subjects
 from voiceplatform.audio import write_wav
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.devinfra import free_port
 from voiceplatform.runtime import run_service
 from voiceplatform.wire import AssignReply, StageError
+from voiceplatform_devstack.devinfra import free_port
 from vp_gateway_web.app import GatewayWeb
 from vp_gateway_web.settings import GatewayWebSettings
 
@@ -81,7 +81,7 @@ def robots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="package")
 def private_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from voiceplatform.devinfra import EmbeddedNats
+    from voiceplatform_devstack.devinfra import EmbeddedNats
 
     server = EmbeddedNats.start(tmp_path_factory.mktemp("nats"))
     try:

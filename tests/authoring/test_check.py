@@ -235,3 +235,22 @@ def test_the_shipped_robots_pass_but_for_missing_keys() -> None:
     root = Path(__file__).resolve().parents[2] / "robots"
     for folder in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
         assert check_robot(folder, author=False).lines() == [], folder.name
+
+
+def test_llm_script_robot_is_checked_against_its_manifest(robots, capsys) -> None:
+    config = {**CONFIG, "mode": "llm_script"}
+    folder = make_robot(robots, config=config, dialog=None)  # no dialog.json: the tracks answer
+    (folder / "tracks").mkdir()
+    write_wav(folder / "tracks" / "hours.wav", tone(0.5), 16000)
+    track = {"id": "hours", "file": "hours.wav", "text": "Мы работаем с девяти.", "examples": ["когда"]}
+    write_json(folder / "tracks" / "manifest.json", {"fallthrough": "tts", "tracks": [track]})
+    code, out = check(capsys, "robots/bot")
+    assert code == 0, out
+    assert "mode llm_script" in out[0] and "llm none" in out[0] and "1 tracks" in out[0]
+
+    # a manifest naming a recording that is not there: a problem line, and services refuse the robot
+    missing = {"id": "address", "file": "address.wav", "text": "Улица Ленина, десять.", "examples": ["где"]}
+    write_json(folder / "tracks" / "manifest.json", {"fallthrough": "tts", "tracks": [track, missing]})
+    code, out = check(capsys, "robots/bot")
+    assert code == 1
+    assert out == ["robots/bot/tracks/manifest.json: track 'address': tracks/address.wav: file not found"]

@@ -258,6 +258,9 @@ def check_recordings(ctx: Context) -> list[Problem]:
     return problems
 
 
+MANIFEST_FILE = "tracks/manifest.json"
+
+
 def check_track_files(folder: Path) -> list[str]:
     """Recordings a dialog.json plays from ``tracks/``: every ``tracks/*.wav`` is a readable WAV."""
     tracks = folder / "tracks"
@@ -275,11 +278,17 @@ def check_track_files(folder: Path) -> list[str]:
 def check_tracks(ctx: Context) -> list[Problem]:
     # an llm_script robot answers from tracks/: its manifest and every recording it names
     if ctx.robot.settings.mode == "llm_script":
-        lines = check_manifest(ctx.folder)
-    else:
-        lines = check_track_files(ctx.folder)
+        # "tracks/manifest.json ...: <problem>" or "track 'id': <problem>" (an entry of the manifest)
+        manifest_problems = []
+        for line in check_manifest(ctx.folder):
+            file, _, message = line.partition(": ")
+            if line.startswith("tracks/") and message:
+                manifest_problems.append(Problem(file, message))
+            else:
+                manifest_problems.append(Problem(MANIFEST_FILE, line))
+        return manifest_problems
     problems = []
-    for line in lines:
+    for line in check_track_files(ctx.folder):
         file, _, message = line.partition(": ")
         problems.append(Problem(file, message) if message else Problem("tracks", line))
     return problems
