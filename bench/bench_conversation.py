@@ -43,8 +43,8 @@ from bench.conversation_corpus import (
     build_corpus,
 )
 from bench.conversation_metrics import UttResult, analyze_call, summarize
-from voiceplatform import devinfra
 from voiceplatform.cli.up import Infra, start_services, stop_services, wait_ready
+from voiceplatform_devstack import devinfra
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 180
@@ -151,7 +151,7 @@ async def run_calls(
     robot = args.robot.name
     peer = None
     if args.phone:
-        from voiceplatform.testing import FreeSwitchPeer
+        from voiceplatform_devstack import FreeSwitchPeer
 
         peer = FreeSwitchPeer(esl_password=ESL_PASSWORD, esl_port=int(env["VP_FS_ESL_PORT"]))
         await peer.start()

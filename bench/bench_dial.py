@@ -31,11 +31,11 @@ from pydantic import SecretStr
 from voiceplatform import subjects
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.devinfra import EmbeddedNats, free_port
 from voiceplatform.runtime import run_service
-from voiceplatform.testing import FreeSwitchPeer
-from voiceplatform.testing.freeswitch_outbound import Callee
 from voiceplatform.wire import AssignReply, CallDialed, LlmSentence, Message, TtsAudio
+from voiceplatform_devstack import FreeSwitchPeer
+from voiceplatform_devstack.devinfra import EmbeddedNats, free_port
+from voiceplatform_devstack.freeswitch_outbound import Callee
 from vp_gateway_fs.app import GatewayFs
 from vp_gateway_fs.settings import GatewayFsSettings
 

@@ -42,9 +42,9 @@ from tests.failover.stack import (  # noqa: E402
     write_robot,
 )
 from voiceplatform import subjects  # noqa: E402
-from voiceplatform.devinfra import EmbeddedNats  # noqa: E402
 from voiceplatform.logging import configure_logging  # noqa: E402
 from voiceplatform.runtime.ownership import HEARTBEAT_INTERVAL_S, OWNER_TIMEOUT_S  # noqa: E402
+from voiceplatform_devstack.devinfra import EmbeddedNats  # noqa: E402
 
 LEAD, SPEECH, TAIL = 25, 150, 60
 FAULT_AT = LEAD + SPEECH // 2

@@ -6,7 +6,7 @@ TTS-instant), one process each (``--layout procs``, the default) or all in this 
 (``--layout inproc``); the recorder as its own process (``python -m vp_recorder``) on PostgreSQL and
 Redis (``POSTGRES_DSN``/``REDIS_URL``, else the loopback ones), with its own schema and stream;
 gateway-fs as its own process (``python -m vp_gateway_fs``), logged in to the FreeSWITCH peer's Event
-Socket. The peer (``voiceplatform.testing.FreeSwitchPeer``) runs in this process as the load
+Socket. The peer (``voiceplatform_devstack.FreeSwitchPeer``) runs in this process as the load
 generator: for each step of ``--calls`` it places that many concurrent calls (starts spread over up
 to 5 s), each routed by its dialed number, greeted (a synthesized greeting, cached by the gateway
 after the warm-up call) and talking in real time for ``--seconds`` (see ``bench/phone_load.py``).
@@ -67,8 +67,8 @@ from bench.phone_load import (
 from bench.platform_stack import REPO, ROBOT, ROLES, InProcessStack, ProcessStack, make_robot, tts_mode
 from bench.recorder_load import RecorderProcess, recorder_env
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.devinfra import EmbeddedNats, free_port
-from voiceplatform.testing import FreeSwitchPeer
+from voiceplatform_devstack import FreeSwitchPeer
+from voiceplatform_devstack.devinfra import EmbeddedNats, free_port
 
 PASSWORD = "bench-phone-esl-secret"
 STREAM_SECRET = "bench-phone-stream-secret"

@@ -39,34 +39,19 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 
+from bench.caller_signal import FRAME_S, GAP_FRAMES, RATE, caller_frames
 from bench.platform_report import STAGES, LevelResult, format_stages, format_table
 from bench.platform_stack import ROBOT, InProcessStack, ProcessStack, make_robot, tts_mode
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.config import RobotConfig, RobotRegistry
-from voiceplatform.devinfra import EmbeddedNats
 from voiceplatform.gateway import CallSession, GatewayDirectory
+from voiceplatform_devstack.devinfra import EmbeddedNats
 
-RATE = 16000
-FRAME_S = 0.02
-FRAME_SAMPLES = RATE // 50
-SPEECH_FRAMES = 50  # 1 s of "speech"
-GAP_FRAMES = 15  # silence after the reply before the next turn
 TURN_TIMEOUT_S = 6.0
 ASSIGN_TIMEOUT_S = 10.0
 LEAD_FRAMES = 3  # CallSession default: frames sent at once before pacing starts
 MIN_TURNS = 15  # per concurrency level, so p95 means something at concurrency 1
-
-
-def caller_frames(seed: int) -> tuple[list[bytes], bytes]:
-    rng = np.random.default_rng(seed)
-    t = np.arange(SPEECH_FRAMES * FRAME_SAMPLES) / RATE
-    speech = np.sin(2 * np.pi * 220 * t) * 4000 + rng.normal(0, 300, t.size)
-    pcm = speech.astype("<i2").tobytes()
-    step = FRAME_SAMPLES * 2
-    silence = rng.normal(0, 10, FRAME_SAMPLES).astype("<i2").tobytes()  # far below the threshold
-    return [pcm[i : i + step] for i in range(0, len(pcm), step)], silence
 
 
 class BenchSink:

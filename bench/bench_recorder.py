@@ -66,7 +66,7 @@ from bench.recorder_load import (
     wait_caught_up,
 )
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.devinfra import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, TcpGate, port_open
+from voiceplatform_devstack.devinfra import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, TcpGate, port_open
 
 # ---- infrastructure ---------------------------------------------------------------------------------
 

@@ -25,10 +25,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from voiceplatform import devinfra  # noqa: E402
 from voiceplatform.cli.call import client_voice_to_voice, place_call  # noqa: E402
 from voiceplatform.cli.demo import festival_say  # noqa: E402
 from voiceplatform.cli.up import start_services, stop_services, wait_ready  # noqa: E402
+from voiceplatform_devstack import devinfra  # noqa: E402
 
 QUESTIONS = (
     "Здравствуйте! У меня есть собака, что вы можете предложить?",

@@ -31,8 +31,8 @@ from tests.gateway_web.browser import Browser
 from tests.gateway_web.scripted_robot import SAID, SCRIPT, ScriptedRobot
 from voiceplatform.audio import write_wav
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.devinfra import EmbeddedNats, free_port
 from voiceplatform.runtime import run_service
+from voiceplatform_devstack.devinfra import EmbeddedNats, free_port
 from vp_gateway_web.app import GatewayWeb
 from vp_gateway_web.settings import GatewayWebSettings
 

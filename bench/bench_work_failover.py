@@ -31,8 +31,8 @@ from voiceplatform.bus import Envelope
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.bus.streams import WORK
 from voiceplatform.bus.work import WorkSpec, take_work
-from voiceplatform.devinfra import EmbeddedNats
 from voiceplatform.wire import LlmRequest
+from voiceplatform_devstack.devinfra import EmbeddedNats
 
 WORKER = """
 import asyncio, sys

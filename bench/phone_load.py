@@ -40,8 +40,8 @@ from voiceplatform import subjects
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.phone_stream import stream_url
-from voiceplatform.testing import FreeSwitchPeer, PeerCall, Playback
 from voiceplatform.wire import AudioChunk, Message
+from voiceplatform_devstack import FreeSwitchPeer, PeerCall, Playback
 
 RATE = 8000
 FRAME_S = 0.02

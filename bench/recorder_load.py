@@ -24,7 +24,6 @@ import nats.js
 from voiceplatform import subjects
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.clock import now_ms
-from voiceplatform.devinfra import free_port
 from voiceplatform.wire import (
     AsrFinal,
     CallEnded,
@@ -34,6 +33,7 @@ from voiceplatform.wire import (
     Message,
     TurnMetrics,
 )
+from voiceplatform_devstack.devinfra import free_port
 
 ROBOT = "bench_recorder"
 # wire type -> public event type, for the events SimulatedCall publishes

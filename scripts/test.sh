@@ -10,8 +10,8 @@ export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1
 echo "== ruff"
 ruff check .
 ruff format --check .
-echo "== mypy (strict on shared)"
-mypy -p voiceplatform
+echo "== mypy (strict on shared and the development stack)"
+mypy -p voiceplatform -p voiceplatform_devstack
 mypy -p vp_gateway_web -p vp_gateway_fs -p vp_vad -p vp_realtime -p vp_asr -p vp_llm -p vp_tts -p vp_router -p vp_recorder
 echo "== pytest"
 set +e

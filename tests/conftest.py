@@ -14,7 +14,12 @@ from voiceplatform.bus.memory import MemoryBroker
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # so tests can import tests.stand_ins and bench helpers
 
-from voiceplatform.devinfra import port_open  # noqa: E402
+from voiceplatform_devstack.devinfra import port_open  # noqa: E402
+
+# gateways record every call (VP_RECORDINGS_DIR): tests' calls go to a temporary folder, never the repo
+os.environ.setdefault(
+    "VP_RECORDINGS_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"vp-test-recordings-{os.getpid()}")
+)
 
 
 @pytest.fixture
@@ -31,7 +36,7 @@ def nats_url() -> Iterator[str]:
     if port_open("127.0.0.1", 4222):
         yield "nats://127.0.0.1:4222"
         return
-    from voiceplatform.devinfra import EmbeddedNats
+    from voiceplatform_devstack.devinfra import EmbeddedNats
 
     server = EmbeddedNats.start(Path(os.environ.get("TMPDIR", "/tmp")) / "vp-test-nats")
     try:
@@ -49,7 +54,7 @@ def postgres_dsn() -> Iterator[str]:
     if port_open("127.0.0.1", 5432):
         yield "postgresql://postgres@127.0.0.1:5432/test"
         return
-    from voiceplatform.devinfra import EmbeddedPostgres
+    from voiceplatform_devstack.devinfra import EmbeddedPostgres
 
     server = EmbeddedPostgres.start(Path(os.environ.get("TMPDIR", "/tmp")) / "vp-test-pg")
     try:
@@ -67,7 +72,7 @@ def redis_url() -> Iterator[str]:
     if port_open("127.0.0.1", 6379):
         yield "redis://127.0.0.1:6379/15"
         return
-    from voiceplatform.devinfra import EmbeddedRedis
+    from voiceplatform_devstack.devinfra import EmbeddedRedis
 
     server = EmbeddedRedis.start(Path(os.environ.get("TMPDIR", "/tmp")) / "vp-test-redis")
     try:

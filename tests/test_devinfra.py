@@ -14,7 +14,13 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from voiceplatform.devinfra import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, free_port, port_open
+from voiceplatform_devstack.devinfra import (
+    EmbeddedNats,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    free_port,
+    port_open,
+)
 
 
 def _port_of(url: str) -> int:

@@ -1,6 +1,7 @@
 """structlog JSON logging with call_id/turn_id context, secret masking and PII suppression.
 
 - ``bind_call(call_id=..., turn_id=...)`` puts ids into contextvars; every line in that task has them.
+- While traces are on (``voiceplatform.tracing``), a line with both ids also has the turn's ``trace_id``.
 - Keys named ``pii_*`` (transcripts, phone numbers, prompts) are dropped unless VP_LOG_PII=1.
 - Values of registered secrets are masked wherever they appear, and so is any value whose key looks
   like a credential (``*key``, ``*token``, ``*secret``, ``*password``, ``authorization``).
@@ -18,6 +19,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import structlog
+
+from voiceplatform.tracing import add_trace_id
 
 _SECRET_KEY = re.compile(r"(api_?key|token|secret|password|passwd|authorization|dsn)$", re.IGNORECASE)
 _secrets: set[str] = set()
@@ -85,6 +88,7 @@ def configure_logging(service: str, level: str = "INFO", json: bool | None = Non
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _scrub,

@@ -13,7 +13,7 @@ from typing import Any
 from tests.chaos.faults import restore
 from voiceplatform.cli.up import SERVICES, ServiceProcess, start_services, stop_services, wait_ready
 from voiceplatform.credentials import LocalCredentials
-from voiceplatform.devinfra import EmbeddedNats, free_port
+from voiceplatform_devstack.devinfra import EmbeddedNats, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = ("vad", "asr", "prompt-router", "llm", "tts")

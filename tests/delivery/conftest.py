@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.llm.conftest import make_openai_robot, openai_server, robots_dir
-from voiceplatform import devinfra
-from voiceplatform.devinfra import EmbeddedNats
+from voiceplatform_devstack import devinfra
+from voiceplatform_devstack.devinfra import EmbeddedNats
 
 __all__ = ["make_openai_robot", "openai_server", "robots_dir"]
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from voiceplatform.bus import natsconf, permissions
-from voiceplatform.devinfra import nats_server_binary
+from voiceplatform_devstack.devinfra import nats_server_binary
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "deploy" / "compose"

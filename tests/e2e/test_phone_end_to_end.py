@@ -129,7 +129,7 @@ async def test_a_spoofed_stream_creates_no_call_and_no_caller(platform, postgres
 
     from tests.e2e.conftest import http_get
     from voiceplatform.phone_stream import stream_url
-    from voiceplatform.testing import FreeSwitchPeer
+    from voiceplatform_devstack import FreeSwitchPeer
 
     spoofed = f"7{uuid_module.uuid4().int % 10**10:010d}"
     peer = FreeSwitchPeer(esl_password=platform.esl_password, esl_port=platform.esl_port)

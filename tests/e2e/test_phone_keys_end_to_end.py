@@ -14,7 +14,7 @@ import pytest
 from tests.audio_fixtures import festival_available
 from tests.e2e.test_call_end_to_end import stored
 from voiceplatform.phone_stream import stream_url
-from voiceplatform.testing import FreeSwitchPeer, PeerCall
+from voiceplatform_devstack import FreeSwitchPeer, PeerCall
 from vp_llm.script_loading import BUILTIN_DEFAULTS
 
 pytestmark = [

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.failover.stack import Beats, Gateway, Workers, wait_until, watch_heartbeats, write_robot
-from voiceplatform.devinfra import EmbeddedNats
+from voiceplatform_devstack.devinfra import EmbeddedNats
 
 INSTANCES = {"vad": ["vad-a", "vad-b"], "asr": ["asr-a", "asr-b"]}
 

@@ -16,7 +16,7 @@ import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from voiceplatform.testing import FreeSwitchPeer
+from voiceplatform_devstack import FreeSwitchPeer
 
 PASSWORD = "ClueCon"
 

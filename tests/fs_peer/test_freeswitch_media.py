@@ -16,7 +16,7 @@ import pytest
 
 from tests.fs_peer.helpers import PASSWORD, RawEsl, WsRecorder, ramp_pcm
 from voiceplatform.audio import write_wav
-from voiceplatform.testing import FreeSwitchPeer
+from voiceplatform_devstack import FreeSwitchPeer
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 from tests.waiting import wait_for
-from voiceplatform.testing import FreeSwitchPeer
-from voiceplatform.testing.freeswitch_outbound import Callee, human, parse_originate
+from voiceplatform_devstack import FreeSwitchPeer
+from voiceplatform_devstack.freeswitch_outbound import Callee, human, parse_originate
 
 DIAL = (
     "{origination_uuid=%s,originate_timeout=%s,vp_robot=bot,vp_var_name=%%D0%%90%%D0%%BD%%D0%%BD%%D0%%B0}"

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.fs_peer.helpers import PASSWORD, RawEsl, WsRecorder, parse_plain
-from voiceplatform.testing import FreeSwitchPeer
-from voiceplatform.testing.freeswitch_wire import FsEvent, separate_string, serialize_plain, url_encode
+from voiceplatform_devstack import FreeSwitchPeer
+from voiceplatform_devstack.freeswitch_wire import FsEvent, separate_string, serialize_plain, url_encode
 
 GOODBYE = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
 NOTICE = b"Content-Type: text/disconnect-notice\nContent-Length: 67\n\n" + GOODBYE

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.fs_peer.helpers import PASSWORD, RawEsl, WsRecorder, ramp_pcm
-from voiceplatform.testing import FreeSwitchPeer
-from voiceplatform.testing.freeswitch_player import APP_GAP_S, BROADCAST_LEAD_FRAMES, FRAME_S
+from voiceplatform_devstack import FreeSwitchPeer
+from voiceplatform_devstack.freeswitch_player import APP_GAP_S, BROADCAST_LEAD_FRAMES, FRAME_S
 
 
 @pytest.fixture

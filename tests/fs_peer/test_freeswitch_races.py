@@ -10,7 +10,7 @@ from urllib.parse import unquote
 import pytest
 
 from tests.fs_peer.helpers import PASSWORD, RawEsl, WsRecorder, parse_head, ramp_pcm
-from voiceplatform.testing import FreeSwitchPeer
+from voiceplatform_devstack import FreeSwitchPeer
 
 
 @pytest.fixture

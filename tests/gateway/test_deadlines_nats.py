@@ -24,7 +24,6 @@ from voiceplatform.audio import write_wav
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.config import load_robot
-from voiceplatform.devinfra import EmbeddedNats
 from voiceplatform.gateway import CallSession
 from voiceplatform.gateway.fallback_line import DEFAULT_TEXT, DEFAULT_WAV
 from voiceplatform.gateway.greeting import wav_pcm
@@ -37,6 +36,7 @@ from voiceplatform.wire import (
     VadSpeechEnded,
     VadSpeechStarted,
 )
+from voiceplatform_devstack.devinfra import EmbeddedNats
 from vp_recorder.events import public_event
 from vp_recorder.stored import StoredEvent
 from vp_recorder.summary import call_summary

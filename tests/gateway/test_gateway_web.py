@@ -14,10 +14,10 @@ from tests.waiting import wait_for
 from voiceplatform import subjects
 from voiceplatform.audio import write_wav
 from voiceplatform.bus import Envelope
-from voiceplatform.devinfra import free_port
 from voiceplatform.gateway.owners import PIPELINE_ROLES
 from voiceplatform.runtime import run_service
 from voiceplatform.wire import AssignReply, AudioChunk, CallEnded, CallStarted, WorkerHeartbeat
+from voiceplatform_devstack.devinfra import free_port
 from vp_gateway_web.app import GatewayWeb
 from vp_gateway_web.settings import GatewayWebSettings
 

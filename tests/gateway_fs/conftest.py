@@ -20,11 +20,11 @@ from voiceplatform import subjects
 from voiceplatform.audio import write_wav
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.devinfra import free_port
 from voiceplatform.phone_stream import stream_url
 from voiceplatform.runtime import run_service
-from voiceplatform.testing import FreeSwitchPeer, PeerCall
 from voiceplatform.wire import AssignReply, LlmSentence, Message, TtsAudio
+from voiceplatform_devstack import FreeSwitchPeer, PeerCall
+from voiceplatform_devstack.devinfra import free_port
 from vp_gateway_fs.app import GatewayFs
 from vp_gateway_fs.settings import GatewayFsSettings
 
@@ -41,7 +41,7 @@ def tone(hz: float, seconds: float, rate: int = 16000) -> np.ndarray:
 
 @pytest.fixture(scope="package")
 def private_nats(tmp_path_factory) -> Iterator[str]:
-    from voiceplatform.devinfra import EmbeddedNats
+    from voiceplatform_devstack.devinfra import EmbeddedNats
 
     server = EmbeddedNats.start(tmp_path_factory.mktemp("nats-gw-fs"))
     try:

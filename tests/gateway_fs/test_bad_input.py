@@ -12,9 +12,9 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.gateway_fs.conftest import STREAM_SECRET, Stack
 from tests.waiting import wait_for
-from voiceplatform.devinfra import free_port
 from voiceplatform.phone_stream import stream_url
 from voiceplatform.wire import AudioChunk, CallEnded, CallStarted
+from voiceplatform_devstack.devinfra import free_port
 
 
 def bad(reason: str) -> float:

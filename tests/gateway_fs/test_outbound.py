@@ -23,14 +23,6 @@ from voiceplatform import subjects
 from voiceplatform.cli.main import main
 from voiceplatform.outbound.amd import AmdConfig
 from voiceplatform.outbound.campaign import Campaign, DialTarget
-from voiceplatform.testing.freeswitch_outbound import (
-    Callee,
-    Utterance,
-    human,
-    parse_originate,
-    speech_like,
-    voicemail,
-)
 from voiceplatform.wire import (
     AsrPartial,
     CallAmd,
@@ -39,6 +31,14 @@ from voiceplatform.wire import (
     CallStarted,
     ControlInterrupt,
     PlaybackStarted,
+)
+from voiceplatform_devstack.freeswitch_outbound import (
+    Callee,
+    Utterance,
+    human,
+    parse_originate,
+    speech_like,
+    voicemail,
 )
 from vp_gateway_fs.dialer import CampaignRun, Dialer, call_variables
 from vp_gateway_fs.settings import GatewayFsSettings

@@ -19,8 +19,6 @@ from tests.gateway_fs.conftest import RATE, Stack, robot_quiet
 from tests.waiting import wait_for
 from voiceplatform import subjects
 from voiceplatform.gateway.greeting import greeting_pcm
-from voiceplatform.testing import PeerCall
-from voiceplatform.testing.freeswitch_player import Playback
 from voiceplatform.wire import (
     AsrFinal,
     CallEnded,
@@ -31,6 +29,8 @@ from voiceplatform.wire import (
     VadSpeechEnded,
     VadSpeechStarted,
 )
+from voiceplatform_devstack import PeerCall
+from voiceplatform_devstack.freeswitch_player import Playback
 
 SENTENCE_S = 1.0
 WORDS = 5  # per sentence: 200 ms a word, so a few ms of event latency never moves a word boundary

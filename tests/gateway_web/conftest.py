@@ -18,9 +18,9 @@ from voiceplatform import subjects
 from voiceplatform.audio import write_wav
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.devinfra import free_port
 from voiceplatform.runtime import run_service
 from voiceplatform.wire import AssignReply
+from voiceplatform_devstack.devinfra import free_port
 from vp_gateway_web.app import GatewayWeb
 from vp_gateway_web.settings import GatewayWebSettings
 
@@ -30,7 +30,7 @@ GREETING = "Здравствуйте! Я тестовый робот."  # the wo
 @pytest.fixture(scope="package")
 def private_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A NATS of these tests' own: no queue group is shared with other tests on the machine."""
-    from voiceplatform.devinfra import EmbeddedNats
+    from voiceplatform_devstack.devinfra import EmbeddedNats
 
     server = EmbeddedNats.start(tmp_path_factory.mktemp("nats"))
     try:

@@ -12,8 +12,8 @@ from tests.stand_ins.openai_server import OpenAIStandIn
 from voiceplatform import subjects
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.devinfra import EmbeddedNats
 from voiceplatform.wire import LlmDone, LlmRequest, LlmSentence, WorkerHeartbeat
+from voiceplatform_devstack.devinfra import EmbeddedNats
 
 
 async def test_sigterm_finishes_the_in_flight_turn_then_exits_cleanly(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from voiceplatform.outbound.amd import AmdConfig, AmdDetector, BeepWait
 from voiceplatform.outbound.template import fill
-from voiceplatform.testing.freeswitch_outbound import beep, speech_like
+from voiceplatform_devstack.freeswitch_outbound import beep, speech_like
 
 RATE = 8000
 

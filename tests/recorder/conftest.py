@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.devinfra import EmbeddedNats, TcpGate
+from voiceplatform_devstack.devinfra import EmbeddedNats, TcpGate
 from vp_recorder.app import RecorderService
 from vp_recorder.settings import RecorderSettings
 from vp_recorder.stores.postgres import quote_ident

@@ -26,9 +26,9 @@ from tests.recorder.test_directory import copy_robots
 from tests.recorder.test_recorder import T0, call_sequence, play
 from voiceplatform import subjects
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.devinfra import TcpGate, free_port
 from voiceplatform.runtime.service import build_http_app
 from voiceplatform.wire import CallEnded, CallStarted, Message
+from voiceplatform_devstack.devinfra import TcpGate, free_port
 from vp_recorder.api import MAX_LIMIT, RecorderApi, build_api
 from vp_recorder.app import RecorderService
 from vp_recorder.directory import sync_scenarios

@@ -39,7 +39,7 @@ from bench.recorder_load import (
 from tests.recorder.conftest import delete_streams
 from voiceplatform import subjects
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.devinfra import TcpGate
+from voiceplatform_devstack.devinfra import TcpGate
 
 STORES = 4  # durable consumers: postgres, redis, nats_events, reports (call logs)
 DRAIN_TIMEOUT_S = 5.0

@@ -20,8 +20,8 @@ import pymongo.errors
 import pytest
 from motor.motor_asyncio import AsyncIOMotorClient
 
-from voiceplatform.devinfra import free_port
 from voiceplatform.wire import AsrFinal, CallEnded, CallStarted, ControlInterrupt, LlmSentence, TurnMetrics
+from voiceplatform_devstack.devinfra import free_port
 from vp_recorder.mongo_migrate import MIGRATIONS, MongoDatabase, MongoMigration, apply_mongo_migrations
 from vp_recorder.stored import StoredEvent
 from vp_recorder.stores.mongo import CallReadError, MongoStore, mongo_document

@@ -28,8 +28,8 @@ from voiceplatform import subjects
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.cli.web_token import fetch_call_token
 from voiceplatform.clock import now_ms
-from voiceplatform.devinfra import free_port
 from voiceplatform.wire import GATEWAY_LOST, CallEnded, CallStarted, WorkerHeartbeat, decode
+from voiceplatform_devstack.devinfra import free_port
 from vp_recorder.app import RecorderService
 from vp_recorder.orphans import ActiveCall, PresenceBook
 from vp_recorder.settings import RecorderSettings

@@ -16,8 +16,8 @@ from structlog.testing import capture_logs
 
 from tests.recorder.test_call_log import ROBOT, call_document, call_messages, stored
 from tests.stand_ins.telegram_server import CAPTION_LIMIT, MESSAGE_LIMIT, TelegramStandIn, utf16_len
-from voiceplatform.devinfra import free_port
 from voiceplatform.wire import CallEnded, CallStarted, Message
+from voiceplatform_devstack.devinfra import free_port
 from vp_recorder.reports.call_log import write_call_log
 from vp_recorder.reports.telegram import TelegramError, TelegramReporter, clip, summary_text
 from vp_recorder.stored import StoredEvent

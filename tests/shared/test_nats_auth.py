@@ -38,8 +38,8 @@ from voiceplatform.bus.permissions import (
 )
 from voiceplatform.config.settings import ServiceSettings
 from voiceplatform.credentials import CREDENTIALS_FILE, LocalCredentials
-from voiceplatform.devinfra import EmbeddedNats
 from voiceplatform.wire import AsrFinal, ControlHangup
+from voiceplatform_devstack.devinfra import EmbeddedNats
 
 CALL = "authcall1"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "call_events_subscriber.py"

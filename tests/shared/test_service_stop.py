@@ -45,7 +45,7 @@ def settings(nats_url: str) -> ServiceSettings:
 
 async def test_stop_ends_a_service_whose_nats_refuses_its_login(tmp_path) -> None:
     from voiceplatform.credentials import LocalCredentials
-    from voiceplatform.devinfra import EmbeddedNats
+    from voiceplatform_devstack.devinfra import EmbeddedNats
 
     server = EmbeddedNats.start(tmp_path / "nats", passwords=LocalCredentials.load_or_create(tmp_path).nats)
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from voiceplatform.cli.supervisor import RestartPolicy, StatusServer, Supervisor
 from voiceplatform.cli.up import ServiceProcess
-from voiceplatform.devinfra import EmbeddedNats, free_port
+from voiceplatform_devstack.devinfra import EmbeddedNats, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,6 @@ import structlog
 
 from tests.stand_ins.elevenlabs_server import VALID_KEY, ElevenLabsStandIn, audio_for, tone_pcm16
 from voiceplatform.config import load_robot
-from voiceplatform.devinfra import free_port
 from voiceplatform.providers import (
     ProviderConnectionError,
     ProviderError,
@@ -27,6 +26,7 @@ from voiceplatform.providers import (
     ProviderStatusError,
     ProviderTimeoutError,
 )
+from voiceplatform_devstack.devinfra import free_port
 from vp_tts.providers.elevenlabs import ALAW_TO_PCM16, ElevenLabsTts, _AudioDecoder
 
 VOICE = "21m00Tcm4TlvDq8ikWAM"

@@ -249,6 +249,7 @@ class StreamHandler:
             variables=variables,
             hold_greeting=amd is not None,  # outbound: the greeting waits for AMD (amd_watch.py)
             clock=sink,  # what the caller heard: FreeSWITCH's PLAYBACK_START/STOP
+            recordings_dir=self.settings.recordings_dir,  # the gateway's stereo WAV of the call
         )
         call = PhoneCall(
             facts=facts,

@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter
 
-from voiceplatform import metrics, web_protocol
+from voiceplatform import load, metrics, web_protocol
 from voiceplatform.bus import Bus
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfigError, RobotRegistry
@@ -77,6 +77,8 @@ class GatewayWeb:
         self.bus = bus
         self.directory = GatewayDirectory(bus)
         await self.directory.start()
+        load.track_calls(SERVICE, lambda: len(self.sessions), self.settings.max_calls)
+        await asyncio.to_thread(self.robots.load_all)  # checked before the first call (robot.invalid)
 
     async def drain(self, timeout: float) -> None:
         """Stop taking calls; let live calls finish up to the timeout, then end them."""
@@ -180,7 +182,7 @@ class GatewayWeb:
         try:
             input_rate = int(start.get("sample_rate") or ws.query_params.get("sample_rate") or CALL_RATE)
             assembler = FrameAssembler(input_rate, CALL_RATE)
-            robot = self.robots.get(robot_name)
+            robot = self.robots.get(robot_name, new_call=True)
         except (ValueError, RobotConfigError) as exc:
             BAD_CLIENT_INPUT.labels("bad_start").inc()
             await self._refuse(
@@ -205,6 +207,7 @@ class GatewayWeb:
             directory=self.directory,
             caller=(grant["caller"] or str(start.get("caller", "")))[:64],
             gateway_id=self.settings.instance_id,
+            recordings_dir=self.settings.recordings_dir,
         )
         call = WebCall(
             session, sink, assembler, AudioRate(input_rate * 2, self.settings.audio_burst_s), robot_name

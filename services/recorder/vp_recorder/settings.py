@@ -48,6 +48,11 @@ class RecorderSettings(ServiceSettings):
     orphan_after_s: float = 10.0
     orphan_sweep_every_s: float = 1.0
 
+    # call recordings (VP_RECORDINGS_DIR): deleted this many days after the call, marked gone in
+    # PostgreSQL (recording_deletions); 0 keeps them forever. The sweeper runs every sweep period.
+    recording_retention_days: float = Field(default=30.0, ge=0)
+    recording_sweep_every_s: float = Field(default=3600.0, gt=0)
+
     # JSON call logs under <call_logs_dir or robots_dir>/<robot>/logs/
     call_logs: bool = True
     call_logs_dir: Path | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from voiceplatform import subjects
+from voiceplatform import load, subjects, tracing
 from voiceplatform.bus import Bus
 from voiceplatform.bus.work import check_still_ours
 from voiceplatform.wire import LlmSentence, TtsAudio
@@ -45,10 +45,20 @@ class SentenceOutput:
 
     async def _publish(self, pcm: bytes, last: bool) -> None:
         check_still_ours()  # this process stalled and the sentence went to another: stop here
+        s = self.sentence
         if pcm and self.first_audio_ms is None:
             self.first_audio_ms = (time.monotonic() - self.received_at) * 1000
             FIRST_AUDIO_MS.observe(self.first_audio_ms)
-        s = self.sentence
+            tracing.span(
+                "tts.first_audio",
+                s.call_id,
+                s.turn_id,
+                self.first_audio_ms,
+                robot=s.robot,
+                provider=self.provider,
+                sentence=s.index,
+            )
+            load.observe_turn("tts", self.first_audio_ms / 1000)
         await self.bus.publish(
             self.subject,
             TtsAudio(

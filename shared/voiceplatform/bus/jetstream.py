@@ -2,7 +2,9 @@
 consumers with explicit acks, and read-back of one call's events.
 
 Publishers keep using core NATS publish (no JetStream ack on the call path): the stream captures
-those subjects on the server, so a consumer that is down, slow or restarting misses nothing.
+those subjects on the server, so a consumer that is down, slow or restarting misses nothing. On a
+NATS cluster (``VP_JS_REPLICAS`` > 1) ``NatsBus.publish`` sends them with an ack instead, because a
+stream electing a new leader drops core publishes (docs/deploy-cluster.md).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class StreamSpec:
     max_bytes: int = -1
     duplicate_window_s: float = 120.0
     retention: RetentionPolicy = RetentionPolicy.LIMITS
+    replicas: int = 1  # VP_JS_REPLICAS: 3 on a NATS cluster (docs/deploy-cluster.md)
 
     def config(self) -> StreamConfig:
         return StreamConfig(
@@ -47,6 +50,7 @@ class StreamSpec:
             max_bytes=self.max_bytes,
             duplicate_window=self.duplicate_window_s,
             retention=self.retention,
+            num_replicas=self.replicas,
         )
 
 

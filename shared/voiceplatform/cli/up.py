@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from voiceplatform.cli.devstack import required_for
 from voiceplatform.cli.supervisor import StatusServer, Supervisor
 from voiceplatform.config.api_tokens import TOKENS_FILE, ensure_tokens_file
 
@@ -35,6 +36,8 @@ WEB_API_KEY_FILE = "web_api_key"  # the key an embedding site (or `vp call`) sen
 FIRST_WORKER_PORT = 8101
 GATEWAY_FS_PORT = 8090  # where FreeSWITCH's mod_audio_stream (or `vp call --phone`) connects
 ESL_PASSWORD_FILE = "fs_esl_password"
+INFRA_URLS = ("NATS_URL", "POSTGRES_DSN", "REDIS_URL")  # unset ones: embedded servers (the dev stack)
+ROBOTS_DIR_FILE = "robots_dir"  # the robots folder the services load, for `vp call` and `vp check`
 
 
 @dataclass
@@ -75,27 +78,27 @@ class Infra:
         self.service_env: dict[str, dict[str, str]] = {}  # per service name: its NATS credentials
 
     def start(self) -> None:
-        from voiceplatform import devinfra
         from voiceplatform.credentials import LocalCredentials
+
+        unset = [name for name in INFRA_URLS if not os.environ.get(name)]
+        self.env.update({name: os.environ[name] for name in INFRA_URLS if name not in unset})
+        if not unset:
+            return
+        with required_for(f"vp up without {', '.join(unset)} (embedded servers)"):
+            from voiceplatform_devstack import devinfra
 
         # embedded servers get passwords generated at first start (<workdir>/credentials.json, 0600)
         creds = LocalCredentials.load_or_create(self.workdir)
-        if os.environ.get("NATS_URL"):
-            self.env["NATS_URL"] = os.environ["NATS_URL"]
-        else:
+        if "NATS_URL" in unset:
             nats = devinfra.EmbeddedNats.start(self.workdir / "nats", passwords=creds.nats)
             self._servers.append(nats)
             self.env["NATS_URL"] = nats.url
             self.service_env = {name: creds.nats_env(name) for name, _ in SERVICES}
-        if os.environ.get("POSTGRES_DSN"):
-            self.env["POSTGRES_DSN"] = os.environ["POSTGRES_DSN"]
-        else:
+        if "POSTGRES_DSN" in unset:
             pg = devinfra.EmbeddedPostgres.start(self.workdir / "postgres", password=creds.postgres)
             self._servers.append(pg)
             self.env["POSTGRES_DSN"] = pg.dsn
-        if os.environ.get("REDIS_URL"):
-            self.env["REDIS_URL"] = os.environ["REDIS_URL"]
-        else:
+        if "REDIS_URL" in unset:
             redis = devinfra.EmbeddedRedis.start(self.workdir / "redis", password=creds.redis)
             self._servers.append(redis)
             self.env["REDIS_URL"] = redis.url
@@ -145,6 +148,14 @@ def start_services(
     for p in procs:
         p.start()
     return procs
+
+
+def console_url(procs: list[ServiceProcess]) -> str | None:
+    """The operator console of the first recorder (it serves the recorder API on the same port)."""
+    for p in procs:
+        if p.module == "vp_recorder":
+            return f"http://127.0.0.1:{p.env['VP_HTTP_PORT']}/console/"
+    return None
 
 
 def stop_services(procs: list[ServiceProcess], timeout: float = 20.0) -> None:
@@ -218,9 +229,12 @@ def run_up(args: argparse.Namespace) -> int:
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }
+        (workdir / ROBOTS_DIR_FILE).write_text(base_env["ROBOTS_DIR"] + "\n", encoding="utf-8")
         base_env.setdefault("VP_WEB_API_KEY", dev_secret(workdir / WEB_API_KEY_FILE))
         base_env.setdefault("VP_FS_ESL_PASSWORD", dev_esl_password(workdir))
         base_env.setdefault("VP_API_TOKENS_FILE", str(ensure_tokens_file(workdir / TOKENS_FILE)))
+        # every call's stereo WAV (gateways write, the recorder serves and sweeps): docs/operations.md
+        base_env.setdefault("VP_RECORDINGS_DIR", str(workdir / "data" / "recordings"))
         print(
             f"recorder API bearer tokens (operator, readonly): {base_env['VP_API_TOKENS_FILE']}", flush=True
         )
@@ -234,6 +248,13 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"the pipeline did not become ready ({health}); see the logs in {logs}", file=sys.stderr)
             return 1
         print(f"ready: open http://127.0.0.1:{args.port} to talk to a robot from the browser", flush=True)
+        console = console_url(procs)
+        if console is not None:
+            print(
+                f"operator console and recorder API: {console} (sign in with the operator= token in "
+                f"{base_env['VP_API_TOKENS_FILE']}); call recordings in {base_env['VP_RECORDINGS_DIR']}",
+                flush=True,
+            )
         print(f"call tokens for an embedding site: POST /tokens with the key in {workdir / WEB_API_KEY_FILE}")
         print("or: vp call --robot robots/pipeline_russian --wav caller.wav", flush=True)
         print(
@@ -246,7 +267,7 @@ def run_up(args: argparse.Namespace) -> int:
 
             wav = demo_caller_wav(workdir / "demo_caller.wav")
             demo_args = argparse.Namespace(
-                robot="robots/pipeline_russian",
+                robot="pipeline_russian",  # in the robots folder these services load
                 wav=wav,
                 url=f"ws://127.0.0.1:{args.port}/ws",
                 out=workdir / "demo_reply.wav",

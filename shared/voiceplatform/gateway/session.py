@@ -7,12 +7,13 @@ import contextlib
 import time
 import uuid
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 from prometheus_client import Counter, Histogram
 
-from voiceplatform import metrics, subjects
+from voiceplatform import load, metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfig
@@ -25,6 +26,12 @@ from voiceplatform.gateway.handover import call_summary
 from voiceplatform.gateway.heard import PlaybackClock
 from voiceplatform.gateway.owners import GatewayDirectory, owned_roles_for
 from voiceplatform.gateway.playout import Playout
+from voiceplatform.gateway.recording import (
+    RecordingSink,
+    close_recording,
+    open_recording,
+    recording_event,
+)
 from voiceplatform.gateway.turn_keeper import TurnKeeper
 from voiceplatform.gateway.turn_policy import Cut
 from voiceplatform.gateway.turns import Turn, TurnKind, TurnState, TurnTable
@@ -74,6 +81,7 @@ VOICE_TO_VOICE = Histogram(
 )
 
 FRAME_S = 0.02
+MAX_ERROR_DETAIL = 300  # characters of a stage error's detail sent to the client
 
 
 class AudioSink(Protocol):
@@ -108,14 +116,18 @@ class CallSession:
         variables: dict[str, str] | None = None,
         hold_greeting: bool = False,
         clock: PlaybackClock | None = None,
+        recordings_dir: Path | None = None,
     ) -> None:
         self.bus = bus
         self.robot = robot
         self.channel = channel
         self.sample_rate = sample_rate
-        self.sink = sink
         self.directory = directory
         self.call_id = subjects.check_token(call_id or new_call_id(channel))
+        # the call's stereo WAV (gateway/recording.py): None without a recordings dir or when the
+        # robot turned it off; the sink wrapper places the robot audio as it is played
+        self.recording = open_recording(recordings_dir, robot, self.call_id, sample_rate)
+        self.sink: AudioSink = sink if self.recording is None else RecordingSink(sink, self.recording)
         self.caller = caller
         self.gateway_id = gateway_id
         self.lead_frames = lead_frames
@@ -146,7 +158,7 @@ class CallSession:
         self.keeper = TurnKeeper(
             call_id=self.call_id,
             bus=bus,
-            sink=sink,
+            sink=self.sink,
             playout=self.playout,
             settings=robot.settings,
             sample_rate=sample_rate,
@@ -219,6 +231,10 @@ class CallSession:
                 ),
             )
             log.info("call.started", robot=self.robot.name, channel=self.channel, rate=self.sample_rate)
+            if self.recording is not None:
+                await self.bus.publish(
+                    subjects.lifecycle(self.call_id), recording_event(self.call_id, self.recording)
+                )
             if not self.hold_greeting:
                 await self._start_greeting()
             self._spawn(self._playout_loop(), "playout")
@@ -265,6 +281,11 @@ class CallSession:
                     ),
                 )
             log.info("call.ended", reason=reason, duration_ms=duration, turns=self.turns_completed)
+            if self.recording is not None and close_recording(self.call_id, self.recording):
+                with contextlib.suppress(Exception):
+                    await self.bus.publish(
+                        subjects.lifecycle(self.call_id), recording_event(self.call_id, self.recording)
+                    )
             if self.directory is not None:
                 self.directory.unregister(self.call_id)
             for sub in self._subs:
@@ -289,6 +310,8 @@ class CallSession:
         if self.ended:
             return
         chunk = AudioChunk(call_id=self.call_id, seq=self._seq, sample_rate=self.sample_rate, pcm=frame)
+        if self.recording is not None:
+            self.recording.caller(frame)
         self.streaming.audio_log.keep(self._seq, frame)  # replayed to a new vad/asr owner
         self._seq += 1
         await self.bus.publish(subjects.audio_in(self.call_id), chunk)
@@ -404,6 +427,7 @@ class CallSession:
                 turn.advance(TurnState.SPEAKING)
             if turn.speech_end_ts_ms:
                 VOICE_TO_VOICE.observe(ts - turn.speech_end_ts_ms)
+                load.observe_turn(load.gateway_of(self.channel), (ts - turn.speech_end_ts_ms) / 1000)
         if turn_id == self.greeting_turn:
             GREETING_LATENCY.observe(ts - self._started_ms)
             log.info("call.greeting_started", after_ms=ts - self._started_ms)
@@ -479,6 +503,8 @@ class CallSession:
         turn.expects_reply = True
         turn.first_sentence_ts_ms = turn.first_sentence_ts_ms or msg.ts_ms
         turn.sentences[msg.index] = msg.text
+        if msg.track:
+            turn.tracks[msg.index] = msg.track
         turn.clock.sentence(msg.index, now_ms())
         self.playout.turn(msg.turn_id).sentence(msg.index).text = msg.text
         await self.sink.send_event(
@@ -576,15 +602,10 @@ class CallSession:
             await self.sink.send_event(event | {"from_prompt": msg.from_prompt, "matched": msg.matched})
             return None
         if isinstance(msg, StageError):
+            # the detail is the stage's own one-line cause (providers keep secrets out of it)
+            event = {"type": "error", "stage": msg.stage, "kind": msg.kind, "turn_id": msg.turn_id}
             await self.sink.send_event(
-                {
-                    "type": "error",
-                    "stage": msg.stage,
-                    "kind": msg.kind,
-                    "detail": msg.detail,
-                    "retryable": msg.retryable,
-                    "turn_id": msg.turn_id,
-                }
+                {**event, "detail": msg.detail[:MAX_ERROR_DETAIL], "retryable": msg.retryable}
             )
             turn = self._live_reply(msg.turn_id) if msg.turn_id else None
             if turn is None:

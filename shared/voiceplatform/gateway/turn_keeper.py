@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from prometheus_client import Counter
 
-from voiceplatform import subjects
+from voiceplatform import subjects, tracing
 from voiceplatform.bus import Bus
 from voiceplatform.clock import now_ms
 from voiceplatform.config.robot import RobotSettings
@@ -178,6 +178,7 @@ class TurnKeeper:
     # ---- final turns -------------------------------------------------------------------------------
     async def report(self, turn: Turn) -> None:
         """The turn is final: publish its figures (once) and tell the client."""
+        tracing.turn_finished(self.call_id, turn, self.settings.name)
         if turn.kind is TurnKind.GREETING:
             return  # the record keeps the greeting from its sentence and playback events
         if turn.state is TurnState.DONE:

@@ -1,12 +1,5 @@
-"""Test doubles the product itself uses (``vp call --phone``, bench/): a FreeSWITCH peer.
+"""Fakes with knobs and contract test bases that ship with the product.
 
-Nothing here imports from ``tests/``; the stand-ins there are for cloud vendors only.
+The FreeSWITCH peer and the embedded servers are not here: they are the development stack,
+``voiceplatform_devstack`` (shared/devstack, docs/devstack.md), which production images do not install.
 """
-
-from voiceplatform.testing.freeswitch import FreeSwitchPeer
-from voiceplatform.testing.freeswitch_call import PeerCall
-from voiceplatform.testing.freeswitch_esl import EslCommand
-from voiceplatform.testing.freeswitch_player import Playback
-from voiceplatform.testing.freeswitch_wire import FsEvent
-
-__all__ = ["EslCommand", "FreeSwitchPeer", "FsEvent", "PeerCall", "Playback"]
