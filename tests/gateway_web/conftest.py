@@ -48,6 +48,7 @@ def robots(tmp_path: Path) -> Path:
             json.dumps({"llm": {"provider": "openai"}, "greeting_text": GREETING})
         )
         write_wav(root / name / "greeting.wav", (np.ones(1600) * 500).astype(np.int16), 16000)
+        (root / name / "greeting.wav.txt").write_text(GREETING, encoding="utf-8")  # what it says
     return root
 
 
