@@ -40,11 +40,14 @@ local function put_entry(role, turn_id, text, ts_ms, interrupted, append, final)
   end
   if append then
     local new = entry_json(role, text, turn_id, ts_ms, interrupted)
-    -- in time order even when an event comes late: before the first recent entry after it
+    -- in time order even when an event comes late: before the first recent entry after it (at
+    -- the same millisecond, a turn's caller words come before its reply)
     local at = tonumber(ts_ms)
     for i = 1, #recent do
       local ts = tonumber(string.match(recent[i], '"ts_ms":(%d+)') or '0')
-      if ts > at then
+      local reply_of_turn = role == 'user' and string.find(recent[i], want_turn, 1, true)
+        and string.find(recent[i], '{"role":"assistant",', 1, true) == 1
+      if ts > at or (ts == at and reply_of_turn) then
         redis.call('LINSERT', hist, 'BEFORE', recent[i], new)
         return false
       end
