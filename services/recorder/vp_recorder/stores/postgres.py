@@ -30,9 +30,12 @@ CONNECT_TIMEOUT_S = 5.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 COMMAND_TIMEOUT_S = 10.0
 
-_INSERT_EVENT = """
+# a whole batch in one statement (column arrays)
+_INSERT_EVENTS = """
 INSERT INTO call_events (call_id, seq, type, turn_id, at, subject, data)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+SELECT call_id, seq, type, turn_id, at, subject, data::jsonb
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[])
+    AS e(call_id, seq, type, turn_id, at, subject, data)
 ON CONFLICT (call_id, seq) DO NOTHING
 """
 
@@ -57,8 +60,9 @@ ON CONFLICT (call_id) DO UPDATE SET
     updated_at = now()
 """
 
-_ENSURE_CALL = """
-INSERT INTO calls (call_id, started_at) VALUES ($1, $2) ON CONFLICT (call_id) DO NOTHING
+_ENSURE_CALLS = """
+INSERT INTO calls (call_id, started_at)
+SELECT * FROM unnest($1::text[], $2::timestamptz[]) ON CONFLICT (call_id) DO NOTHING
 """
 
 _UPSERT_TURN = """
@@ -110,23 +114,36 @@ SELECT count(pg_advisory_xact_lock(k)) FROM (
 ) AS claimed
 """
 
+# one pass over the events and turns of the batch's calls (not one scan per column and call)
 _REFRESH_CALLS = """
+WITH ids AS (SELECT DISTINCT unnest($1::text[]) AS call_id),
+ev AS (
+    SELECT e.call_id,
+           count(DISTINCT e.turn_id) FILTER (WHERE e.type = 'turn.metrics') AS turns,
+           count(DISTINCT e.turn_id) FILTER (
+               WHERE e.type = 'control.interrupt' AND e.data->>'by_turn_id' <> ''
+                 AND COALESCE(e.data->>'reason', 'barge_in') = 'barge_in') AS barge_ins,
+           count(*) FILTER (WHERE e.type = 'stage.error') AS errors,
+           (array_agg(e.data->>'to_prompt' ORDER BY e.at DESC, e.seq DESC)
+                FILTER (WHERE e.type = 'prompt.switched'))[1] AS last_prompt
+    FROM call_events e JOIN ids USING (call_id) GROUP BY e.call_id
+),
+tu AS (
+    SELECT t.call_id,
+           round(percentile_cont(0.5) WITHIN GROUP (ORDER BY t.voice_to_voice_ms)) AS p50,
+           max(t.voice_to_voice_ms) AS max
+    FROM call_turns t JOIN ids USING (call_id) GROUP BY t.call_id
+)
 UPDATE calls c SET
-    turns = (SELECT count(DISTINCT e.turn_id) FROM call_events e
-             WHERE e.call_id = c.call_id AND e.type = 'turn.metrics'),
-    barge_ins = (SELECT count(DISTINCT e.turn_id) FROM call_events e
-                 WHERE e.call_id = c.call_id AND e.type = 'control.interrupt'
-                   AND e.data->>'by_turn_id' <> ''
-                   AND COALESCE(e.data->>'reason', 'barge_in') = 'barge_in'),
-    errors = (SELECT count(*) FROM call_events e WHERE e.call_id = c.call_id AND e.type = 'stage.error'),
-    last_prompt = COALESCE((SELECT e.data->>'to_prompt' FROM call_events e
-                            WHERE e.call_id = c.call_id AND e.type = 'prompt.switched'
-                            ORDER BY e.at DESC, e.seq DESC LIMIT 1), c.last_prompt),
-    voice_to_voice_p50_ms = (SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY t.voice_to_voice_ms))
-                             FROM call_turns t WHERE t.call_id = c.call_id),
-    voice_to_voice_max_ms = (SELECT max(t.voice_to_voice_ms) FROM call_turns t WHERE t.call_id = c.call_id),
+    turns = COALESCE(ev.turns, 0),
+    barge_ins = COALESCE(ev.barge_ins, 0),
+    errors = COALESCE(ev.errors, 0),
+    last_prompt = COALESCE(ev.last_prompt, c.last_prompt),
+    voice_to_voice_p50_ms = tu.p50,
+    voice_to_voice_max_ms = tu.max,
     updated_at = now()
-WHERE c.call_id = ANY($1::text[])
+FROM ids LEFT JOIN ev USING (call_id) LEFT JOIN tu USING (call_id)
+WHERE c.call_id = ids.call_id
 """
 
 # call.started before call.ended: the ended call's duration may come from its start
@@ -206,9 +223,9 @@ class PostgresStore:
         statements = _statements(events)
         async with conn.transaction():
             await conn.execute(_CLAIM_CALLS, call_ids)
-            await conn.executemany(_INSERT_EVENT, [_event_row(e) for e in events])
+            await conn.execute(_INSERT_EVENTS, *zip(*(_event_row(e) for e in events), strict=True))
             # any event may come before call.started (several recorders, redelivery): the row first
-            await conn.executemany(_ENSURE_CALL, [(c, ms_to_datetime(earliest[c])) for c in call_ids])
+            await conn.execute(_ENSURE_CALLS, call_ids, [ms_to_datetime(earliest[c]) for c in call_ids])
             for statement, rows in statements.items():
                 await conn.executemany(statement, rows)
             for event in events:
