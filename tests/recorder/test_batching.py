@@ -10,11 +10,13 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from nats.aio.msg import Msg
 from redis.asyncio.connection import AbstractConnection
 
 from bench.recorder_load import SimulatedCall
 from tests.recorder.conftest import new_call_id, settle
 from tests.recorder.test_recorder import StartRecorder, call_sequence, play
+from voiceplatform.bus.jetstream import stream_sequence
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.wire import encode
 from vp_recorder.ledger import CallLedger
@@ -200,3 +202,15 @@ async def test_the_ledger_forgets_ended_calls_first_beyond_its_bound() -> None:
     assert not ledger.complete(first.call_id) and ledger.complete(second.call_id)
     assert await ledger.read_call(first.call_id) == [e for e in events if e.call_id == first.call_id]
     assert stream.reads == 1
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.VP_CALL_EVENTS.recorder_redis.2.4242.17.1765000000000000000.3",
+        "$JS.ACK.hub.ACCHASH.VP_CALL_EVENTS.recorder_redis.2.4242.17.1765000000000000000.3.tok",
+    ],
+)
+def test_the_stream_sequence_is_the_clients_reading_of_the_ack_subject(reply: str) -> None:
+    msg = Msg(_client=None, subject="vp.call.x.lifecycle", reply=reply)  # type: ignore[arg-type]
+    assert stream_sequence(msg) == msg.metadata.sequence.stream == 4242
