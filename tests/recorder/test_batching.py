@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -190,6 +191,12 @@ async def test_the_ledger_answers_from_memory_only_for_a_call_it_saw_whole() -> 
     assert stream.reads == 1
     await other.read_call(split)  # the read serves the call's later readers
     assert stream.reads == 1
+    # readers asking at the same moment (the Redis and NATS stores at a call's end) share one read
+    third = CallLedger(stream)
+    note_all(third, [e for e in events if e.seq % 5])
+    both = await asyncio.gather(third.read_call(split), third.read_call(split))
+    assert both[0] == both[1] == [e for e in events if e.call_id == split]
+    assert stream.reads == 2
 
 
 async def test_the_ledger_forgets_ended_calls_first_beyond_its_bound() -> None:

@@ -16,6 +16,7 @@ are read back).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from voiceplatform.wire import CallEnded, CallStarted, decode
@@ -45,6 +46,7 @@ class CallLedger:
         self._active: dict[str, _Call] = {}  # in the order they were first noted
         self._ended: dict[str, _Call] = {}  # in the order they ended
         self._events = 0
+        self._reading: dict[str, asyncio.Future[list[StoredEvent]]] = {}
 
     def note(self, seq: int, event: StoredEvent | None, data: bytes) -> None:
         """A fetched stream message: ``event`` is None when it did not decode."""
@@ -74,8 +76,12 @@ class CallLedger:
         call = self._active.get(call_id) or self._ended.get(call_id)
         if call is not None and self._is_whole(call):
             return _decoded(call)
-        self.read_backs += 1
-        events = await self.fallback.read_call(call_id)
+        reading = self._reading.get(call_id)
+        if reading is None:  # one read-back of a call at a time, shared by its readers
+            reading = self._reading[call_id] = asyncio.ensure_future(self._read_back(call_id))
+            reading.add_done_callback(lambda _: self._reading.pop(call_id, None))
+        events = await asyncio.shield(reading)
+        call = self._active.get(call_id) or self._ended.get(call_id)
         if call is None:
             return events
         for event in events:
@@ -84,6 +90,10 @@ class CallLedger:
                 self._events += 1
         call.read_through = max([call.read_through, *(e.seq for e in events)])
         return _decoded(call)
+
+    async def _read_back(self, call_id: str) -> list[StoredEvent]:
+        self.read_backs += 1
+        return await self.fallback.read_call(call_id)
 
     def _is_whole(self, call: _Call) -> bool:
         if call.last_seq <= call.read_through:
