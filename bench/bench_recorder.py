@@ -14,8 +14,8 @@ asr.final, llm.done, control.interrupt (every third turn is a barge-in) and turn
     - the stream is new and one connection publishes, so the k-th published event has sequence k;
     - each store's consumer reads the stream in order and writes batch after batch, so once an event
       is stored every earlier one is: it is enough to follow the highest sequence stored;
-    - PostgreSQL: the highest sequence in ``call_events`` among the calls with events outstanding
-      (one primary-key probe per call); a batch is one transaction, visible at once;
+    - PostgreSQL: the highest sequence in ``call_events`` among the calls of the next 64 outstanding
+      events (one primary-key probe per call); a batch is one transaction, visible at once;
     - Redis: every event but control.interrupt leaves a mark on its call (history length, turn count,
       status), known in advance from what was published; one pipeline reads the marks of the calls of
       the next outstanding events;
@@ -214,6 +214,9 @@ SELECT max(last.seq) FROM unnest($1::text[]) AS c(call_id),
 """
 
 
+WINDOW = 64  # outstanding events whose calls a watcher reads per poll
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
@@ -222,10 +225,14 @@ def percentile(values: list[float], q: float) -> float:
 async def watch_postgres(
     pg: asyncpg.Connection, traffic: CallTraffic, points: list[tuple[float, int]], poll_s: float
 ) -> None:
-    """Append (moment, highest committed sequence) each time it grows; runs until cancelled."""
+    """Append (moment, highest committed sequence) each time it grows; runs until cancelled.
+
+    Any committed sequence shows every earlier one committed, so the calls of the next outstanding
+    events are enough to follow the front (their latest events are near it); probing every call
+    with events outstanding loaded PostgreSQL and this process as much as the recorder did."""
     seen = 0
     while True:
-        outstanding = list({p.call_id for p in traffic.published[seen:]})
+        outstanding = list({p.call_id for p in traffic.published[seen : seen + WINDOW]})
         if outstanding:
             top = await pg.fetchval(_MAX_SEQ, outstanding)
             if top is not None and top > seen:
@@ -258,7 +265,7 @@ async def watch_redis(
             elif p.type in ("call.started", "call.ended"):
                 mark[2] = max(mark[2], 1 if p.type == "call.started" else 2)
             marks.append((p.call_id, (mark[0], mark[1], mark[2])) if p.type != "control.interrupt" else None)
-        window = [(seq, marks[seq - 1]) for seq in range(seen + 1, min(len(marks), seen + 64) + 1)]
+        window = [(seq, marks[seq - 1]) for seq in range(seen + 1, min(len(marks), seen + WINDOW) + 1)]
         calls = sorted({m[0] for _, m in window if m is not None})
         if calls:
             async with client.pipeline(transaction=False) as pipe:
