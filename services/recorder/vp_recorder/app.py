@@ -23,6 +23,7 @@ from voiceplatform.bus.nats import NatsBus
 from vp_recorder.api import RecorderApi, build_api
 from vp_recorder.console_routes import console_routes
 from vp_recorder.consumer import Parker, StoreConsumer
+from vp_recorder.ledger import CallLedger
 from vp_recorder.live import LiveEvents
 from vp_recorder.metrics import SERVICE
 from vp_recorder.orphans import OrphanSweeper
@@ -76,6 +77,7 @@ class RecorderService:
         self.sweeper: OrphanSweeper | None = None
         self.recording_sweeper: RecordingSweeper | None = None
         self.live = LiveEvents()
+        self.ledger: CallLedger | None = None
         # made before start(): the runner builds the HTTP app before it starts the service
         self.api = RecorderApi(settings)
 
@@ -126,12 +128,14 @@ class RecorderService:
         parker = Parker(js, s.stream_name)
         reader = JetStreamCallReader(js, s.stream_name)
         self.api.reader = reader
-        for store in self.build_stores(bus, reader):
+        # the stores' views of a call come from what the consumers fetched, read back only if partial
+        self.ledger = CallLedger(reader, max_events=s.call_memory_events)
+        for store in self.build_stores(bus, self.ledger):
             source = DurableConsumer(
                 js, s.stream_name, f"{s.durable_prefix}_{store.name}", ack_wait_s=s.ack_wait_s
             )
             consumer = StoreConsumer(
-                store, source, parker, s.batch_max, s.store_retry_min_s, s.store_retry_max_s
+                store, source, parker, s.batch_max, s.store_retry_min_s, s.store_retry_max_s, self.ledger
             )
             self.consumers.append(consumer)
             consumer.start()
@@ -181,6 +185,8 @@ class RecorderService:
             "instance_id": self.settings.instance_id,
             "stream": self.settings.stream_name,
             "stores": stores,
+            # calls read back from the stream for a view (0 while one recorder has them all)
+            "call_read_backs": self.ledger.read_backs if self.ledger is not None else 0,
         }
 
     def asgi_app(self) -> Starlette | None:

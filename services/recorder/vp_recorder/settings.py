@@ -30,6 +30,9 @@ class RecorderSettings(ServiceSettings):
     durable_prefix: str = "recorder"
     # events handed to a store at once (one Postgres transaction when catching up)
     batch_max: int = 500
+    # call events kept in memory (raw, ~0.3 kB each) so a call's summary, log and transcript are
+    # built without reading the call back from the stream; calls beyond it are read back
+    call_memory_events: int = 100_000
     # an event not acked this long after delivery is delivered again (to this or another recorder)
     ack_wait_s: float = 30.0
 
