@@ -231,6 +231,16 @@ class CallSession:
                 ),
             )
             log.info("call.started", robot=self.robot.name, channel=self.channel, rate=self.sample_rate)
+            # the client hears of its call before anything of the call (the greeting's words)
+            await self.sink.send_event(
+                {
+                    "type": "call.started",
+                    "call_id": self.call_id,
+                    "sample_rate": self.sample_rate,
+                    "robot": self.robot.name,
+                    "prompt": self.robot.settings.router.default_prompt,
+                }
+            )
             if self.recording is not None:
                 await self.bus.publish(
                     subjects.lifecycle(self.call_id), recording_event(self.call_id, self.recording)
@@ -245,15 +255,6 @@ class CallSession:
                 self._spawn(self.keeper.watch_silence(lambda: self.ended), "no-input")
             if self.robot.settings.deadlines.enabled and self.robot.settings.mode != "realtime":
                 self._spawn(self.keeper.watch_deadlines(lambda: self.ended), "deadlines")
-            await self.sink.send_event(
-                {
-                    "type": "call.started",
-                    "call_id": self.call_id,
-                    "sample_rate": self.sample_rate,
-                    "robot": self.robot.name,
-                    "prompt": self.robot.settings.router.default_prompt,
-                }
-            )
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self._tasks.spawn(coro, key=name, name=f"{self.call_id}-{name}")
