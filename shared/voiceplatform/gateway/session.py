@@ -566,6 +566,9 @@ class CallSession:
                 ("transfer", "transferred") if isinstance(msg, ControlTransfer) else ("record", "recorded")
             )
             kind, detail = f"{what}_unsupported", f"a {self.channel} call cannot be {done} by the platform"
+            if isinstance(msg, ControlRecord):  # control.record drives FreeSWITCH's own recorder
+                kept = "is recorded by the gateway" if self.recording is not None else "is not recorded"
+                detail = f"control.record is FreeSWITCH's recorder; this {self.channel} call {kept}"
             log.warning("call.control_unsupported", kind=kind)
             await self._publish_error(self.channel_stage, kind, detail)
         return None
