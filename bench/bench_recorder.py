@@ -14,8 +14,8 @@ asr.final, llm.done, control.interrupt (every third turn is a barge-in) and turn
     - the stream is new and one connection publishes, so the k-th published event has sequence k;
     - each store's consumer reads the stream in order and writes batch after batch, so once an event
       is stored every earlier one is: it is enough to follow the highest sequence stored;
-    - PostgreSQL: the highest sequence in ``call_events`` among the calls with events outstanding
-      (one primary-key probe per call); a batch is one transaction, visible at once;
+    - PostgreSQL: the highest sequence in ``call_events`` among the calls of the next 64 outstanding
+      events (one primary-key probe per call); a batch is one transaction, visible at once;
     - Redis: every event but control.interrupt leaves a mark on its call (history length, turn count,
       status), known in advance from what was published; one pipeline reads the marks of the calls of
       the next outstanding events;
@@ -24,7 +24,8 @@ asr.final, llm.done, control.interrupt (every third turn is a barge-in) and turn
       no mark, takes the moment of the next event that does).
     Persisted/s = events / (last event persisted - first event published): the offered rate while the
     recorder keeps up, when the lag of the last third of the events is also no higher than the first.
-    Recorder CPU is its process's user + system time over the same span. At the end the bench checks
+    Recorder CPU is its process's user + system time over the same span (all of them with
+    ``--recorders`` N: N processes sharing the durable consumers). At the end the bench checks
     nothing was lost or duplicated (``call_events`` rows = published events, at their sequences).
 
 (ii) catch-up: ``--calls`` concurrent calls at a call's pace (``--call-rate`` events/s each), the
@@ -35,6 +36,7 @@ asr.final, llm.done, control.interrupt (every third turn is a barge-in) and turn
     the time until every event published before the return is committed (``caught up``).
 
     .venv/bin/python bench/bench_recorder.py [--rate 100 400] [--duration 20] [--calls 50] [--outage 30]
+        [--recorders 1]
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ class Run:
     workdir: Path
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     proc: RecorderProcess | None = None
+    others: list[RecorderProcess] = field(default_factory=list)  # more instances on the same consumers
     bus: NatsBus | None = None
     pg: asyncpg.Connection | None = None
     redis: aioredis.Redis | None = None
@@ -153,19 +156,24 @@ class Run:
     def prefix(self) -> str:
         return f"bench-{self.tag}"
 
-    async def start(self, postgres_dsn: str | None = None, **settings: object) -> None:
+    async def start(self, postgres_dsn: str | None = None, recorders: int = 1, **settings: object) -> None:
         env = recorder_env(
             self.infra.nats_url, postgres_dsn or self.infra.postgres_dsn, self.infra.redis_url, self.schema,
             self.stream, call_logs_dir=self.workdir / "call_logs", **settings,
         )  # fmt: skip
         self.proc = RecorderProcess(env, self.workdir)
-        await self.proc.start()
-        await self.proc.wait_stores()
+        self.others = [RecorderProcess(env, self.workdir, f"recorder-{n}") for n in range(2, recorders + 1)]
+        for proc in (self.proc, *self.others):
+            await proc.start()
+        for proc in (self.proc, *self.others):
+            await proc.wait_stores()
         self.bus = await NatsBus.connect(self.infra.nats_url, "bench-gateway")
         self.pg = await asyncpg.connect(self.infra.postgres_dsn, server_settings={"search_path": self.schema})
         self.redis = aioredis.from_url(self.infra.redis_url)
 
     async def close(self) -> None:
+        for proc in self.others:
+            await proc.stop()
         if self.proc is not None:
             await self.proc.stop()
         if self.bus is not None:
@@ -180,6 +188,9 @@ class Run:
             async for key in self.redis.scan_iter(match=f"call:{self.prefix}-*"):
                 await self.redis.delete(key)
             await self.redis.aclose()
+
+    def cpu_seconds(self) -> float:
+        return sum(proc.cpu_seconds() for proc in (self.proc, *self.others) if proc is not None)
 
     async def check_exact(self, published: list[Published]) -> None:
         """``call_events`` holds the published events, each once, at the sequence it was published at."""
@@ -203,6 +214,9 @@ SELECT max(last.seq) FROM unnest($1::text[]) AS c(call_id),
 """
 
 
+WINDOW = 64  # outstanding events whose calls a watcher reads per poll
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
@@ -211,10 +225,14 @@ def percentile(values: list[float], q: float) -> float:
 async def watch_postgres(
     pg: asyncpg.Connection, traffic: CallTraffic, points: list[tuple[float, int]], poll_s: float
 ) -> None:
-    """Append (moment, highest committed sequence) each time it grows; runs until cancelled."""
+    """Append (moment, highest committed sequence) each time it grows; runs until cancelled.
+
+    Any committed sequence shows every earlier one committed, so the calls of the next outstanding
+    events are enough to follow the front (their latest events are near it); probing every call
+    with events outstanding loaded PostgreSQL and this process as much as the recorder did."""
     seen = 0
     while True:
-        outstanding = list({p.call_id for p in traffic.published[seen:]})
+        outstanding = list({p.call_id for p in traffic.published[seen : seen + WINDOW]})
         if outstanding:
             top = await pg.fetchval(_MAX_SEQ, outstanding)
             if top is not None and top > seen:
@@ -247,7 +265,7 @@ async def watch_redis(
             elif p.type in ("call.started", "call.ended"):
                 mark[2] = max(mark[2], 1 if p.type == "call.started" else 2)
             marks.append((p.call_id, (mark[0], mark[1], mark[2])) if p.type != "control.interrupt" else None)
-        window = [(seq, marks[seq - 1]) for seq in range(seen + 1, min(len(marks), seen + 64) + 1)]
+        window = [(seq, marks[seq - 1]) for seq in range(seen + 1, min(len(marks), seen + WINDOW) + 1)]
         calls = sorted({m[0] for _, m in window if m is not None})
         if calls:
             async with client.pipeline(transaction=False) as pipe:
@@ -301,11 +319,18 @@ class Sustained:
 
 
 async def sustained(
-    infra: Infra, workdir: Path, rate: float, duration: float, calls: int, turns: int, poll_ms: float
+    infra: Infra,
+    workdir: Path,
+    rate: float,
+    duration: float,
+    calls: int,
+    turns: int,
+    poll_ms: float,
+    recorders: int = 1,
 ) -> Sustained:
     run = Run(infra, workdir / f"sustained-{rate:g}")
     try:
-        await run.start()
+        await run.start(recorders=recorders)
         assert run.bus is not None and run.pg is not None and run.redis is not None and run.proc is not None
         traffic = CallTraffic(run.bus, run.prefix, calls, turns, rate, spread=True)
         pg_points: list[tuple[float, int]] = []
@@ -314,14 +339,14 @@ async def sustained(
             asyncio.create_task(watch_postgres(run.pg, traffic, pg_points, poll_ms / 1000)),
             asyncio.create_task(watch_redis(run.redis, traffic, redis_points, poll_ms / 1000)),
         ]
-        cpu_before, started = run.proc.cpu_seconds(), time.perf_counter()
+        cpu_before, started = run.cpu_seconds(), time.perf_counter()
         publishing = asyncio.create_task(traffic.run())
         await asyncio.sleep(duration)
         traffic.stop_new_calls()
         await publishing
         n = len(traffic.published)
         await wait_caught_up(run.bus.jetstream(), run.stream, n, 4, within_s=120 + n / 100)
-        cpu_s, wall_s = run.proc.cpu_seconds() - cpu_before, time.perf_counter() - started
+        cpu_s, wall_s = run.cpu_seconds() - cpu_before, time.perf_counter() - started
         deadline = time.monotonic() + 10  # the watchers' last observations
         while (
             time.monotonic() < deadline and min(p[-1][1] if p else 0 for p in (pg_points, redis_points)) < n
@@ -468,6 +493,7 @@ async def main() -> None:
     parser.add_argument("--call-rate", type=float, default=2.0, help="(ii) events/s of one call")
     parser.add_argument("--warmup", type=float, default=5.0, help="(ii) seconds before the outage")
     parser.add_argument("--outage", type=float, default=30.0, help="(ii) seconds PostgreSQL is away")
+    parser.add_argument("--recorders", type=int, default=1, help="(i) recorder processes sharing the work")
     parser.add_argument("--only", choices=("sustained", "catch-up"), help="run one part only")
     parser.add_argument("--postgres-dsn", default=os.environ.get("POSTGRES_DSN"))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
@@ -484,7 +510,14 @@ async def main() -> None:
                 for rate in args.rate:
                     results.append(
                         await sustained(
-                            infra, workdir, rate, args.duration, args.calls, args.turns, args.poll_ms
+                            infra,
+                            workdir,
+                            rate,
+                            args.duration,
+                            args.calls,
+                            args.turns,
+                            args.poll_ms,
+                            args.recorders,
                         )
                     )
                 print(sustained_table(results), flush=True)

@@ -16,6 +16,11 @@ sys.path.insert(0, str(REPO))  # so tests can import tests.stand_ins and bench h
 
 from voiceplatform_devstack.devinfra import port_open  # noqa: E402
 
+# gateways record every call (VP_RECORDINGS_DIR): tests' calls go to a temporary folder, never the repo
+os.environ.setdefault(
+    "VP_RECORDINGS_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"vp-test-recordings-{os.getpid()}")
+)
+
 
 @pytest.fixture
 def broker() -> MemoryBroker:

@@ -155,7 +155,10 @@ async def test_the_browser_page_and_robot_list_are_served(gateway):
     base, *_ = gateway
     async with httpx.AsyncClient() as client:
         page = await client.get(f"http://{base}/")
+        client_js = await client.get(f"http://{base}/static/client.js")
         robots = await client.get(f"http://{base}/robots")
-    assert page.status_code == 200 and "getUserMedia" in page.text and "/ws" in page.text
-    assert "playback.flush" in page.text  # the page drops queued robot audio on barge-in
+    assert page.status_code == 200 and "/static/ui.js" in page.text
+    assert client_js.status_code == 200 and "javascript" in client_js.headers["content-type"]
+    assert "getUserMedia" in client_js.text and "/ws" in client_js.text
+    assert "playback.flush" in client_js.text  # the page drops queued robot audio on barge-in
     assert robots.json()["robots"] == ["bot", "broken"] and robots.json()["default"] == ["bot"]

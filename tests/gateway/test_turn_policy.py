@@ -163,3 +163,12 @@ def test_a_caller_who_stopped_inside_the_turn_is_judged_by_words_not_by_the_time
     y = Turn("y", speech_start_ts_ms=T0 + 100)
     y.speech_paused = True  # "ага", then silence the VAD has not yet called the end of the turn
     assert policy(backchannel_max_ms=900).on_caller_speaking([x], y, T0 + 2000) == []
+
+
+def test_the_turn_record_names_the_tracks_it_played_unless_the_fallback_replaced_them() -> None:
+    turn = Turn("t1", state=TurnState.THINKING)
+    turn.sentences[0], turn.tracks[0] = "С девяти до шести.", "hours"
+    assert turn.metrics("c1").track == "hours" and turn.metrics("c1").bot_text == "С девяти до шести."
+    assert Turn("t2").metrics("c1").track == ""  # a synthesized reply
+    turn.fallback_stage, turn.fallback_text = "audio", "Простите, заминка."
+    assert turn.metrics("c1").track == "" and turn.metrics("c1").bot_text == "Простите, заминка."

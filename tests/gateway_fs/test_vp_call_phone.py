@@ -115,7 +115,8 @@ async def test_vp_call_phone_command_prints_the_same_report(platform: Platform, 
     out = tmp_path / "reply.wav"
     secrets = {"VP_FS_ESL_PASSWORD": PASSWORD, "VP_FS_STREAM_SECRET": STREAM_SECRET}
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, **secrets, "PYTHONPATH": path}
+    # the robots folder the platform serves: vp call calls a robot folder only from there
+    env = {**os.environ, **secrets, "PYTHONPATH": path, "ROBOTS_DIR": str(platform.robots)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -123,7 +124,7 @@ async def test_vp_call_phone_command_prints_the_same_report(platform: Platform, 
         "call",
         "--phone",
         "--robot",
-        str(platform.robots / ROBOT),
+        ROBOT,  # by name: its folder's instant engines exist only in the platform's processes
         "--wav",
         str(wav),
         "--out",
@@ -151,7 +152,9 @@ async def test_vp_call_phone_command_prints_the_same_report(platform: Platform, 
         "reply_wav",
         "turns",
         "client_voice_to_voice_ms",
+        "failures",
     }
+    assert report["failures"] == []
     assert report["robot"] == ROBOT and report["call_id"].startswith("phone-")
     assert [t["user_text"] for t in report["turns"]] == [ASR_TEXT]
     assert len(report["client_voice_to_voice_ms"]) == 1 and report["client_voice_to_voice_ms"][0] is not None

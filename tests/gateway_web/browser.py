@@ -4,6 +4,7 @@ protocol, and a TCP proxy whose connections can be cut as a network drop would."
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import shutil
@@ -55,26 +56,65 @@ class DroppingProxy:
 
 
 class Browser:
-    """One headless Chromium page with a fake microphone; ``js`` evaluates an expression in it."""
+    """One headless Chromium page driven over the DevTools protocol; ``js`` evaluates in the page.
 
-    def __init__(self, profile: Path) -> None:
+    ``mic_wav``: what the fake microphone says (looped); ``allow_mic``: the permission prompt is
+    accepted (fake UI) or, when False, the microphone is denied to every page; ``fake_mic``: False
+    leaves the browser with the machine's own devices (none here). ``hosts`` maps a name to
+    127.0.0.1 (``voice.test``: a non-localhost http origin, not a secure context). Uncaught page
+    errors are collected in ``errors``.
+    """
+
+    def __init__(
+        self,
+        profile: Path,
+        *,
+        mic_wav: Path | None = None,
+        allow_mic: bool = True,
+        fake_mic: bool = True,
+        hosts: tuple[str, ...] = (),
+    ) -> None:
         self.profile = profile
+        self.mic_wav = mic_wav
+        self.allow_mic = allow_mic
+        self.fake_mic = fake_mic
+        self.hosts = hosts
         self.proc: asyncio.subprocess.Process | None = None
         self.ws: ClientConnection | None = None
+        self.errors: list[str] = []
         self._id = 0
+
+    def flags(self) -> list[str]:
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--autoplay-policy=no-user-gesture-required",
+            "--window-size=900,1000",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={self.profile}",
+        ]
+        if self.allow_mic:
+            flags.append("--use-fake-ui-for-media-stream")
+        if self.fake_mic:
+            flags.append("--use-fake-device-for-media-stream")
+        if self.mic_wav is not None:
+            flags.append(f"--use-file-for-fake-audio-capture={self.mic_wav}")
+        if self.hosts:
+            flags.append("--host-resolver-rules=" + ",".join(f"MAP {h} 127.0.0.1" for h in self.hosts))
+        return flags
 
     async def start(self) -> None:
         assert CHROMIUM is not None
+        self.profile.mkdir(parents=True, exist_ok=True)
         self.proc = await asyncio.create_subprocess_exec(
             CHROMIUM,
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream",
-            "--autoplay-policy=no-user-gesture-required",
-            "--remote-debugging-port=0",
-            f"--user-data-dir={self.profile}",
+            *self.flags(),
             "about:blank",
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -87,8 +127,22 @@ class Browser:
         port = int(port_file.read_text().split()[0])
         async with httpx.AsyncClient() as client:
             targets = (await client.get(f"http://127.0.0.1:{port}/json/list")).json()
+            version = (await client.get(f"http://127.0.0.1:{port}/json/version")).json()
         page = next(t for t in targets if t["type"] == "page")
-        self.ws = await connect(page["webSocketDebuggerUrl"], max_size=2**24)
+        self.ws = await connect(page["webSocketDebuggerUrl"], max_size=2**26)
+        await self._call("Runtime.enable")
+        if not self.allow_mic:
+            async with connect(version["webSocketDebuggerUrl"]) as browser_ws:
+                await browser_ws.send(
+                    json.dumps(
+                        {
+                            "id": 1,
+                            "method": "Browser.setPermission",
+                            "params": {"permission": {"name": "audio_capture"}, "setting": "denied"},
+                        }
+                    )
+                )
+                await browser_ws.recv()
 
     async def _call(self, method: str, **params: Any) -> dict[str, Any]:
         assert self.ws is not None
@@ -96,13 +150,17 @@ class Browser:
         await self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
         while True:
             message = json.loads(await self.ws.recv())
+            if message.get("method") == "Runtime.exceptionThrown":
+                details = message["params"]["exceptionDetails"]
+                self.errors.append(str(details.get("exception", {}).get("description") or details))
             if message.get("id") == self._id:
                 return dict(message.get("result", {}))
 
-    async def open(self, url: str) -> None:
+    async def open(self, url: str, ready: str = "document.getElementById('robot')?.options.length") -> None:
+        """Navigate, then wait until the page is loaded and ``ready`` (the robot list) is truthy."""
         await self._call("Page.navigate", url=url)
         for _ in range(300):
-            if await self.js("document.readyState") == "complete" and await self.js("robot.options.length"):
+            if await self.js("document.readyState") == "complete" and await self.js(ready):
                 return
             await asyncio.sleep(0.1)
 
@@ -110,7 +168,27 @@ class Browser:
         result = await self._call(
             "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
         )
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
         return result.get("result", {}).get("value")
+
+    async def text(self, element_id: str) -> str:
+        return str(await self.js(f"document.getElementById({element_id!r}).textContent"))
+
+    async def until(self, expression: str, timeout: float = 30.0) -> Any:
+        """Wait until ``expression`` is truthy in the page; returns its value."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            value = await self.js(expression)
+            if value or loop.time() > deadline:
+                assert value, f"page never had: {expression}"
+                return value
+            await asyncio.sleep(0.1)
+
+    async def screenshot(self, path: Path) -> None:
+        shot = await self._call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        await asyncio.to_thread(path.write_bytes, base64.b64decode(shot["data"]))
 
     async def stop(self) -> None:
         if self.ws is not None:

@@ -24,6 +24,8 @@ from voiceplatform_devstack.devinfra import free_port
 from vp_gateway_web.app import GatewayWeb
 from vp_gateway_web.settings import GatewayWebSettings
 
+GREETING = "Здравствуйте! Я тестовый робот."  # the words of the robots' greeting.wav
+
 
 @pytest.fixture(scope="package")
 def private_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -42,8 +44,11 @@ def robots(tmp_path: Path) -> Path:
     root = tmp_path / "robots"
     for name in ("bot", "bot2"):
         (root / name).mkdir(parents=True)
-        (root / name / "config.json").write_text(json.dumps({"llm": {"provider": "openai"}}))
+        (root / name / "config.json").write_text(
+            json.dumps({"llm": {"provider": "openai"}, "greeting_text": GREETING})
+        )
         write_wav(root / name / "greeting.wav", (np.ones(1600) * 500).astype(np.int16), 16000)
+        (root / name / "greeting.wav.txt").write_text(GREETING, encoding="utf-8")  # what it says
     return root
 
 

@@ -43,6 +43,8 @@ async def test_at_the_limit_callers_hear_busy_and_admitted_calls_go_on(gateway_f
         async with httpx.AsyncClient() as client:
             health = (await client.get(f"http://{gw.base}/health")).json()
         assert health["active_calls"] == 2 and health["max_calls"] == 2
+        # the load an autoscaler reads (voiceplatform.load): calls owned out of capacity
+        assert health["load"]["gateway-web"] == {"calls_owned": 2, "capacity": 2, "load_ratio": 1.0}
         for ws in (first, second):  # the admitted calls still take audio
             for _ in range(5):
                 await ws.send(FRAME)

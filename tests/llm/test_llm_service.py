@@ -51,6 +51,8 @@ def request(
 async def llm(broker: MemoryBroker, robots_dir: Path) -> AsyncIterator[LlmService]:
     service = LlmService(LlmSettings(), robots=RobotRegistry(robots_dir))
     await service.start(broker.bus("llm"))
+    # start-up embeds the script robots' examples; a turn before that is decided by keywords only
+    await service.examples_embedded(timeout_s=120)
     yield service
     await service.drain(1.0)
 

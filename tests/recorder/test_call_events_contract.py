@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import pytest
 import yaml
@@ -30,6 +31,7 @@ from voiceplatform.wire import (
     CallAmd,
     CallDialed,
     CallEnded,
+    CallRecording,
     CallStarted,
     ControlInterrupt,
     Message,
@@ -53,6 +55,7 @@ SCHEMA_OF_TYPE = {
     "call.ended": "CallEndedEvent",
     "call.dialed": "CallDialedEvent",
     "call.amd": "CallAmdEvent",
+    "call.recording": "CallRecordingEvent",
 }
 
 
@@ -148,6 +151,8 @@ def a_call(call_id: str) -> list[StoredEvent]:
                    ts_ms=t0 - 10),
         CallStarted(call_id=call_id, robot="topic_prompts_russian", channel="phone", sample_rate=8000,
                     ts_ms=t0),
+        CallRecording(call_id=call_id, action="start", path=f"/rec/{call_id}.wav", format="wav", channels=2,
+                      ts_ms=t0 + 1),
         # the greeting: no caller speech to measure from
         TurnMetrics(call_id=call_id, turn_id=f"{call_id}-greeting", bot_text="Здравствуйте!", ts_ms=t0 + 900,
                     first_sentence_ts_ms=t0 + 100, first_audio_ts_ms=t0 + 300, first_played_ts_ms=t0 + 320),
@@ -164,6 +169,8 @@ def a_call(call_id: str) -> list[StoredEvent]:
         StageError(call_id=call_id, stage="tts", kind="timeout", detail="slow", turn_id="u3",
                    ts_ms=t0 + 7000),
         CallEnded(call_id=call_id, reason="hangup", duration_ms=9000, turns=3, ts_ms=t0 + 9000),
+        CallRecording(call_id=call_id, action="stop", path=f"/rec/{call_id}.wav", format="wav", channels=2,
+                      duration_ms=8999, ts_ms=t0 + 9001),
     ]  # fmt: skip
     return [StoredEvent(seq, f"vp.call.{call_id}.lifecycle", m) for seq, m in enumerate(messages, 100)]
 
@@ -182,8 +189,8 @@ def public_payloads(events: list[StoredEvent]) -> list[dict[str, Any]]:
 def test_payloads_from_wire_messages_validate(doc: dict[str, Any]) -> None:
     payloads = public_payloads(a_call("contract-1"))
     assert [p["type"] for p in payloads] == [
-        "call.dialed", "call.started", "turn.completed", "call.amd", "prompt.switched", "turn.completed",
-        "barge_in", "call.ended",
+        "call.dialed", "call.started", "call.recording", "turn.completed", "call.amd", "prompt.switched",
+        "turn.completed", "barge_in", "call.ended", "call.recording",
     ]  # fmt: skip
     any_event = validator(doc, "CallEvent")
     for payload in payloads:
@@ -191,11 +198,14 @@ def test_payloads_from_wire_messages_validate(doc: dict[str, Any]) -> None:
         any_event.validate(payload)
         assert payload["id"].startswith("contract-1:")
     # the greeting: nothing measured from caller speech (null), but its TTS stage took 200 ms
-    greeting_latency = payloads[2]["data"]["latency"]
+    greeting_latency = payloads[3]["data"]["latency"]
     assert len(greeting_latency) == 7
     assert {k: v for k, v in greeting_latency.items() if v is not None} == {"tts_latency_ms": 200}
-    assert payloads[5]["data"]["latency"]["voice_to_voice_ms"] == 812
-    assert payloads[-1]["data"]["summary"]["errors"] == 1
+    assert payloads[6]["data"]["latency"]["voice_to_voice_ms"] == 812
+    assert payloads[-2]["data"]["summary"]["errors"] == 1
+    assert payloads[-1]["data"] == {
+        "action": "stop", "path": "/rec/contract-1.wav", "format": "wav", "channels": 2, "duration_ms": 8999,
+    }  # fmt: skip
 
 
 def broken(payload: dict[str, Any], path: list[str], value: Any = ...) -> dict[str, Any]:
@@ -231,6 +241,8 @@ def broken(payload: dict[str, Any], path: list[str], value: Any = ...) -> dict[s
         ("call.ended", ["ts_ms"], "yesterday"),
         ("call.dialed", ["data", "outcome"], "maybe"),
         ("call.amd", ["data", "result"], ...),
+        ("call.recording", ["data", "action"], "pause"),
+        ("call.recording", ["data", "path"], ...),
     ],
 )
 def test_broken_payloads_fail(doc: dict[str, Any], event_type: str, path: list[str], value: Any) -> None:
@@ -284,11 +296,11 @@ async def finish(proc: asyncio.subprocess.Process, within_s: float = 15) -> tupl
 async def test_example_subscriber_prints_each_event_once_and_exits(nats_url: str) -> None:
     call_id = f"sub-{uuid.uuid4().hex[:10]}"
     greeting = f"{call_id}-greeting"
-    outbound = ("call.dialed", "call.amd")
+    left_out = ("call.dialed", "call.amd", "call.recording")  # the subscriber's example call only
     payloads = [
         p
         for p in public_payloads(a_call(call_id))
-        if p["data"].get("turn_id") != greeting and p["type"] not in outbound
+        if p["data"].get("turn_id") != greeting and p["type"] not in left_out
     ]
     assert [p["type"] for p in payloads] == ["call.started", "prompt.switched", "turn.completed", "barge_in",
                                              "call.ended"]  # fmt: skip
@@ -317,3 +329,16 @@ async def test_example_subscriber_stops_on_sigint(nats_url: str) -> None:
     returncode, lines, stderr = await finish(proc)
     assert returncode == 0, stderr
     assert lines == []
+
+
+def test_a_played_track_is_named_in_turn_completed(doc: dict[str, Any]) -> None:
+    """llm_script robots: the recorded track the reply played (additive; null when synthesized)."""
+    metrics = TurnMetrics(call_id="contract-5", turn_id="t1", user_text="когда вы работаете")
+    played = msgspec.structs.replace(metrics, bot_text="С девяти до шести.", track="hours")
+    payloads = [public_event(m, f"contract-5:{n}") for n, m in enumerate((metrics, played))]
+    assert [p["data"]["track"] for p in payloads if p] == [None, "hours"]
+    schema = validator(doc, "TurnCompletedEvent")
+    for payload in payloads:
+        assert payload is not None
+        schema.validate(payload)
+    assert not schema.is_valid(broken(payloads[1], ["data", "track"], 7))  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ ROBOTS = REPO / "robots"
 REPO_SCENARIOS = {
     ("pipeline_russian", "default"),
     ("realtime_russian", "default"),
+    ("llm_script_russian", "default"),
     ("topic_prompts_russian", "default"),
     ("topic_prompts_russian", "pets"),
     ("topic_prompts_russian", "earning"),
@@ -66,7 +67,7 @@ def copy_robots(into: Path, rename: dict[str, str] | None = None) -> Path:
     robots = into / "robots"
     for folder in sorted(p for p in ROBOTS.iterdir() if (p / "config.json").is_file()):
         target = robots / (rename or {}).get(folder.name, folder.name)
-        shutil.copytree(folder, target, ignore=shutil.ignore_patterns("*.wav", "tracks", "logs", ".env"))
+        shutil.copytree(folder, target, ignore=shutil.ignore_patterns("*.wav", "logs", ".env"))
     return robots
 
 
@@ -172,6 +173,8 @@ async def test_sync_the_repository_robots_then_nothing_changes(db: asyncpg.Conne
     assert main["config"]["prompt"] == (ROBOTS / "pipeline_russian" / "prompt.txt").read_text("utf-8").strip()
     assert datetime.fromisoformat(main["updated_at"]).tzinfo is not None
     assert await get_scenario(db, "pipeline_russian", "pets") is None
+    clinic = await get_scenario(db, "llm_script_russian", "default")  # an llm_script robot's recordings
+    assert clinic is not None and clinic["config"]["tracks"]["fallthrough"] == "not_understood"
 
 
 async def test_a_changed_prompt_rewrites_only_its_row(db: asyncpg.Connection, tmp_path: Path) -> None:

@@ -416,3 +416,33 @@ async def test_sigterm_during_catch_up_exits_cleanly_and_the_restart_finishes(ha
     await third.wait_stores()
     await harness.settle(traffic)
     await harness.assert_exactly_recorded(traffic, exact_history=True)
+
+
+async def test_two_recorders_share_the_consumers_exactly_once_with_right_summaries(harness: Harness) -> None:
+    # small batches: the two processes take turns on every consumer, so most calls are split
+    # between them (a call.ended may be written by one before the other has the call's turns)
+    first = await harness.start_recorder(batch_max=7)
+    second = await harness.start_recorder(batch_max=7)
+    await asyncio.gather(first.wait_stores(), second.wait_stores())
+    traffic = harness.traffic(concurrent=8, turns=6, rate=200, total_calls=16)
+    await harness.publish(traffic)
+    await harness.settle(traffic)
+    await harness.assert_exactly_recorded(traffic, exact_history=True)
+
+    for proc in (first, second):
+        health = await proc.health()
+        assert health is not None
+        assert health["stores"]["postgres"]["written"] > 0, "both recorders wrote"
+    # each call's summary is whole whichever recorder published its call.ended
+    for public in (harness.public, harness.redis_public):
+        ended = {
+            e["call_id"]: e["data"]["summary"]
+            for e in public
+            if e["type"] == "call.ended" and e["call_id"] in traffic.calls  # Redis is shared
+        }
+        assert set(ended) == set(traffic.calls)
+        for call in traffic.calls.values():
+            summary = ended[call.call_id]
+            barge_ins = sum(1 for n in range(1, call.turns + 1) if call.interrupted(n))
+            got = (summary["turns"], summary["barge_ins"], summary["robot"])
+            assert got == (call.turns, barge_ins, ROBOT)

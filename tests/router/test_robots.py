@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from voiceplatform.config import load_robot
+from voiceplatform.config.tracks import check_tracks
 from vp_llm.script_engine import DialogScript, DialogScriptError
 from vp_router.routing import PromptRoutes
 
@@ -32,7 +33,9 @@ def test_robot_loads_and_its_script_is_valid(folder: Path) -> None:
     assert robot.system_prompt, "prompt.txt must not be empty"
     for prompt_id, text in robot.prompts.items():
         assert text.strip(), f"prompt {prompt_id} is empty"
-    uses_script = robot.settings.mode != "realtime" and robot.settings.llm.provider == "script"
+    uses_script = robot.settings.mode == "pipeline" and robot.settings.llm.provider == "script"
+    if robot.settings.mode == "llm_script":
+        assert check_tracks(folder) == []  # its recordings and their manifest
     if uses_script or robot.dialog_path.is_file():
         script = DialogScript.load(robot.dialog_path)  # validates start, every next, every intent
         assert script.start in script.nodes

@@ -23,7 +23,7 @@ from voiceplatform import metrics
 from voiceplatform.bus import Bus
 from voiceplatform.config import AsrConfig, RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.logging import mask_secrets
-from voiceplatform.providers import AsrProvider, ProviderError, ProviderRegistry
+from voiceplatform.providers import AsrProvider, ProviderError, ProviderRegistry, catalog
 from voiceplatform.providers.base import ProviderBase, ProviderContext
 from voiceplatform.providers.registry import RobotProviders, UnknownProvider
 from voiceplatform.runtime import TaskRegistry
@@ -37,14 +37,7 @@ from vp_asr.vocabulary import VocabularyFiles
 log = structlog.get_logger("vp_asr.app")
 
 ROLE = "asr"
-ASR_PROVIDERS = ProviderRegistry(
-    "asr",
-    {
-        "whisper": "vp_asr.providers.whisper:WhisperAsr",
-        # cloud: built per robot (its keys and options), one instance shared by the robot's calls
-        "yandex": "vp_asr.providers.yandex:YandexAsr",
-    },
-)
+ASR_PROVIDERS = catalog.registry("asr")
 
 
 class AsrService:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from voiceplatform import metrics, subjects, tracing
+from voiceplatform import load, metrics, subjects, tracing
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.logging import bind_call
@@ -430,6 +430,7 @@ class AsrSession:
         await self.bus.publish(subjects.asr(self.call_id), final)
         tracing.span("asr.final", self.call_id, final.turn_id, processing_ms, provider=provider)
         metrics.STAGE_LATENCY.labels(SERVICE, "asr").observe(processing_ms)
+        load.observe_turn(SERVICE, processing_ms / 1000)
         log.info(
             "asr.final",
             audio_ms=audio_ms,

@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, WebSocket
 
+from voiceplatform import load
 from voiceplatform.bus import Bus
 from voiceplatform.config import RobotRegistry
 from voiceplatform.gateway import GatewayDirectory
@@ -109,6 +110,11 @@ class GatewayFs:
             self.outbox = FrameOutbox(bus, self.settings.fs_audio_batch_ms, SERVICE)
         self.directory = GatewayDirectory(bus)
         await self.directory.start()
+        # FreeSWITCH decides where calls go: max_calls is this gateway's planned share, for scaling
+        load.track_calls(SERVICE, lambda: len(self.calls), self.settings.max_calls)
+        await asyncio.to_thread(
+            self.router.registry.load_all
+        )  # checked before the first call (robot.invalid)
         self._esl_task = asyncio.create_task(self.esl.run(), name="esl")
 
     async def drain(self, timeout: float) -> None:

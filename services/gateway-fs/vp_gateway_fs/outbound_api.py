@@ -76,7 +76,7 @@ def outbound_router(gw: GatewayFs) -> APIRouter:
         except (ValidationError, ValueError) as exc:
             raise HTTPException(422, str(exc)[:1000]) from None
         try:
-            gw.router.registry.get(spec.robot)
+            gw.router.registry.get(spec.robot, new_call=True)
         except RobotConfigError as exc:
             raise HTTPException(422, f"robot {spec.robot!r}: {exc}"[:300]) from None
         try:

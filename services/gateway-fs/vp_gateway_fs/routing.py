@@ -108,9 +108,11 @@ class RobotRouter:
     def route(self, meta: StreamMeta) -> tuple[RobotConfig, str]:
         """The robot for this stream and how it was chosen (``robot``/``number``/``default``)."""
         if meta.robot:
-            robot = self._load(meta.robot) if meta.robot in self.registry.names() else None
-            if robot is not None:
-                return robot, "robot"
+            if meta.robot in self.registry.names():
+                try:
+                    return self.registry.get(meta.robot, new_call=True), "robot"
+                except RobotConfigError as exc:  # refused by its checks: the cause, not another robot
+                    raise RoutingError("bad_robot", str(exc)) from None
             log.warning("routing.unknown_robot_key", robot=meta.robot[:64])
         name = self.by_number(meta.dnis) if meta.dnis else None
         how = "number"
@@ -121,6 +123,6 @@ class RobotRouter:
                 "no_route", f"no robot for number {meta.dnis or '(none)'} and no VP_FS_DEFAULT_ROBOT"
             )
         try:
-            return self.registry.get(name), how
+            return self.registry.get(name, new_call=True), how
         except RobotConfigError as exc:
             raise RoutingError("bad_robot", str(exc)) from None

@@ -251,6 +251,7 @@ class StreamHandler:
             clock=sink,  # what the caller heard: FreeSWITCH's PLAYBACK_START/STOP
             outbox=gw.outbox,
             frames_per_message=self.settings.fs_frames_per_message,
+            recordings_dir=self.settings.recordings_dir,  # the gateway's stereo WAV of the call
         )
         call = PhoneCall(
             facts=facts,

@@ -10,8 +10,10 @@ Protocol on ``/ws`` (close codes in ``voiceplatform.web_protocol``; docs/operati
   ``{"type": "dtmf", "digits": "1#"}`` (keypad keys, as a phone's DTMF).
 - server → client: binary frames of robot audio (16-bit LE mono, 16 kHz, 20 ms, paced in real time);
   JSON events: call.started, call.resumable / call.resumed (the resume token), busy, heartbeat,
-  vad.speech_started, asr.final, bot.sentence, playback.flush (drop queued robot audio now:
-  barge-in), turn.metrics, error, call.ended.
+  vad.speech_started, asr.final, bot.sentence (the greeting's too), playback.flush (drop queued
+  robot audio now: barge-in), reply.cut (what was heard of a stopped reply), prompt.switched,
+  turn.metrics, error (stage, kind, detail), call.ended. docs/protocols/web-client.md for clients.
+- ``/static/``: the bundled page's modules (client.js is the part a site copies).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter
 
-from voiceplatform import metrics, web_protocol
+from voiceplatform import load, metrics, web_protocol
 from voiceplatform.bus import Bus
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfigError, RobotRegistry
@@ -74,6 +77,8 @@ class GatewayWeb:
         self.bus = bus
         self.directory = GatewayDirectory(bus)
         await self.directory.start()
+        load.track_calls(SERVICE, lambda: len(self.sessions), self.settings.max_calls)
+        await asyncio.to_thread(self.robots.load_all)  # checked before the first call (robot.invalid)
 
     async def drain(self, timeout: float) -> None:
         """Stop taking calls; let live calls finish up to the timeout, then end them."""
@@ -108,6 +113,8 @@ class GatewayWeb:
         @app.get("/robots")
         async def robots() -> dict[str, list[str]]:
             return {"robots": self.robots.names(), "default": [self.settings.default_robot]}
+
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
         for path, endpoint in token_routes(self):
             app.add_api_route(path, endpoint, methods=["POST"])
@@ -175,7 +182,7 @@ class GatewayWeb:
         try:
             input_rate = int(start.get("sample_rate") or ws.query_params.get("sample_rate") or CALL_RATE)
             assembler = FrameAssembler(input_rate, CALL_RATE)
-            robot = self.robots.get(robot_name)
+            robot = self.robots.get(robot_name, new_call=True)
         except (ValueError, RobotConfigError) as exc:
             BAD_CLIENT_INPUT.labels("bad_start").inc()
             await self._refuse(
@@ -200,6 +207,7 @@ class GatewayWeb:
             directory=self.directory,
             caller=(grant["caller"] or str(start.get("caller", "")))[:64],
             gateway_id=self.settings.instance_id,
+            recordings_dir=self.settings.recordings_dir,
         )
         call = WebCall(
             session, sink, assembler, AudioRate(input_rate * 2, self.settings.audio_burst_s), robot_name

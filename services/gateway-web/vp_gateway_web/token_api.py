@@ -34,7 +34,7 @@ def token_routes(gateway: GatewayWeb) -> list[tuple[str, Endpoint]]:
                 parse_event(body.decode("utf-8", "replace"), MAX_BODY_BYTES, 2) if body.strip() else {}
             )
             robot = str(fields.get("robot") or settings.default_robot)
-            gateway.robots.get(robot)
+            gateway.robots.get(robot, new_call=True)
         except (BadMessage, RobotConfigError) as exc:
             TOKENS.labels(endpoint, "bad_request").inc()
             return JSONResponse({"error": str(exc)}, status_code=400)

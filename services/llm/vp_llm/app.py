@@ -24,8 +24,9 @@ from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.bus.streams import WORK
 from voiceplatform.bus.work import WorkGivenAway, WorkSource, WorkSpec, check_still_ours, take_work
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
+from voiceplatform.config.tracks import TracksError
 from voiceplatform.logging import bind_call
-from voiceplatform.providers import LlmOptions, LlmProvider, ProviderRegistry
+from voiceplatform.providers import LlmOptions, LlmProvider, catalog
 from voiceplatform.providers.base import ProviderContext
 from voiceplatform.providers.chain import Failure, Lazy, ProviderChain
 from voiceplatform.providers.keypool import BusKeyHealthStore, KeyHealthStore
@@ -34,20 +35,14 @@ from voiceplatform.runtime import TaskRegistry
 from voiceplatform.runtime.recent import RecentTurns
 from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.wire import ControlInterrupt, LlmRequest, Message
+from vp_llm.providers.script import ScriptDialog
 from vp_llm.settings import LlmSettings
+from vp_llm.track_turn import TrackTurns
 from vp_llm.turn import SERVICE, TurnOutput, build_messages
 
 log = structlog.get_logger("vp_llm")
 
-PROVIDERS = ProviderRegistry(
-    "llm",
-    {
-        "script": "vp_llm.providers.script:ScriptDialog",
-        "openai": "vp_llm.providers.openai_compat:OpenAICompatible",
-        "yandex": "vp_llm.providers.yandexgpt:YandexGpt",
-        "gemini": "vp_llm.providers.gemini:GeminiLlm",
-    },
-)
+PROVIDERS = catalog.registry("llm")
 REQUESTS_IGNORED = Counter(
     "vp_llm_requests_ignored_total", "llm.request messages not turned into a turn", ["reason"]
 )
@@ -76,6 +71,7 @@ class LlmService:
         self._turns = TaskRegistry()
         self._interrupted = RecentTurns(settings.interrupt_memory_s)
         self._providers: RobotProviders[LlmProvider] = RobotProviders()
+        self.tracks = TrackTurns()
         self._requests: WorkSource | None = None
         self._control_sub: Subscription | None = None
         self._draining = False
@@ -87,6 +83,7 @@ class LlmService:
             # key cooldowns (429, invalid keys) are shared by every call and every LLM worker
             self._factory = functools.partial(registry_factory, key_health=BusKeyHealthStore(bus))
             self._prepare_scripts()
+        self._prepare_tracks()
         self._control_sub = await bus.subscribe(subjects.ANY_CONTROL, self._on_control)
         spec = WorkSpec.of(WORK, subjects.queue_group("llm"), subjects.ANY_LLM_REQUEST, self.settings)
         self._requests = await take_work(bus, spec, self._on_request, self._exhausted)
@@ -120,11 +117,28 @@ class LlmService:
             try:
                 robot = self.robots.get(name)
                 cfg = robot.settings.llm
-                if robot.settings.mode != "realtime" and "script" in (cfg.provider, *cfg.fallback):
+                if robot.settings.mode == "pipeline" and "script" in (cfg.provider, *cfg.fallback):
                     self._provider(robot, "script")
+
             except Exception as exc:  # the same problem fails that robot's turns later, loudly
                 metrics.PROVIDER_ERRORS.labels(SERVICE, "script", "setup").inc()
                 log.error("llm.script_unusable", robot=name, error=f"{type(exc).__name__}: {exc}"[:300])
+
+    def _prepare_tracks(self) -> None:
+        """Check every llm_script robot's manifest now and start embedding its phrases."""
+        for name in self.robots.names():
+            try:
+                robot = self.robots.get(name)
+                if robot.settings.mode == "llm_script":
+                    self.tracks.chooser(robot)
+            except Exception as exc:  # the same problem fails that robot's turns later, loudly
+                log.error("llm.tracks_unusable", robot=name, error=f"{type(exc).__name__}: {exc}"[:300])
+
+    async def examples_embedded(self, timeout_s: float) -> None:
+        """Wait until every script robot's examples are embedded (a turn before that goes by keywords)."""
+        for provider in self._providers.live():
+            if isinstance(provider, ScriptDialog) and provider.script.use_meaning:
+                await provider.script.index.ready(timeout_s)
 
     async def close_providers(self) -> None:
         await self._providers.aclose()
@@ -237,6 +251,19 @@ class LlmService:
             await self._stage_error(req, "robot_config", str(exc), retryable=False)
             return "failed"
         cfg = robot.settings.llm
+
+        async def failed(failure: Failure) -> None:
+            await self._stage_error(req, failure.kind, failure.detail, failure.retryable)
+
+        if robot.settings.mode == "llm_script":
+            try:
+                return await self.tracks.run(
+                    req, robot, out, functools.partial(self._chain, robot, req), failed
+                )
+            except TracksError as exc:
+                log.error("llm.tracks_unavailable", robot=req.robot, problems=exc.problems)
+                await self._stage_error(req, "robot_config", str(exc), retryable=False)
+                return "failed"
         options = LlmOptions(
             temperature=cfg.temperature,
             max_tokens=cfg.max_tokens,
@@ -248,26 +275,22 @@ class LlmService:
         )
         messages = build_messages(req)
         log.info("llm.turn_started", provider=cfg.provider, turn_event=req.event, pii_user_text=req.user_text)
-        chain: ProviderChain[LlmProvider] = ProviderChain(
-            "llm",
-            [
-                Lazy(name, functools.partial(self._provider, robot, name))
-                for name in [cfg.provider, *cfg.fallback]
-            ],
-            bus=self._bus,
-            call_id=req.call_id,
-            turn_id=req.turn_id,
-            first_chunk_timeout_s=cfg.first_token_timeout_s,
-            output_word="text",
-        )
-
-        async def failed(failure: Failure) -> None:
-            await self._stage_error(req, failure.kind, failure.detail, failure.retryable)
-
+        chain = self._chain(robot, req, [cfg.provider, *cfg.fallback])
         outcome = await out.run(chain, messages, options, on_failure=failed)
         if outcome.finished:
             return "ok"
         return "failed"
+
+    def _chain(self, robot: RobotConfig, req: LlmRequest, names: list[str]) -> ProviderChain[LlmProvider]:
+        return ProviderChain(
+            "llm",
+            [Lazy(name, functools.partial(self._provider, robot, name)) for name in names],
+            bus=self._bus,
+            call_id=req.call_id,
+            turn_id=req.turn_id,
+            first_chunk_timeout_s=robot.settings.llm.first_token_timeout_s,
+            output_word="text",
+        )
 
 
 def build() -> tuple[LlmService, LlmSettings]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from voiceplatform import metrics, subjects, tracing
+from voiceplatform import load, metrics, subjects, tracing
 from voiceplatform.bus import Bus
 from voiceplatform.bus.work import check_still_ours
 from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider
@@ -117,11 +117,21 @@ class TurnOutput:
         usage.prompt_tokens, usage.completion_tokens = self.prompt_tokens, self.completion_tokens
         usage.model = self.model
 
-    async def _publish(self, sentence: str, last: bool) -> None:
+    async def say(self, text: str, track: str = "", end_call: bool = False, transfer_to: str = "") -> None:
+        """The whole reply at once: a recorded track (``track``: its id, ``text``: its words) or a
+        fixed line for TTS (llm_script mode)."""
+        self.parts = [text]
+        self.end_call = end_call
+        self.transfer_to = transfer_to
+        self.intent = track or self.intent
+        await self._publish(text, last=True, track=track)
+
+    async def _publish(self, sentence: str, last: bool, track: str = "") -> None:
         check_still_ours()  # this process stalled and the turn went to another: say nothing more
         req = self.req
         if self.published == 0:
             FIRST_SENTENCE.observe(took_ms := (time.monotonic() - self.started) * 1000)
+            load.observe_turn(SERVICE, took_ms / 1000)
             tracing.span(
                 "llm.first_sentence",
                 req.call_id,
@@ -140,6 +150,7 @@ class TurnOutput:
                 robot=req.robot,
                 sample_rate=req.sample_rate,
                 last=last,
+                track=track,
             ),
             subjects.work_msg_id(req.turn_id, "llm.sentence", self.published),
         )

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 from prometheus_client import Counter
 
-from voiceplatform import metrics, subjects, tracing
+from voiceplatform import load, metrics, subjects, tracing
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.bus.streams import CALL_EVENTS
 from voiceplatform.bus.work import WorkSource, WorkSpec, check_still_ours, take_work
@@ -125,7 +125,7 @@ class RouterService:
             ("lifecycle", subjects.ANY_LIFECYCLE, self._on_lifecycle),
             ("asr", subjects.ANY_ASR, self._on_asr),
         ):
-            spec = WorkSpec.of(CALL_EVENTS, f"{SERVICE}-{name}", subject, s)
+            spec = WorkSpec.of(CALL_EVENTS, f"{SERVICE}-{name}", subject, s, stage=SERVICE)
             self._work.append(await take_work(bus, spec, work, self._exhausted))
 
     async def drain(self, timeout: float) -> None:
@@ -322,6 +322,7 @@ class RouterService:
             tracing.span(
                 "router.route", msg.call_id, msg.turn_id, elapsed_ms, robot=robot.name, how=route.how
             )
+            load.observe_turn(SERVICE, elapsed_ms / 1000)
             log.info(
                 "router.routed",
                 prompt_id=state.prompt_id,

@@ -1,12 +1,14 @@
 """The recorder's read-only HTTP API for operators and dashboards (JSON, next to /health and /metrics).
 
-- ``GET /calls``: latest calls from PostgreSQL ``calls`` (filters robot, status, caller, channel;
-  keyset pagination by ``started_at``, ties broken by ``call_id``);
+- ``GET /calls``: latest calls from PostgreSQL ``calls`` (filters and search: ``call_query``; keyset
+  pagination by ``started_at``, ties broken by ``call_id``);
 - ``GET /calls/{call_id}``: the call's transcript document rebuilt from its stored events: from the
   JetStream stream, and from PostgreSQL ``call_events`` for what the stream no longer holds (events
   older than the stream's max age); response header ``Vp-Source`` says which answered;
-- ``GET /calls/{call_id}/turns``: the per-turn figures (``call_turns``) in the order the turns began;
-- ``GET /scenarios/{robot}/{name}``: one scenario through the Redis cache (``scenario:{robot}:{name}``).
+- ``GET /calls/{call_id}/turns``: the call's row (``call``) and its per-turn figures (``call_turns``)
+  in the order the turns began;
+- ``GET /scenarios/{robot}/{name}``: one scenario through the Redis cache (``scenario:{robot}:{name}``);
+- the console, recordings, live events and latency statistics: ``console_routes``.
 
 Every route needs a bearer token (``api_auth``): the operator token sees everything, the read-only
 token gets no caller numbers (null; no ``caller`` filter), no transcripts (403) and turns without
@@ -20,8 +22,9 @@ Errors never carry exception texts (a DSN could be in one): clients get a fixed 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any, TypeVar, Union
 
 import asyncpg
@@ -34,14 +37,26 @@ from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from voiceplatform import subjects
 from voiceplatform.wire import CallStarted
 from voiceplatform.wire.codec import MESSAGE_TYPES
 from vp_recorder.api_auth import ApiAuth, AuthError, Role, redact_call, redact_turn, require_operator
+from vp_recorder.api_json import JSONResponse, iso
+from vp_recorder.call_query import (
+    CALL_COLUMNS,
+    LIST_PARAMS,
+    MAX_FILTER_CHARS,
+    PERSONAL_PARAMS,
+    ApiError,
+    list_calls_query,
+)
+from vp_recorder.call_query import MAX_LIMIT as MAX_LIMIT  # re-exported: the API's page cap
 from vp_recorder.directory import get_scenario
+from vp_recorder.live import LiveEvents
+from vp_recorder.recordings import RecordingFiles, add_recording_state
 from vp_recorder.scenario_cache import ScenarioCache
 from vp_recorder.settings import RecorderSettings
 from vp_recorder.stored import CallEventReader, StoredEvent
@@ -50,8 +65,6 @@ from vp_recorder.transcript import build_transcript
 
 log = structlog.get_logger("vp_recorder.api")
 
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 500
 POOL_MIN, POOL_MAX = 1, 4
 CONNECT_TIMEOUT_S = 5.0
 ACQUIRE_TIMEOUT_S = 5.0
@@ -59,10 +72,6 @@ COMMAND_TIMEOUT_S = 10.0
 STREAM_READ_TIMEOUT_S = 10.0
 REDIS_TIMEOUT_S = 2.0
 RETRY_AFTER_S = "5"
-MAX_FILTER_CHARS = 128
-LIST_PARAMS = ("robot", "status", "caller", "channel", "limit", "before", "before_id")
-STATUSES = ("active", "ended")
-CHANNELS = ("web", "phone")
 
 T = TypeVar("T")
 Query = Callable[[asyncpg.Connection], Awaitable[T]]
@@ -80,11 +89,8 @@ _UNREACHABLE = (
     asyncpg.exceptions.OperatorInterventionError,
 )
 
-_CALL_COLUMNS = """call_id, robot, channel, caller, mode, status, started_at, ended_at, duration_sec,
-turns, barge_ins, errors, last_prompt, voice_to_voice_p50_ms, voice_to_voice_max_ms, end_reason"""
-
 _CALL_EVENTS = "SELECT seq, subject, data::text AS data FROM call_events WHERE call_id = $1 ORDER BY seq"
-_CALL_EXISTS = "SELECT EXISTS (SELECT 1 FROM calls WHERE call_id = $1)"
+_CALL_ROW = f"SELECT {CALL_COLUMNS} FROM calls WHERE call_id = $1"
 # turns in the order they began in the stream (the greeting has no caller speech to order it by)
 _CALL_TURNS = """
 SELECT t.turn_id, t.user_text, t.bot_text, t.interrupted, t.played_text, t.speech_end_at,
@@ -98,20 +104,9 @@ ORDER BY (SELECT min(e.seq) FROM call_events e WHERE e.call_id = t.call_id AND e
 """
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 class PostgresUnavailable(ApiError):
     def __init__(self, message: str = "postgres is unavailable") -> None:
         super().__init__(503, message)
-
-
-def iso(at: datetime | None) -> str | None:
-    return None if at is None else at.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 class RecorderApi:
@@ -137,6 +132,9 @@ class RecorderApi:
             retry=Retry(NoBackoff(), 0),
         )
         self.scenarios = ScenarioCache(self._redis, self._load_scenario)
+        # call recordings under VP_RECORDINGS_DIR; live events once the recorder is connected
+        self.files = RecordingFiles(settings.recordings_dir)
+        self.live: LiveEvents | None = None
 
     async def aclose(self) -> None:
         """Close the pool and the Redis client; later requests get 503 (the recorder is stopping)."""
@@ -251,7 +249,7 @@ async def _postgres_events(conn: asyncpg.Connection, call_id: str) -> list[Store
 # ---- query parameters ---------------------------------------------------------------------------
 
 
-def _single_params(request: Request, allowed: Sequence[str]) -> dict[str, str]:
+def single_params(request: Request, allowed: Sequence[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for key in request.query_params:
         if key not in allowed:
@@ -263,73 +261,7 @@ def _single_params(request: Request, allowed: Sequence[str]) -> dict[str, str]:
     return params
 
 
-def parse_limit(value: str | None) -> int:
-    """A whole number from 1; more than ``MAX_LIMIT`` is capped."""
-    if value is None or value == "":
-        return DEFAULT_LIMIT
-    if not (value.isascii() and value.isdigit()) or int(value) < 1:
-        raise ApiError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}, got {value[:20]!r}")
-    return min(int(value), MAX_LIMIT)
-
-
-def parse_before(value: str) -> datetime:
-    """Unix milliseconds or an ISO 8601 time (no offset = UTC)."""
-    text = value.strip().replace(" ", "+")  # an unescaped '+' of an offset arrives as a space
-    try:
-        if text.isascii() and text.isdigit():
-            return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
-        at = datetime.fromisoformat(text)
-    except (ValueError, OverflowError, OSError):
-        raise ApiError(
-            400, f"before must be Unix milliseconds or an ISO 8601 time, got {value[:40]!r}"
-        ) from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-
-
-def _filter_value(params: dict[str, str], name: str, choices: Sequence[str] = ()) -> str | None:
-    value = params.get(name, "")
-    if not value:
-        return None
-    if choices and value not in choices:
-        raise ApiError(400, f"{name} must be one of {', '.join(choices)}, got {value[:20]!r}")
-    if len(value) > MAX_FILTER_CHARS:
-        raise ApiError(400, f"{name} is longer than {MAX_FILTER_CHARS} characters")
-    return value
-
-
-def list_calls_query(params: dict[str, str]) -> tuple[str, list[object], int]:
-    """SQL, its arguments and the page size of ``GET /calls`` (one row more: is there a next page)."""
-    limit = parse_limit(params.get("limit"))
-    args: list[object] = []
-
-    def arg(value: object) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
-    conditions: list[str] = []
-    for column, choices in (("robot", ()), ("status", STATUSES), ("caller", ()), ("channel", CHANNELS)):
-        value = _filter_value(params, column, choices)
-        if value is not None:
-            conditions.append(f"{column} = {arg(value)}")
-    before_id = _filter_value(params, "before_id")
-    if params.get("before"):
-        before = arg(parse_before(params["before"]))
-        if before_id is None:
-            conditions.append(f"started_at < {before}")
-        else:
-            # written so the started_at indexes bound the scan; the call id breaks ties
-            conditions.append(
-                f"started_at <= {before} AND (started_at < {before} OR call_id < {arg(before_id)})"
-            )
-    elif before_id is not None:
-        raise ApiError(400, "before_id needs before (both come from the previous page)")
-    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    order = f"ORDER BY started_at DESC, call_id DESC LIMIT {arg(limit + 1)}"
-    sql = f"SELECT {_CALL_COLUMNS} FROM calls {where} {order}"
-    return sql, args, limit
-
-
-def _checked_call_id(request: Request) -> str:
+def checked_call_id(request: Request) -> str:
     call_id = str(request.path_params["call_id"])
     try:
         return subjects.check_token(call_id)
@@ -362,12 +294,15 @@ def turn_row(row: asyncpg.Record, role: Role = "operator") -> dict[str, Any]:
 # ---- the app ------------------------------------------------------------------------------------
 
 
-def build_api(api: RecorderApi) -> Starlette:
+def build_api(api: RecorderApi, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The API's app; ``extra_routes`` (the console, recordings, live events) share its errors."""
+
     async def list_calls(request: Request) -> Response:
         role = api.auth.role(request)
-        params = _single_params(request, LIST_PARAMS)
-        if params.get("caller"):
-            require_operator(role, "the caller filter")
+        params = single_params(request, LIST_PARAMS)
+        for name in PERSONAL_PARAMS:
+            if params.get(name):
+                require_operator(role, f"the {name!r} filter")
         sql, args, limit = list_calls_query(params)
         rows = await api.run(lambda conn: conn.fetch(sql, *args))
         page = rows[:limit]
@@ -384,33 +319,39 @@ def build_api(api: RecorderApi) -> Starlette:
 
     async def call_transcript(request: Request) -> Response:
         require_operator(api.auth.role(request), "a transcript")
-        call_id = _checked_call_id(request)
-        _single_params(request, ())
+        call_id = checked_call_id(request)
+        single_params(request, ())
         events, source = await api.call_events(call_id)
         if not events:
             raise ApiError(404, f"no call {call_id!r} in the event stream or in postgres")
-        return JSONResponse(build_transcript(events), headers={"Vp-Source": source})
+        document = build_transcript(events)
+        with contextlib.suppress(PostgresUnavailable):  # left out while PostgreSQL cannot say
+            await add_recording_state(api.run, api.files, call_id, document["recordings"])
+        return JSONResponse(document, headers={"Vp-Source": source})
 
     async def call_turns(request: Request) -> Response:
         role = api.auth.role(request)
-        call_id = _checked_call_id(request)
-        _single_params(request, ())
+        call_id = checked_call_id(request)
+        single_params(request, ())
 
-        async def query(conn: asyncpg.Connection) -> list[asyncpg.Record] | None:
-            if not await conn.fetchval(_CALL_EXISTS, call_id):
+        async def query(conn: asyncpg.Connection) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
+            call = await conn.fetchrow(_CALL_ROW, call_id)
+            if call is None:
                 return None
-            rows: list[asyncpg.Record] = await conn.fetch(_CALL_TURNS, call_id)
-            return rows
+            return call, await conn.fetch(_CALL_TURNS, call_id)
 
-        rows = await api.run(query)
-        if rows is None:
+        found = await api.run(query)
+        if found is None:
             raise ApiError(404, f"no call {call_id!r} in postgres")
-        return JSONResponse({"call_id": call_id, "turns": [turn_row(r, role) for r in rows]})
+        call, rows = found
+        return JSONResponse(
+            {"call_id": call_id, "call": call_row(call, role), "turns": [turn_row(r, role) for r in rows]}
+        )
 
     async def scenario(request: Request) -> Response:
         api.auth.role(request)  # robot configuration, not personal: either role
         robot, name = _checked_name(request, "robot"), _checked_name(request, "name")
-        _single_params(request, ())
+        single_params(request, ())
         found = await api.scenarios.get(robot, name)
         if found is None:
             raise ApiError(404, f"no scenario {name!r} of robot {robot!r}")
@@ -439,6 +380,7 @@ def build_api(api: RecorderApi) -> Starlette:
             Route("/calls/{call_id}", call_transcript, methods=["GET"]),
             Route("/calls/{call_id}/turns", call_turns, methods=["GET"]),
             Route("/scenarios/{robot}/{name}", scenario, methods=["GET"]),
+            *extra_routes,
         ],
         exception_handlers={
             ApiError: api_error,

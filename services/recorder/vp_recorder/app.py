@@ -21,11 +21,15 @@ from voiceplatform.bus import Bus
 from voiceplatform.bus.jetstream import DurableConsumer, StreamSpec, ensure_stream
 from voiceplatform.bus.nats import NatsBus
 from vp_recorder.api import RecorderApi, build_api
+from vp_recorder.console_routes import console_routes
 from vp_recorder.consumer import Parker, StoreConsumer
+from vp_recorder.ledger import CallLedger
+from vp_recorder.live import LiveEvents
 from vp_recorder.metrics import SERVICE
 from vp_recorder.orphans import OrphanSweeper
 from vp_recorder.public import NatsEventsStore, PublicEvents
 from vp_recorder.reader import JetStreamCallReader
+from vp_recorder.recordings import RecordingSweeper
 from vp_recorder.reports.telegram import TelegramReporter
 from vp_recorder.settings import RecorderSettings
 from vp_recorder.stored import CallEventReader, Store
@@ -43,6 +47,7 @@ def call_events_stream(settings: RecorderSettings) -> StreamSpec:
         subjects=subjects.RECORDED,
         max_age_s=settings.stream_max_age_s,
         max_bytes=settings.stream_max_bytes,
+        replicas=settings.js_replicas,
     )
 
 
@@ -53,6 +58,7 @@ def parked_stream(settings: RecorderSettings) -> StreamSpec:
         subjects=(subjects.ALL_PARKED,),
         max_age_s=settings.parked_max_age_s,
         duplicate_window_s=min(settings.parked_max_age_s, 24 * 3600),
+        replicas=settings.js_replicas,
     )
 
 
@@ -69,6 +75,9 @@ class RecorderService:
         self.consumers: list[StoreConsumer] = []
         self._accepting = False
         self.sweeper: OrphanSweeper | None = None
+        self.recording_sweeper: RecordingSweeper | None = None
+        self.live = LiveEvents()
+        self.ledger: CallLedger | None = None
         # made before start(): the runner builds the HTTP app before it starts the service
         self.api = RecorderApi(settings)
 
@@ -119,12 +128,14 @@ class RecorderService:
         parker = Parker(js, s.stream_name)
         reader = JetStreamCallReader(js, s.stream_name)
         self.api.reader = reader
-        for store in self.build_stores(bus, reader):
+        # the stores' views of a call come from what the consumers fetched, read back only if partial
+        self.ledger = CallLedger(reader, max_events=s.call_memory_events)
+        for store in self.build_stores(bus, self.ledger):
             source = DurableConsumer(
                 js, s.stream_name, f"{s.durable_prefix}_{store.name}", ack_wait_s=s.ack_wait_s
             )
             consumer = StoreConsumer(
-                store, source, parker, s.batch_max, s.store_retry_min_s, s.store_retry_max_s
+                store, source, parker, s.batch_max, s.store_retry_min_s, s.store_retry_max_s, self.ledger
             )
             self.consumers.append(consumer)
             consumer.start()
@@ -133,6 +144,13 @@ class RecorderService:
                 bus, js, s.stream_name, self.api.run, s.orphan_after_s, s.orphan_sweep_every_s
             )
             await self.sweeper.start()
+        await self.live.start(bus.client)
+        self.api.live = self.live
+        if s.recording_retention_days > 0:
+            self.recording_sweeper = RecordingSweeper(
+                self.api.run, self.api.files, s.recording_retention_days, s.recording_sweep_every_s
+            )
+            self.recording_sweeper.start()
         self._accepting = True
         log.info("recorder.started", stores=[c.name for c in self.consumers], stream=s.stream_name)
 
@@ -145,6 +163,9 @@ class RecorderService:
         self._accepting = False
         if self.sweeper is not None:
             await self.sweeper.stop()
+        if self.recording_sweeper is not None:
+            await self.recording_sweeper.stop()
+        await self.live.stop()
         await asyncio.gather(*(consumer.stop(timeout) for consumer in self.consumers))
         await self.api.aclose()
         log.info("recorder.drained", written={c.name: c.written for c in self.consumers})
@@ -164,7 +185,9 @@ class RecorderService:
             "instance_id": self.settings.instance_id,
             "stream": self.settings.stream_name,
             "stores": stores,
+            # calls read back from the stream for a view (0 while one recorder has them all)
+            "call_read_backs": self.ledger.read_backs if self.ledger is not None else 0,
         }
 
     def asgi_app(self) -> Starlette | None:
-        return build_api(self.api)
+        return build_api(self.api, console_routes(self.api))

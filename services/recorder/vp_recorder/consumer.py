@@ -24,6 +24,7 @@ from voiceplatform import subjects
 from voiceplatform.bus.jetstream import DurableConsumer, publish_parked, stream_sequence
 from voiceplatform.logging import bind_call
 from voiceplatform.wire import WireError, decode
+from vp_recorder.ledger import CallLedger
 from vp_recorder.metrics import BACKLOG, LAG, PARKED, STORE_UP, STORE_WRITES
 from vp_recorder.stored import Store, StoredEvent
 
@@ -85,8 +86,10 @@ class StoreConsumer:
         batch_max: int,
         retry_min_s: float,
         retry_max_s: float,
+        ledger: CallLedger | None = None,
     ) -> None:
         self.store = store
+        self.ledger = ledger  # told every message fetched, so views of a call need no read-back
         self.source = source
         self.parker = parker
         self.batch_max = batch_max
@@ -150,9 +153,13 @@ class StoreConsumer:
             try:
                 message = decode(raw.data)
             except WireError as exc:
+                if self.ledger is not None:
+                    self.ledger.note(stream_sequence(raw), None, raw.data)
                 await self._park(raw, exc.reason, exc.detail)
                 continue
             event = StoredEvent(stream_sequence(raw), raw.subject, message)
+            if self.ledger is not None:
+                self.ledger.note(event.seq, event, raw.data)
             events.append(event)
             raw_of[event.seq] = raw
         accepted = [e for e in events if self.store.accepts(e.message)]

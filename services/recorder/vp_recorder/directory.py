@@ -23,6 +23,7 @@ import asyncpg
 import structlog
 
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
+from voiceplatform.config.tracks import manifest_path
 
 log = structlog.get_logger("vp_recorder.directory")
 
@@ -72,10 +73,17 @@ def canonical_json(value: Any) -> str:
 
 
 def robot_scenarios(robot: RobotConfig) -> dict[str, dict[str, Any]]:
-    """Scenario name → config ``{"prompt": text, "dialog": dialog.json content or None}``."""
+    """Scenario name → config ``{"prompt": text, "dialog": dialog.json content or None}``, plus
+    ``"tracks"`` (its ``tracks/manifest.json``) for an llm_script robot."""
     dialog_path = robot.dialog_path
     dialog = json.loads(dialog_path.read_text(encoding="utf-8")) if dialog_path.is_file() else None
-    return {prompt_id: {"prompt": text, "dialog": dialog} for prompt_id, text in robot.prompts.items()}
+    extra: dict[str, Any] = {}
+    manifest = manifest_path(robot.path)
+    if robot.settings.mode == "llm_script" and manifest.is_file():
+        extra["tracks"] = json.loads(manifest.read_text(encoding="utf-8"))
+    return {
+        prompt_id: {"prompt": text, "dialog": dialog, **extra} for prompt_id, text in robot.prompts.items()
+    }
 
 
 def _load_all(robots_dir: Path) -> list[tuple[str, dict[str, dict[str, Any]]]]:

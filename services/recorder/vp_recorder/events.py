@@ -15,6 +15,7 @@ from voiceplatform.wire import (
     CallAmd,
     CallDialed,
     CallEnded,
+    CallRecording,
     CallStarted,
     ControlInterrupt,
     Message,
@@ -53,6 +54,7 @@ def _data(msg: Message) -> tuple[str, dict[str, Any]] | None:
                 "outcome": msg.outcome or ("cut" if msg.interrupted else "played"),
                 "speech_end_ts_ms": msg.speech_end_ts_ms or None,
                 "latency": dict(turn_figures(msg)),
+                "track": msg.track or None,
             }
         case PromptSwitched():
             return "prompt.switched", {
@@ -85,6 +87,14 @@ def _data(msg: Message) -> tuple[str, dict[str, Any]] | None:
                 "after_ms": msg.after_ms,
                 "action": msg.action,
                 "words": msg.words,
+            }
+        case CallRecording():
+            return "call.recording", {
+                "action": msg.action,
+                "path": msg.path,
+                "format": msg.format or None,
+                "channels": msg.channels or None,
+                "duration_ms": msg.duration_ms,
             }
         case CallEnded():
             return "call.ended", {

@@ -30,6 +30,9 @@ class RecorderSettings(ServiceSettings):
     durable_prefix: str = "recorder"
     # events handed to a store at once (one Postgres transaction when catching up)
     batch_max: int = 500
+    # call events kept in memory (raw, ~0.3 kB each) so a call's summary, log and transcript are
+    # built without reading the call back from the stream; calls beyond it are read back
+    call_memory_events: int = 100_000
     # an event not acked this long after delivery is delivered again (to this or another recorder)
     ack_wait_s: float = 30.0
 
@@ -47,6 +50,11 @@ class RecorderSettings(ServiceSettings):
     # under the same id) is closed as ``gateway_lost``; 0 turns the sweeper off
     orphan_after_s: float = 10.0
     orphan_sweep_every_s: float = 1.0
+
+    # call recordings (VP_RECORDINGS_DIR): deleted this many days after the call, marked gone in
+    # PostgreSQL (recording_deletions); 0 keeps them forever. The sweeper runs every sweep period.
+    recording_retention_days: float = Field(default=30.0, ge=0)
+    recording_sweep_every_s: float = Field(default=3600.0, gt=0)
 
     # JSON call logs under <call_logs_dir or robots_dir>/<robot>/logs/
     call_logs: bool = True

@@ -178,7 +178,8 @@ def build_transcript(events: Sequence[StoredEvent]) -> dict[str, Any]:
         "end_reason": ended.reason if ended is not None else None,
         # end reason "transferred": the destination the caller was handed over to
         "transferred_to": (ended.transfer_to or None) if ended is not None else None,
-        # files FreeSWITCH recorded the call to (uuid_record), in the order they were started
+        # the call's recordings (the gateway's stereo WAV, FreeSWITCH's uuid_record files), in the
+        # order they were started; the API adds ``deleted_at`` and the playable one's ``url``
         "recordings": _recordings(stream, start_ms),
         # turns completed as the gateway counts them (one turn.metrics each)
         "turns": max(metrics_turns, ended.turns if ended is not None else 0),
@@ -203,10 +204,15 @@ def _recordings(stream: list[StoredEvent], start_ms: int | None) -> list[dict[st
                     "path": msg.path,
                     "started_offset_ms": offset_ms(msg.ts_ms, start_ms),
                     "stopped_offset_ms": None,
+                    # the gateways' stereo WAV says what it is; FreeSWITCH's file does not (null)
+                    "format": msg.format or None,
+                    "channels": msg.channels or None,
+                    "duration_ms": None,
                 },
             )
         elif msg.path in files:
             files[msg.path]["stopped_offset_ms"] = offset_ms(msg.ts_ms, start_ms)
+            files[msg.path]["duration_ms"] = msg.duration_ms
     return list(files.values())
 
 

@@ -28,7 +28,7 @@ from voiceplatform.bus.streams import CALL_EVENTS
 from voiceplatform.bus.work import WorkSource, WorkSpec, check_still_ours, take_work
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry, TtsConfig
 from voiceplatform.logging import bind_call
-from voiceplatform.providers import ProviderError, ProviderRegistry, TtsProvider
+from voiceplatform.providers import ProviderError, ProviderRegistry, TtsProvider, catalog
 from voiceplatform.providers.base import ProviderBase, ProviderContext
 from voiceplatform.providers.chain import Attempt, Lazy, ProviderChain
 from voiceplatform.providers.registry import RobotProviders, aclose_all
@@ -49,19 +49,12 @@ from .metrics import (
 from .output import SentenceOutput
 from .settings import TtsSettings
 from .text import normalize_text
+from .tracks import play_track
 
 log = structlog.get_logger("vp_tts")
 
-PROVIDER_ENTRIES = {
-    "rhvoice": "vp_tts.providers.rhvoice:RhvoiceTts",
-    "festival": "vp_tts.providers.festival:FestivalTts",
-    "espeak": "vp_tts.providers.espeak:EspeakTts",
-    # cloud voices: built per robot (its keys and options), see ``ProviderBase.scope``
-    "yandex": "vp_tts.providers.yandex:YandexTts",
-    "elevenlabs": "vp_tts.providers.elevenlabs:ElevenLabsTts",
-    "zvukogram": "vp_tts.providers.zvukogram:ZvukogramTts",
-}
-PROVIDERS = ProviderRegistry("tts", PROVIDER_ENTRIES)
+PROVIDER_ENTRIES = catalog.TTS
+PROVIDERS = catalog.registry("tts")
 PRELOADED = "festival"
 # the default local voice: warmed at start where installed; absent, sentences fall through to festival
 RHVOICE = "rhvoice"
@@ -288,6 +281,11 @@ class TtsService:
                 SENTENCES.labels("empty").inc()
                 return
             robot = self._robot(msg.robot)
+            if msg.track and await play_track(robot, msg, out):
+                await out.finish()
+                SENTENCES.labels("track").inc()
+                log.info("tts.track_done", index=msg.index, track=msg.track, chunks=out.seq)
+                return
             cfg = robot.settings.tts if robot is not None else LOCAL_CHAIN
             try:
                 tail = await self._synthesize_chain(text, cfg, robot, out)

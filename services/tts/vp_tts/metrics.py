@@ -15,7 +15,7 @@ CHARS = Counter(
 )
 SENTENCES = Counter(
     "vp_tts_sentences_total",
-    "Sentences handled, by outcome (ok, fallback, failed, interrupted, empty)",
+    "Sentences handled, by outcome (ok, fallback, failed, interrupted, empty, track)",
     ["outcome"],
 )
 SENTENCES_DROPPED = Counter(
@@ -32,3 +32,7 @@ ROBOT_CONFIG_ERRORS = Counter(
     "vp_tts_robot_config_errors_total", "Sentences whose robot config did not load (defaults were used)"
 )
 FIRST_AUDIO_MS = metrics.STAGE_LATENCY.labels(SERVICE, "tts_first_audio")
+TRACKS_UNPLAYABLE = Counter(
+    "vp_tts_tracks_unplayable_total",
+    "llm_script recordings that could not be played (the track's text was synthesized instead)",
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from voiceplatform import subjects, tracing
+from voiceplatform import load, subjects, tracing
 from voiceplatform.bus import Bus
 from voiceplatform.bus.work import check_still_ours
 from voiceplatform.wire import LlmSentence, TtsAudio
@@ -58,6 +58,7 @@ class SentenceOutput:
                 provider=self.provider,
                 sentence=s.index,
             )
+            load.observe_turn("tts", self.first_audio_ms / 1000)
         await self.bus.publish(
             self.subject,
             TtsAudio(

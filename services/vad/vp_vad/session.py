@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from voiceplatform import metrics, subjects, tracing
+from voiceplatform import load, metrics, subjects, tracing
 from voiceplatform.audio import pcm_to_array
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.config import VadConfig
@@ -386,6 +386,7 @@ class VadSession:
                 log.warning("vad.eot_failed", error=str(exc)[:200], error_type=type(exc).__name__)
             probability = None
         EOT_WAIT_MS.observe((time.perf_counter() - asked) * 1000.0)
+        load.observe_turn(SERVICE, time.perf_counter() - asked)
         async with self._lock:
             if self.closed or pause.stale.is_set() or self._pause is not pause:
                 EOT_RESULTS.labels("stale").inc()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from typing import Any
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -14,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue as NatsKv
+from prometheus_client import Counter
 
 from voiceplatform.bus.auth import note_permission_denied
 from voiceplatform.bus.base import (
@@ -24,9 +29,23 @@ from voiceplatform.bus.base import (
     RequestTimeout,
     dispatch,
 )
+from voiceplatform.bus.memory import subject_matches
+from voiceplatform.bus.streams import CALL_EVENTS, WORK
 from voiceplatform.wire import Message, decode, encode
 
 log = structlog.get_logger("voiceplatform.bus")
+_T = TypeVar("_T")
+
+# On a cluster (js_replicas > 1) a stream whose leader node died stores nothing until its replicas
+# elect another (4-9 s in nats-server), and a core publish to its subjects is dropped unseen. So
+# there, what the platform's streams capture is published with a JetStream ack, retried this long.
+STREAM_SUBJECTS = (*CALL_EVENTS.subjects, *WORK.subjects)
+ACKED_PUBLISH_S = 20.0
+ACKED_PUBLISH_FAILED = Counter(
+    "vp_bus_acked_publish_failed_total",
+    "Stream messages no stream acknowledged within the retry window (sent without an ack instead)",
+    ["service"],
+)
 
 
 class _NatsSubscription:
@@ -42,45 +61,80 @@ class _NatsSubscription:
             pass
 
 
+# a stream or bucket without a leader (its node died, the replicas elect another) answers nothing:
+# on a cluster each attempt waits this long, and is retried until ACKED_PUBLISH_S
+ATTEMPT_TIMEOUT_S = 1.0
+_UNANSWERED = (
+    TimeoutError,  # nats.errors.TimeoutError too
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.ConnectionReconnectingError,  # our own node died: the client is moving to another
+    nats.errors.StaleConnectionError,
+)
+
+
+async def _retrying(op: Callable[[], Awaitable[_T]], retry_s: float) -> _T:
+    """``op()``, again while the server leaves it unanswered, for up to ``retry_s`` (0: once)."""
+    deadline = time.monotonic() + retry_s
+    delay = 0.2
+    while True:
+        try:
+            return await op()
+        except _UNANSWERED:
+            if time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
 class _NatsKeyValue:
-    def __init__(self, kv: NatsKv) -> None:
+    def __init__(self, kv: NatsKv, retry_s: float = 0.0) -> None:
         self._kv = kv
+        self._retry_s = retry_s
+
+    async def _call(self, op: Callable[[], Awaitable[_T]]) -> _T:
+        return await _retrying(op, self._retry_s)
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         try:
-            entry = await self._kv.get(key)
+            entry = await self._call(lambda: self._kv.get(key))
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
         return (entry.value or b"", entry.revision or 0)
 
     async def create(self, key: str, value: bytes) -> int:
         try:
-            return int(await self._kv.create(key, value))
+            return int(await self._call(lambda: self._kv.create(key, value)))
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError) as exc:
             raise KvConflict(key) from exc
 
     async def update(self, key: str, value: bytes, last: int) -> int:
         try:
-            return int(await self._kv.update(key, value, last=last))
+            return int(await self._call(lambda: self._kv.update(key, value, last=last)))
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError) as exc:
             raise KvConflict(key) from exc
 
     async def put(self, key: str, value: bytes) -> int:
-        return int(await self._kv.put(key, value))
+        return int(await self._call(lambda: self._kv.put(key, value)))
 
     async def delete(self, key: str) -> None:
         with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-            await self._kv.delete(key)
+            await self._call(lambda: self._kv.delete(key))
 
 
 class NatsBus:
-    def __init__(self, nc: Client, service: str) -> None:
+    def __init__(self, nc: Client, service: str, js_replicas: int = 1) -> None:
         self._nc = nc
         self.service = service
+        # copies of the streams and KV buckets this connection creates (ServiceSettings.js_replicas)
+        self.js_replicas = js_replicas
         self._kvs: dict[str, _NatsKeyValue] = {}
 
     @classmethod
-    async def connect(cls, url: str, service: str, **options: Any) -> NatsBus:
+    async def connect(cls, url: str, service: str, js_replicas: int = 1, **options: Any) -> NatsBus:
+        """``url``: one server or a comma-separated list (the nodes of a cluster; the client picks
+        one at random and moves to another when it is lost)."""
+
         async def on_error(exc: Exception) -> None:
             if note_permission_denied(service, str(exc)):
                 return
@@ -102,7 +156,7 @@ class NatsBus:
             reconnected_cb=on_reconnect,
             **options,
         )
-        return cls(nc, service)
+        return cls(nc, service, js_replicas)
 
     @property
     def connected(self) -> bool:
@@ -118,8 +172,32 @@ class NatsBus:
         return self._nc.jetstream()
 
     async def publish(self, subject: str, msg: Message, msg_id: str = "") -> None:
+        if self.js_replicas > 1 and any(subject_matches(p, subject) for p in STREAM_SUBJECTS):
+            await self._publish_acked(subject, encode(msg), msg_id or uuid.uuid4().hex)
+            return
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         await self._nc.publish(subject, encode(msg), headers=headers)
+
+    async def _publish_acked(self, subject: str, data: bytes, msg_id: str) -> None:
+        """Until a stream stored it (the id makes a retry of a stored message a no-op)."""
+        headers = {"Nats-Msg-Id": msg_id}
+        deadline = time.monotonic() + ACKED_PUBLISH_S
+        delay = 0.2
+        while True:
+            try:
+                await self._nc.jetstream().publish(subject, data, timeout=ATTEMPT_TIMEOUT_S, headers=headers)
+                return
+            except (nats.errors.Error, TimeoutError) as exc:
+                # a refusal (not a silence) will not change on retry: sent without an ack at once
+                retry = isinstance(exc, _UNANSWERED) and time.monotonic() < deadline
+                if self._nc.is_closed or not retry:
+                    ACKED_PUBLISH_FAILED.labels(self.service).inc()
+                    log.warning("nats.acked_publish_failed", subject=subject, error=type(exc).__name__)
+                    if not self._nc.is_closed:
+                        await self._nc.publish(subject, data, headers=headers)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def publish_bytes(self, subject: str, data: bytes) -> None:
         await self._nc.publish(subject, data)
@@ -146,19 +224,23 @@ class NatsBus:
     async def key_value(self, bucket: str, ttl_s: float = 0) -> _NatsKeyValue:
         if bucket in self._kvs:
             return self._kvs[bucket]
-        js = self._nc.jetstream()
+        clustered = self.js_replicas > 1
+        js = self._nc.jetstream(timeout=ATTEMPT_TIMEOUT_S) if clustered else self._nc.jetstream()
+        retry_s = ACKED_PUBLISH_S if clustered else 0.0
         try:
-            kv = await js.key_value(bucket)
+            kv = await _retrying(lambda: js.key_value(bucket), retry_s)
         except nats.js.errors.BucketNotFoundError:
             try:
-                kv = await js.create_key_value(bucket=bucket, history=1, ttl=ttl_s or None)
+                kv = await js.create_key_value(
+                    bucket=bucket, history=1, ttl=ttl_s or None, replicas=self.js_replicas
+                )
             except nats.js.errors.APIError as exc:
                 # another instance created it between our look-up and create
                 try:
                     kv = await js.key_value(bucket)
                 except nats.js.errors.BucketNotFoundError:
                     raise BusError(f"cannot create KV bucket {bucket}") from exc
-        wrapped = _NatsKeyValue(kv)
+        wrapped = _NatsKeyValue(kv, retry_s)
         self._kvs[bucket] = wrapped
         return wrapped
 

@@ -198,7 +198,8 @@ SERVICE_GRANTS: dict[str, Grant] = {
             *_JS_ADMIN,
             *_kv(subjects.DIALOG_BUCKET),
         ),
-        (subjects.ALL_CALLS, subjects.ANY_PRESENCE),
+        # public call events: the console's live view follows them (every recorder instance)
+        (subjects.ALL_CALLS, subjects.ANY_PRESENCE, subjects.ALL_CALL_EVENTS),
     ),
 }
 

@@ -26,7 +26,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import nats.errors
@@ -38,7 +38,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy
 from prometheus_client import Counter
 
-from voiceplatform import subjects
+from voiceplatform import load, subjects
 from voiceplatform.bus.base import Bus, Envelope, Subscription
 from voiceplatform.bus.jetstream import StreamSpec
 from voiceplatform.bus.nats import NatsBus
@@ -107,10 +107,16 @@ class WorkSpec:
     max_deliver: int = 3
     stale_s: float = 15.0
     max_in_flight: int = 256
+    stage: str = ""  # the role whose load this work is (``voiceplatform.load``); default: consumer
 
     @classmethod
     def of(
-        cls, stream: StreamSpec, consumer: str, filter_subject: str, settings: ServiceSettings
+        cls,
+        stream: StreamSpec,
+        consumer: str,
+        filter_subject: str,
+        settings: ServiceSettings,
+        stage: str = "",
     ) -> WorkSpec:
         """A role's work with the delivery settings every service reads (``VP_WORK_*``)."""
         return cls(
@@ -120,7 +126,12 @@ class WorkSpec:
             ack_wait_s=settings.work_ack_wait_s,
             max_deliver=settings.work_max_deliver,
             stale_s=settings.work_stale_s,
+            stage=stage,
         )
+
+    @property
+    def role(self) -> str:
+        return self.stage or self.consumer
 
 
 class WorkSource(Protocol):
@@ -188,6 +199,7 @@ class _JetStreamWork:
         self._psub: JetStreamContext.PullSubscription | None = None
         self._advisories: NatsSubscription | None = None
         self._loop: asyncio.Task[None] | None = None
+        self._depth: asyncio.Task[None] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -195,7 +207,7 @@ class _JetStreamWork:
 
     async def start(self) -> None:
         spec = self.spec
-        self._stream = await stream_for(self._js, spec.stream)
+        self._stream = await stream_for(self._js, replace(spec.stream, replicas=self._bus.js_replicas))
         config = ConsumerConfig(
             durable_name=spec.consumer,
             ack_policy=AckPolicy.EXPLICIT,
@@ -224,6 +236,9 @@ class _JetStreamWork:
         for outcome in ("done", "retry", "failed", "returned", "given_away", "stale", "exhausted"):
             WORK.labels(spec.consumer, outcome)
         self._loop = asyncio.get_running_loop().create_task(self._pull(), name=f"work-{spec.consumer}")
+        self._depth = asyncio.get_running_loop().create_task(
+            load.watch_queue(spec.role, spec.consumer, self._consumer_backlog), name=f"depth-{spec.consumer}"
+        )
         log.info("work.started", consumer=spec.consumer, stream=self._stream, ack_wait_s=spec.ack_wait_s)
 
     async def _pull(self) -> None:
@@ -250,6 +265,11 @@ class _JetStreamWork:
             failures = 0
             for msg in msgs:
                 await self._take(msg)
+
+    async def _consumer_backlog(self) -> tuple[int, int]:
+        assert self._psub is not None
+        info = await self._psub.consumer_info()
+        return info.num_pending or 0, info.num_ack_pending or 0
 
     async def _take(self, msg: Msg) -> None:
         spec = self.spec
@@ -341,10 +361,11 @@ class _JetStreamWork:
         await self._on_exhausted(Envelope(stored.subject or "", message))
 
     async def stop(self, timeout: float) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            await asyncio.gather(self._loop, return_exceptions=True)
-            self._loop = None
+        for task in (self._loop, self._depth):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._loop = self._depth = None
         for sub in (self._advisories, self._psub):
             if sub is not None:
                 with contextlib.suppress(Exception):

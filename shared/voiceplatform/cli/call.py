@@ -26,7 +26,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from voiceplatform.audio import Int16Array, frames, read_wav, resample, rms, write_wav
+from voiceplatform.audio import Int16Array, frames, rms, write_wav
 from voiceplatform.cli.devstack import required_for
 from voiceplatform.phone_stream import find_stream_secret, stream_url
 
@@ -205,12 +205,50 @@ def client_voice_to_voice(result: CallResult, samples: Int16Array, rate: int = R
     return out
 
 
+def call_failures(result: CallResult, samples: Int16Array, rate: int) -> list[str]:
+    """Why the call did not do what a caller expects, one line each: the platform's stage errors
+    (kind and detail), turns that ended without a reply, caller speech nobody answered."""
+    failures = [  # each cause once: a re-assigned stage may report it again
+        f"turn {e.get('turn_id') or '-'}: {e.get('stage', '?')} error {e.get('kind', '?')}: "
+        f"{e.get('detail') or '(no detail)'}"
+        for e in result.events
+        if e.get("type") == "error" and e.get("stage")
+    ]
+    failures = list(dict.fromkeys(failures))
+    replies = 0
+    for turn in result.turns:
+        turn_id = str(turn.get("turn_id", ""))
+        if turn_id.endswith("-greeting"):
+            continue
+        outcome = turn.get("outcome") or "played"
+        if outcome in ("no_reply", "fallback") or (outcome == "played" and not turn.get("bot_text")):
+            failures.append(
+                f"turn {turn_id}: no reply (outcome {outcome}; caller said {turn.get('user_text')!r})"
+            )
+        else:
+            replies += 1
+    utterances = len(speech_ends(samples, rate))
+    if utterances and not replies and not failures:
+        failures.append(f"no reply: the caller spoke {utterances} time(s), the robot answered none")
+    return failures
+
+
 def run_call(args: argparse.Namespace) -> int:
+    from voiceplatform.audio_files import AudioFileError, load_audio
+    from voiceplatform.cli.authoring import callable_robot
+
+    robot, problems = callable_robot(args.robot, phone=getattr(args, "phone", False))
+    if problems:
+        for line in problems:
+            print(f"vp call: {line}", file=sys.stderr)
+        return 2
+    try:
+        samples = load_audio(args.wav, PHONE_RATE if getattr(args, "phone", False) else RATE)
+    except AudioFileError as exc:
+        print(f"vp call: {exc}", file=sys.stderr)
+        return 2
     if getattr(args, "phone", False):
-        return run_phone_call(args)
-    samples, rate = read_wav(args.wav)
-    samples = resample(samples, rate, RATE)
-    robot = Path(args.robot).name
+        return run_phone_call(args, robot, samples)
     from voiceplatform.cli.web_token import CallTokenError, local_api_key
 
     try:
@@ -219,7 +257,7 @@ def run_call(args: argparse.Namespace) -> int:
         print(f"cannot reach the gateway at {args.url}: {exc} (is `vp up` running?)", file=sys.stderr)
         return 1
     except CallTokenError as exc:
-        print(f"vp call: no call token: {exc}", file=sys.stderr)
+        print(f"vp call: no call token for robot {robot!r}: {exc}", file=sys.stderr)
         return 1
     if result.refused:
         message = next((str(e.get("message", "")) for e in result.events if e.get("message")), "")
@@ -235,7 +273,8 @@ def print_report(
     out = args.out or args.wav.with_suffix(".reply.wav")
     write_wav(out, np.frombuffer(bytes(result.robot_audio), dtype="<i2").astype(np.int16), rate)
     v2v = client_voice_to_voice(result, samples, rate)
-    report = {
+    failures = call_failures(result, samples, rate)
+    report: dict[str, Any] = {
         "call_id": result.call_id,
         "robot": robot,
         "end_reason": result.end_reason,
@@ -246,10 +285,12 @@ def print_report(
         "reply_wav": str(out),
         "turns": result.turns,
         "client_voice_to_voice_ms": v2v,
+        "failures": failures,
     }
+    status = 1 if failures else 0
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=2))
-        return 0
+        return status
     print(f"call {result.call_id} → robot {robot}; greeting after {report['greeting_first_audio_ms']} ms")
     for i, turn in enumerate(result.turns, 1):
         outcome = turn.get("outcome") or ("cut" if turn.get("interrupted") else "played")
@@ -268,7 +309,9 @@ def print_report(
         )
     print(f"\nclient-measured voice-to-voice per utterance (incl. VAD hang-over): {v2v} ms")
     print(f"robot audio saved to {out}; call ended: {result.end_reason or 'by caller'}")
-    return 0
+    for line in failures:
+        print(f"vp call: {line}", file=sys.stderr)
+    return status
 
 
 # ---- --phone: through gateway-fs, with the FreeSWITCH peer playing FreeSWITCH --------------------
@@ -438,7 +481,7 @@ class _PhoneTracker:
         return result
 
 
-def run_phone_call(args: argparse.Namespace) -> int:
+def run_phone_call(args: argparse.Namespace, robot: str, samples: Int16Array) -> int:
     password = os.environ.get("VP_FS_ESL_PASSWORD", "")
     dev_file = Path(".vp") / "fs_esl_password"  # written by `vp up` for its gateway-fs
     if not password and dev_file.is_file():
@@ -453,9 +496,6 @@ def run_phone_call(args: argparse.Namespace) -> int:
     from voiceplatform.logging import configure_logging
 
     configure_logging("vp-call", "WARNING")  # the peer's log lines go to stderr, never into --json output
-    samples, rate = read_wav(args.wav)
-    samples = resample(samples, rate, PHONE_RATE)
-    robot = Path(args.robot).name
     try:
         result = asyncio.run(
             place_phone_call(
@@ -477,4 +517,5 @@ def run_phone_call(args: argparse.Namespace) -> int:
         return 1
     if not result.call_id:
         print(f"vp call --phone: gateway-fs at {args.url} did not take the call", file=sys.stderr)
+        return 1
     return print_report(args, result, robot, samples, PHONE_RATE)

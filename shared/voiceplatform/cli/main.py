@@ -26,8 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--status-port", type=int, default=8100, help="vp up's own /health (restarts, give-ups)")
 
     call = sub.add_parser("call", help="play a recorded caller (WAV) into a robot exactly as a browser would")
-    call.add_argument("--robot", required=True, help="robot folder, e.g. robots/pipeline_russian")
-    call.add_argument("--wav", required=True, type=Path, help="caller audio, 16-bit PCM WAV, any rate")
+    call.add_argument(
+        "--robot",
+        required=True,
+        help="robot folder (robots/pipeline_russian: in the robots folder the platform serves) or robot name",
+    )
+    call.add_argument(
+        "--wav",
+        required=True,
+        type=Path,
+        help="caller audio: WAV (any sample format), MP3, OGG or FLAC, any rate",
+    )
     call.add_argument(
         "--url",
         default=None,
@@ -46,7 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--esl-port", type=int, default=8021, help="--phone: Event Socket port to listen on")
     call.add_argument("--number", default="7000", help="--phone: the dialed number (DNIS)")
 
-    from voiceplatform.cli import dial
+    from voiceplatform.cli import authoring, dial
+
+    authoring.add_check_arguments(
+        sub.add_parser("check", help="check robot folders for every mistake a call would hit (exit 1 if any)")
+    )
+    authoring.add_new_arguments(
+        sub.add_parser("new", help="scaffold from a template: vp new robot NAME --from T")
+    )
 
     dial.add_arguments(sub.add_parser("dial", help="place outbound calls from a list through gateway-fs"))
 
@@ -59,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "nats-config":
         return natsconf.run(args)
+    if args.command == "check":
+        return authoring.run_check(args)
+    if args.command == "new":
+        return authoring.run_new(args)
     if args.command == "dial":
         return dial.run_dial(args)
     if args.command == "up":

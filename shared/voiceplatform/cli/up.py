@@ -37,6 +37,7 @@ FIRST_WORKER_PORT = 8101
 GATEWAY_FS_PORT = 8090  # where FreeSWITCH's mod_audio_stream (or `vp call --phone`) connects
 ESL_PASSWORD_FILE = "fs_esl_password"
 INFRA_URLS = ("NATS_URL", "POSTGRES_DSN", "REDIS_URL")  # unset ones: embedded servers (the dev stack)
+ROBOTS_DIR_FILE = "robots_dir"  # the robots folder the services load, for `vp call` and `vp check`
 
 
 @dataclass
@@ -149,6 +150,14 @@ def start_services(
     return procs
 
 
+def console_url(procs: list[ServiceProcess]) -> str | None:
+    """The operator console of the first recorder (it serves the recorder API on the same port)."""
+    for p in procs:
+        if p.module == "vp_recorder":
+            return f"http://127.0.0.1:{p.env['VP_HTTP_PORT']}/console/"
+    return None
+
+
 def stop_services(procs: list[ServiceProcess], timeout: float = 20.0) -> None:
     """SIGTERM (drain) every service, wait, kill what does not stop."""
     for p in reversed(procs):
@@ -220,9 +229,12 @@ def run_up(args: argparse.Namespace) -> int:
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }
+        (workdir / ROBOTS_DIR_FILE).write_text(base_env["ROBOTS_DIR"] + "\n", encoding="utf-8")
         base_env.setdefault("VP_WEB_API_KEY", dev_secret(workdir / WEB_API_KEY_FILE))
         base_env.setdefault("VP_FS_ESL_PASSWORD", dev_esl_password(workdir))
         base_env.setdefault("VP_API_TOKENS_FILE", str(ensure_tokens_file(workdir / TOKENS_FILE)))
+        # every call's stereo WAV (gateways write, the recorder serves and sweeps): docs/operations.md
+        base_env.setdefault("VP_RECORDINGS_DIR", str(workdir / "data" / "recordings"))
         print(
             f"recorder API bearer tokens (operator, readonly): {base_env['VP_API_TOKENS_FILE']}", flush=True
         )
@@ -236,6 +248,13 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"the pipeline did not become ready ({health}); see the logs in {logs}", file=sys.stderr)
             return 1
         print(f"ready: open http://127.0.0.1:{args.port} to talk to a robot from the browser", flush=True)
+        console = console_url(procs)
+        if console is not None:
+            print(
+                f"operator console and recorder API: {console} (sign in with the operator= token in "
+                f"{base_env['VP_API_TOKENS_FILE']}); call recordings in {base_env['VP_RECORDINGS_DIR']}",
+                flush=True,
+            )
         print(f"call tokens for an embedding site: POST /tokens with the key in {workdir / WEB_API_KEY_FILE}")
         print("or: vp call --robot robots/pipeline_russian --wav caller.wav", flush=True)
         print(
@@ -248,7 +267,7 @@ def run_up(args: argparse.Namespace) -> int:
 
             wav = demo_caller_wav(workdir / "demo_caller.wav")
             demo_args = argparse.Namespace(
-                robot="robots/pipeline_russian",
+                robot="pipeline_russian",  # in the robots folder these services load
                 wav=wav,
                 url=f"ws://127.0.0.1:{args.port}/ws",
                 out=workdir / "demo_reply.wav",

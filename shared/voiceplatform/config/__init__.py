@@ -8,13 +8,13 @@ from voiceplatform.config.robot import (
     RealtimeConfig,
     RobotConfig,
     RobotConfigError,
-    RobotRegistry,
     RouterConfig,
     TtsConfig,
     TurnsConfig,
     VadConfig,
     load_robot,
 )
+from voiceplatform.config.robot_registry import RobotRegistry
 from voiceplatform.config.settings import ServiceSettings
 
 __all__ = [

@@ -35,9 +35,12 @@ class DtmfConfig(BaseModel):
 
 
 class RecordingConfig(BaseModel):
-    """Recording of phone calls by FreeSWITCH (``uuid_record``)."""
+    """Recording of calls: the gateways' stereo WAV, and FreeSWITCH's own file (``uuid_record``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    # record every call of this robot from its start (else only on a control.record request)
+    # FreeSWITCH records every phone call of this robot from its start (else only on control.record)
     enabled: bool = False
+    # the gateway writes every call, web and phone, as a stereo WAV (caller left, robot right);
+    # false (or ROBOT_RECORDING__CALLS=false for every robot): no such file (docs/operations.md)
+    calls: bool = True

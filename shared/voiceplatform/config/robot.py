@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from voiceplatform.config.phone import DtmfConfig, RecordingConfig
 
-_ROBOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ENV_PREFIX = "ROBOT_"
 
 
@@ -347,9 +345,12 @@ def load_robot(path: Path | str, root_env: Path | None = None) -> RobotConfig:
             problems.append(f"router.prompts.{prompt_id}: file {file_name} not found")
             continue
         prompts[prompt_id] = p.read_text(encoding="utf-8").strip()
-    needs_script = settings.mode != "realtime" and settings.llm.provider == "script"
+    # llm_script robots choose among recordings (tracks/manifest.json), not a dialog script
+    needs_script = settings.mode == "pipeline" and settings.llm.provider == "script"
     if needs_script and not (folder / settings.dialog_file).is_file():
         problems.append(f"llm.provider is 'script' but {settings.dialog_file} is missing")
+    if settings.mode == "llm_script" and not (folder / "tracks" / "manifest.json").is_file():
+        problems.append("mode is 'llm_script' but tracks/manifest.json is missing")
     if problems:
         raise RobotConfigError(name, problems)
     return RobotConfig(
@@ -360,46 +361,3 @@ def load_robot(path: Path | str, root_env: Path | None = None) -> RobotConfig:
         prompts=prompts,
         env=env,
     )
-
-
-def _folder_stamp(folder: Path) -> tuple[float, ...]:
-    """What a robot's load depends on: config.json, its .env, and the folder's own entries."""
-    config_mtime = (folder / "config.json").stat().st_mtime  # FileNotFoundError: no robot
-    try:
-        env_mtime = (folder / ".env").stat().st_mtime
-    except FileNotFoundError:
-        env_mtime = 0.0
-    # a file added, removed or replaced by rename (editors save that way) changes the folder's mtime
-    return (config_mtime, env_mtime, folder.stat().st_mtime)
-
-
-class RobotRegistry:
-    """Robots by name from one folder, loaded once and reused until their folder changes.
-
-    A changed config.json or .env, or a file added, removed or renamed in the folder, reloads it on
-    the next ``get``; otherwise ``get`` costs three ``stat`` calls.
-    """
-
-    def __init__(self, robots_dir: Path | str) -> None:
-        self.robots_dir = Path(robots_dir)
-        self._cache: dict[str, tuple[tuple[float, ...], RobotConfig]] = {}
-
-    def get(self, name: str) -> RobotConfig:
-        if not _ROBOT_NAME.match(name):
-            raise RobotConfigError(name, ["invalid robot name"])
-        folder = self.robots_dir / name
-        try:
-            stamp = _folder_stamp(folder)
-        except (FileNotFoundError, NotADirectoryError):
-            raise RobotConfigError(name, [f"no robot {name!r} in {self.robots_dir}"]) from None
-        cached = self._cache.get(name)
-        if cached and cached[0] == stamp:
-            return cached[1]
-        robot = load_robot(folder)
-        self._cache[name] = (stamp, robot)
-        return robot
-
-    def names(self) -> list[str]:
-        if not self.robots_dir.is_dir():
-            return []
-        return sorted(p.name for p in self.robots_dir.iterdir() if (p / "config.json").is_file())

@@ -32,6 +32,9 @@ class ServiceSettings(BaseSettings):
     nats_tls_ca: Path | None = Field(default=None, validation_alias="NATS_TLS_CA")
     nats_tls_cert: Path | None = Field(default=None, validation_alias="NATS_TLS_CERT")
     nats_tls_key: Path | None = Field(default=None, validation_alias="NATS_TLS_KEY")
+    # copies of each JetStream stream and KV bucket this service creates (VP_JS_REPLICAS): 3 on a
+    # 3-node NATS cluster (docs/deploy-cluster.md), so losing one node loses no record; 1 on one server
+    js_replicas: int = Field(default=1, ge=1, le=5)
     robots_dir: Path = Field(default=Path("robots"), validation_alias="ROBOTS_DIR")
     postgres_dsn: SecretStr = Field(
         default=SecretStr("postgresql://postgres@127.0.0.1:5432/postgres"), validation_alias="POSTGRES_DSN"
@@ -64,3 +67,6 @@ class ServiceSettings(BaseSettings):
     )
     # share of turns traced, decided on the turn's trace id (the same turns in every service)
     trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    # call recordings (one stereo WAV per call): the gateways write them here, the recorder serves
+    # and deletes them (docs/operations.md, "Call recordings"); `vp up` sets <workdir>/data/recordings
+    recordings_dir: Path = Path(".vp/data/recordings")

@@ -7,12 +7,13 @@ import contextlib
 import time
 import uuid
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 from prometheus_client import Counter, Histogram
 
-from voiceplatform import metrics, subjects
+from voiceplatform import load, metrics, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfig
@@ -26,6 +27,12 @@ from voiceplatform.gateway.handover import call_summary
 from voiceplatform.gateway.heard import PlaybackClock
 from voiceplatform.gateway.owners import GatewayDirectory, owned_roles_for
 from voiceplatform.gateway.playout import Playout
+from voiceplatform.gateway.recording import (
+    RecordingSink,
+    close_recording,
+    open_recording,
+    recording_event,
+)
 from voiceplatform.gateway.turn_keeper import TurnKeeper
 from voiceplatform.gateway.turn_policy import Cut
 from voiceplatform.gateway.turns import Turn, TurnKind, TurnState, TurnTable
@@ -47,6 +54,7 @@ from voiceplatform.wire import (
     LlmSentence,
     Message,
     PlaybackStarted,
+    PromptSwitched,
     StageError,
     TtsAudio,
     VadSpeechEnded,
@@ -74,6 +82,7 @@ VOICE_TO_VOICE = Histogram(
 )
 
 FRAME_S = 0.02
+MAX_ERROR_DETAIL = 300  # characters of a stage error's detail sent to the client
 
 
 class AudioSink(Protocol):
@@ -110,12 +119,12 @@ class CallSession:
         clock: PlaybackClock | None = None,
         outbox: FrameOutbox | None = None,
         frames_per_message: int = 1,
+        recordings_dir: Path | None = None,
     ) -> None:
         self.bus = bus
         self.robot = robot
         self.channel = channel
         self.sample_rate = sample_rate
-        self.sink = sink
         self.directory = directory
         self.call_id = subjects.check_token(call_id or new_call_id(channel))
         # caller frames: published a few ms at a time with the process's other calls (frame_outbox.py),
@@ -125,6 +134,10 @@ class CallSession:
         # frames per audio.chunk (v2 above 1): fewer messages, each frame up to (n-1) x 20 ms later
         self.frames_per_message = max(1, frames_per_message)
         self._unsent: list[bytes] = []
+        # the call's stereo WAV (gateway/recording.py): None without a recordings dir or when the
+        # robot turned it off; the sink wrapper places the robot audio as it is played
+        self.recording = open_recording(recordings_dir, robot, self.call_id, sample_rate)
+        self.sink: AudioSink = sink if self.recording is None else RecordingSink(sink, self.recording)
         self.caller = caller
         self.gateway_id = gateway_id
         self.lead_frames = lead_frames
@@ -155,7 +168,7 @@ class CallSession:
         self.keeper = TurnKeeper(
             call_id=self.call_id,
             bus=bus,
-            sink=sink,
+            sink=self.sink,
             playout=self.playout,
             settings=robot.settings,
             sample_rate=sample_rate,
@@ -228,6 +241,20 @@ class CallSession:
                 ),
             )
             log.info("call.started", robot=self.robot.name, channel=self.channel, rate=self.sample_rate)
+            # the client hears of its call before anything of the call (the greeting's words)
+            await self.sink.send_event(
+                {
+                    "type": "call.started",
+                    "call_id": self.call_id,
+                    "sample_rate": self.sample_rate,
+                    "robot": self.robot.name,
+                    "prompt": self.robot.settings.router.default_prompt,
+                }
+            )
+            if self.recording is not None:
+                await self.bus.publish(
+                    subjects.lifecycle(self.call_id), recording_event(self.call_id, self.recording)
+                )
             if not self.hold_greeting:
                 await self._start_greeting()
             self._spawn(self._playout_loop(), "playout")
@@ -238,14 +265,6 @@ class CallSession:
                 self._spawn(self.keeper.watch_silence(lambda: self.ended), "no-input")
             if self.robot.settings.deadlines.enabled and self.robot.settings.mode != "realtime":
                 self._spawn(self.keeper.watch_deadlines(lambda: self.ended), "deadlines")
-            await self.sink.send_event(
-                {
-                    "type": "call.started",
-                    "call_id": self.call_id,
-                    "sample_rate": self.sample_rate,
-                    "robot": self.robot.name,
-                }
-            )
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self._tasks.spawn(coro, key=name, name=f"{self.call_id}-{name}")
@@ -275,6 +294,11 @@ class CallSession:
                     ),
                 )
             log.info("call.ended", reason=reason, duration_ms=duration, turns=self.turns_completed)
+            if self.recording is not None and close_recording(self.call_id, self.recording):
+                with contextlib.suppress(Exception):
+                    await self.bus.publish(
+                        subjects.lifecycle(self.call_id), recording_event(self.call_id, self.recording)
+                    )
             if self.directory is not None:
                 self.directory.unregister(self.call_id)
             for sub in self._subs:
@@ -298,6 +322,8 @@ class CallSession:
         """One 20 ms frame of caller audio at the call's rate."""
         if self.ended:
             return
+        if self.recording is not None:
+            self.recording.caller(frame)
         self.streaming.audio_log.keep(self._seq, frame)  # replayed to a new vad/asr owner
         self._seq += 1
         self._unsent.append(frame)
@@ -356,6 +382,11 @@ class CallSession:
         if pcm is not None:
             self.playout.add_audio(self.greeting_turn, 0, pcm, last=True, text=text)
             self._audio_ready.set()
+            if text:  # a recorded greeting: the client is told its words (a synthesized one's come
+                # with its llm.sentence, as any reply's)
+                await self.sink.send_event(
+                    {"type": "bot.sentence", "turn_id": self.greeting_turn, "index": 0, "text": text}
+                )
         elif self.robot.settings.mode != "realtime":
             # no recorded greeting: synthesize it through the normal TTS path (a realtime session
             # has its model say it, into this same turn)
@@ -433,6 +464,7 @@ class CallSession:
                 turn.advance(TurnState.SPEAKING)
             if turn.speech_end_ts_ms:
                 VOICE_TO_VOICE.observe(ts - turn.speech_end_ts_ms)
+                load.observe_turn(load.gateway_of(self.channel), (ts - turn.speech_end_ts_ms) / 1000)
         if turn_id == self.greeting_turn:
             GREETING_LATENCY.observe(ts - self._started_ms)
             log.info("call.greeting_started", after_ms=ts - self._started_ms)
@@ -508,6 +540,8 @@ class CallSession:
         turn.expects_reply = True
         turn.first_sentence_ts_ms = turn.first_sentence_ts_ms or msg.ts_ms
         turn.sentences[msg.index] = msg.text
+        if msg.track:
+            turn.tracks[msg.index] = msg.track
         turn.clock.sentence(msg.index, now_ms())
         self.playout.turn(msg.turn_id).sentence(msg.index).text = msg.text
         await self.sink.send_event(
@@ -556,7 +590,9 @@ class CallSession:
         msg = env.message
         if isinstance(msg, ControlHangup):
             playing = self.turns.get(self.playout.current.turn_id) if self.playout.current else None
-            if msg.graceful and playing is not None and playing.live:
+            # graceful: the reply being heard finishes first; one not heard yet (a realtime greeting
+            # its failed model will never speak) would keep the call open for nothing
+            if msg.graceful and playing is not None and playing.live and playing.first_played_ts_ms:
                 playing.hangup_after = True
             else:
                 self._spawn(self.end(f"hangup:{msg.reason}"), "hangup")
@@ -566,6 +602,9 @@ class CallSession:
                 ("transfer", "transferred") if isinstance(msg, ControlTransfer) else ("record", "recorded")
             )
             kind, detail = f"{what}_unsupported", f"a {self.channel} call cannot be {done} by the platform"
+            if isinstance(msg, ControlRecord):  # control.record drives FreeSWITCH's own recorder
+                kept = "is recorded by the gateway" if self.recording is not None else "is not recorded"
+                detail = f"control.record is FreeSWITCH's recorder; this {self.channel} call {kept}"
             log.warning("call.control_unsupported", kind=kind)
             await self._publish_error(self.channel_stage, kind, detail)
         return None
@@ -598,9 +637,15 @@ class CallSession:
 
     async def _on_lifecycle(self, env: Envelope) -> Message | None:
         msg = env.message
+        if isinstance(msg, PromptSwitched):  # a topic robot changed its prompt: the client shows it
+            event = {"type": "prompt.switched", "turn_id": msg.turn_id, "prompt": msg.to_prompt}
+            await self.sink.send_event(event | {"from_prompt": msg.from_prompt, "matched": msg.matched})
+            return None
         if isinstance(msg, StageError):
+            # the detail is the stage's own one-line cause (providers keep secrets out of it)
+            event = {"type": "error", "stage": msg.stage, "kind": msg.kind, "turn_id": msg.turn_id}
             await self.sink.send_event(
-                {"type": "error", "stage": msg.stage, "kind": msg.kind, "turn_id": msg.turn_id}
+                {**event, "detail": msg.detail[:MAX_ERROR_DETAIL], "retryable": msg.retryable}
             )
             turn = self._live_reply(msg.turn_id) if msg.turn_id else None
             if turn is None:

@@ -233,6 +233,8 @@ class TurnKeeper:
             played_ms=turn.played_ms,
         )
         await self.sink.send_event({"type": "turn.cancelled", "turn_id": cut.turn_id, "reason": cut.reason})
+        if turn.sentences and cut.reason != "call_ended":
+            await self.reply_cut(turn.turn_id, turn.played_text, cut.reason)
         # a caller turn is on record once its utterance ended, except a continued one the caller
         # never heard a word of: its words are the next turn's (that turn's asr.final lists it in
         # ``merged``); one cut while still listening never reached the dialogue
@@ -240,6 +242,12 @@ class TurnKeeper:
         on_record = turn.speech_end_ts_ms or turn.expects_reply or was_heard
         if turn.kind is not TurnKind.CALLER or (on_record and not merged_unheard):
             await self.report(turn)
+
+    async def reply_cut(self, turn_id: str, heard_text: str, reason: str) -> None:
+        """Tell the client a reply it was shown stopped: only ``heard_text`` of it was played."""
+        await self.sink.send_event(
+            {"type": "reply.cut", "turn_id": turn_id, "heard_text": heard_text, "reason": reason}
+        )
 
     async def pause(self, pause: Pause) -> None:
         """The caller spoke over the robot: silence it at once, keep the reply until it is judged."""
@@ -345,6 +353,8 @@ class TurnKeeper:
             )
         audio = self.playout.drop(turn.turn_id)
         turn.heard_before_fallback = audio.played_text() if audio else ""
+        if turn.sentences:
+            await self.reply_cut(turn.turn_id, turn.heard_before_fallback, "fallback")
         turn.played_ms = self.ms(audio.played_bytes) if audio else 0
         await self.bus.publish(
             subjects.control(self.call_id),

@@ -76,6 +76,8 @@ class Turn:
     first_audio_ts_ms: int = 0
     first_played_ts_ms: int = 0
     sentences: dict[int, str] = field(default_factory=dict)
+    # llm_script mode: the recorded track a sentence plays, by sentence index
+    tracks: dict[int, str] = field(default_factory=dict)
     # a reply is coming: the transcript had words (or a realtime reply arrived first)
     expects_reply: bool = False
     # the caller turn whose speech paused this reply (a barge-in not yet confirmed), else ""
@@ -114,6 +116,13 @@ class Turn:
             return " ".join(p for p in (self.heard_before_fallback, self.fallback_text) if p)
         return " ".join(self.sentences[i] for i in sorted(self.sentences))
 
+    @property
+    def track(self) -> str:
+        """The track(s) the reply played, in order ("" for a synthesized reply or a fallback)."""
+        if self.fallback_stage:
+            return ""
+        return " ".join(self.tracks[i] for i in sorted(self.tracks))
+
     def completed_outcome(self, played: bool) -> str:
         """The outcome of a turn whose audio played to its end (``played``: any audio at all)."""
         if self.fallback_stage:
@@ -146,6 +155,7 @@ class Turn:
             interrupted=self.state is TurnState.CUT,
             played_text=self.played_text,
             outcome=self.outcome,
+            track=self.track,
         )
 
 
@@ -208,5 +218,6 @@ def metrics_event(m: TurnMetrics) -> dict[str, Any]:
         "interrupted": m.interrupted,
         "played_text": m.played_text,
         "outcome": m.outcome,
+        "track": m.track,
         **latencies(m),
     }

@@ -74,6 +74,26 @@ class ProviderBase:
     async def aclose(self) -> None:
         """Release what the instance holds (HTTP clients, processes)."""
 
+    @classmethod
+    def check(cls, robot: RobotConfig) -> list[str]:
+        """What stops this provider from serving ``robot`` (options, keys, files), one line each.
+
+        The default builds a per-robot provider and drops it (construction validates its options and
+        keys; nothing connects before the first call); a local engine has nothing robot-specific
+        to check. A provider whose construction is costly (loads a model) overrides this.
+        """
+        if cls.scope != "robot":
+            return []
+        from voiceplatform.config import RobotConfigError
+
+        try:
+            cls.from_context(ProviderContext(robot=robot))
+        except RobotConfigError as exc:
+            return list(exc.problems)
+        except (ProviderError, ValueError) as exc:
+            return [str(exc)]
+        return []
+
     def for_robot(self, robot: RobotConfig | None) -> ProviderBase:
         """The instance to use for ``robot``: itself, or a view with the robot's options bound."""
         return self

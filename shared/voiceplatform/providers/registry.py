@@ -86,6 +86,10 @@ class RobotProviders(Generic[P]):
     def names(self) -> list[str]:
         return sorted({name for _, name in self._live})
 
+    def live(self) -> list[P]:
+        """The providers current robot configurations use."""
+        return [p for _, p in self._live.values()]
+
     async def aclose(self) -> None:
         providers = [p for _, p in self._live.values()] + self._retired
         self._live, self._retired = {}, []

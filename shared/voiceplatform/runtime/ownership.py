@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from voiceplatform import subjects
+from voiceplatform import load, subjects
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.wire import (
     AssignReply,
@@ -80,6 +80,7 @@ class CallOwnership:
             await self.bus.subscribe(subjects.assign_to(self.role, self.instance_id), self._on_assign),
         ]
         self.accepting = True
+        load.track_calls(self.role, lambda: len(self.calls), self.max_calls)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name=f"{self.role}-heartbeat")
 
     async def _on_assign(self, env: Envelope) -> Message | None:

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from voiceplatform import subjects, tracing
+from voiceplatform import load, subjects, tracing
 from voiceplatform.bus import Bus
 from voiceplatform.bus.auth import NatsAuth
 from voiceplatform.bus.nats import NatsBus
@@ -61,13 +61,19 @@ def build_http_app(service: Service, bus_ref: list[Bus], state: dict[str, str]) 
             "status": "ok" if ready else state["phase"],
             "bus_connected": bus_ok,
             **service.health(),
+            "load": load.snapshot(),
         }
         return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def live(_: Request) -> Response:
+        # liveness: the event loop answers (a draining or not-yet-ready process is alive)
+        return JSONResponse({"service": service.name, "phase": state["phase"]})
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_route("/health", health, methods=["GET"])
+    app.add_route("/live", live, methods=["GET"])
     app.add_route("/metrics", metrics, methods=["GET"])
     return app
 
@@ -112,7 +118,13 @@ async def run_service(
         if bus is None:
             # a NATS that is gone (or refuses our login) retries forever: SIGTERM must still end us
             bus = await _unless_stopped(
-                NatsBus.connect(settings.nats_url, service.name, **NatsAuth.of(settings).options()), stop
+                NatsBus.connect(
+                    settings.nats_url,
+                    service.name,
+                    js_replicas=settings.js_replicas,
+                    **NatsAuth.of(settings).options(),
+                ),
+                stop,
             )
             if bus is None:
                 log.warning("service.stopped_before_start", reason="no NATS connection when told to stop")

@@ -123,10 +123,15 @@ class CallDtmf(Message, tag="call.dtmf"):
 
 
 class CallRecording(Message, tag="call.recording"):
-    """The phone gateway started or stopped recording the call to ``path`` (FreeSWITCH's file)."""
+    """A recording of the call started or stopped: FreeSWITCH's file (``uuid_record``), or the
+    gateway's stereo WAV of every call (``voiceplatform.gateway.recording``: ``format``, ``channels``,
+    and on ``stop`` the ``duration_ms``)."""
 
     action: Literal["start", "stop"]
     path: str
+    format: str = ""  # "wav"; "" when the gateway does not know (FreeSWITCH's file)
+    channels: int = 0  # 2: caller left, robot right; 0 when unknown
+    duration_ms: int | None = None  # on "stop", when the writer knows it
 
 
 # ---- per-call ownership of streaming stages -----------------------------------------------------
@@ -392,6 +397,9 @@ class LlmSentence(Message, tag="llm.sentence"):
     last: bool = False
     # False when the sentence is already being spoken (realtime mode): recorded and shown, not synthesized
     synthesize: bool = True
+    # llm_script mode: the id of the robot's recording to play instead of synthesizing; ``text`` is
+    # what that recording says (voiceplatform.config.tracks)
+    track: str = ""
 
 
 class LlmDone(Message, tag="llm.done"):
@@ -464,6 +472,8 @@ class TurnMetrics(Message, tag="turn.metrics"):
     # "no_reply" (nothing to say), "call_ended", "fallback" (a stage missed its deadline: the
     # fallback line was said instead of the rest); "" from gateways older than this field
     outcome: str = ""
+    # llm_script mode: the id of the recorded track the reply played ("" for a synthesized reply)
+    track: str = ""
 
 
 class CallNoInput(Message, tag="call.no_input"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Self
 
@@ -13,7 +14,8 @@ from voiceplatform.config import RobotConfig
 from voiceplatform.providers import LlmChunk, LlmOptions
 from voiceplatform.providers.base import ProviderBase, ProviderContext
 from voiceplatform.wire import ChatMessage
-from vp_llm.script_engine import DialogScript, ScriptState
+from vp_llm.script_engine import DialogScript, DialogScriptError, ScriptState
+from vp_llm.script_loading import parse_script
 
 log = structlog.get_logger("vp_llm.script")
 
@@ -28,6 +30,24 @@ class ScriptDialog(ProviderBase):
     @classmethod
     def from_context(cls, ctx: ProviderContext) -> Self:
         return cls(ctx.require_robot(cls.name))
+
+    @classmethod
+    def check(cls, robot: RobotConfig) -> list[str]:
+        """The dialog file's problems, each as ``<file>: <where>: <problem>`` (no encoder is loaded)."""
+        name = robot.settings.dialog_file
+        try:
+            data = json.loads(robot.dialog_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return [f"{name}: missing (llm provider 'script' answers from it)"]
+        except UnicodeDecodeError:
+            return [f"{name}: not UTF-8 text"]
+        except json.JSONDecodeError as exc:
+            return [f"{name}: line {exc.lineno}: not valid JSON: {exc.msg}"]
+        try:
+            parse_script(data, name, robot.settings.language)
+        except DialogScriptError as exc:
+            return [f"{name}: {problem}" for problem in exc.problems]
+        return []
 
     def __init__(self, robot: RobotConfig) -> None:
         self.script = DialogScript.load(robot.dialog_path, robot.settings.language)

@@ -1,10 +1,12 @@
 """PostgreSQL: calls, their turns and every call event. Every write is idempotent.
 
-A batch is one transaction: the events go into ``call_events`` keyed by (call id, stream sequence),
-then each event updates its call or turn row with an upsert, then the call's derived columns
-(turns, barge-ins, errors, last prompt, voice-to-voice p50/max) are recomputed from what is stored.
-Recomputing instead of incrementing makes a redelivered or out-of-order event harmless (several
-recorders may share the consumer).
+A batch is one transaction of a fixed number of statements, however many events it holds: the
+rows of its calls are claimed (advisory locks in one order, so recorders sharing the consumer
+never deadlock), the events go into ``call_events`` keyed by (call id, stream sequence), then each
+kind of event updates its call or turn rows in one ``executemany``, then the calls' derived columns
+(turns, barge-ins, errors, last prompt, voice-to-voice p50/max) are recomputed from what is stored
+in one statement. Recomputing instead of incrementing makes a redelivered or out-of-order event
+harmless, and a late event (handled by another recorder after the call ended) corrects them.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ CONNECT_TIMEOUT_S = 5.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 COMMAND_TIMEOUT_S = 10.0
 
-_INSERT_EVENT = """
+# a whole batch in one statement (column arrays)
+_INSERT_EVENTS = """
 INSERT INTO call_events (call_id, seq, type, turn_id, at, subject, data)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+SELECT call_id, seq, type, turn_id, at, subject, data::jsonb
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[])
+    AS e(call_id, seq, type, turn_id, at, subject, data)
 ON CONFLICT (call_id, seq) DO NOTHING
 """
 
@@ -55,8 +60,9 @@ ON CONFLICT (call_id) DO UPDATE SET
     updated_at = now()
 """
 
-_ENSURE_CALL = """
-INSERT INTO calls (call_id, started_at) VALUES ($1, $2) ON CONFLICT (call_id) DO NOTHING
+_ENSURE_CALLS = """
+INSERT INTO calls (call_id, started_at)
+SELECT * FROM unnest($1::text[], $2::timestamptz[]) ON CONFLICT (call_id) DO NOTHING
 """
 
 _UPSERT_TURN = """
@@ -101,24 +107,54 @@ _DELETE_MERGED_AWAY = f"""
 DELETE FROM call_turns WHERE call_id = $1 AND turn_id = $2 AND {_MERGED_AWAY}
 """
 
-_REFRESH_CALL = """
-UPDATE calls c SET
-    turns = (SELECT count(DISTINCT e.turn_id) FROM call_events e
-             WHERE e.call_id = c.call_id AND e.type = 'turn.metrics'),
-    barge_ins = (SELECT count(DISTINCT e.turn_id) FROM call_events e
-                 WHERE e.call_id = c.call_id AND e.type = 'control.interrupt'
-                   AND e.data->>'by_turn_id' <> ''
-                   AND COALESCE(e.data->>'reason', 'barge_in') = 'barge_in'),
-    errors = (SELECT count(*) FROM call_events e WHERE e.call_id = c.call_id AND e.type = 'stage.error'),
-    last_prompt = COALESCE((SELECT e.data->>'to_prompt' FROM call_events e
-                            WHERE e.call_id = c.call_id AND e.type = 'prompt.switched'
-                            ORDER BY e.at DESC, e.seq DESC LIMIT 1), c.last_prompt),
-    voice_to_voice_p50_ms = (SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY t.voice_to_voice_ms))
-                             FROM call_turns t WHERE t.call_id = c.call_id),
-    voice_to_voice_max_ms = (SELECT max(t.voice_to_voice_ms) FROM call_turns t WHERE t.call_id = c.call_id),
-    updated_at = now()
-WHERE c.call_id = $1
+# one lock per call, taken in one order by every recorder (ids hashed to the advisory lock's key)
+_CLAIM_CALLS = """
+SELECT count(pg_advisory_xact_lock(k)) FROM (
+    SELECT DISTINCT hashtextextended(c, 0) AS k FROM unnest($1::text[]) AS c ORDER BY 1
+) AS claimed
 """
+
+# one pass over the events and turns of the batch's calls (not one scan per column and call)
+_REFRESH_CALLS = """
+WITH ids AS (SELECT DISTINCT unnest($1::text[]) AS call_id),
+ev AS (
+    SELECT e.call_id,
+           count(DISTINCT e.turn_id) FILTER (WHERE e.type = 'turn.metrics') AS turns,
+           count(DISTINCT e.turn_id) FILTER (
+               WHERE e.type = 'control.interrupt' AND e.data->>'by_turn_id' <> ''
+                 AND COALESCE(e.data->>'reason', 'barge_in') = 'barge_in') AS barge_ins,
+           count(*) FILTER (WHERE e.type = 'stage.error') AS errors,
+           (array_agg(e.data->>'to_prompt' ORDER BY e.at DESC, e.seq DESC)
+                FILTER (WHERE e.type = 'prompt.switched'))[1] AS last_prompt
+    FROM call_events e JOIN ids USING (call_id) GROUP BY e.call_id
+),
+tu AS (
+    SELECT t.call_id,
+           round(percentile_cont(0.5) WITHIN GROUP (ORDER BY t.voice_to_voice_ms)) AS p50,
+           max(t.voice_to_voice_ms) AS max
+    FROM call_turns t JOIN ids USING (call_id) GROUP BY t.call_id
+)
+UPDATE calls c SET
+    turns = COALESCE(ev.turns, 0),
+    barge_ins = COALESCE(ev.barge_ins, 0),
+    errors = COALESCE(ev.errors, 0),
+    last_prompt = COALESCE(ev.last_prompt, c.last_prompt),
+    voice_to_voice_p50_ms = tu.p50,
+    voice_to_voice_max_ms = tu.max,
+    updated_at = now()
+FROM ids LEFT JOIN ev USING (call_id) LEFT JOIN tu USING (call_id)
+WHERE c.call_id = ids.call_id
+"""
+
+# call.started before call.ended: the ended call's duration may come from its start
+_STATEMENT_ORDER = (
+    _UPSERT_STARTED,
+    _UPSERT_ENDED,
+    _UPSERT_TURN,
+    _UPSERT_TURN_LLM,
+    _UPSERT_TURN_ASR,
+    _DELETE_MERGED_AWAY,
+)
 
 _TRANSIENT = (
     OSError,
@@ -126,6 +162,7 @@ _TRANSIENT = (
     asyncpg.exceptions.InterfaceError,  # connection closed or in a bad state
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
+    asyncpg.exceptions.DeadlockDetectedError,  # a writer outside the recorder's lock order
 )
 
 
@@ -181,70 +218,63 @@ class PostgresStore:
         conn = self._conn
         if conn is None or conn.is_closed():
             raise ConnectionError("postgres not connected")
+        earliest = _earliest(events)
+        call_ids = sorted(earliest)
+        statements = _statements(events)
         async with conn.transaction():
-            await conn.executemany(_INSERT_EVENT, [_event_row(e) for e in events])
+            await conn.execute(_CLAIM_CALLS, call_ids)
+            await conn.execute(_INSERT_EVENTS, *zip(*(_event_row(e) for e in events), strict=True))
             # any event may come before call.started (several recorders, redelivery): the row first
-            await conn.executemany(
-                _ENSURE_CALL, [(call_id, ms_to_datetime(ts)) for call_id, ts in _earliest(events).items()]
-            )
+            await conn.execute(_ENSURE_CALLS, call_ids, [ms_to_datetime(earliest[c]) for c in call_ids])
+            for statement, rows in statements.items():
+                await conn.executemany(statement, rows)
             for event in events:
-                await self._apply(conn, event)
-            for call_id in dict.fromkeys(e.call_id for e in events):
-                await conn.execute(_REFRESH_CALL, call_id)
+                started = event.message
+                if isinstance(started, CallStarted) and started.channel == "phone":
+                    at = ms_to_datetime(started.ts_ms) or _EPOCH
+                    await record_caller(conn, started.caller, started.call_id, at)
+            await conn.execute(_REFRESH_CALLS, call_ids)
 
-    async def _apply(self, conn: asyncpg.Connection, event: StoredEvent) -> None:
-        msg = event.message
-        if isinstance(msg, CallStarted):
-            await conn.execute(
-                _UPSERT_STARTED,
-                msg.call_id,
-                msg.caller,
-                msg.robot,
-                msg.mode,
-                msg.channel,
-                ms_to_datetime(msg.ts_ms),
-                msg.sample_rate,
-                msg.gateway_id,
-            )
-            if msg.channel == "phone":
-                await record_caller(conn, msg.caller, msg.call_id, ms_to_datetime(msg.ts_ms) or _EPOCH)
-        elif isinstance(msg, CallEnded):
-            ended_at = ms_to_datetime(msg.ts_ms)
-            duration = msg.duration_ms / 1000 if msg.duration_ms > 0 else None
-            started_at = ms_to_datetime(msg.ts_ms - msg.duration_ms)
-            await conn.execute(_UPSERT_ENDED, msg.call_id, started_at, ended_at, duration, msg.reason)
-        elif isinstance(msg, TurnMetrics):
-            fig = turn_figures(msg)
-            await conn.execute(
-                _UPSERT_TURN,
-                msg.call_id,
-                msg.turn_id,
-                msg.user_text,
-                msg.bot_text,
-                msg.interrupted,
-                msg.played_text,
-                ms_to_datetime(msg.speech_end_ts_ms),
-                fig["asr_ms"],
-                fig["llm_first_sentence_ms"],
-                fig["tts_first_audio_ms"],
-                fig["voice_to_voice_ms"],
-                fig["asr_latency_ms"],
-                fig["llm_latency_ms"],
-                fig["tts_latency_ms"],
-            )
-        elif isinstance(msg, LlmDone):
-            await conn.execute(
-                _UPSERT_TURN_LLM,
-                msg.call_id,
-                msg.turn_id,
-                msg.provider,
-                msg.prompt_tokens,
-                msg.completion_tokens,
-            )
-        elif isinstance(msg, AsrFinal):
-            await conn.execute(_UPSERT_TURN_ASR, msg.call_id, msg.turn_id, msg.provider)
-        elif isinstance(msg, ControlInterrupt) and msg.reason == "continued":
-            await conn.execute(_DELETE_MERGED_AWAY, msg.call_id, msg.turn_id)
+
+def _statements(events: Sequence[StoredEvent]) -> dict[str, list[tuple[object, ...]]]:
+    """Per statement (in ``_STATEMENT_ORDER``), its rows in stream order. Each statement sets
+    columns no later one sets (or decides from ``call_events``, already complete for the batch), so
+    running them statement by statement gives what running them event by event would."""
+    rows: dict[str, list[tuple[object, ...]]] = {statement: [] for statement in _STATEMENT_ORDER}
+    for event in events:
+        found = _upsert_of(event.message)
+        if found is not None:
+            rows[found[0]].append(found[1])
+    return {statement: found for statement, found in rows.items() if found}
+
+
+def _upsert_of(msg: object) -> tuple[str, tuple[object, ...]] | None:
+    if isinstance(msg, CallStarted):
+        return _UPSERT_STARTED, (
+            msg.call_id, msg.caller, msg.robot, msg.mode, msg.channel, ms_to_datetime(msg.ts_ms),
+            msg.sample_rate, msg.gateway_id,
+        )  # fmt: skip
+    if isinstance(msg, CallEnded):
+        ended_at = ms_to_datetime(msg.ts_ms)
+        duration = msg.duration_ms / 1000 if msg.duration_ms > 0 else None
+        started_at = ms_to_datetime(msg.ts_ms - msg.duration_ms)
+        return _UPSERT_ENDED, (msg.call_id, started_at, ended_at, duration, msg.reason)
+    if isinstance(msg, TurnMetrics):
+        fig = turn_figures(msg)
+        return _UPSERT_TURN, (
+            msg.call_id, msg.turn_id, msg.user_text, msg.bot_text, msg.interrupted, msg.played_text,
+            ms_to_datetime(msg.speech_end_ts_ms), fig["asr_ms"], fig["llm_first_sentence_ms"],
+            fig["tts_first_audio_ms"], fig["voice_to_voice_ms"], fig["asr_latency_ms"],
+            fig["llm_latency_ms"], fig["tts_latency_ms"],
+        )  # fmt: skip
+    if isinstance(msg, LlmDone):
+        row = (msg.call_id, msg.turn_id, msg.provider, msg.prompt_tokens, msg.completion_tokens)
+        return _UPSERT_TURN_LLM, row
+    if isinstance(msg, AsrFinal):
+        return _UPSERT_TURN_ASR, (msg.call_id, msg.turn_id, msg.provider)
+    if isinstance(msg, ControlInterrupt) and msg.reason == "continued":
+        return _DELETE_MERGED_AWAY, (msg.call_id, msg.turn_id)
+    return None
 
 
 def _earliest(events: Sequence[StoredEvent]) -> dict[str, int]:

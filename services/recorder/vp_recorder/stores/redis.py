@@ -5,20 +5,24 @@ Keys (all expire ``ttl_s`` after the last write to the call):
   (+ ended_at, end_reason once ended);
 - ``call:{id}:history`` list of JSON ``{role, text, turn_id, ts_ms, interrupted}``, one entry per role
   and turn, updated in place when a later event knows better (barge-in truncates the bot text);
-- ``call:{id}:turns`` set of recorded turn ids, so a repeated turn.metrics is not counted twice.
+- ``call:{id}:turns`` set of recorded turn ids, so a repeated turn.metrics is not counted twice;
+- ``call:{id}:cut`` hash turn id -> played text of bot turns interrupted before their llm.done
+  (kept here, not in recorder memory, so another recorder may get the llm.done).
+
+Each event is applied on the server by one Lua script (``redis_script``), atomically, and a whole
+batch is one pipeline: the scripts, each followed by the event's public message (state first).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import Sequence
-from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.typing import EncodableT, FieldT
+from redis.typing import EncodableT
 
 from voiceplatform.wire import (
     AsrFinal,
@@ -33,17 +37,18 @@ from voiceplatform.wire import (
 from vp_recorder.events import REDIS_CHANNEL
 from vp_recorder.public import PublicEvents
 from vp_recorder.stored import StoredEvent
+from vp_recorder.stores.redis_script import CALL_EVENT_SCRIPT
 
 SOCKET_TIMEOUT_S = 5.0
-# bot turns interrupted before their llm.done arrived, per call (bounded: forgotten at call end)
-_MAX_PENDING_PER_CALL = 64
-_MAX_PENDING_CALLS = 10_000  # calls whose call.ended never came are forgotten oldest first
 
-HashFields = dict[FieldT, EncodableT]
-# what a pipeline stage reports about a turn, before the gateway's final account (turn.metrics)
-StageEvent = AsrFinal | LlmDone | ControlInterrupt
-
-_TRANSIENT = (OSError, TimeoutError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# NoScriptError: the server lost its script cache (restart, SCRIPT FLUSH): connect loads it again
+_TRANSIENT = (
+    OSError,
+    TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.NoScriptError,
+)
 
 
 def call_key(call_id: str) -> str:
@@ -58,6 +63,38 @@ def turns_key(call_id: str) -> str:
     return f"call:{call_id}:turns"
 
 
+def cut_key(call_id: str) -> str:
+    return f"call:{call_id}:cut"
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def event_fields(msg: Message) -> list[EncodableT] | None:
+    """The script's kind and fields for one event (after kind, ttl and scan); None: nothing to do."""
+    if isinstance(msg, CallStarted):
+        return ["call.started", msg.robot, msg.channel, msg.ts_ms]
+    if isinstance(msg, CallEnded):
+        return ["call.ended", msg.ts_ms, msg.reason]
+    if isinstance(msg, PromptSwitched):
+        return ["prompt.switched", msg.to_prompt]
+    if isinstance(msg, TurnMetrics):
+        # a reply replaced by the fallback line after a missed deadline was stopped upstream
+        # (llm.done says interrupted) but is no interruption of what the caller heard
+        bot_text = msg.played_text if msg.interrupted else msg.bot_text
+        user_ts = msg.speech_end_ts_ms or msg.ts_ms
+        cut = _flag(msg.interrupted)
+        return ["turn.metrics", msg.turn_id, msg.user_text, bot_text, cut, user_ts, msg.ts_ms]
+    if isinstance(msg, AsrFinal):
+        return ["asr.final", msg.turn_id, msg.text, msg.ts_ms]
+    if isinstance(msg, LlmDone):
+        return ["llm.done", msg.turn_id, msg.text, msg.ts_ms, _flag(msg.interrupted)]
+    if isinstance(msg, ControlInterrupt):
+        return ["control.interrupt", msg.turn_id, msg.played_text, msg.ts_ms]
+    return None
+
+
 class RedisStore:
     name = "redis"
 
@@ -69,7 +106,7 @@ class RedisStore:
         self.ttl_s = ttl_s
         self.history_scan = history_scan
         self._client: aioredis.Redis | None = None
-        self._interrupted: dict[str, dict[str, str]] = {}
+        self._script_sha = ""
 
     def accepts(self, message: Message) -> bool:
         return isinstance(
@@ -87,7 +124,7 @@ class RedisStore:
             retry=Retry(NoBackoff(), 0),
         )
         try:
-            await client.ping()
+            self._script_sha = str(await client.script_load(CALL_EVENT_SCRIPT))
         except BaseException:
             await client.aclose()
             raise
@@ -102,149 +139,28 @@ class RedisStore:
         return isinstance(exc, _TRANSIENT)
 
     async def write(self, events: Sequence[StoredEvent]) -> None:
+        """The whole batch in one round trip: per event its script, then its public message."""
         r = self._client
         if r is None:
             raise ConnectionError("redis not connected")
-        for event in events:
-            await self._write_one(r, event)
-
-    async def _write_one(self, r: aioredis.Redis, event: StoredEvent) -> None:
-        msg = event.message
-        fields: HashFields = {}
-        set_if_missing: HashFields = {}
-        if isinstance(msg, CallStarted):
-            fields = {"robot": msg.robot, "channel": msg.channel, "started_at": msg.ts_ms}
-            # a late call.started must not reopen an ended call
-            set_if_missing = {"status": "active", "turns": 0}
-        elif isinstance(msg, CallEnded):
-            fields = {"status": "ended", "ended_at": msg.ts_ms, "end_reason": msg.reason}
-            self._interrupted.pop(msg.call_id, None)
-        elif isinstance(msg, PromptSwitched):
-            fields = {"prompt": msg.to_prompt}
-        elif isinstance(msg, StageEvent):
-            # once the gateway's account of the turn (turn.metrics) is stored it is final: a stage
-            # event delivered again later (a recorder restart) must not overwrite it
-            if not await r.sismember(turns_key(msg.call_id), msg.turn_id):
-                fields = await self._record_stage(r, msg)
-        elif isinstance(msg, TurnMetrics):
-            fields = await self._record_turn(r, msg)
-        public = await self._public.payload(event) if self._public is not None else None
-        await self._finish(r, msg.call_id, fields, set_if_missing, public[1] if public else None)
-
-    async def _record_stage(
-        self, r: aioredis.Redis, msg: AsrFinal | LlmDone | ControlInterrupt
-    ) -> HashFields:
-        """What a stage said about a turn before the gateway's account of it arrives."""
-        if isinstance(msg, AsrFinal):
-            await self._put_entry(r, msg.call_id, "user", msg.turn_id, msg.text, msg.ts_ms, False)
-            return {"last_user_text": msg.text}
-        if isinstance(msg, LlmDone):
-            played = self._interrupted.get(msg.call_id, {}).get(msg.turn_id)
-            text = msg.text if played is None else played
-            interrupted = msg.interrupted or played is not None
-            await self._put_entry(r, msg.call_id, "assistant", msg.turn_id, text, msg.ts_ms, interrupted)
-            return {"last_bot_text": text}
-        found = await self._put_entry(
-            r, msg.call_id, "assistant", msg.turn_id, msg.played_text, msg.ts_ms, True, append=False
-        )
-        if found:
-            return {"last_bot_text": msg.played_text}
-        self._remember_interrupt(msg)
-        return {}
-
-    async def _record_turn(self, r: aioredis.Redis, m: TurnMetrics) -> HashFields:
-        """The gateway's account of a turn is final: it corrects the history entries of the turn."""
-        await r.sadd(turns_key(m.call_id), m.turn_id)
-        fields: HashFields = {"turns": int(await r.scard(turns_key(m.call_id)))}
-        ts_ms = m.speech_end_ts_ms or m.ts_ms
-        if m.user_text:
-            await self._put_entry(r, m.call_id, "user", m.turn_id, m.user_text, ts_ms, False)
-        bot_text = m.played_text if m.interrupted else m.bot_text
-        if bot_text or m.interrupted:
-            # final: a reply replaced by the fallback line after a missed deadline was stopped
-            # upstream (llm.done says interrupted) but is no interruption of what the caller heard
-            await self._put_entry(
-                r, m.call_id, "assistant", m.turn_id, bot_text, m.ts_ms, m.interrupted, final=True
-            )
-            fields["last_bot_text"] = bot_text
-        return fields
-
-    def _remember_interrupt(self, msg: ControlInterrupt) -> None:
-        if msg.call_id not in self._interrupted and len(self._interrupted) >= _MAX_PENDING_CALLS:
-            self._interrupted.pop(next(iter(self._interrupted)))
-        pending = self._interrupted.setdefault(msg.call_id, {})
-        if len(pending) >= _MAX_PENDING_PER_CALL:
-            pending.pop(next(iter(pending)))
-        pending[msg.turn_id] = msg.played_text
-
-    async def _put_entry(
-        self,
-        r: aioredis.Redis,
-        call_id: str,
-        role: str,
-        turn_id: str,
-        text: str,
-        ts_ms: int,
-        interrupted: bool,
-        append: bool = True,
-        final: bool = False,
-    ) -> bool:
-        """Update the history entry of (role, turn) in place, or append it. True when it existed.
-
-        A stage's report only ever marks an entry interrupted; the gateway's ``final`` one decides."""
-        key = history_key(call_id)
-        async with r.pipeline(transaction=True) as pipe:
-            pipe.llen(key)
-            pipe.lrange(key, -self.history_scan, -1)
-            length, recent = await pipe.execute()
-        # absolute index: appends by other writers never shift it (a negative one would)
-        first = int(length) - len(recent)
-        for offset in range(len(recent) - 1, -1, -1):
-            entry: dict[str, Any] = json.loads(recent[offset])
-            if entry.get("role") == role and entry.get("turn_id") == turn_id:
-                updated = {
-                    **entry,
-                    "text": text,
-                    "interrupted": interrupted or (not final and bool(entry.get("interrupted"))),
-                }
-                if updated != entry:
-                    await r.lset(key, first + offset, _entry_json(updated))
-                return True
-        if append:
-            entry = {
-                "role": role,
-                "text": text,
-                "turn_id": turn_id,
-                "ts_ms": ts_ms,
-                "interrupted": interrupted,
-            }
-            # in time order even when an event comes late (redelivered after a recorder restart):
-            # before the first recent entry that happened after it
-            later = next((raw for raw in recent if int(json.loads(raw).get("ts_ms", 0)) > ts_ms), None)
-            if later is None or await r.linsert(key, "BEFORE", later, _entry_json(entry)) < 0:
-                await r.rpush(key, _entry_json(entry))
-        return False
-
-    async def _finish(
-        self,
-        r: aioredis.Redis,
-        call_id: str,
-        fields: HashFields,
-        set_if_missing: HashFields,
-        public: bytes | None,
-    ) -> None:
-        """Hash fields, TTL refresh on every key of the call, then the public event (state first)."""
-        async with r.pipeline(transaction=True) as pipe:
-            if fields:
-                pipe.hset(call_key(call_id), mapping=fields)
-            for field, value in set_if_missing.items():
-                pipe.hsetnx(call_key(call_id), field, value)
-            for key in (call_key(call_id), history_key(call_id), turns_key(call_id)):
-                pipe.expire(key, self.ttl_s)
-            if public is not None:
-                pipe.publish(REDIS_CHANNEL, public)
+        # the calls' ends first, together: the summary of a call the recorder has not seen whole
+        # is read back from the stream, and the batch's calls are read at once
+        ends = [event for event in events if isinstance(event.message, CallEnded)]
+        read = await asyncio.gather(*map(self._public_payload, ends))
+        summed = {event.seq: public for event, public in zip(ends, read, strict=True)}
+        async with r.pipeline(transaction=False) as pipe:
+            for event in events:
+                public = summed[event.seq] if event.seq in summed else await self._public_payload(event)
+                msg = event.message
+                fields = event_fields(msg)
+                if fields is not None:
+                    keys = (call_key(msg.call_id), history_key(msg.call_id), turns_key(msg.call_id))
+                    args = [fields[0], self.ttl_s, self.history_scan, *fields[1:]]
+                    pipe.evalsha(self._script_sha, 4, *keys, cut_key(msg.call_id), *args)
+                if public is not None:
+                    pipe.publish(REDIS_CHANNEL, public)
             await pipe.execute()
 
-
-def _entry_json(entry: dict[str, Any]) -> str:
-    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+    async def _public_payload(self, event: StoredEvent) -> bytes | None:
+        public = await self._public.payload(event) if self._public is not None else None
+        return public[1] if public is not None else None

@@ -8,22 +8,16 @@ from typing import TYPE_CHECKING, cast
 import structlog
 
 from voiceplatform.config import VadConfig
+from voiceplatform.providers import catalog
 from voiceplatform.providers.base import ProviderContext
 from voiceplatform.providers.interfaces import VadModel
-from voiceplatform.providers.registry import ProviderRegistry
 
 if TYPE_CHECKING:
     from ..eot import EotModel
 
 log = structlog.get_logger("vp_vad.providers")
 
-VAD_MODELS = ProviderRegistry(
-    "vad",
-    {
-        "energy": "vp_vad.providers.energy:EnergyVad",
-        "silero": "vp_vad.providers.silero:SileroVad",
-    },
-)
+VAD_MODELS = catalog.registry("vad")
 
 # silero's "off" threshold sits this far below "on" so a probability wobbling around one value
 # does not end an utterance mid-word

@@ -1,0 +1,249 @@
+"""Every call as one stereo WAV: the caller on the left channel, the robot on the right, aligned by time.
+
+Both gateways write it the same way through ``CallSession`` (``recordings_dir``): the session hands
+each caller frame to ``caller`` as it arrives and wraps its sink in ``RecordingSink``, so a robot
+frame is placed when the gateway plays it out and a flush (barge-in, pause) removes what had been
+sent ahead but not heard. Silence fills the rest. Positions are wall-clock samples since the call
+began: caller frames follow one another (they are paced by the caller), and a caller gap longer
+than ``late_s`` (a dropped socket) is left silent instead of pulling later speech forward. For a
+phone call the robot's audio is placed when the gateway sends it to FreeSWITCH, up to the sink's
+lead earlier than the caller heard it.
+
+The file is written as the call goes (``<dir>/<YYYY-MM-DD>/<call_id>.wav.part``), keeping only the
+last ``late_s`` in memory, and renamed to ``.wav`` when the call ends; the session publishes
+``call.recording`` (``start`` with the final path, ``stop`` with the duration) on the call's
+lifecycle subject, and the recorder keeps it with the call (docs/call_events.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import wave
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import structlog
+from prometheus_client import Counter
+
+from voiceplatform.config import RobotConfig
+from voiceplatform.wire import CallRecording
+
+log = structlog.get_logger("voiceplatform.gateway.recording")
+
+FORMAT = "wav"
+CHANNELS = 2  # left: caller, right: robot
+SAMPLE_BYTES = 2
+PART_SUFFIX = ".part"
+# caller audio that arrives later than this behind the wall clock starts at the wall clock
+LATE_S = 1.0
+
+RECORDINGS = Counter("vp_gateway_recordings_total", "Call recordings (stereo WAV) by outcome", ["outcome"])
+
+
+class _Sink(Protocol):
+    async def send_audio(self, pcm: bytes) -> None: ...
+    async def send_event(self, event: dict[str, Any]) -> None: ...
+    async def flush(self, turn_id: str) -> None: ...
+    async def close(self, reason: str) -> None: ...
+
+
+def recording_path(recordings_dir: Path, call_id: str, started: datetime | None = None) -> Path:
+    """Where a call's recording goes: one folder per UTC day, the call id as the name."""
+    day = (started or datetime.now(UTC)).strftime("%Y-%m-%d")
+    return recordings_dir.resolve() / day / f"{call_id}.{FORMAT}"
+
+
+class StereoRecording:
+    """One call's stereo WAV, written while the call goes on (see the module's docstring)."""
+
+    def __init__(
+        self,
+        path: Path,
+        sample_rate: int,
+        clock: Callable[[], float] = time.monotonic,
+        late_s: float = LATE_S,
+    ) -> None:
+        self.path = path
+        self.sample_rate = sample_rate
+        self._clock = clock
+        self._t0 = clock()
+        self._late = int(late_s * sample_rate)
+        self._part = path.with_name(path.name + PART_SUFFIX)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._wav: wave.Wave_write | None = wave.open(str(self._part), "wb")  # noqa: SIM115
+        self._wav.setnchannels(CHANNELS)
+        self._wav.setsampwidth(SAMPLE_BYTES)
+        self._wav.setframerate(sample_rate)
+        self._base = 0  # samples already on disk
+        self._left = np.zeros(0, dtype=np.int16)  # samples from _base on
+        self._right = np.zeros(0, dtype=np.int16)
+        self._caller_end = 0
+        self._robot_end = 0
+        self.dropped_samples = 0  # audio that came after its place had been written (counted, logged)
+        self.duration_ms = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._wav is None
+
+    def _now(self) -> int:
+        return round((self._clock() - self._t0) * self.sample_rate)
+
+    def _put(self, track: str, pos: int, pcm: bytes) -> int:
+        samples = np.frombuffer(pcm[: len(pcm) // SAMPLE_BYTES * SAMPLE_BYTES], dtype=np.int16)
+        end = pos + len(samples)
+        if pos < self._base:  # its place is on disk already
+            cut = min(self._base - pos, len(samples))
+            self.dropped_samples += cut
+            samples, pos = samples[cut:], pos + cut
+        need = end - self._base
+        if need > len(self._left):
+            grow = need - len(self._left)
+            self._left = np.concatenate([self._left, np.zeros(grow, dtype=np.int16)])
+            self._right = np.concatenate([self._right, np.zeros(grow, dtype=np.int16)])
+        if len(samples):
+            target = self._left if track == "caller" else self._right
+            target[pos - self._base : end - self._base] = samples
+        return end
+
+    def caller(self, pcm: bytes) -> None:
+        """One frame of the caller's audio, as it arrived."""
+        if self._wav is None:
+            return
+        now = self._now()
+        n = len(pcm) // SAMPLE_BYTES
+        pos = self._caller_end
+        if pos < now - n - self._late:
+            pos = now - n  # after a gap: the frame is recent, not the continuation of old speech
+        self._caller_end = self._put("caller", pos, pcm)
+        self._write_settled(now)
+
+    def robot(self, pcm: bytes) -> None:
+        """Robot audio the gateway plays now (after what it has sent before)."""
+        if self._wav is None:
+            return
+        now = self._now()
+        self._robot_end = self._put("robot", max(self._robot_end, now), pcm)
+        self._write_settled(now)  # also while the caller sends nothing (a dropped socket)
+
+    def clear_robot(self) -> None:
+        """The caller's side dropped what it had not played yet (barge-in): silence from now on."""
+        now = max(self._now(), self._base)
+        if self._robot_end > now:
+            self._right[now - self._base : self._robot_end - self._base] = 0
+            self._robot_end = now
+
+    def _write_settled(self, now: int) -> None:
+        # audio older than the late window (and a frame or more) cannot change any more; written in
+        # steps of a second
+        settled = now - self._late - self.sample_rate // 5 - self._base
+        if settled >= self.sample_rate and len(self._left) >= settled:
+            self._write(settled)
+
+    def _write(self, count: int) -> None:
+        assert self._wav is not None
+        frames = np.empty(count * CHANNELS, dtype=np.int16)
+        frames[0::2], frames[1::2] = self._left[:count], self._right[:count]
+        self._wav.writeframes(frames.astype("<i2").tobytes())
+        self._left, self._right = self._left[count:], self._right[count:]
+        self._base += count
+
+    def close(self) -> int:
+        """Write the rest and move the file to its final name; returns the duration in ms."""
+        if self._wav is None:
+            return self.duration_ms
+        end = max(self._caller_end, self._robot_end, self._base)
+        try:
+            if end > self._base:
+                self._write(end - self._base)
+            self._wav.close()
+            self._part.replace(self.path)
+        finally:
+            self._wav = None
+        self.duration_ms = end * 1000 // self.sample_rate
+        if self.dropped_samples:
+            log.warning("recording.late_audio_dropped", path=str(self.path), samples=self.dropped_samples)
+        return self.duration_ms
+
+    def abandon(self) -> None:
+        """Close without keeping a file (the call could not start)."""
+        if self._wav is not None:
+            with contextlib.suppress(Exception):
+                self._wav.close()
+            self._wav = None
+            self._part.unlink(missing_ok=True)
+
+
+def open_recording(
+    recordings_dir: Path | None, robot: RobotConfig, call_id: str, sample_rate: int
+) -> StereoRecording | None:
+    """The call's recording, or None: no recordings dir, the robot's ``recording.calls`` is off, or
+    the file cannot be made (logged and counted; the call goes on unrecorded)."""
+    if recordings_dir is None or not robot.settings.recording.calls:
+        return None
+    path = recording_path(recordings_dir, call_id)
+    try:
+        recording = StereoRecording(path, sample_rate)
+    except OSError as exc:
+        RECORDINGS.labels("open_failed").inc()
+        log.error("recording.open_failed", call_id=call_id, path=str(path), error=type(exc).__name__)
+        return None
+    RECORDINGS.labels("started").inc()
+    return recording
+
+
+def recording_event(call_id: str, recording: StereoRecording) -> CallRecording:
+    """``call.recording``: ``start`` while the file is open, ``stop`` with its duration once closed."""
+    closed = recording.closed
+    return CallRecording(
+        call_id=call_id,
+        action="stop" if closed else "start",
+        path=str(recording.path),
+        format=FORMAT,
+        channels=CHANNELS,
+        duration_ms=recording.duration_ms if closed else None,
+    )
+
+
+def close_recording(call_id: str, recording: StereoRecording) -> bool:
+    """Close the call's file; False (logged, counted) when it could not be written."""
+    try:
+        recording.close()
+    except OSError as exc:
+        RECORDINGS.labels("write_failed").inc()
+        log.error(
+            "recording.write_failed", call_id=call_id, path=str(recording.path), error=type(exc).__name__
+        )
+        return False
+    RECORDINGS.labels("saved").inc()
+    return True
+
+
+class RecordingSink:
+    """A call's sink that also puts the robot audio it plays into the recording."""
+
+    def __init__(self, inner: _Sink, recording: StereoRecording) -> None:
+        self.inner = inner
+        self.recording = recording
+
+    async def send_audio(self, pcm: bytes) -> None:
+        self.recording.robot(pcm)
+        await self.inner.send_audio(pcm)
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        await self.inner.send_event(event)
+
+    async def flush(self, turn_id: str) -> None:
+        self.recording.clear_robot()
+        await self.inner.flush(turn_id)
+
+    async def close(self, reason: str) -> None:
+        await self.inner.close(reason)
+
+    def __getattr__(self, name: str) -> Any:
+        # a gateway's own sink methods (gateway-fs: hangup, wait_drained, ...) stay reachable
+        return getattr(self.inner, name)

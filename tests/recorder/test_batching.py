@@ -1,0 +1,223 @@
+"""What a batch costs the stores (round trips, statements) and what a call's end reads back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from nats.aio.msg import Msg
+from redis.asyncio.connection import AbstractConnection
+
+from bench.recorder_load import SimulatedCall
+from tests.recorder.conftest import new_call_id, settle
+from tests.recorder.test_recorder import StartRecorder, call_sequence, play
+from voiceplatform.bus.jetstream import stream_sequence
+from voiceplatform.bus.nats import NatsBus
+from voiceplatform.wire import encode
+from vp_recorder.ledger import CallLedger
+from vp_recorder.reader import JetStreamCallReader
+from vp_recorder.settings import RecorderSettings
+from vp_recorder.stored import StoredEvent
+from vp_recorder.stores.postgres import PostgresStore
+from vp_recorder.stores.redis import RedisStore
+
+
+def interleaved(*calls: SimulatedCall) -> list[StoredEvent]:
+    """The calls' events taking turns, numbered as a stream would number them."""
+    streams = [list(call.events()) for call in calls]
+    events: list[StoredEvent] = []
+    while any(streams):
+        for stream in streams:
+            if stream:
+                subject, msg = stream.pop(0)
+                events.append(StoredEvent(len(events) + 1, subject, msg))
+    return events
+
+
+@pytest.fixture
+def redis_sends(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Every request a Redis client of this process sends (a pipeline is one)."""
+    sent: list[int] = []
+    original = AbstractConnection.send_packed_command
+
+    async def counting(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        await original(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    yield sent
+
+
+async def test_a_redis_batch_is_one_round_trip(
+    redis_url: str, redis_client: aioredis.Redis, redis_sends: list[int]
+) -> None:
+    calls = [SimulatedCall(new_call_id(), turns=4) for _ in range(3)]
+    events = interleaved(*calls)
+    store = RedisStore(redis_url, public=None)
+    await store.connect()
+    try:
+        redis_sends.clear()
+        await store.write(events)
+        assert len(redis_sends) == 1, f"{len(events)} events"
+    finally:
+        await store.close()
+    for call in calls:  # and the state is the whole calls'
+        history = [json.loads(x) for x in await redis_client.lrange(f"call:{call.call_id}:history", 0, -1)]
+        expected = []
+        for n in range(1, call.turns + 1):
+            said, reply, played = call.texts(n)
+            expected += [("user", said), ("assistant", played if call.interrupted(n) else reply)]
+        assert [(h["role"], h["text"]) for h in history] == expected
+        state = await redis_client.hgetall(f"call:{call.call_id}")
+        assert (state["status"], state["turns"]) == ("ended", "4")
+
+
+class CountingConnection:
+    """An asyncpg connection that counts the statements sent to the server."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+        self.statements = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self.statements += 1
+        return await self._conn.execute(*args, **kwargs)
+
+    async def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        self.statements += 1
+        return await self._conn.executemany(*args, **kwargs)
+
+
+@pytest.fixture
+async def postgres_store(postgres_dsn: str, pg_schema: str) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(postgres_dsn, pg_schema)
+    await store.connect()
+    yield store
+    await store.close()
+
+
+async def statements_for(store: PostgresStore, events: list[StoredEvent]) -> int:
+    conn = store._conn
+    assert conn is not None
+    counting = CountingConnection(conn)
+    store._conn = counting  # type: ignore[assignment]
+    try:
+        await store.write(events)
+    finally:
+        store._conn = conn
+    return counting.statements
+
+
+async def test_a_postgres_batch_costs_the_same_statements_however_many_events(
+    postgres_store: PostgresStore, pg: asyncpg.Connection
+) -> None:
+    small = interleaved(SimulatedCall(new_call_id(), turns=3))
+    large = interleaved(*(SimulatedCall(new_call_id(), turns=9) for _ in range(6)))
+    assert len(large) > 5 * len(small)
+    assert await statements_for(postgres_store, small) == await statements_for(postgres_store, large)
+    # and the derived columns are those of the whole calls
+    for call_id in {e.call_id for e in large}:
+        row = await pg.fetchrow("SELECT status, turns, barge_ins FROM calls WHERE call_id = $1", call_id)
+        assert row is not None and tuple(row) == ("ended", 9, 3)
+
+
+async def test_a_call_end_reads_nothing_back(
+    settings: RecorderSettings,
+    start_recorder: StartRecorder,
+    gateway_bus: NatsBus,
+    js_nats_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read_back: list[str] = []
+    original = JetStreamCallReader.read_call
+
+    async def counting(self: JetStreamCallReader, call_id: str) -> list[StoredEvent]:
+        read_back.append(call_id)
+        return await original(self, call_id)
+
+    monkeypatch.setattr(JetStreamCallReader, "read_call", counting)
+    # every store that builds a view of the call: Redis and NATS (summary), the call log
+    logs = {"call_logs": True, "call_logs_dir": tmp_path}
+    recorder = await start_recorder(settings.model_copy(update=logs))
+    call_id = new_call_id()
+    events = call_sequence(call_id)
+    await play(gateway_bus, events)
+    await settle(recorder, js_nats_url, len(events))
+    assert read_back == []
+    [log_file] = list((tmp_path / "demo" / "logs").glob(f"*{call_id}.json"))
+    assert json.loads(log_file.read_text())["events"] == len(events)
+
+
+class StreamStandIn:
+    """A stream read back: every event of each call, counting the reads."""
+
+    def __init__(self, events: list[StoredEvent]) -> None:
+        self.events = events
+        self.reads = 0
+
+    async def read_call(self, call_id: str) -> list[StoredEvent]:
+        self.reads += 1
+        return [e for e in self.events if e.call_id == call_id]
+
+
+def note_all(ledger: CallLedger, events: list[StoredEvent]) -> None:
+    for event in events:
+        ledger.note(event.seq, event, encode(event.message))
+
+
+async def test_the_ledger_answers_from_memory_only_for_a_call_it_saw_whole() -> None:
+    events = interleaved(SimulatedCall(new_call_id(), 3), SimulatedCall(new_call_id(), 3))
+    whole, split = events[0].call_id, events[1].call_id
+    stream = StreamStandIn(events)
+    ledger = CallLedger(stream)
+    note_all(ledger, events)
+    assert await ledger.read_call(whole) == [e for e in events if e.call_id == whole]
+    assert stream.reads == 0
+
+    # another recorder had some of the messages: what this one holds of a call is not enough
+    other = CallLedger(stream)
+    note_all(other, [e for e in events if e.seq % 5])
+    assert await other.read_call(split) == [e for e in events if e.call_id == split]
+    assert stream.reads == 1
+    await other.read_call(split)  # the read serves the call's later readers
+    assert stream.reads == 1
+    # readers asking at the same moment (the Redis and NATS stores at a call's end) share one read
+    third = CallLedger(stream)
+    note_all(third, [e for e in events if e.seq % 5])
+    both = await asyncio.gather(third.read_call(split), third.read_call(split))
+    assert both[0] == both[1] == [e for e in events if e.call_id == split]
+    assert stream.reads == 2
+
+
+async def test_the_ledger_forgets_ended_calls_first_beyond_its_bound() -> None:
+    first, second = SimulatedCall(new_call_id(), 2), SimulatedCall(new_call_id(), 2)
+    events = [*interleaved(first), *interleaved(second)]
+    events = [StoredEvent(k, e.subject, e.message) for k, e in enumerate(events, start=1)]
+    stream = StreamStandIn(events)
+    ledger = CallLedger(stream, max_events=len(events) - 1)
+    note_all(ledger, events)
+    assert not ledger.complete(first.call_id) and ledger.complete(second.call_id)
+    assert await ledger.read_call(first.call_id) == [e for e in events if e.call_id == first.call_id]
+    assert stream.reads == 1
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.VP_CALL_EVENTS.recorder_redis.2.4242.17.1765000000000000000.3",
+        "$JS.ACK.hub.ACCHASH.VP_CALL_EVENTS.recorder_redis.2.4242.17.1765000000000000000.3.tok",
+    ],
+)
+def test_the_stream_sequence_is_the_clients_reading_of_the_ack_subject(reply: str) -> None:
+    msg = Msg(_client=None, subject="vp.call.x.lifecycle", reply=reply)  # type: ignore[arg-type]
+    assert stream_sequence(msg) == msg.metadata.sequence.stream == 4242
