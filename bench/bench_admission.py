@@ -45,6 +45,7 @@ from voiceplatform.cli.web_token import fetch_call_token
 from voiceplatform.web_protocol import CLOSE_BUSY, CLOSE_TOKEN
 from voiceplatform_devstack.devinfra import EmbeddedNats, free_port
 
+REPO = str(Path(__file__).resolve().parent.parent)
 FRAME_S = 0.02
 TURN_TIMEOUT_S = 8.0
 
@@ -196,9 +197,14 @@ async def run(capacity: int, turns: int, layout: str, silence_frames: int, anony
             "VP_LOG_LEVEL": "ERROR",
         }
         env.pop("VP_WEB_API_KEY", None)  # the clients use page tokens
+        # -m bench.platform_stack from any working directory
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH", "")) if p)
         with (root / "gateway-web.log").open("wb") as log:  # its own process, as under `vp up`
             gateway = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "vp_gateway_web", env=env, stdout=log, stderr=subprocess.STDOUT
+                *(sys.executable, "-m", "bench.platform_stack", "--serve", "gateway-web"),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         try:
             await stack.start()

@@ -117,7 +117,8 @@ class GatewayProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "vp_gateway_fs", env=self.env, cwd=self.workdir,
+                sys.executable, "-m", "bench.platform_stack", "--serve", "gateway-fs",
+                env=self.env, cwd=self.workdir,
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 

@@ -42,6 +42,11 @@ BUILDERS: dict[str, tuple[str, ...]] = {
     "tts": ("vp_tts.app:build", "vp_tts.__main__:build"),
 }
 ROLES = tuple(BUILDERS)
+# gateways check a robot's provider names before a call: theirs must know the instant ones too
+GATEWAY_BUILDERS: dict[str, tuple[str, ...]] = {
+    "gateway-web": ("vp_gateway_web.app:build",),
+    "gateway-fs": ("vp_gateway_fs.app:build",),
+}
 
 
 def make_robot(root: Path, silence_frames: int) -> Path:
@@ -101,7 +106,7 @@ def build_service(role: str) -> tuple[Service, Any]:
 
         return InstantTtsStage(), ServiceSettings()
     errors = []
-    for target in BUILDERS[role]:
+    for target in {**BUILDERS, **GATEWAY_BUILDERS}[role]:
         module_name, _, attr = target.partition(":")
         try:
             module = importlib.import_module(module_name)
@@ -212,7 +217,7 @@ def _serve(role: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--serve", choices=ROLES, required=True)
+    parser.add_argument("--serve", choices=(*ROLES, *GATEWAY_BUILDERS), required=True)
     _serve(parser.parse_args().serve)
 
 

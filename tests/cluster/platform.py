@@ -68,8 +68,8 @@ def _popen(argv: list[str], env: dict[str, str], log: Any) -> subprocess.Popen[b
 
 
 def _module(role: str) -> str:
-    if role == "gateway-web":
-        return "vp_gateway_web"
+    if role == "gateway-web":  # its robot check must know the instant engines
+        return "bench.platform_stack --serve gateway-web"
     if role == "recorder":
         return "vp_recorder"
     return f"bench.platform_stack --serve {role}"  # the worker on instant engines
