@@ -10,16 +10,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
-from tests.gateway_web.helpers import Gateway
+from tests.gateway_web.helpers import Gateway, serving
 from voiceplatform import subjects
 from voiceplatform.audio import write_wav
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.runtime import run_service
 from voiceplatform.wire import AssignReply, StageError
 from voiceplatform_devstack.devinfra import free_port
 from vp_gateway_web.app import GatewayWeb
@@ -124,23 +122,8 @@ def gateway_factory(private_nats: str, robots: Path) -> Callable[..., AbstractAs
 
         await workers.subscribe(subjects.assign("vad"), assign, queue="vad")
         await workers.subscribe(subjects.assign("asr"), assign, queue="asr")
-        stop = asyncio.Event()
-        task = asyncio.create_task(run_service(service, settings, stop=stop))
-        async with httpx.AsyncClient() as client:
-            for _ in range(500):
-                try:
-                    await client.get(f"http://{gateway.base}/metrics")
-                    if service.bus is not None:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.02)
-        try:
+        async with serving(gateway, settings, workers):
             yield gateway
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 20)
-            await workers.close()
 
     return make
 

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
-from tests.gateway_web.helpers import Gateway
+from tests.gateway_web.helpers import Gateway, serving
 from voiceplatform import subjects
 from voiceplatform.audio import write_wav
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.runtime import run_service
 from voiceplatform.wire import AssignReply
 from voiceplatform_devstack.devinfra import free_port
 from vp_gateway_web.app import GatewayWeb
@@ -81,22 +78,7 @@ def gateway_factory(private_nats: str, robots: Path) -> Callable[..., AbstractAs
         await workers.subscribe(subjects.assign("vad"), assign, queue="vad")
         await workers.subscribe(subjects.assign("asr"), assign, queue="asr")
         await workers.subscribe(subjects.ALL_CALLS, record)
-        stop = asyncio.Event()
-        task = asyncio.create_task(run_service(service, settings, stop=stop))
-        async with httpx.AsyncClient() as client:
-            for _ in range(500):
-                try:
-                    await client.get(f"http://{gateway.base}/metrics")
-                    if service.bus is not None:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.02)
-        try:
+        async with serving(gateway, settings, workers):
             yield gateway
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 20)
-            await workers.close()
 
     return make

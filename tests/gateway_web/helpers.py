@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,8 +13,11 @@ import httpx
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
+from voiceplatform.bus import Bus
+from voiceplatform.runtime import run_service
 from voiceplatform.wire import AudioChunk
 from vp_gateway_web.app import GatewayWeb
+from vp_gateway_web.settings import GatewayWebSettings
 
 FRAME = np.zeros(320, dtype="<i2").tobytes()  # 20 ms of silence at 16 kHz
 
@@ -70,3 +75,26 @@ async def refusal(ws: ClientConnection) -> tuple[dict[str, Any], int | None, str
     event = json.loads(await ws.recv())
     await ws.wait_closed()
     return dict(event), ws.close_code, ws.close_reason or ""
+
+
+@asynccontextmanager
+async def serving(gateway: Gateway, settings: GatewayWebSettings, workers: Bus) -> AsyncIterator[Gateway]:
+    """Run ``gateway.service`` until its HTTP port answers and its bus is up; stop it and close the
+    stand-in ``workers`` afterwards."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_service(gateway.service, settings, stop=stop))
+    async with httpx.AsyncClient() as client:
+        for _ in range(500):
+            try:
+                await client.get(f"http://{gateway.base}/metrics")
+                if gateway.service.bus is not None:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.02)
+    try:
+        yield gateway
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await workers.close()

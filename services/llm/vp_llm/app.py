@@ -26,7 +26,7 @@ from voiceplatform.bus.work import WorkGivenAway, WorkSource, WorkSpec, check_st
 from voiceplatform.config import RobotConfig, RobotConfigError, RobotRegistry
 from voiceplatform.config.tracks import TracksError
 from voiceplatform.logging import bind_call
-from voiceplatform.providers import LlmOptions, LlmProvider, catalog
+from voiceplatform.providers import LlmProvider, catalog
 from voiceplatform.providers.base import ProviderContext
 from voiceplatform.providers.chain import Failure, Lazy, ProviderChain
 from voiceplatform.providers.keypool import BusKeyHealthStore, KeyHealthStore
@@ -38,7 +38,7 @@ from voiceplatform.wire import ControlInterrupt, LlmRequest, Message
 from vp_llm.providers.script import ScriptDialog
 from vp_llm.settings import LlmSettings
 from vp_llm.track_turn import TrackTurns
-from vp_llm.turn import SERVICE, TurnOutput, build_messages
+from vp_llm.turn import SERVICE, TurnOutput, build_messages, llm_options
 
 log = structlog.get_logger("vp_llm")
 
@@ -264,15 +264,7 @@ class LlmService:
                 log.error("llm.tracks_unavailable", robot=req.robot, problems=exc.problems)
                 await self._stage_error(req, "robot_config", str(exc), retryable=False)
                 return "failed"
-        options = LlmOptions(
-            temperature=cfg.temperature,
-            max_tokens=cfg.max_tokens,
-            model=cfg.model,
-            dialog_state=req.dialog_state,
-            prompt_id=req.prompt_id,
-            event=req.event,
-            keys=req.user_text if req.event == "dtmf" else "",
-        )
+        options = llm_options(robot, req)
         messages = build_messages(req)
         log.info("llm.turn_started", provider=cfg.provider, turn_event=req.event, pii_user_text=req.user_text)
         chain = self._chain(robot, req, [cfg.provider, *cfg.fallback])

@@ -27,7 +27,7 @@ from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider
 from voiceplatform.providers.chain import Attempt, Failure, ProviderChain
 from voiceplatform.wire import LlmRequest
 from vp_llm.track_choice import Choice, TrackChooser
-from vp_llm.turn import TurnOutput, build_messages
+from vp_llm.turn import TurnOutput, build_messages, llm_options
 
 log = structlog.get_logger("vp_llm.tracks")
 
@@ -105,7 +105,7 @@ class TrackTurns:
             await out.say(track.text, track=track.id, end_call=track.end_call, transfer_to=track.transfer_to)
             return "ok"
         if generative:
-            options = _options(robot, req)
+            options = llm_options(robot, req)
             outcome = await out.run(make_chain(generative), build_messages(req), options, on_failure)
             if outcome.finished or out.published:
                 return "ok" if outcome.finished else "failed"
@@ -160,16 +160,3 @@ async def _by_meaning(chooser: TrackChooser, user_text: str) -> Choice:
     except EncoderUnavailable as exc:
         log.warning("track.meaning_unavailable", error=str(exc)[:200])
         return Choice(None, "no_encoder")
-
-
-def _options(robot: RobotConfig, req: LlmRequest) -> LlmOptions:
-    cfg = robot.settings.llm
-    return LlmOptions(
-        temperature=cfg.temperature,
-        max_tokens=cfg.max_tokens,
-        model=cfg.model,
-        dialog_state=req.dialog_state,
-        prompt_id=req.prompt_id,
-        event=req.event,
-        keys=req.user_text if req.event == "dtmf" else "",
-    )

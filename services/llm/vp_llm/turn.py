@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from voiceplatform import load, metrics, subjects, tracing
 from voiceplatform.bus import Bus
 from voiceplatform.bus.work import check_still_ours
+from voiceplatform.config import RobotConfig
 from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider
 from voiceplatform.providers.chain import Attempt, ChainOutcome, Failure, ProviderChain
 from voiceplatform.sentences import SentenceSplitter
@@ -21,6 +22,20 @@ FIRST_SENTENCE = metrics.STAGE_LATENCY.labels(SERVICE, "llm_first_sentence")
 NO_INPUT_HINT = "[The caller stays silent after your last reply. Re-prompt them briefly, in their language.]"
 # a caller who pressed keys: a chat model is told so (the script engine reads the event itself)
 DTMF_HINT = "[The caller pressed these phone keys: {}]"
+
+
+def llm_options(robot: RobotConfig, req: LlmRequest) -> LlmOptions:
+    """What a provider is asked with for this turn: the robot's model settings and the turn's facts."""
+    cfg = robot.settings.llm
+    return LlmOptions(
+        temperature=cfg.temperature,
+        max_tokens=cfg.max_tokens,
+        model=cfg.model,
+        dialog_state=req.dialog_state,
+        prompt_id=req.prompt_id,
+        event=req.event,
+        keys=req.user_text if req.event == "dtmf" else "",
+    )
 
 
 def build_messages(req: LlmRequest) -> list[ChatMessage]:
