@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,14 @@ _T = TypeVar("_T")
 # elect another (4-9 s in nats-server), and a core publish to its subjects is dropped unseen. So
 # there, what the platform's streams capture is published with a JetStream ack, retried this long.
 STREAM_SUBJECTS = (*CALL_EVENTS.subjects, *WORK.subjects)
+
+
+@functools.lru_cache(maxsize=8192)
+def stream_captured(subject: str) -> bool:
+    """A stream stores what is published on ``subject`` (remembered: audio frames ask 50 times a second)."""
+    return any(subject_matches(pattern, subject) for pattern in STREAM_SUBJECTS)
+
+
 ACKED_PUBLISH_S = 20.0
 ACKED_PUBLISH_FAILED = Counter(
     "vp_bus_acked_publish_failed_total",
@@ -172,7 +181,7 @@ class NatsBus:
         return self._nc.jetstream()
 
     async def publish(self, subject: str, msg: Message, msg_id: str = "") -> None:
-        if self.js_replicas > 1 and any(subject_matches(p, subject) for p in STREAM_SUBJECTS):
+        if self.js_replicas > 1 and stream_captured(subject):
             await self._publish_acked(subject, encode(msg), msg_id or uuid.uuid4().hex)
             return
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
