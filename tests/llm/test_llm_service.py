@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -156,13 +155,12 @@ async def test_interrupt_cancels_mid_stream_and_closes_the_connection(
     openai_server.behavior.chunk_delay_s = 0.05
     await send(broker, request("t1", robot, "Расскажите всё"))
     await out.wait(LlmSentence, turn_id="t1", index=0)
-    interrupted_at = time.monotonic()
+    # the vendor's next chunk is now 60 s away: what happens below happens at once, not at a chunk
+    openai_server.behavior.chunk_delay_s = 60.0
     await send(broker, ControlInterrupt(call_id=CALL, turn_id="t1", played_ms=300, played_text="Это"))
-    (done,) = await out.wait(LlmDone, turn_id="t1", timeout_s=2.0)
-    await asyncio.wait_for(openai_server.recorded.client_closed.wait(), 1.0)
-    # prompt: well under one chunk interval of the stand-in, not "at the next chunk"
-    assert out.first_time(LlmDone, turn_id="t1") - interrupted_at < 0.05
-    assert openai_server.recorded.streams[0].closed_at - interrupted_at < 0.25
+    (done,) = await out.wait(LlmDone, turn_id="t1", timeout_s=10.0)
+    await asyncio.wait_for(openai_server.recorded.client_closed.wait(), 10.0)
+    assert openai_server.recorded.streams[0].closed_at > 0  # the connection closed mid-stream
     sentences_at_done = len(out.of(LlmSentence, turn_id="t1"))
     await asyncio.sleep(0.3)
     assert len(out.of(LlmSentence, turn_id="t1")) == sentences_at_done  # nothing after the interrupt
