@@ -145,7 +145,13 @@ async def test_an_interrupted_turn_is_not_run_again(
         # the turn comes to the second worker, which knows it was interrupted and drops it
         await until(lambda: work_count("llm", "retry") == retries + 1, what="the redelivery")
         await until(lambda: second._requests is not None and second._requests.in_flight == 0)
-        info = await bus.jetstream().consumer_info("VP_WORK", "llm")
+        # the ack is a fire-and-forget publish: the server may count it a moment after in_flight drops
+        deadline = time.monotonic() + 30
+        while True:
+            info = await bus.jetstream().consumer_info("VP_WORK", "llm")
+            if info.num_ack_pending == 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
         assert info.num_ack_pending == 0 and info.num_pending == 0  # acked: never delivered again
         assert len(out.of(LlmSentence)) == 1 and not out.of(LlmDone)  # only what the first said
     finally:
