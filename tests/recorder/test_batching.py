@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,12 @@ from tests.recorder.conftest import new_call_id, settle
 from tests.recorder.test_recorder import StartRecorder, call_sequence, play
 from voiceplatform.bus.jetstream import stream_sequence
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.wire import encode
+from voiceplatform.wire import PromptSwitched, StageError, encode
 from vp_recorder.ledger import CallLedger
 from vp_recorder.reader import JetStreamCallReader
 from vp_recorder.settings import RecorderSettings
 from vp_recorder.stored import StoredEvent
-from vp_recorder.stores.postgres import PostgresStore
+from vp_recorder.stores.postgres import FIGURE_TYPES, PostgresStore
 from vp_recorder.stores.redis import RedisStore
 
 
@@ -83,18 +84,22 @@ class CountingConnection:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
-        self.statements = 0
+        self.queries: list[str] = []
+
+    @property
+    def statements(self) -> int:
+        return len(self.queries)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
 
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        self.statements += 1
-        return await self._conn.execute(*args, **kwargs)
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self.queries.append(query)
+        return await self._conn.execute(query, *args, **kwargs)
 
-    async def executemany(self, *args: Any, **kwargs: Any) -> Any:
-        self.statements += 1
-        return await self._conn.executemany(*args, **kwargs)
+    async def executemany(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self.queries.append(query)
+        return await self._conn.executemany(query, *args, **kwargs)
 
 
 @pytest.fixture
@@ -105,7 +110,7 @@ async def postgres_store(postgres_dsn: str, pg_schema: str) -> AsyncIterator[Pos
     await store.close()
 
 
-async def statements_for(store: PostgresStore, events: list[StoredEvent]) -> int:
+async def queries_for(store: PostgresStore, events: list[StoredEvent]) -> list[str]:
     conn = store._conn
     assert conn is not None
     counting = CountingConnection(conn)
@@ -114,7 +119,11 @@ async def statements_for(store: PostgresStore, events: list[StoredEvent]) -> int
         await store.write(events)
     finally:
         store._conn = conn
-    return counting.statements
+    return counting.queries
+
+
+async def statements_for(store: PostgresStore, events: list[StoredEvent]) -> int:
+    return len(await queries_for(store, events))
 
 
 async def test_a_postgres_batch_costs_the_same_statements_however_many_events(
@@ -128,6 +137,60 @@ async def test_a_postgres_batch_costs_the_same_statements_however_many_events(
     for call_id in {e.call_id for e in large}:
         row = await pg.fetchrow("SELECT status, turns, barge_ins FROM calls WHERE call_id = $1", call_id)
         assert row is not None and tuple(row) == ("ended", 9, 3)
+
+
+def is_refresh(query: str) -> bool:
+    return "UPDATE calls c SET" in query
+
+
+async def figures(pg: asyncpg.Connection, call_id: str) -> tuple[object, ...]:
+    row = await pg.fetchrow(
+        "SELECT turns, barge_ins, errors, last_prompt, voice_to_voice_p50_ms IS NOT NULL AS v2v"
+        " FROM calls WHERE call_id = $1",
+        call_id,
+    )
+    assert row is not None
+    return tuple(row)
+
+
+async def test_only_figure_events_refresh_a_calls_figures_and_late_ones_alone_correct_them(
+    postgres_store: PostgresStore, pg: asyncpg.Connection
+) -> None:
+    call = SimulatedCall(new_call_id(), turns=3)
+    events = interleaved(call)
+    rest = [e for e in events if e.message.type_name not in FIGURE_TYPES]
+    figure_events = [e for e in events if e.message.type_name in FIGURE_TYPES]
+    # a batch without figure events leaves the figures alone (and does not recompute them)
+    assert not any(is_refresh(q) for q in await queries_for(postgres_store, rest))
+    assert await figures(pg, call.call_id) == (0, 0, 0, None, False)
+    # each figure event, one batch each and last first, refreshes its call from all that is stored
+    for event in reversed(figure_events):
+        assert any(is_refresh(q) for q in await queries_for(postgres_store, [event]))
+    assert await figures(pg, call.call_id) == (3, 1, 0, None, True)
+    seq = len(events)
+    late = [
+        StoredEvent(seq + 1, "x", StageError(call_id=call.call_id, stage="tts", kind="timeout", detail="")),
+        StoredEvent(
+            seq + 2, "x", PromptSwitched(call_id=call.call_id, turn_id="t", from_prompt="a", to_prompt="b")
+        ),
+    ]
+    for event in late:
+        await postgres_store.write([event])
+    assert await figures(pg, call.call_id) == (3, 1, 1, "b", True)
+    # the whole call again (a redelivery) changes nothing
+    await postgres_store.write([*events, *late])
+    assert await figures(pg, call.call_id) == (3, 1, 1, "b", True)
+
+
+async def test_the_figure_index_covers_the_figure_types(
+    postgres_store: PostgresStore, pg: asyncpg.Connection
+) -> None:
+    definition = await pg.fetchval(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'call_events_figures_idx' AND schemaname = $1",
+        postgres_store.schema,
+    )
+    assert definition is not None
+    assert set(re.findall(r"'([a-z_.]+)'::text", definition.split(" WHERE ", 1)[1])) == set(FIGURE_TYPES)
 
 
 async def test_a_call_end_reads_nothing_back(

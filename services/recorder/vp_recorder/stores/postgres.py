@@ -3,10 +3,12 @@
 A batch is one transaction of a fixed number of statements, however many events it holds: the
 rows of its calls are claimed (advisory locks in one order, so recorders sharing the consumer
 never deadlock), the events go into ``call_events`` keyed by (call id, stream sequence), then each
-kind of event updates its call or turn rows in one ``executemany``, then the calls' derived columns
-(turns, barge-ins, errors, last prompt, voice-to-voice p50/max) are recomputed from what is stored
-in one statement. Recomputing instead of incrementing makes a redelivered or out-of-order event
-harmless, and a late event (handled by another recorder after the call ended) corrects them.
+kind of event updates its call or turn rows in one ``executemany``, then the derived columns
+(turns, barge-ins, errors, last prompt, voice-to-voice p50/max) of the calls whose batch events
+change them (``FIGURE_TYPES``) are recomputed from what is stored, in one statement that reads only
+those calls' figure events (a partial index) and turns. Recomputing instead of incrementing makes a
+redelivered or out-of-order event harmless, and a late event (handled by another recorder after the
+call ended) corrects them.
 """
 
 from __future__ import annotations
@@ -114,35 +116,39 @@ SELECT count(pg_advisory_xact_lock(k)) FROM (
 ) AS claimed
 """
 
-# one pass over the events and turns of the batch's calls (not one scan per column and call)
-_REFRESH_CALLS = """
-WITH ids AS (SELECT DISTINCT unnest($1::text[]) AS call_id),
-ev AS (
-    SELECT e.call_id,
-           count(DISTINCT e.turn_id) FILTER (WHERE e.type = 'turn.metrics') AS turns,
+# the event types the derived columns of ``calls`` come from (also the predicate of the partial index
+# call_events_figures_idx, migration 006, which the queries reach by naming them)
+FIGURE_TYPES = ("turn.metrics", "control.interrupt", "stage.error", "prompt.switched")
+_FIGURE_TYPES_SQL = ", ".join(f"'{t}'" for t in FIGURE_TYPES)
+
+# per call, only its figure events (the partial index) and its turns (the primary key): a call's
+# other events, most of it, are never read, and no plan scans a whole table
+_REFRESH_CALLS = f"""
+WITH ids AS (SELECT DISTINCT unnest($1::text[]) AS call_id)
+UPDATE calls c SET
+    turns = ev.turns,
+    barge_ins = ev.barge_ins,
+    errors = ev.errors,
+    last_prompt = COALESCE(ev.last_prompt, c.last_prompt),
+    voice_to_voice_p50_ms = tu.p50,
+    voice_to_voice_max_ms = tu.max,
+    updated_at = now()
+FROM ids
+CROSS JOIN LATERAL (
+    SELECT count(DISTINCT e.turn_id) FILTER (WHERE e.type = 'turn.metrics') AS turns,
            count(DISTINCT e.turn_id) FILTER (
                WHERE e.type = 'control.interrupt' AND e.data->>'by_turn_id' <> ''
                  AND COALESCE(e.data->>'reason', 'barge_in') = 'barge_in') AS barge_ins,
            count(*) FILTER (WHERE e.type = 'stage.error') AS errors,
            (array_agg(e.data->>'to_prompt' ORDER BY e.at DESC, e.seq DESC)
                 FILTER (WHERE e.type = 'prompt.switched'))[1] AS last_prompt
-    FROM call_events e JOIN ids USING (call_id) GROUP BY e.call_id
-),
-tu AS (
-    SELECT t.call_id,
-           round(percentile_cont(0.5) WITHIN GROUP (ORDER BY t.voice_to_voice_ms)) AS p50,
+    FROM call_events e WHERE e.call_id = ids.call_id AND e.type IN ({_FIGURE_TYPES_SQL})
+) AS ev
+CROSS JOIN LATERAL (
+    SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY t.voice_to_voice_ms)) AS p50,
            max(t.voice_to_voice_ms) AS max
-    FROM call_turns t JOIN ids USING (call_id) GROUP BY t.call_id
-)
-UPDATE calls c SET
-    turns = COALESCE(ev.turns, 0),
-    barge_ins = COALESCE(ev.barge_ins, 0),
-    errors = COALESCE(ev.errors, 0),
-    last_prompt = COALESCE(ev.last_prompt, c.last_prompt),
-    voice_to_voice_p50_ms = tu.p50,
-    voice_to_voice_max_ms = tu.max,
-    updated_at = now()
-FROM ids LEFT JOIN ev USING (call_id) LEFT JOIN tu USING (call_id)
+    FROM call_turns t WHERE t.call_id = ids.call_id
+) AS tu
 WHERE c.call_id = ids.call_id
 """
 
@@ -233,7 +239,11 @@ class PostgresStore:
                 if isinstance(started, CallStarted) and started.channel == "phone":
                     at = ms_to_datetime(started.ts_ms) or _EPOCH
                     await record_caller(conn, started.caller, started.call_id, at)
-            await conn.execute(_REFRESH_CALLS, call_ids)
+            # only a figure event changes a call's derived columns (a turn.metrics its turn's
+            # voice-to-voice, a control.interrupt a merged-away turn): the other calls keep theirs
+            refreshed = sorted({e.call_id for e in events if e.message.type_name in FIGURE_TYPES})
+            if refreshed:
+                await conn.execute(_REFRESH_CALLS, refreshed)
 
 
 def _statements(events: Sequence[StoredEvent]) -> dict[str, list[tuple[object, ...]]]:
