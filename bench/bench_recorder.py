@@ -25,7 +25,10 @@ asr.final, llm.done, control.interrupt (every third turn is a barge-in) and turn
     Persisted/s = events / (last event persisted - first event published): the offered rate while the
     recorder keeps up, when the lag of the last third of the events is also no higher than the first.
     Recorder CPU is its process's user + system time over the same span (all of them with
-    ``--recorders`` N: N processes sharing the durable consumers). At the end the bench checks
+    ``--recorders`` N: N processes sharing the durable consumers). Over the same span a second line
+    per rate gives the whole machine's busy CPU (every core, every process: what else runs on a
+    shared machine shows there) and that of NATS, PostgreSQL and Redis (every process of each, so a
+    shared server counts its other users too) and of the bench itself. At the end the bench checks
     nothing was lost or duplicated (``call_events`` rows = published events, at their sequences).
 
 (ii) catch-up: ``--calls`` concurrent calls at a call's pace (``--call-rate`` events/s each), the
@@ -59,6 +62,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 import asyncpg
 import redis.asyncio as aioredis
 
+from bench.phone_load import machine_busy_seconds
 from bench.recorder_load import (
     CallTraffic,
     Published,
@@ -222,6 +226,27 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
 
 
+SERVERS = ("nats-server", "postgres", "redis-server")  # by process name, whoever started them
+
+
+def servers_cpu_seconds() -> dict[str, float]:
+    """User + system CPU so far of every process of each server (a shared PostgreSQL or Redis counts
+    what other users of it do too), and of this bench process."""
+    found = dict.fromkeys(SERVERS, 0.0)
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, fields = stat.read_text().split(" (", 1)[1].rsplit(") ", 1)
+        except (OSError, IndexError, ValueError):
+            continue
+        if name in found:
+            values = fields.split()
+            found[name] += (int(values[11]) + int(values[12])) / tick
+    usage = os.times()
+    found["bench"] = usage.user + usage.system
+    return found
+
+
 async def watch_postgres(
     pg: asyncpg.Connection, traffic: CallTraffic, points: list[tuple[float, int]], poll_s: float
 ) -> None:
@@ -312,6 +337,9 @@ class Sustained:
     persisted_per_s: float
     cpu_s: float  # the recorder process's, from the first publish until caught up
     wall_s: float
+    machine_s: float  # busy CPU of the whole machine over the same span (every core, every process)
+    servers_s: dict[str, float]  # each server's and this bench's CPU over the same span
+    load: float  # 1-minute load average at the end
     lag_ms: list[float]
     pg_lag_ms: list[float]
     redis_lag_ms: list[float]
@@ -340,6 +368,7 @@ async def sustained(
             asyncio.create_task(watch_redis(run.redis, traffic, redis_points, poll_ms / 1000)),
         ]
         cpu_before, started = run.cpu_seconds(), time.perf_counter()
+        machine_before, servers_before = machine_busy_seconds(), servers_cpu_seconds()
         publishing = asyncio.create_task(traffic.run())
         await asyncio.sleep(duration)
         traffic.stop_new_calls()
@@ -347,6 +376,9 @@ async def sustained(
         n = len(traffic.published)
         await wait_caught_up(run.bus.jetstream(), run.stream, n, 4, within_s=120 + n / 100)
         cpu_s, wall_s = run.cpu_seconds() - cpu_before, time.perf_counter() - started
+        machine_s = machine_busy_seconds() - machine_before
+        servers_s = {name: s - servers_before[name] for name, s in servers_cpu_seconds().items()}
+        load = os.getloadavg()[0]
         deadline = time.monotonic() + 10  # the watchers' last observations
         while (
             time.monotonic() < deadline and min(p[-1][1] if p else 0 for p in (pg_points, redis_points)) < n
@@ -365,7 +397,7 @@ async def sustained(
             return [(at - s) * 1000 for at, s in zip(seen, sent, strict=True)]
 
         return Sustained(
-            rate, n, len(traffic.calls), n / (max(both) - sent[0]), cpu_s, wall_s,
+            rate, n, len(traffic.calls), n / (max(both) - sent[0]), cpu_s, wall_s, machine_s, servers_s, load,
             lags(both), lags(pg_at), lags(redis_at), [p.publish_s * 1000 for p in traffic.published],
         )  # fmt: skip
     finally:
@@ -391,6 +423,13 @@ def sustained_table(results: list[Sustained]) -> str:
             f"{percentile(r.redis_lag_ms, 50):9.1f} {percentile(r.redis_lag_ms, 99):9.1f} | "
             f"{early:8.1f} /{late:8.1f} | {100 * r.cpu_s / r.wall_s:3.0f}% "
             f"({1000 * r.cpu_s / r.events:.1f} ms/event)"
+        )
+    for r in results:
+        servers = ", ".join(f"{name} {100 * s / r.wall_s:.0f}%" for name, s in r.servers_s.items())
+        lines.append(
+            f"{r.offered:9.0f}/s: machine {100 * r.machine_s / r.wall_s:.0f}% busy of "
+            f"{100 * (os.cpu_count() or 1)}% (load average {r.load:.1f}); recorder "
+            f"{100 * r.cpu_s / r.wall_s:.0f}%, {servers}"
         )
     publish = [ms for r in results for ms in r.publish_ms]
     lines.append(
