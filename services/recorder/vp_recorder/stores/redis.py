@@ -9,8 +9,8 @@ Keys (all expire ``ttl_s`` after the last write to the call):
 - ``call:{id}:cut`` hash turn id -> played text of bot turns interrupted before their llm.done
   (kept here, not in recorder memory, so another recorder may get the llm.done).
 
-Each event is applied on the server by one Lua script (``redis_script``), atomically, and a whole
-batch is one pipeline: the scripts, each followed by the event's public message (state first).
+Each event is applied on the server by one Lua script (``redis_script``), atomically, which then
+publishes the event's public message (state first), and a whole batch is one pipeline of them.
 """
 
 from __future__ import annotations
@@ -155,9 +155,16 @@ class RedisStore:
                 fields = event_fields(msg)
                 if fields is not None:
                     keys = (call_key(msg.call_id), history_key(msg.call_id), turns_key(msg.call_id))
-                    args = [fields[0], self.ttl_s, self.history_scan, *fields[1:]]
+                    args = [
+                        fields[0],
+                        self.ttl_s,
+                        self.history_scan,
+                        *fields[1:],
+                        REDIS_CHANNEL,
+                        public or b"",
+                    ]
                     pipe.evalsha(self._script_sha, 4, *keys, cut_key(msg.call_id), *args)
-                if public is not None:
+                elif public is not None:
                     pipe.publish(REDIS_CHANNEL, public)
             await pipe.execute()
 

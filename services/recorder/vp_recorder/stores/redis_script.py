@@ -3,7 +3,9 @@
 Several recorders may share the work: each event is read, compared and written in one step on the
 server, and a batch is one pipeline of these scripts (one round trip). KEYS: the call hash, its
 history list, its recorded turn ids, its bot turns cut before their llm.done. ARGV: kind, ttl_s,
-history_scan, then the kind's fields (``RedisStore`` builds them). History entries are compact JSON
+history_scan, then the kind's fields (``RedisStore`` builds them), then the pub/sub channel and the
+event's public message ('' for none), published once the state is written (one command and one
+reply per event instead of two). History entries are compact JSON
 (``{"role","text","turn_id","ts_ms","interrupted"}``), so plain substring tests find one.
 """
 
@@ -106,5 +108,8 @@ redis.call('EXPIRE', call, ttl)
 redis.call('EXPIRE', hist, ttl)
 redis.call('EXPIRE', turns, ttl)
 redis.call('EXPIRE', cut, ttl)
+if ARGV[#ARGV] ~= '' then
+  redis.call('PUBLISH', ARGV[#ARGV - 1], ARGV[#ARGV])
+end
 return 1
 """
