@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import tempfile
@@ -19,6 +18,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 UNKNOWN_ROBOT_DIR = "_unknown"
 LOGS_DIR = "logs"
@@ -87,7 +88,8 @@ def robot_logs_dir(robots_dir: Path, robot: str) -> Path:
 
 
 def render_call_log(doc: Mapping[str, Any]) -> bytes:
-    return (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    # the json module's indenting encoder is pure Python: 20 times slower, and it runs per call end
+    return msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
 
 
 def write_call_log(robots_dir: Path, doc: Mapping[str, Any]) -> Path:
