@@ -27,6 +27,7 @@ from vp_recorder.settings import RecorderSettings
 from vp_recorder.stored import StoredEvent
 from vp_recorder.stores.postgres import FIGURE_TYPES, PostgresStore
 from vp_recorder.stores.redis import RedisStore
+from vp_recorder.stores.redis_script import EVENTS_PER_SCRIPT
 
 
 def interleaved(*calls: SimulatedCall) -> list[StoredEvent]:
@@ -58,8 +59,9 @@ def redis_sends(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 async def test_a_redis_batch_is_one_round_trip(
     redis_url: str, redis_client: aioredis.Redis, redis_sends: list[int]
 ) -> None:
-    calls = [SimulatedCall(new_call_id(), turns=4) for _ in range(3)]
+    calls = [SimulatedCall(new_call_id(), turns=4) for _ in range(8)]
     events = interleaved(*calls)
+    assert len(events) > EVENTS_PER_SCRIPT  # several scripts, in one round trip
     store = RedisStore(redis_url, public=None)
     await store.connect()
     try:

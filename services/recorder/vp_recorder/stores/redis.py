@@ -9,8 +9,9 @@ Keys (all expire ``ttl_s`` after the last write to the call):
 - ``call:{id}:cut`` hash turn id -> played text of bot turns interrupted before their llm.done
   (kept here, not in recorder memory, so another recorder may get the llm.done).
 
-Each event is applied on the server by one Lua script (``redis_script``), atomically, which then
-publishes the event's public message (state first), and a whole batch is one pipeline of them.
+Events are applied on the server by a Lua script (``redis_script``), atomically, a run of events
+per script; each event's public message is published once its state is written, and a whole batch
+is one pipeline of these scripts.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from voiceplatform.wire import (
 from vp_recorder.events import REDIS_CHANNEL
 from vp_recorder.public import PublicEvents
 from vp_recorder.stored import StoredEvent
-from vp_recorder.stores.redis_script import CALL_EVENT_SCRIPT
+from vp_recorder.stores.redis_script import CALL_EVENTS_SCRIPT, EVENTS_PER_SCRIPT
 
 SOCKET_TIMEOUT_S = 5.0
 
@@ -124,7 +125,7 @@ class RedisStore:
             retry=Retry(NoBackoff(), 0),
         )
         try:
-            self._script_sha = str(await client.script_load(CALL_EVENT_SCRIPT))
+            self._script_sha = str(await client.script_load(CALL_EVENTS_SCRIPT))
         except BaseException:
             await client.aclose()
             raise
@@ -139,7 +140,8 @@ class RedisStore:
         return isinstance(exc, _TRANSIENT)
 
     async def write(self, events: Sequence[StoredEvent]) -> None:
-        """The whole batch in one round trip: per event its script, then its public message."""
+        """The whole batch in one round trip: a pipeline of scripts, each applying a run of events
+        in stream order (each event's state, then its public message)."""
         r = self._client
         if r is None:
             raise ConnectionError("redis not connected")
@@ -148,24 +150,25 @@ class RedisStore:
         ends = [event for event in events if isinstance(event.message, CallEnded)]
         read = await asyncio.gather(*map(self._public_payload, ends))
         summed = {event.seq: public for event, public in zip(ends, read, strict=True)}
+        runs: list[tuple[list[EncodableT], list[EncodableT]]] = []  # (keys, args) per script
+        for n, event in enumerate(events):
+            if n % EVENTS_PER_SCRIPT == 0:
+                runs.append(([], []))
+            public = summed[event.seq] if event.seq in summed else await self._public_payload(event)
+            msg = event.message
+            fields = event_fields(msg) or [""]  # kind '': no state, only the public message
+            values = [fields[0], self.ttl_s, self.history_scan, *fields[1:], REDIS_CHANNEL, public or b""]
+            keys, args = runs[-1]
+            keys += (
+                call_key(msg.call_id),
+                history_key(msg.call_id),
+                turns_key(msg.call_id),
+                cut_key(msg.call_id),
+            )
+            args += (len(values), *values)
         async with r.pipeline(transaction=False) as pipe:
-            for event in events:
-                public = summed[event.seq] if event.seq in summed else await self._public_payload(event)
-                msg = event.message
-                fields = event_fields(msg)
-                if fields is not None:
-                    keys = (call_key(msg.call_id), history_key(msg.call_id), turns_key(msg.call_id))
-                    args = [
-                        fields[0],
-                        self.ttl_s,
-                        self.history_scan,
-                        *fields[1:],
-                        REDIS_CHANNEL,
-                        public or b"",
-                    ]
-                    pipe.evalsha(self._script_sha, 4, *keys, cut_key(msg.call_id), *args)
-                elif public is not None:
-                    pipe.publish(REDIS_CHANNEL, public)
+            for keys, args in runs:
+                pipe.evalsha(self._script_sha, len(keys), *keys, *args)
             await pipe.execute()
 
     async def _public_payload(self, event: StoredEvent) -> bytes | None:
