@@ -20,8 +20,9 @@ from tests.recorder.conftest import new_call_id, settle
 from tests.recorder.test_recorder import StartRecorder, call_sequence, play
 from voiceplatform.bus.jetstream import stream_sequence
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.wire import PromptSwitched, StageError, encode
+from voiceplatform.wire import CallRecording, CallStarted, PromptSwitched, StageError, encode
 from vp_recorder.ledger import CallLedger
+from vp_recorder.public import PublicEvents
 from vp_recorder.reader import JetStreamCallReader
 from vp_recorder.settings import RecorderSettings
 from vp_recorder.stored import StoredEvent
@@ -79,6 +80,36 @@ async def test_a_redis_batch_is_one_round_trip(
         assert [(h["role"], h["text"]) for h in history] == expected
         state = await redis_client.hgetall(f"call:{call.call_id}")
         assert (state["status"], state["turns"]) == ("ended", "4")
+
+
+async def test_an_event_without_live_state_is_still_published_in_its_place(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    call_id = new_call_id()
+    events = [
+        StoredEvent(1, "x", CallStarted(call_id=call_id, robot="demo", channel="web", sample_rate=16000)),
+        StoredEvent(2, "x", CallRecording(call_id=call_id, action="start", path="/r/a.wav")),
+        StoredEvent(3, "x", PromptSwitched(call_id=call_id, turn_id="t1", from_prompt="a", to_prompt="b")),
+    ]
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe("call_events")
+    store = RedisStore(redis_url, public=PublicEvents(StreamStandIn(events)))
+    await store.connect()
+    try:
+        await store.write(events)
+        received: list[str] = []
+        for _ in range(100):  # get_message answers None for the subscription's own reply too
+            item = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if item is not None:
+                received.append(json.loads(item["data"])["type"])
+            if len(received) == 3:
+                break
+    finally:
+        await store.close()
+        await pubsub.aclose()
+    assert received == ["call.started", "call.recording", "prompt.switched"]
+    state = await redis_client.hgetall(f"call:{call_id}")
+    assert (state["status"], state["prompt"]) == ("active", "b")
 
 
 class CountingConnection:
