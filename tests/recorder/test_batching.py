@@ -21,6 +21,7 @@ from tests.recorder.test_recorder import StartRecorder, call_sequence, play
 from voiceplatform.bus.jetstream import stream_sequence
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.wire import CallRecording, CallStarted, PromptSwitched, StageError, encode
+from vp_recorder import public as public_module
 from vp_recorder.ledger import CallLedger
 from vp_recorder.public import PublicEvents
 from vp_recorder.reader import JetStreamCallReader
@@ -110,6 +111,35 @@ async def test_an_event_without_live_state_is_still_published_in_its_place(
     assert received == ["call.started", "call.recording", "prompt.switched"]
     state = await redis_client.hgetall(f"call:{call_id}")
     assert (state["status"], state["prompt"]) == ("active", "b")
+
+
+async def test_a_public_payload_is_built_once_for_both_stores_and_the_same_when_built_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[str] = []
+    original = public_module.encode_public
+
+    def counting(event: dict[str, Any]) -> bytes:
+        built.append(str(event["id"]))
+        return original(event)
+
+    monkeypatch.setattr(public_module, "encode_public", counting)
+    events = interleaved(SimulatedCall(new_call_id(), turns=3))
+    public = PublicEvents(StreamStandIn(events))
+    started = events[0]
+    first = await public.payload(started)  # the Redis store's
+    assert await public.payload(started) == first  # the NATS store's: not built again
+    assert built == [started.event_id]
+    assert await public.payload(started) == first  # a redelivery: built again, the same bytes
+    assert len(built) == 2
+    # the memory is bounded: beyond it, the oldest is built again when asked for
+    many = [StoredEvent(n, "x", started.message) for n in range(100, 100 + public_module.RECENT_PAYLOADS + 1)]
+    for event in many:
+        await public.payload(event)
+    built.clear()
+    await public.payload(many[0])
+    await public.payload(many[-1])
+    assert built == [many[0].event_id]
 
 
 class CountingConnection:

@@ -19,10 +19,15 @@ from vp_recorder.metrics import PUBLIC_EVENTS
 from vp_recorder.stored import CallEventReader, StoredEvent
 from vp_recorder.summary import call_summary
 
+# payloads remembered for the other store that publishes the same event (Redis and NATS consumers
+# run close behind each other): building one is most of what publishing it costs
+RECENT_PAYLOADS = 4096
+
 
 class PublicEvents:
     def __init__(self, reader: CallEventReader) -> None:
         self._reader = reader
+        self._recent: dict[str, tuple[str, bytes]] = {}
 
     @staticmethod
     def has_public(message: Message) -> bool:
@@ -30,13 +35,22 @@ class PublicEvents:
 
     async def payload(self, event: StoredEvent) -> tuple[str, bytes] | None:
         """(event type, JSON bytes), or None when the event has no public form."""
-        summary = None
-        if isinstance(event.message, CallEnded):
-            summary = call_summary(await self._reader.read_call(event.call_id))
-        public = public_event(event.message, event.event_id, summary)
-        if public is None:
-            return None
-        return str(public["type"]), encode_public(public)
+        if isinstance(event.message, CallEnded):  # its summary is read anew each time
+            return _encoded(public_event(event.message, event.event_id, call_summary(
+                await self._reader.read_call(event.call_id))))  # fmt: skip
+        key = event.event_id
+        if key in self._recent:
+            return self._recent.pop(key)  # the other store was the last to ask for it
+        found = _encoded(public_event(event.message, key))
+        if found is not None:
+            self._recent[key] = found
+            if len(self._recent) > RECENT_PAYLOADS:
+                del self._recent[next(iter(self._recent))]
+        return found
+
+
+def _encoded(public: dict[str, object] | None) -> tuple[str, bytes] | None:
+    return None if public is None else (str(public["type"]), encode_public(public))
 
 
 class NatsEventsStore:
