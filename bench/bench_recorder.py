@@ -39,7 +39,7 @@ asr.final, llm.done, control.interrupt (every third turn is a barge-in) and turn
     the time until every event published before the return is committed (``caught up``).
 
     .venv/bin/python bench/bench_recorder.py [--rate 100 400] [--duration 20] [--calls 50] [--outage 30]
-        [--recorders 1]
+        [--recorders 1] [--batch-max N]
 """
 
 from __future__ import annotations
@@ -355,10 +355,11 @@ async def sustained(
     turns: int,
     poll_ms: float,
     recorders: int = 1,
+    batch_max: int | None = None,
 ) -> Sustained:
     run = Run(infra, workdir / f"sustained-{rate:g}")
     try:
-        await run.start(recorders=recorders)
+        await run.start(recorders=recorders, **({"batch_max": batch_max} if batch_max else {}))
         assert run.bus is not None and run.pg is not None and run.redis is not None and run.proc is not None
         traffic = CallTraffic(run.bus, run.prefix, calls, turns, rate, spread=True)
         pg_points: list[tuple[float, int]] = []
@@ -533,6 +534,7 @@ async def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="(ii) seconds before the outage")
     parser.add_argument("--outage", type=float, default=30.0, help="(ii) seconds PostgreSQL is away")
     parser.add_argument("--recorders", type=int, default=1, help="(i) recorder processes sharing the work")
+    parser.add_argument("--batch-max", type=int, help="(i) the recorders' VP_BATCH_MAX (default: theirs)")
     parser.add_argument("--only", choices=("sustained", "catch-up"), help="run one part only")
     parser.add_argument("--postgres-dsn", default=os.environ.get("POSTGRES_DSN"))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
@@ -557,6 +559,7 @@ async def main() -> None:
                             args.turns,
                             args.poll_ms,
                             args.recorders,
+                            args.batch_max,
                         )
                     )
                 print(sustained_table(results), flush=True)

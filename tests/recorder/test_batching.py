@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from nats.aio.msg import Msg
@@ -20,7 +21,16 @@ from tests.recorder.conftest import new_call_id, settle
 from tests.recorder.test_recorder import StartRecorder, call_sequence, play
 from voiceplatform.bus.jetstream import stream_sequence
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.wire import CallRecording, CallStarted, PromptSwitched, StageError, encode
+from voiceplatform.wire import (
+    AsrFinal,
+    CallRecording,
+    CallStarted,
+    LlmDone,
+    PromptSwitched,
+    StageError,
+    TurnMetrics,
+    encode,
+)
 from vp_recorder import public as public_module
 from vp_recorder.ledger import CallLedger
 from vp_recorder.public import PublicEvents
@@ -243,6 +253,33 @@ async def test_only_figure_events_refresh_a_calls_figures_and_late_ones_alone_co
     # the whole call again (a redelivery) changes nothing
     await postgres_store.write([*events, *late])
     assert await figures(pg, call.call_id) == (3, 1, 1, "b", True)
+
+
+async def test_a_turn_twice_in_one_batch_leaves_its_last_account(
+    postgres_store: PostgresStore, pg: asyncpg.Connection
+) -> None:
+    call = SimulatedCall(new_call_id(), turns=2)
+    events = interleaved(call)
+    again = []
+    for event in events:  # each stage's report and the gateway's account of turn 1 come twice
+        msg = event.message
+        if isinstance(msg, LlmDone | AsrFinal | TurnMetrics) and msg.turn_id == call.turn_id(1):
+            changed = (
+                msgspec.structs.replace(msg, provider="second")
+                if isinstance(msg, LlmDone | AsrFinal)
+                else msg
+            )
+            again.append(StoredEvent(len(events) + len(again) + 1, event.subject, changed))
+    await postgres_store.write([*events, *again])
+    rows = await pg.fetch(
+        "SELECT turn_id, llm_provider, asr_provider FROM call_turns WHERE call_id = $1 ORDER BY turn_id",
+        call.call_id,
+    )
+    assert [tuple(r) for r in rows] == [
+        (call.turn_id(1), "second", "second"),
+        (call.turn_id(2), "bench", "bench"),
+    ]
+    assert await figures(pg, call.call_id) == (2, 0, 0, None, True)
 
 
 async def test_the_figure_index_covers_the_figure_types(
