@@ -3,8 +3,7 @@
 A batch is one transaction of a fixed number of statements, however many events it holds: the
 rows of its calls are claimed (advisory locks in one order, so recorders sharing the consumer
 never deadlock), the events go into ``call_events`` keyed by (call id, stream sequence), then each
-kind of event updates its call rows in one ``executemany`` or its turn rows in one set-based
-statement (column arrays, the last row of each turn), then the derived columns
+kind of event updates its call or turn rows in one ``executemany``, then the derived columns
 (turns, barge-ins, errors, last prompt, voice-to-voice p50/max) of the calls whose batch events
 change them (``FIGURE_TYPES``) are recomputed from what is stored, in one statement that reads only
 those calls' figure events (a partial index) and turns. Recomputing instead of incrementing makes a
@@ -68,15 +67,11 @@ INSERT INTO calls (call_id, started_at)
 SELECT * FROM unnest($1::text[], $2::timestamptz[]) ON CONFLICT (call_id) DO NOTHING
 """
 
-# the set-based upserts below take one array per column; a batch's rows are one per key (the last:
-# each upsert sets every column it names, so the last row of a key is what row by row would leave)
 _UPSERT_TURN = """
 INSERT INTO call_turns (call_id, turn_id, user_text, bot_text, interrupted, played_text, speech_end_at,
                         asr_ms, llm_first_sentence_ms, tts_first_audio_ms, voice_to_voice_ms,
                         asr_latency_ms, llm_latency_ms, tts_latency_ms)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::text[],
-                     $7::timestamptz[], $8::integer[], $9::integer[], $10::integer[], $11::integer[],
-                     $12::integer[], $13::integer[], $14::integer[])
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (call_id, turn_id) DO UPDATE SET
     user_text = EXCLUDED.user_text, bot_text = EXCLUDED.bot_text, interrupted = EXCLUDED.interrupted,
     played_text = EXCLUDED.played_text, speech_end_at = EXCLUDED.speech_end_at,
@@ -86,24 +81,19 @@ ON CONFLICT (call_id, turn_id) DO UPDATE SET
     tts_latency_ms = EXCLUDED.tts_latency_ms
 """
 
-
-def _merged_away(call_id: str, turn_id: str) -> str:
-    """A caller turn the gateway merged into a later one (control.interrupt reason "continued")
-    before the caller heard any reply is no turn of its own: its words are in the later turn's."""
-    return f"""
-    EXISTS (SELECT 1 FROM call_events e WHERE e.call_id = {call_id} AND e.turn_id = {turn_id}
+# a caller turn the gateway merged into a later one (control.interrupt reason "continued") before
+# the caller heard any reply is no turn of its own: its words are in the later turn's transcript
+_MERGED_AWAY = """
+    EXISTS (SELECT 1 FROM call_events e WHERE e.call_id = $1 AND e.turn_id = $2
             AND e.type = 'control.interrupt' AND e.data->>'reason' = 'continued')
-    AND NOT EXISTS (SELECT 1 FROM call_events e WHERE e.call_id = {call_id} AND e.turn_id = {turn_id}
+    AND NOT EXISTS (SELECT 1 FROM call_events e WHERE e.call_id = $1 AND e.turn_id = $2
                     AND e.type = 'turn.metrics')
 """
-
 
 # providers and usage come from the stages themselves, possibly before the gateway's account
 _UPSERT_TURN_LLM = f"""
 INSERT INTO call_turns (call_id, turn_id, llm_provider, prompt_tokens, completion_tokens)
-SELECT r.* FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::integer[])
-    AS r(call_id, turn_id, llm_provider, prompt_tokens, completion_tokens)
-WHERE NOT ({_merged_away("r.call_id", "r.turn_id")})
+SELECT $1::text, $2::text, $3::text, $4::integer, $5::integer WHERE NOT ({_MERGED_AWAY})
 ON CONFLICT (call_id, turn_id) DO UPDATE SET
     llm_provider = EXCLUDED.llm_provider, prompt_tokens = EXCLUDED.prompt_tokens,
     completion_tokens = EXCLUDED.completion_tokens
@@ -111,15 +101,12 @@ ON CONFLICT (call_id, turn_id) DO UPDATE SET
 
 _UPSERT_TURN_ASR = f"""
 INSERT INTO call_turns (call_id, turn_id, asr_provider)
-SELECT r.* FROM unnest($1::text[], $2::text[], $3::text[]) AS r(call_id, turn_id, asr_provider)
-WHERE NOT ({_merged_away("r.call_id", "r.turn_id")})
+SELECT $1::text, $2::text, $3::text WHERE NOT ({_MERGED_AWAY})
 ON CONFLICT (call_id, turn_id) DO UPDATE SET asr_provider = EXCLUDED.asr_provider
 """
 
-_SET_BASED = frozenset((_UPSERT_TURN, _UPSERT_TURN_LLM, _UPSERT_TURN_ASR))
-
 _DELETE_MERGED_AWAY = f"""
-DELETE FROM call_turns WHERE call_id = $1 AND turn_id = $2 AND {_merged_away("$1", "$2")}
+DELETE FROM call_turns WHERE call_id = $1 AND turn_id = $2 AND {_MERGED_AWAY}
 """
 
 # one lock per call, taken in one order by every recorder (ids hashed to the advisory lock's key)
@@ -246,11 +233,7 @@ class PostgresStore:
             # any event may come before call.started (several recorders, redelivery): the row first
             await conn.execute(_ENSURE_CALLS, call_ids, [ms_to_datetime(earliest[c]) for c in call_ids])
             for statement, rows in statements.items():
-                if statement in _SET_BASED:
-                    last = {row[:2]: row for row in rows}  # per (call, turn) key, its last row
-                    await conn.execute(statement, *map(list, zip(*last.values(), strict=True)))
-                else:
-                    await conn.executemany(statement, rows)
+                await conn.executemany(statement, rows)
             for event in events:
                 started = event.message
                 if isinstance(started, CallStarted) and started.channel == "phone":
