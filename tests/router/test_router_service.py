@@ -300,6 +300,32 @@ async def test_compare_and_set_retries_then_gives_up(broker: MemoryBroker) -> No
     assert await DialogStore(kv).mutate("missing", bump) is None
 
 
+async def test_a_change_starts_from_a_state_read_before_and_reads_again_when_it_went_stale(
+    broker: MemoryBroker,
+) -> None:
+    kv = await broker.bus("t").key_value(subjects.DIALOG_BUCKET)
+    store = DialogStore(kv)
+    await store.create(DialogState(call_id="c1", robot=ROBOT, channel="web", sample_rate=8000, prompt_id="a"))
+
+    def bump(s: DialogState) -> int:
+        s.turns += 1
+        return s.turns
+
+    read = await store.read("c1")
+    assert read is not None
+    saved = await store.mutate("c1", bump, read)
+    assert saved is not None and saved[1] == 1
+    stale = await store.read("c1")
+    assert stale is not None
+    await store.mutate("c1", bump)  # another change lands after our read
+    saved = await store.mutate("c1", bump, stale)
+    assert saved is not None and saved[1] == 3  # not 2: the stale read lost and was read again
+    assert (await store.load("c1")).turns == 3  # type: ignore[union-attr]
+    gone = await store.read("c1")
+    await store.delete("c1")
+    assert await store.mutate("c1", bump, gone) is None  # the call ended after our read
+
+
 def test_dialog_state_rejects_newer_versions() -> None:
     from vp_router.dialog_state import DialogStateError, decode_state, encode_state
 

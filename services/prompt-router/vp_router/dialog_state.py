@@ -8,7 +8,7 @@ conflict (another instance changed the key meanwhile) read again and re-apply, u
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, TypeVar
+from typing import ClassVar, NamedTuple, TypeVar
 
 import msgspec
 
@@ -78,6 +78,13 @@ def decode_state(data: bytes) -> DialogState:
     return state
 
 
+class Stored(NamedTuple):
+    """A call's state as read, with the revision a compare-and-set of it must name."""
+
+    state: DialogState
+    revision: int
+
+
 class DialogStore:
     def __init__(self, kv: KeyValue, max_history: int = 100) -> None:
         self.kv = kv
@@ -95,28 +102,38 @@ class DialogStore:
             return False
         return True
 
-    async def load(self, call_id: str) -> DialogState | None:
+    async def read(self, call_id: str) -> Stored | None:
         entry = await self.kv.get(call_id)
-        return decode_state(entry[0]) if entry is not None and entry[0] else None
+        return Stored(decode_state(entry[0]), entry[1]) if entry is not None and entry[0] else None
+
+    async def load(self, call_id: str) -> DialogState | None:
+        stored = await self.read(call_id)
+        return stored.state if stored is not None else None
 
     async def delete(self, call_id: str) -> None:
         await self.kv.delete(call_id)
 
-    async def mutate(self, call_id: str, change: Callable[[DialogState], T]) -> tuple[DialogState, T] | None:
+    async def mutate(
+        self, call_id: str, change: Callable[[DialogState], T], read: Stored | None = None
+    ) -> tuple[DialogState, T] | None:
         """Apply ``change`` (which edits the state in place and may be run again) with CAS.
 
-        Returns the saved state and what ``change`` returned, or None when the call has no state.
+        ``read``: the state as the caller has just read it (handed over, it is edited in place), so
+        the first attempt saves a KV round trip; if it is stale, that attempt loses the
+        compare-and-set and the next reads again. Returns the saved state and what ``change``
+        returned, or None when the call has no state.
         """
         for _ in range(CAS_ATTEMPTS):
-            entry = await self.kv.get(call_id)
-            if entry is None or not entry[0]:
+            stored = read if read is not None else await self.read(call_id)
+            read = None
+            if stored is None:
                 return None
-            state = decode_state(entry[0])
+            state = stored.state
             result = change(state)
             if len(state.history) > self.max_history:
                 state.history = state.history[-self.max_history :]
             try:
-                await self.kv.update(call_id, encode_state(state), last=entry[1])
+                await self.kv.update(call_id, encode_state(state), last=stored.revision)
             except KvConflict:
                 continue
             return state, result
