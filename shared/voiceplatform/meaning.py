@@ -16,6 +16,7 @@ words → digits) so that spelling differences of speech recognizers do not move
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -103,6 +104,7 @@ def set_encoder(encoder: Encoder | None) -> None:
     global _encoder, _load_error
     with _lock:
         _encoder, _load_error = encoder, ""
+        phrase_vector.cache_clear()  # vectors of the encoder replaced
 
 
 def prepare(text: str, language: str = "ru") -> str:
@@ -118,6 +120,20 @@ def encode(texts: Sequence[str]) -> Vectors:
     except Exception as exc:
         ENCODER_ERRORS.labels("encode").inc()
         raise EncoderUnavailable(f"encode failed: {type(exc).__name__}: {exc}") from exc
+
+
+# callers say the same short phrases again and again ("да", "нет", "алло", "оператор"): the vector
+# of a phrase seen lately is not computed again (a few ms of CPU each); 2048 vectors take 4 MB
+PHRASES_REMEMBERED = 2048
+
+
+@functools.lru_cache(maxsize=PHRASES_REMEMBERED)
+def phrase_vector(text: str, language: str = "ru") -> Vectors:
+    """The unit vector of one caller phrase (blocking; read-only, shared by every caller of it).
+    Raises EncoderUnavailable (a failure is not remembered)."""
+    row: Vectors = encode([prepare(text, language)])[0]
+    row.flags.writeable = False
+    return row
 
 
 async def encode_async(texts: Sequence[str]) -> Vectors:
@@ -209,9 +225,7 @@ class ExampleIndex(Generic[L]):
 
     def vector_of(self, text: str) -> Vectors:
         """Blocking encode of one caller phrase (bench and worker-thread use)."""
-        vectors = encode([prepare(text, self.language)])
-        row: Vectors = vectors[0]
-        return row
+        return phrase_vector(text, self.language)
 
     async def ascores(self, text: str) -> dict[L, Match[L]]:
         """Scores of a caller phrase by label, computed on the worker thread."""
