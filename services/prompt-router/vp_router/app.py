@@ -236,8 +236,9 @@ class RouterService:
 
     async def _classify(self, call_id: str, text: str) -> tuple[Route | None, Stored | None]:
         """The topic of ``text`` for this call's robot (before the state changes: it may await),
-        and the state it was read from (the change starts from it: one KV read per turn, not two)."""
-        stored = await self.store.read(call_id)
+        and the state it was read from (the change starts from it: no KV read at all when this
+        instance has the call's state, which it does unless another changed the call since)."""
+        stored = self.store.remembered(call_id) or await self.store.read(call_id)
         if stored is None:
             await asyncio.sleep(MISSING_STATE_RETRY_S)
             stored = await self.store.read(call_id)
