@@ -79,7 +79,10 @@ class StereoRecording:
         self._wav.setsampwidth(SAMPLE_BYTES)
         self._wav.setframerate(sample_rate)
         self._base = 0  # samples already on disk
-        self._left = np.zeros(0, dtype=np.int16)  # samples from _base on
+        # samples from _base on: the first _size of each buffer; zeros beyond (grown by doubling and
+        # shifted once a second, not copied whole for every frame)
+        self._size = 0
+        self._left = np.zeros(0, dtype=np.int16)
         self._right = np.zeros(0, dtype=np.int16)
         self._caller_end = 0
         self._robot_end = 0
@@ -102,9 +105,12 @@ class StereoRecording:
             samples, pos = samples[cut:], pos + cut
         need = end - self._base
         if need > len(self._left):
-            grow = need - len(self._left)
-            self._left = np.concatenate([self._left, np.zeros(grow, dtype=np.int16)])
-            self._right = np.concatenate([self._right, np.zeros(grow, dtype=np.int16)])
+            capacity = max(need, 2 * len(self._left))
+            for name in ("_left", "_right"):
+                grown = np.zeros(capacity, dtype=np.int16)
+                grown[: self._size] = getattr(self, name)[: self._size]
+                setattr(self, name, grown)
+        self._size = max(self._size, need)
         if len(samples):
             target = self._left if track == "caller" else self._right
             target[pos - self._base : end - self._base] = samples
@@ -141,7 +147,7 @@ class StereoRecording:
         # audio older than the late window (and a frame or more) cannot change any more; written in
         # steps of a second
         settled = now - self._late - self.sample_rate // 5 - self._base
-        if settled >= self.sample_rate and len(self._left) >= settled:
+        if settled >= self.sample_rate and self._size >= settled:
             self._write(settled)
 
     def _write(self, count: int) -> None:
@@ -149,7 +155,11 @@ class StereoRecording:
         frames = np.empty(count * CHANNELS, dtype=np.int16)
         frames[0::2], frames[1::2] = self._left[:count], self._right[:count]
         self._wav.writeframes(frames.astype("<i2").tobytes())
-        self._left, self._right = self._left[count:], self._right[count:]
+        rest = self._size - count
+        for buffer in (self._left, self._right):
+            buffer[:rest] = buffer[count : self._size]
+            buffer[rest : self._size] = 0
+        self._size = rest
         self._base += count
 
     def close(self) -> int:
