@@ -108,6 +108,7 @@ async def test_a_phrase_said_again_is_not_encoded_again_until_the_encoder_change
         await index.ready()
         said = [await index.anearest("Да, пример!") for _ in range(3)]
         assert first.encoded.count("да пример") == 1  # the examples, then the phrase once
+        assert first.threads and threading.get_ident() not in first.threads  # never on the loop
         assert len({m.label for m in said if m is not None}) <= 1
         vector = index.vector_of("Да, пример!")
         with pytest.raises(ValueError):
