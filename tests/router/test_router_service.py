@@ -357,6 +357,24 @@ async def test_an_instance_changes_the_calls_it_alone_serves_without_reading_the
     assert (await store.load("c1")).turns == 3  # type: ignore[union-attr]
 
 
+async def test_the_store_remembers_a_bounded_number_of_calls(broker: MemoryBroker) -> None:
+    kv = CountingKv(await broker.bus("t").key_value(subjects.DIALOG_BUCKET))
+    store = DialogStore(kv, remembered=2)  # type: ignore[arg-type]
+    for call_id in ("c1", "c2", "c3"):
+        await store.create(
+            DialogState(call_id=call_id, robot=ROBOT, channel="web", sample_rate=8000, prompt_id="a")
+        )
+    assert store.remembered("c1") is None and store.remembered("c3") is not None
+
+    def bump(s: DialogState) -> int:
+        s.turns += 1
+        return s.turns
+
+    saved = await store.mutate("c1", bump)  # forgotten: read from the KV, then remembered again
+    assert saved is not None and saved[1] == 1 and kv.gets == 1
+    assert store.remembered("c1") is not None and store.remembered("c2") is None
+
+
 async def test_changes_by_two_instances_of_one_call_all_land(broker: MemoryBroker) -> None:
     kv = await broker.bus("t").key_value(subjects.DIALOG_BUCKET)
     first, second = DialogStore(kv), DialogStore(kv)

@@ -24,7 +24,7 @@ from voiceplatform.wire import ChatMessage
 
 T = TypeVar("T")
 CAS_ATTEMPTS = 5
-REMEMBERED_CALLS = 2000  # last values kept per store (calls whose call.ended another instance had)
+REMEMBERED_CALLS = 1000  # last values kept per store (bounded: some calls end on another instance)
 MAX_DROPPED_TURNS = 16
 
 
