@@ -156,3 +156,21 @@ def test_the_file_is_written_as_the_call_goes_also_without_caller_audio(tmp_path
     rec.close()
     left, right, total = read_stereo(tmp_path / "c4.wav")
     assert total == ms(3000) and np.all(right == 900) and not np.any(left)
+
+
+def test_a_long_reply_sent_at_once_grows_the_buffer_and_every_sample_lands_in_place(tmp_path: Path) -> None:
+    # a voice that hands over 6 s at once outgrows the 4 s the buffer starts with; then the caller
+    # talks for 8 s, so settled seconds are written (and the buffer shifted) while it is grown
+    clock = FakeClock()
+    rec = StereoRecording(tmp_path / "c3.wav", RATE, clock=clock)
+    reply = np.arange(ms(6000), dtype=np.int16) % 997
+    rec.robot(reply.tobytes())
+    for k in range(400):
+        rec.caller(frame(k % 50 + 1))
+        clock.advance(20)
+    rec.close()
+    left, right, n = read_stereo(tmp_path / "c3.wav")
+    assert n == ms(8000)
+    assert np.array_equal(right[: ms(6000)], reply) and not right[ms(6000) :].any()
+    expected_left = np.repeat(np.arange(400, dtype=np.int16) % 50 + 1, N)
+    assert np.array_equal(left, expected_left)

@@ -40,6 +40,7 @@ SAMPLE_BYTES = 2
 PART_SUFFIX = ".part"
 # caller audio that arrives later than this behind the wall clock starts at the wall clock
 LATE_S = 1.0
+INITIAL_ROWS_S = 4  # seconds of samples held before the buffer first grows (the late window + a step)
 
 RECORDINGS = Counter("vp_gateway_recordings_total", "Call recordings (stereo WAV) by outcome", ["outcome"])
 
@@ -79,8 +80,10 @@ class StereoRecording:
         self._wav.setsampwidth(SAMPLE_BYTES)
         self._wav.setframerate(sample_rate)
         self._base = 0  # samples already on disk
-        self._left = np.zeros(0, dtype=np.int16)  # samples from _base on
-        self._right = np.zeros(0, dtype=np.int16)
+        # samples from _base on, interleaved as the file wants them (column 0 caller, 1 robot); the
+        # first _len rows are the call's, the rest is room to grow into without a copy per frame
+        self._frames = np.zeros((INITIAL_ROWS_S * sample_rate, CHANNELS), dtype="<i2")
+        self._len = 0
         self._caller_end = 0
         self._robot_end = 0
         self.dropped_samples = 0  # audio that came after its place had been written (counted, logged)
@@ -101,13 +104,16 @@ class StereoRecording:
             self.dropped_samples += cut
             samples, pos = samples[cut:], pos + cut
         need = end - self._base
-        if need > len(self._left):
-            grow = need - len(self._left)
-            self._left = np.concatenate([self._left, np.zeros(grow, dtype=np.int16)])
-            self._right = np.concatenate([self._right, np.zeros(grow, dtype=np.int16)])
+        if need > len(self._frames):
+            grown = np.zeros((max(need, 2 * len(self._frames)), CHANNELS), dtype="<i2")
+            grown[: self._len] = self._frames[: self._len]
+            self._frames = grown
+        if need > self._len:
+            self._frames[self._len : need] = 0  # silence until something is put there
+            self._len = need
         if len(samples):
-            target = self._left if track == "caller" else self._right
-            target[pos - self._base : end - self._base] = samples
+            column = 0 if track == "caller" else 1
+            self._frames[pos - self._base : end - self._base, column] = samples
         return end
 
     def caller(self, pcm: bytes) -> None:
@@ -134,22 +140,22 @@ class StereoRecording:
         """The caller's side dropped what it had not played yet (barge-in): silence from now on."""
         now = max(self._now(), self._base)
         if self._robot_end > now:
-            self._right[now - self._base : self._robot_end - self._base] = 0
+            self._frames[now - self._base : self._robot_end - self._base, 1] = 0
             self._robot_end = now
 
     def _write_settled(self, now: int) -> None:
         # audio older than the late window (and a frame or more) cannot change any more; written in
         # steps of a second
         settled = now - self._late - self.sample_rate // 5 - self._base
-        if settled >= self.sample_rate and len(self._left) >= settled:
+        if settled >= self.sample_rate and self._len >= settled:
             self._write(settled)
 
     def _write(self, count: int) -> None:
         assert self._wav is not None
-        frames = np.empty(count * CHANNELS, dtype=np.int16)
-        frames[0::2], frames[1::2] = self._left[:count], self._right[:count]
-        self._wav.writeframes(frames.astype("<i2").tobytes())
-        self._left, self._right = self._left[count:], self._right[count:]
+        self._wav.writeframes(self._frames[:count].tobytes())
+        kept = self._len - count
+        self._frames[:kept] = self._frames[count : self._len]  # once a second: the late window
+        self._len = kept
         self._base += count
 
     def close(self) -> int:
