@@ -404,6 +404,9 @@ class LlmRequest(Message, tag="llm.request"):
     # "" for a caller utterance; "no_input" when the caller stayed silent (user_text is "");
     # "dtmf" when the caller pressed keys (user_text is the digits, end key left out)
     event: str = ""
+    # per-call variables (call.started): a scripted reply's ``{name}`` is filled from them (the
+    # system prompt already is)
+    variables: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class LlmSentence(Message, tag="llm.sentence"):
