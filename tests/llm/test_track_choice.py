@@ -80,11 +80,11 @@ def robots_dir(tmp_path: Path) -> Path:
     write_robot(target, "by_meaning_tts", {"provider": "script"}, fallthrough="tts")
     write_robot(target, "by_llm", {"provider": "fake"})
     write_robot(target, "by_llm_tts", {"provider": "fake"}, fallthrough="tts")
-    write_robot(target, "by_keys", {"provider": "fake"}, no_input="not_understood")
+    write_robot(target, "by_keys", {"provider": "fake"})
     manifest = target / "by_keys" / "tracks" / "manifest.json"
     data = json.loads(manifest.read_text(encoding="utf-8"))
     for t in data["tracks"]:
-        t["dtmf"] = {"operator": ["0"], "hours": "1"}.get(t["id"], [])
+        t["dtmf"] = {"operator": ["0", "0#"], "hours": "1"}.get(t["id"], [])
     manifest.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     return target
 
@@ -268,7 +268,7 @@ async def test_keys_and_silence_play_the_manifests_tracks_without_asking_anyone(
     sentence, _ = await ask(broker, out, "by_keys", "t2", "1", llm, event="dtmf")
     assert sentence.track == "hours"
     sentence, _ = await ask(broker, out, "by_keys", "t3", "", llm, event="no_input")
-    assert sentence.track == "not_understood" and sentence.text == track_text("not_understood")
+    assert sentence.track == "no_input" and sentence.text == track_text("no_input")
     assert FakeChooser.asked == []  # the manifest decided: no model was asked
     # keys no track has fall through, as words that fit no track do
     _, done = await ask(broker, out, "by_keys", "t4", "9", llm, event="dtmf")
