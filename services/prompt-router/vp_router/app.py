@@ -444,6 +444,7 @@ def llm_request(
         speech_end_ts_ms=speech_end_ts_ms,
         dialog_state=state.script_state,
         event=event,
+        variables=state.variables,
     )
 
 
