@@ -125,6 +125,11 @@ class RealtimeCallSession:
         self._runner = asyncio.create_task(self._run(), name=f"realtime-{self.call_id}")
 
     @property
+    def connected(self) -> bool:
+        """The provider session is open: caller audio reaches it (before, frames are dropped)."""
+        return self._conn is not None
+
+    @property
     def replying(self) -> bool:
         return any(not r.done for r in self._replies.values())
 
