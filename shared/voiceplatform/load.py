@@ -14,25 +14,35 @@ Each stage says how much work it has in the terms that fit it:
   final → llm.request; llm: request → first sentence; tts: sentence → first audio; vad: a pause →
   the end-of-turn verdict; realtime calls: the gateway's figure).
 
-The same figures are on ``/health`` under ``load`` (``snapshot``). How the HorizontalPodAutoscalers
-use them: docs/deploy-kubernetes.md.
+The same figures are on ``/health`` under ``load`` (``snapshot``), and on the bus: every process's
+presence (``worker.heartbeat`` each second) carries them as ``StageLoad`` (``stage_loads``), with the
+turn time's p50/p95 over the last minute; ``vp load`` prints them for the whole platform. How the
+HorizontalPodAutoscalers use them: docs/deploy-kubernetes.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 from prometheus_client import Gauge, Histogram
 
+from voiceplatform.wire import StageLoad
+
 log = structlog.get_logger("voiceplatform.load")
 
 # how often a work stage asks the server for its consumer's backlog (one request per consumer and
 # pod; an autoscaler scrapes every 15-30 s)
 QUEUE_POLL_S = 5.0
+
+# the turn times a presence summarizes: the last minute's, at most this many per stage
+TURN_WINDOW_S = 60.0
+TURN_WINDOW_MAX = 2048
 
 TURN_BUCKETS_S = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
@@ -71,6 +81,7 @@ class _Queue:
 
 _calls: dict[str, _Calls] = {}
 _queues: dict[tuple[str, str], _Queue] = {}
+_recent_turns: dict[str, deque[tuple[float, float]]] = {}  # stage -> (monotonic time, seconds)
 
 
 def track_calls(stage: str, count: Callable[[], int], capacity: int) -> None:
@@ -112,7 +123,40 @@ def gateway_of(channel: str) -> str:
 
 
 def observe_turn(stage: str, seconds: float) -> None:
-    TURN_SECONDS.labels(stage).observe(max(seconds, 0.0))
+    seconds = max(seconds, 0.0)
+    TURN_SECONDS.labels(stage).observe(seconds)
+    recent = _recent_turns.get(stage)
+    if recent is None:
+        recent = _recent_turns[stage] = deque(maxlen=TURN_WINDOW_MAX)
+    recent.append((time.monotonic(), seconds))
+
+
+def stage_loads(now: float | None = None) -> list[StageLoad]:
+    """This process's load per stage, as its presence carries it (``StageLoad``)."""
+    now = time.monotonic() if now is None else now
+    stages = dict.fromkeys([*_calls, *(stage for stage, _ in _queues), *_recent_turns])
+    out: list[StageLoad] = []
+    for stage in stages:
+        load = StageLoad(stage=stage)
+        calls = _calls.get(stage)
+        if calls is not None:
+            load.calls_owned, load.capacity = calls.count(), calls.capacity
+        queues = [q for (s, _), q in _queues.items() if s == stage]
+        if queues:
+            load.queue_pending = sum(q.pending for q in queues)
+            load.queue_ack_pending = sum(q.ack_pending for q in queues)
+        seen = list(_recent_turns.get(stage, ()))  # one C call: a copy no other thread tears
+        recent = sorted(took for at, took in seen if now - at <= TURN_WINDOW_S)
+        if recent:
+            load.turns = len(recent)
+            load.turn_p50_ms = round(_nearest_rank(recent, 0.50) * 1000)
+            load.turn_p95_ms = round(_nearest_rank(recent, 0.95) * 1000)
+        out.append(load)
+    return out
+
+
+def _nearest_rank(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def snapshot() -> dict[str, object]:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -24,12 +25,16 @@ from voiceplatform.tracing import add_trace_id
 
 _SECRET_KEY = re.compile(r"(api_?key|token|secret|password|passwd|authorization|dsn)$", re.IGNORECASE)
 _secrets: set[str] = set()
+# the same secrets, longest first (a secret may contain a shorter one); rebuilt when one is added,
+# not sorted again for every string of every log line
+_longest_first: tuple[str, ...] = ()
 MASK = "***"
 
 
 def register_secret(value: str | None) -> None:
     """Remember a secret value so it is masked in every log line (values under 4 chars are ignored).
     A URL's password (``postgresql://user:pw@host/db``) is masked on its own too."""
+    global _longest_first
     if value and len(value) >= 4:
         _secrets.add(value)
         try:
@@ -38,30 +43,31 @@ def register_secret(value: str | None) -> None:
             password = None
         if password:
             _secrets.update(p for p in (password, unquote(password)) if len(p) >= 4)
+        _longest_first = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 def mask_secrets(text: str) -> str:
-    for secret in sorted(_secrets, key=len, reverse=True):
+    for secret in _longest_first:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
 
 
-def _mask_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return mask_secrets(value)
-    return value
+@functools.lru_cache(maxsize=4096)
+def _credential_key(key: str) -> bool:
+    """A key whose value is masked whatever it is (log lines use a few hundred distinct keys)."""
+    return _SECRET_KEY.search(key) is not None
 
 
 def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     keep_pii = os.environ.get("VP_LOG_PII", "") == "1"
-    for key in list(event.keys()):
+    for key, value in list(event.items()):
         if key.startswith("pii_") and not keep_pii:
             del event[key]
-        elif _SECRET_KEY.search(key) and event[key]:
+        elif _credential_key(key) and value:
             event[key] = MASK
-        else:
-            event[key] = _mask_value(event[key])
+        elif _longest_first and isinstance(value, str):
+            event[key] = mask_secrets(value)
     return event
 
 

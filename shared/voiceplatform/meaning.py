@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -103,6 +104,7 @@ def set_encoder(encoder: Encoder | None) -> None:
     global _encoder, _load_error
     with _lock:
         _encoder, _load_error = encoder, ""
+        _phrases.clear()  # vectors of the encoder replaced
 
 
 def prepare(text: str, language: str = "ru") -> str:
@@ -118,6 +120,51 @@ def encode(texts: Sequence[str]) -> Vectors:
     except Exception as exc:
         ENCODER_ERRORS.labels("encode").inc()
         raise EncoderUnavailable(f"encode failed: {type(exc).__name__}: {exc}") from exc
+
+
+# callers say the same short phrases again and again ("да", "нет", "алло", "оператор"): the vector
+# of a phrase seen lately is not computed again (a few ms of CPU each); 2048 vectors take 4 MB
+PHRASES_REMEMBERED = 2048
+
+
+class _Phrases:
+    """Vectors of the caller phrases encoded lately, by (text, language); the least recent go."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._vectors: OrderedDict[tuple[str, str], Vectors] = OrderedDict()
+        self._lock = threading.Lock()  # the worker thread adds, the event loop looks up
+
+    def get(self, text: str, language: str) -> Vectors | None:
+        with self._lock:
+            vector = self._vectors.get((text, language))
+            if vector is not None:
+                self._vectors.move_to_end((text, language))
+            return vector
+
+    def put(self, text: str, language: str, vector: Vectors) -> None:
+        with self._lock:
+            self._vectors[(text, language)] = vector
+            while len(self._vectors) > self._size:
+                self._vectors.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._vectors.clear()
+
+
+_phrases = _Phrases(PHRASES_REMEMBERED)
+
+
+def phrase_vector(text: str, language: str = "ru") -> Vectors:
+    """The unit vector of one caller phrase (blocking; read-only, shared by every caller of it).
+    Raises EncoderUnavailable (a failure is not remembered)."""
+    row = _phrases.get(text, language)
+    if row is None:
+        row = encode([prepare(text, language)])[0]
+        row.flags.writeable = False
+        _phrases.put(text, language, row)
+    return row
 
 
 async def encode_async(texts: Sequence[str]) -> Vectors:
@@ -209,22 +256,23 @@ class ExampleIndex(Generic[L]):
 
     def vector_of(self, text: str) -> Vectors:
         """Blocking encode of one caller phrase (bench and worker-thread use)."""
-        vectors = encode([prepare(text, self.language)])
-        row: Vectors = vectors[0]
-        return row
+        return phrase_vector(text, self.language)
 
     async def ascores(self, text: str) -> dict[L, Match[L]]:
-        """Scores of a caller phrase by label, computed on the worker thread."""
+        """Scores of a caller phrase by label, computed on the worker thread (here, when the phrase
+        was encoded lately: comparing it with the examples is cheaper than the hop)."""
 
         def work() -> dict[L, Match[L]]:
             return self.scores(self.vector_of(text))
 
         await self.ready()
-        return await run_on_worker(work)
+        known = _phrases.get(text, self.language)
+        return self.scores(known) if known is not None else await run_on_worker(work)
 
     async def anearest(self, text: str, allowed: Collection[L] | None = None) -> Match[L] | None:
         def work() -> Match[L] | None:
             return self.nearest(self.vector_of(text), allowed)
 
         await self.ready()
-        return await run_on_worker(work)
+        known = _phrases.get(text, self.language)
+        return self.nearest(known, allowed) if known is not None else await run_on_worker(work)

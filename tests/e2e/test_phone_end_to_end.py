@@ -20,7 +20,7 @@ from voiceplatform import subjects
 from voiceplatform.audio import rms
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.cli.call import place_phone_call
+from voiceplatform.cli.call_phone import place_phone_call
 from voiceplatform.wire import VadSpeechStarted
 
 pytestmark = [

@@ -156,3 +156,74 @@ def test_the_file_is_written_as_the_call_goes_also_without_caller_audio(tmp_path
     rec.close()
     left, right, total = read_stereo(tmp_path / "c4.wav")
     assert total == ms(3000) and np.all(right == 900) and not np.any(left)
+
+
+def test_a_long_reply_sent_at_once_grows_the_buffer_and_every_sample_lands_in_place(tmp_path: Path) -> None:
+    # a voice that hands over 6 s at once outgrows the 4 s the buffer starts with; then the caller
+    # talks for 8 s, so settled seconds are written (and the buffer shifted) while it is grown
+    clock = FakeClock()
+    rec = StereoRecording(tmp_path / "c3.wav", RATE, clock=clock)
+    reply = np.arange(ms(6000), dtype=np.int16) % 997
+    rec.robot(reply.tobytes())
+    for k in range(400):
+        rec.caller(frame(k % 50 + 1))
+        clock.advance(20)
+    rec.close()
+    left, right, n = read_stereo(tmp_path / "c3.wav")
+    assert n == ms(8000)
+    assert np.array_equal(right[: ms(6000)], reply) and not right[ms(6000) :].any()
+    expected_left = np.repeat(np.arange(400, dtype=np.int16) % 50 + 1, N)
+    assert np.array_equal(left, expected_left)
+
+
+def test_audio_a_sink_reports_heard_is_placed_when_heard_and_cut_at_the_hangup(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rec = StereoRecording(tmp_path / "c4.wav", RATE, clock=clock)
+    start = clock.t
+    for _ in range(50):  # 1 s of caller audio
+        rec.caller(frame(7))
+        clock.advance(20)
+    rec.robot_heard(frame(-3, frames=20), start + 0.3)  # 400 ms the caller started hearing at 300 ms
+    rec.clear_robot(start + 0.5)  # hung up at 500 ms: the rest was never heard
+    rec.close()
+    _, right, _ = read_stereo(tmp_path / "c4.wav")
+    assert not right[: ms(300)].any()
+    assert (right[ms(300) : ms(500)] == -3).all()
+    assert not right[ms(500) :].any()
+
+
+class HeardSink:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.listeners: tuple[object, object] | None = None
+
+    def report_heard(self, heard, unheard_after) -> None:  # type: ignore[no-untyped-def]
+        self.listeners = (heard, unheard_after)
+
+    async def send_audio(self, pcm: bytes) -> None:
+        self.sent.append(pcm)
+
+    async def send_event(self, event: dict) -> None:  # type: ignore[type-arg]
+        pass
+
+    async def flush(self, turn_id: str) -> None:
+        pass
+
+    async def close(self, reason: str) -> None:
+        pass
+
+
+async def test_a_sink_that_reports_heard_audio_places_it_not_the_send(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rec = StereoRecording(tmp_path / "c5.wav", RATE, clock=clock)
+    inner = HeardSink()
+    sink = RecordingSink(inner, rec)
+    assert inner.listeners == (rec.robot_heard, rec.clear_robot)
+    await sink.send_audio(frame(5))  # sent at 0: not heard yet, so not placed
+    clock.advance(200)
+    rec.robot_heard(frame(5), clock.t)  # heard from 200 ms
+    clock.advance(20)
+    rec.close()
+    _, right, _ = read_stereo(tmp_path / "c5.wav")
+    assert inner.sent == [frame(5)]
+    assert not right[: ms(200)].any() and (right[ms(200) : ms(220)] == 5).all()

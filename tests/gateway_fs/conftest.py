@@ -103,6 +103,7 @@ async def stack(private_nats: str, tmp_path: Path) -> AsyncIterator[Stack]:
         fs_stream_secret=SecretStr(STREAM_SECRET),
         fs_esl_reconnect_max_s=0.3,
         fs_recordings_dir=tmp_path / "recordings",
+        recordings_dir=tmp_path / "stereo",  # the gateway's own WAV of every call
         fs_metadata_timeout_s=0.5,
         drain_timeout_s=1.0,
     )

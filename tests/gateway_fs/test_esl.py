@@ -138,6 +138,22 @@ def test_event_plain_parsing_decodes_values_and_body() -> None:
     assert no_body.headers["DTMF-Digit"] == "#" and no_body.body == ""
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["caller%20one", "Ivan%20%D0%98%D0%B2%D0%B0%D0%BD", "a%3Ab", "plain"],
+        ["line%0Abreak", "%E2%82", "%AC"],  # a decoded line break; a UTF-8 sequence cut across values
+        ["%E2%82", "%ACtail", "%zz%", "", "100%25"],
+    ],
+)
+def test_event_plain_values_decode_each_as_it_would_alone(values: list[str]) -> None:
+    from urllib.parse import unquote
+
+    block = "".join(f"H{i}: {v}\n" for i, v in enumerate(values)) + "\n"
+    event = parse_event_plain(block.encode())
+    assert event.headers == {f"H{i}": unquote(v) for i, v in enumerate(values)}
+
+
 async def test_read_message_frames_bodies_exactly() -> None:
     reader = asyncio.StreamReader()
     reader.feed_data(api_response("+OK Message sent\n") + b"Content-Type: command/reply\nReply-Text: +OK\n\n")

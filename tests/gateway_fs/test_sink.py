@@ -223,3 +223,39 @@ async def test_missing_playback_stop_ends_after_the_grace_not_never() -> None:
     sink.on_play(play_event("/tmp/u1_1.tmp.r8"))
     assert await sink.wait_drained(5)
     assert lost("no_stop") == before + 2
+
+
+async def test_a_listener_hears_each_file_when_it_starts_and_nothing_after_the_hangup() -> None:
+    sink, _ws, _esl = make_sink()
+    heard: list[tuple[bytes, float]] = []
+    hung: list[float] = []
+    sink.report_heard(lambda pcm, at: heard.append((pcm, at)), hung.append)
+    for i in range(8):
+        await sink.send_audio(frame(i))
+    for i in range(8):
+        await sink.send_audio(frame(100 + i))
+    await wait_for(lambda: len(_ws.segments()) == 2)
+    sink.on_play(play_event("/tmp/u1_0.tmp.r8"))
+    sink.on_play(play_event("/tmp/u1_1.tmp.r8"))
+    assert heard == []  # queued, not heard yet
+    start = playback("PLAYBACK_START", "/tmp/u1_0.tmp.r8")
+    sink.on_playback(start)
+    assert heard == [(b"".join(frame(i) for i in range(8)), start.received)]
+    sink.on_playback(playback("PLAYBACK_STOP", "/tmp/u1_0.tmp.r8"))
+    sink.on_playback(second := playback("PLAYBACK_START", "/tmp/u1_1.tmp.r8"))
+    assert heard[1] == (b"".join(frame(100 + i) for i in range(8)), second.received)
+    sink.hung_up(second.received + 0.05)
+    sink.channel_gone()  # reported again: told once
+    assert hung == [second.received + 0.05]
+
+
+async def test_files_cut_by_a_barge_in_are_never_heard() -> None:
+    sink, _ws, _esl = make_sink()
+    heard: list[bytes] = []
+    sink.report_heard(lambda pcm, at: heard.append(pcm), lambda at: None)
+    for _ in range(8):
+        await sink.send_audio(frame(1))
+    sink.on_play(play_event("/tmp/u1_0.tmp.r8"))
+    await sink.flush("turn-1")
+    sink.on_playback(playback("PLAYBACK_START", "/tmp/u1_0.tmp.r8"))  # a late event of the cut file
+    assert heard == []

@@ -23,7 +23,7 @@ from bench.instant_engines import ASR_TEXT
 from bench.platform_stack import ROBOT, InProcessStack, make_robot
 from voiceplatform.audio import read_wav, write_wav
 from voiceplatform.bus.nats import NatsBus
-from voiceplatform.cli.call import place_phone_call
+from voiceplatform.cli.call_phone import place_phone_call
 from voiceplatform.runtime import run_service
 from voiceplatform_devstack.devinfra import free_port
 from vp_gateway_fs.app import GatewayFs

@@ -103,3 +103,41 @@ def test_no_input_requests_carry_no_empty_user_message() -> None:
     assert [m.content for m in messages if m.role == "user"] == [NO_INPUT_HINT]
     spoken = build_messages(request("t2", "привет"))
     assert spoken[-1].content == "привет"
+
+
+async def test_a_scripted_reply_is_filled_with_the_calls_variables(
+    broker: MemoryBroker, robots_dir: Path
+) -> None:
+    folder = robots_dir / "collector_script"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"llm": {"provider": "script"}}), encoding="utf-8")
+    dialog = {
+        "start": "m",
+        "states": {
+            "m": {
+                "intents": [
+                    {"keywords": ["долг"], "reply": "{name}, ваш долг {debt} рублей. Формат: {json}."}
+                ],
+                "fallback": "Повторите, {name}.",
+            }
+        },
+    }
+    (folder / "dialog.json").write_text(json.dumps(dialog, ensure_ascii=False), encoding="utf-8")
+    service = LlmService(LlmSettings(), robots=RobotRegistry(robots_dir))
+    await service.start(broker.bus("llm"))
+    try:
+        out = await Collector.on(broker.bus("watch"), subjects.ALL_CALLS)
+        variables = {"name": "Анна Петровна", "debt": "1500"}
+        req = request("v1", "какой у меня долг", event="")
+        req.robot, req.variables = "collector_script", variables
+        done = await ask(broker, out, req)
+        # known variables filled; an unknown placeholder stays as written
+        assert done.text == "Анна Петровна, ваш долг 1500 рублей. Формат: {json}."
+        req = request("v2", "алло", done.dialog_state)
+        req.robot, req.variables = "collector_script", variables
+        assert (await ask(broker, out, req)).text == "Повторите, Анна Петровна."
+        req = request("v3", "какой долг")
+        req.robot = "collector_script"  # an inbound call: no variables, the text as written
+        assert (await ask(broker, out, req)).text.startswith("{name}, ваш долг {debt}")
+    finally:
+        await service.drain(1.0)

@@ -80,6 +80,12 @@ def robots_dir(tmp_path: Path) -> Path:
     write_robot(target, "by_meaning_tts", {"provider": "script"}, fallthrough="tts")
     write_robot(target, "by_llm", {"provider": "fake"})
     write_robot(target, "by_llm_tts", {"provider": "fake"}, fallthrough="tts")
+    write_robot(target, "by_keys", {"provider": "fake"})
+    manifest = target / "by_keys" / "tracks" / "manifest.json"
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    for t in data["tracks"]:
+        t["dtmf"] = {"operator": ["0", "0#"], "hours": "1"}.get(t["id"], [])
+    manifest.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     return target
 
 
@@ -100,7 +106,13 @@ async def out(broker: MemoryBroker) -> Collector:
 
 
 async def ask(
-    broker: MemoryBroker, out: Collector, robot: str, turn_id: str, text: str, llm: LlmService
+    broker: MemoryBroker,
+    out: Collector,
+    robot: str,
+    turn_id: str,
+    text: str,
+    llm: LlmService,
+    event: str = "",
 ) -> tuple[LlmSentence, LlmDone]:
     await llm.tracks.ready(llm.robots.get(robot), 60.0)
     req = LlmRequest(
@@ -112,6 +124,7 @@ async def ask(
         history=[],
         user_text=text,
         sample_rate=16000,
+        event=event,
     )
     await broker.bus("router").publish(subjects.llm_request(CALL), req)
     (done,) = await out.wait(LlmDone, turn_id=turn_id, timeout_s=20.0)
@@ -245,3 +258,18 @@ async def test_a_broken_manifest_fails_the_turn_with_a_clear_stage_error(
     assert error.kind == "robot_config" and "fallthrough 'nobody'" in error.detail
     (done,) = await out.wait(LlmDone, turn_id="t1")
     assert done.sentences == 0 and out.of(LlmSentence, turn_id="t1") == []
+
+
+async def test_keys_and_silence_play_the_manifests_tracks_without_asking_anyone(
+    broker: MemoryBroker, llm: LlmService, out: Collector
+) -> None:
+    sentence, done = await ask(broker, out, "by_keys", "t1", "0", llm, event="dtmf")
+    assert sentence.track == "operator" and done.transfer_to == "operators"
+    sentence, _ = await ask(broker, out, "by_keys", "t2", "1", llm, event="dtmf")
+    assert sentence.track == "hours"
+    sentence, _ = await ask(broker, out, "by_keys", "t3", "", llm, event="no_input")
+    assert sentence.track == "no_input" and sentence.text == track_text("no_input")
+    assert FakeChooser.asked == []  # the manifest decided: no model was asked
+    # keys no track has fall through, as words that fit no track do
+    _, done = await ask(broker, out, "by_keys", "t4", "9", llm, event="dtmf")
+    assert done.intent == "not_understood"

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from tests.gateway.test_call_session import RecordingSink
+from tests.stand_ins.otlp_collector import OtlpCollector
 from tests.stand_ins.realtime_server import VALID_KEY, RealtimeStandIn
 from tests.waiting import wait_for
-from voiceplatform import subjects
+from voiceplatform import subjects, tracing
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.memory import MemoryBroker
 from voiceplatform.config import load_robot
@@ -93,6 +94,11 @@ class Call:
 
         await self.broker.bus("observer").subscribe(subjects.ALL_CALLS, record)
         await self.session.start()
+
+    async def provider_connected(self, realtime: RealtimeService) -> None:
+        """Until the realtime session's provider connection is open (frames before it are dropped)."""
+        call_id = self.session.call_id
+        await wait_for(lambda: (s := realtime.sessions.get(call_id)) is not None and s.connected)
 
     async def say(self, pcm: bytes) -> None:
         for i in range(0, len(pcm) - FRAME + 1, FRAME):
@@ -185,7 +191,7 @@ async def test_barge_in_cancels_and_truncates_to_what_was_heard(broker, realtime
         call = Call(broker, make_robot(tmp_path, server))
         await call.start()
         await wait_for(lambda: call.session.owners.get("realtime") == "rt-1")
-        await wait_for(lambda: server.sessions and server.received("session.update"))
+        await call.provider_connected(realtime)
         await call.say(_speech(0.6) + _silence(0.5))
         await wait_for(lambda: len(call.sink.audio) >= 40, timeout=6)  # 800 ms of the reply heard
         await call.say(_speech(0.5))  # the caller talks over the robot
@@ -228,7 +234,7 @@ async def test_a_dropped_session_is_reopened_with_the_conversation(broker, realt
     async with RealtimeStandIn(flavor="yandex", reply_audio_s=1.0, pace=0.2, close_mid_audio=True) as server:
         call = Call(broker, make_robot(tmp_path, server))
         await call.start()
-        await wait_for(lambda: server.received("session.update"))
+        await call.provider_connected(realtime)
         await call.say(_speech(0.6) + _silence(0.5))
         await wait_for(lambda: len(server.sessions) == 2, timeout=5)
         await wait_for(lambda: len(server.received("session.update")) == 2)
@@ -243,3 +249,30 @@ async def test_a_dropped_session_is_reopened_with_the_conversation(broker, realt
     assert any(m.interrupted for m in call.of(LlmDone))
     assert not call.of(CallEnded)
     await call.session.end("test")
+
+
+async def test_a_realtime_turn_is_traced_under_the_gateway_turn(broker, realtime, tmp_path):
+    collector = OtlpCollector().start()
+    try:
+        assert tracing.configure("realtime", endpoint=collector.endpoint)
+        async with RealtimeStandIn(flavor="yandex", reply_audio_s=0.6, pace=0.2) as server:
+            call = Call(broker, make_robot(tmp_path, server))
+            await call.start()
+            await wait_for(lambda: call.session.owners.get("realtime") == "rt-1")
+            await call.provider_connected(realtime)
+            await call.say(_speech(0.8) + _silence(0.6))
+            await wait_for(lambda: call.of(TurnMetrics), timeout=8)
+        turn = call.of(VadSpeechStarted)[0].turn_id
+        tracing.shutdown()  # flushes
+        spans = {s.name: s for s in collector.spans if s.attributes.get("vp.turn_id") == turn}
+        trace_id, root_id = tracing.turn_ids(call.session.call_id, turn)
+        assert {"realtime.first_audio", "realtime.reply", "turn"} <= set(spans)
+        for name in ("realtime.first_audio", "realtime.reply"):
+            assert spans[name].trace_id == f"{trace_id:032x}"
+            assert spans[name].parent_span_id == f"{root_id:016x}"
+            assert spans[name].attributes["vp.provider"] == "realtime-yandex"
+        reply = spans["realtime.reply"]
+        assert reply.attributes["vp.status"] == "completed" and reply.attributes["vp.audio_ms"] >= 550
+    finally:
+        tracing.shutdown()
+        collector.stop()

@@ -32,6 +32,7 @@ def test_variables_fill_the_prompt_and_survive_the_state_store(tmp_path: Path) -
     assert request.system_prompt == (
         'Вы звоните клиенту Анна Петровна о долге 1500 ₽ по заказу A-17. Формат ответа: {"text": ...}'
     )
+    assert request.variables == {"name": "Анна Петровна", "debt": "1500", "order": "A-17"}  # for scripts
     inbound = DialogState(
         call_id="web-1", robot=robot.name, channel="web", sample_rate=16000, prompt_id="default"
     )

@@ -18,6 +18,7 @@ from voiceplatform.wire import (
     AsrFinal,
     CallEnded,
     CallStarted,
+    ChatMessage,
     ControlInterrupt,
     LlmDone,
     LlmRequest,
@@ -298,6 +299,102 @@ async def test_compare_and_set_retries_then_gives_up(broker: MemoryBroker) -> No
     with pytest.raises(DialogConflict):
         await DialogStore(RacyKv(kv, races=5)).mutate("c1", bump)  # type: ignore[arg-type]
     assert await DialogStore(kv).mutate("missing", bump) is None
+
+
+async def test_a_change_starts_from_a_state_read_before_and_reads_again_when_it_went_stale(
+    broker: MemoryBroker,
+) -> None:
+    kv = await broker.bus("t").key_value(subjects.DIALOG_BUCKET)
+    store = DialogStore(kv)
+    await store.create(DialogState(call_id="c1", robot=ROBOT, channel="web", sample_rate=8000, prompt_id="a"))
+
+    def bump(s: DialogState) -> int:
+        s.turns += 1
+        return s.turns
+
+    read = await store.read("c1")
+    assert read is not None
+    saved = await store.mutate("c1", bump, read)
+    assert saved is not None and saved[1] == 1
+    stale = await store.read("c1")
+    assert stale is not None
+    await store.mutate("c1", bump)  # another change lands after our read
+    saved = await store.mutate("c1", bump, stale)
+    assert saved is not None and saved[1] == 3  # not 2: the stale read lost and was read again
+    assert (await store.load("c1")).turns == 3  # type: ignore[union-attr]
+    gone = await store.read("c1")
+    await store.delete("c1")
+    assert await store.mutate("c1", bump, gone) is None  # the call ended after our read
+
+
+class CountingKv:
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.gets = 0
+
+    async def get(self, key: str) -> tuple[bytes, int] | None:
+        self.gets += 1
+        return await self.inner.get(key)  # type: ignore[attr-defined,no-any-return]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_an_instance_changes_the_calls_it_alone_serves_without_reading_them_back(
+    broker: MemoryBroker,
+) -> None:
+    kv = CountingKv(await broker.bus("t").key_value(subjects.DIALOG_BUCKET))
+    store = DialogStore(kv)  # type: ignore[arg-type]
+    await store.create(DialogState(call_id="c1", robot=ROBOT, channel="web", sample_rate=8000, prompt_id="a"))
+
+    def bump(s: DialogState) -> int:
+        s.turns += 1
+        return s.turns
+
+    for _ in range(3):
+        await store.mutate("c1", bump)
+    assert kv.gets == 0
+    assert (await store.load("c1")).turns == 3  # type: ignore[union-attr]
+
+
+async def test_the_store_remembers_a_bounded_number_of_calls(broker: MemoryBroker) -> None:
+    kv = CountingKv(await broker.bus("t").key_value(subjects.DIALOG_BUCKET))
+    store = DialogStore(kv, remembered=2)  # type: ignore[arg-type]
+    for call_id in ("c1", "c2", "c3"):
+        await store.create(
+            DialogState(call_id=call_id, robot=ROBOT, channel="web", sample_rate=8000, prompt_id="a")
+        )
+    assert store.remembered("c1") is None and store.remembered("c3") is not None
+
+    def bump(s: DialogState) -> int:
+        s.turns += 1
+        return s.turns
+
+    saved = await store.mutate("c1", bump)  # forgotten: read from the KV, then remembered again
+    assert saved is not None and saved[1] == 1 and kv.gets == 1
+    assert store.remembered("c1") is not None and store.remembered("c2") is None
+
+
+async def test_changes_by_two_instances_of_one_call_all_land(broker: MemoryBroker) -> None:
+    kv = await broker.bus("t").key_value(subjects.DIALOG_BUCKET)
+    first, second = DialogStore(kv), DialogStore(kv)
+    await first.create(DialogState(call_id="c1", robot=ROBOT, channel="web", sample_rate=8000, prompt_id="a"))
+
+    def say(word: str) -> Callable[[DialogState], int]:
+        def change(s: DialogState) -> int:
+            s.history.append(ChatMessage(role="user", content=word, turn_id=word))
+            s.turns += 1
+            return s.turns
+
+        return change
+
+    for i, store in enumerate([first, second, first, first, second, first]):
+        saved = await store.mutate("c1", say(f"w{i}"))
+        assert saved is not None and saved[1] == i + 1  # each started from the latest state
+    state = await second.load("c1")
+    assert state is not None and [m.content for m in state.history] == [f"w{i}" for i in range(6)]
+    await second.delete("c1")  # the call ended on the other instance
+    assert await first.mutate("c1", say("late")) is None
 
 
 def test_dialog_state_rejects_newer_versions() -> None:

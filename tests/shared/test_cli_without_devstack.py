@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from voiceplatform.cli import devstack
-from voiceplatform.cli.call import place_phone_call
+from voiceplatform.cli.call_phone import place_phone_call
 from voiceplatform.cli.main import main
 from voiceplatform.cli.up import INFRA_URLS, Infra
 

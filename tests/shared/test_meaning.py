@@ -88,3 +88,34 @@ async def test_a_failing_encoder_raises_encoder_unavailable() -> None:
             await index.anearest("пример")
     finally:
         meaning.set_encoder(None)
+
+
+class CountingEncoder(ThreadRecorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoded: list[str] = []
+
+    def encode(self, texts: Sequence[str]) -> Vectors:
+        self.encoded += texts
+        return super().encode(texts)
+
+
+async def test_a_phrase_said_again_is_not_encoded_again_until_the_encoder_changes() -> None:
+    first = CountingEncoder()
+    meaning.set_encoder(first)
+    try:
+        index: ExampleIndex[str] = ExampleIndex([("a", "один пример"), ("b", "другой пример")])
+        await index.ready()
+        said = [await index.anearest("Да, пример!") for _ in range(3)]
+        assert first.encoded.count("да пример") == 1  # the examples, then the phrase once
+        assert first.threads and threading.get_ident() not in first.threads  # never on the loop
+        assert len({m.label for m in said if m is not None}) <= 1
+        vector = index.vector_of("Да, пример!")
+        with pytest.raises(ValueError):
+            vector[0] = 5.0  # shared by every caller of the phrase: nobody may change it
+        second = CountingEncoder()
+        meaning.set_encoder(second)
+        index.vector_of("Да, пример!")
+        assert second.encoded == ["да пример"]  # another encoder: its own vectors
+    finally:
+        meaning.set_encoder(None)

@@ -97,10 +97,38 @@ def test_every_problem_is_one_line_naming_the_track(tmp_path: Path) -> None:
     assert "track 'stereo': tracks/stereo.wav: 2 channels; use mono" in problems
     assert "track 'eight_bit': tracks/eight_bit.wav: 8-bit samples; use 16-bit PCM" in problems
     assert any(p.startswith("track 'junk': tracks/junk.wav: not a readable WAV file") for p in problems)
-    assert any(p.startswith("track 'mute': no 'when' and no examples") for p in problems)
+    assert any(p.startswith("track 'mute': no 'when', no examples and no dtmf") for p in problems)
     assert any(p.startswith("track 'escape': file '../config.json' is outside tracks/") for p in problems)
     assert "fallthrough 'operator' is neither 'tts' nor a track id" in text
     assert len(problems) == 9, problems
+
+
+def test_keys_and_no_input_choose_tracks_without_words(tmp_path: Path) -> None:
+    tracks = [
+        track("hours", dtmf="1"),
+        track("operator", when="", examples=[], dtmf=["0", "0#"]),  # chosen by its keys alone: fine
+        track("silence", when="", examples=[]),  # played on silence alone: fine
+        track("price", dtmf=["5", "1"]),  # 1: the key of hours
+    ]
+    folder = robot(tmp_path, tracks, no_input="silence")
+    assert check_tracks(folder) == ["track 'price': dtmf '1' already chooses track 'hours'"]
+    (folder / "tracks" / "manifest.json").write_text(
+        json.dumps({"tracks": tracks[:3], "no_input": "quiet"}), encoding="utf-8"
+    )
+    assert check_tracks(folder) == [
+        "track 'silence': no 'when', no examples and no dtmf, it can never be chosen",
+        "tracks/manifest.json: no_input 'quiet' is not a track id",
+    ]
+    (folder / "tracks" / "manifest.json").write_text(
+        json.dumps({"tracks": [track("a", dtmf="1x")]}), encoding="utf-8"
+    )
+    assert any("tracks.0.dtmf" in p for p in check_tracks(folder))
+    (folder / "tracks" / "manifest.json").write_text(
+        json.dumps({"tracks": tracks[:3], "no_input": "silence"}), encoding="utf-8"
+    )
+    manifest = load_tracks(folder).manifest
+    assert manifest.by_dtmf("0#").id == "operator" and manifest.by_dtmf("9") is None  # type: ignore[union-attr]
+    assert manifest.by_dtmf("") is None
 
 
 def test_manifest_level_problems(tmp_path: Path) -> None:

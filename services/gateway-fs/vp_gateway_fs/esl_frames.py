@@ -54,12 +54,23 @@ def parse_event_plain(data: bytes) -> EslEvent:
     """The body of a ``text/event-plain`` message: URL-encoded headers, then maybe a body."""
     text = data.decode("utf-8", "replace")
     head, _, rest = text.partition("\n\n")
-    headers = {name: unquote(value) for name, value in parse_headers(head).items()}
+    headers = _unquoted(parse_headers(head))
     body = ""
     length = headers.pop("Content-Length", None)
     if length is not None and length.isdigit():
         body = rest.encode("utf-8")[: int(length)].decode("utf-8", "replace")
     return EslEvent(headers, body)
+
+
+def _unquoted(encoded: dict[str, str]) -> dict[str, str]:
+    """The values URL-decoded. An event has dozens of headers (every play of robot audio brings
+    one): decoded all at once, a line apart, at half the cost. A line break cannot come from
+    decoding unless a value has ``%0A``, and it breaks any UTF-8 sequence, so each value decodes
+    as it would alone."""
+    values = "\n".join(encoded.values())
+    if "%0A" in values or "%0a" in values:
+        return {name: unquote(value) for name, value in encoded.items()}
+    return dict(zip(encoded, unquote(values).split("\n"), strict=True))
 
 
 async def read_message(reader: asyncio.StreamReader) -> tuple[dict[str, str], bytes]:

@@ -77,6 +77,7 @@ GONE_MARKERS = ("no such channel", "invalid uuid", "invalid session id")
 class _Segment:
     epoch: int
     nbytes: int
+    pcm: bytes = b""  # kept only for a listener of heard audio (the call's recording)
 
 
 def command_failed(command: str, uuid: str, error: EslError | EslReply) -> None:
@@ -130,6 +131,17 @@ class FsSink:
         self._idle: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
         self._tasks = TaskRegistry()
+        # HeardAudio: the call's recording places robot audio when its file starts playing
+        self._heard: Callable[[bytes, float], None] | None = None
+        self._unheard_after: Callable[[float], None] | None = None
+        self._pcm_of_file: dict[str, bytes] = {}  # queued files' audio, until they start
+
+    def report_heard(
+        self, heard: Callable[[bytes, float], None], unheard_after: Callable[[float], None]
+    ) -> None:
+        """``HeardAudio`` (voiceplatform.gateway.recording): tell ``heard`` each file's audio when
+        FreeSWITCH starts playing it, and ``unheard_after`` when the caller hangs up."""
+        self._heard, self._unheard_after = heard, unheard_after
 
     # ---- AudioSink --------------------------------------------------------------------------------
     async def send_audio(self, pcm: bytes) -> None:
@@ -152,6 +164,7 @@ class FsSink:
         self._buffer.clear()
         self._fresh = True
         self._queued.clear()
+        self._pcm_of_file.clear()
         self._update_drained()
         try:
             reply = await self.esl.command(f"api uuid_break {self.uuid} all")
@@ -201,13 +214,17 @@ class FsSink:
         What was not heard by then stays unheard (the clock stops), so the session's cut at the
         end of the call records what the caller heard before hanging up."""
         self.channel_alive = False
-        self._queued.freeze(time.monotonic())
+        self.hung_up(time.monotonic())
         self._buffer.clear()
         self._update_drained()
 
     def hung_up(self, at: float) -> None:
         """``CHANNEL_HANGUP``: the caller hears nothing after ``at`` (the clock stops there)."""
+        first = self._queued.frozen_at is None
         self._queued.freeze(at)
+        self._pcm_of_file.clear()
+        if first and self._unheard_after is not None:
+            self._unheard_after(at)
 
     def unheard_bytes(self) -> int:
         """``PlaybackClock``: robot audio given to the sink that the caller has not heard yet."""
@@ -256,6 +273,8 @@ class FsSink:
             self._update_drained()
             return
         self._queued.queue(path, segment.nbytes)
+        if self._heard is not None:
+            self._pcm_of_file[path] = segment.pcm
         self._tasks.spawn(self._check_queued(future, path, command), name=f"queue-{self.uuid}")
 
     def on_playback(self, event: EslEvent) -> None:
@@ -263,10 +282,16 @@ class FsSink:
             return  # the hangup stopped the clock: the files it cut stay unheard
         path = event.headers.get("Playback-File-Path", "")
         if event.name == "PLAYBACK_START":
-            if self._queued.started(path, event.received) and self.first_playback_at is None:
+            if not self._queued.started(path, event.received):
+                return
+            if self.first_playback_at is None:
                 self.first_playback_at = event.received
+            pcm = self._pcm_of_file.pop(path, b"")
+            if pcm and self._heard is not None:
+                self._heard(pcm, event.received)
         elif event.name == "PLAYBACK_STOP":
             self._queued.stopped(path, event.received)
+            self._pcm_of_file.pop(path, None)
             self._update_drained()
 
     def on_execute_complete(self, event: EslEvent) -> None:
@@ -276,6 +301,7 @@ class FsSink:
         path = event.headers.get("Application-Data", "")
         if not self._queued.never_started(path, event.received):
             return  # not ours, or it started: its PLAYBACK_STOP does the rest
+        self._pcm_of_file.pop(path, None)
         PLAYBACK_LOST.labels("not_played").inc()
         response = event.headers.get("Application-Response", "")[:40]
         log.error("fs.file_not_played", uuid=self.uuid, response=response)
@@ -284,6 +310,8 @@ class FsSink:
     def _expire(self, now: float) -> None:
         """Files whose end FreeSWITCH never reported: over once they cannot be playing any more."""
         lapsed = self._queued.expire(now)
+        if lapsed and self._pcm_of_file:
+            self._pcm_of_file = {p: a for p, a in self._pcm_of_file.items() if p in self._queued.files}
         if lapsed:
             PLAYBACK_LOST.labels("no_stop").inc(lapsed)
             log.warning("fs.playback_stop_missing", uuid=self.uuid, files=lapsed)
@@ -300,6 +328,7 @@ class FsSink:
             return
         PLAYBACK_LOST.labels("queue_failed").inc()
         self._queued.forget(path)
+        self._pcm_of_file.pop(path, None)
         self._update_drained()
         if reply is not None:
             command_failed(command, self.uuid, reply)
@@ -311,7 +340,7 @@ class FsSink:
     async def _ship(self) -> None:
         data = bytes(self._buffer)
         self._buffer.clear()
-        self._sent.append(_Segment(self._epoch, len(data)))
+        self._sent.append(_Segment(self._epoch, len(data), data if self._heard is not None else b""))
         SEGMENTS.inc()
         frame = {
             "type": "streamAudio",

@@ -10,6 +10,9 @@ turn's figures, heard text, records) is the pipeline's own. How the track is cho
 3. no track fits (``none``, or nothing similar enough): the manifest's ``fallthrough`` — a track,
    or ``tts``: the generative provider's own reply as in pipeline mode, else the robot's
    ``fallback_text``, synthesized.
+
+A turn without words is decided by the manifest alone: keys pressed choose the track with that
+``dtmf``, a silence plays the ``no_input`` track; without one, they fall through as in 3.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import structlog
 from prometheus_client import Counter
 
 from voiceplatform.config import RobotConfig
-from voiceplatform.config.tracks import Tracks, load_tracks
+from voiceplatform.config.tracks import Track, Tracks, load_tracks
 from voiceplatform.meaning import EncoderUnavailable
 from voiceplatform.providers import LlmChunk, LlmOptions, LlmProvider
 from voiceplatform.providers.chain import Attempt, Failure, ProviderChain
@@ -78,6 +81,17 @@ class TrackTurns:
     ) -> str:
         """Publish the turn's reply; returns the outcome label ("ok" or "failed")."""
         chooser = self.chooser(robot)
+        manifest = chooser.manifest
+        if req.event:
+            chosen = manifest.by_dtmf(req.user_text) if req.event == "dtmf" else None
+            if req.event == "no_input" and manifest.no_input:
+                chosen = manifest.by_id(manifest.no_input)
+            if chosen is not None:
+                CHOICES.labels(req.event).inc()
+                log.info("track.chosen", how=req.event, track=chosen.id, score=1.0, matched=req.user_text)
+                out.provider = out.provider or "manifest"
+                await _play(out, chosen)
+                return "ok"
         generative = generative_providers(robot)
         # keys and silences are no words to match: they fall through (a generative provider is
         # told about them by build_messages)
@@ -102,7 +116,7 @@ class TrackTurns:
         )
         if track is not None:
             out.provider = out.provider or "meaning"
-            await out.say(track.text, track=track.id, end_call=track.end_call, transfer_to=track.transfer_to)
+            await _play(out, track)
             return "ok"
         if generative:
             options = llm_options(robot, req)
@@ -160,3 +174,7 @@ async def _by_meaning(chooser: TrackChooser, user_text: str) -> Choice:
     except EncoderUnavailable as exc:
         log.warning("track.meaning_unavailable", error=str(exc)[:200])
         return Choice(None, "no_encoder")
+
+
+async def _play(out: TurnOutput, track: Track) -> None:
+    await out.say(track.text, track=track.id, end_call=track.end_call, transfer_to=track.transfer_to)

@@ -35,6 +35,7 @@ def llm_options(robot: RobotConfig, req: LlmRequest) -> LlmOptions:
         prompt_id=req.prompt_id,
         event=req.event,
         keys=req.user_text if req.event == "dtmf" else "",
+        variables=req.variables,
     )
 
 

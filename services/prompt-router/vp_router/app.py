@@ -45,7 +45,7 @@ from voiceplatform.wire import (
     Message,
     PromptSwitched,
 )
-from vp_router.dialog_state import DialogConflict, DialogState, DialogStateError, DialogStore
+from vp_router.dialog_state import DialogConflict, DialogState, DialogStateError, DialogStore, Stored
 from vp_router.routing import Route, RouteCache
 from vp_router.settings import RouterSettings
 
@@ -234,15 +234,17 @@ class RouterService:
         await self.store.delete(msg.call_id)
         log.info("router.call_ended", call_id=msg.call_id)
 
-    async def _classify(self, call_id: str, text: str) -> Route | None:
-        """The topic of ``text`` for this call's robot (before the state changes: it may await)."""
-        loaded = await self.store.load(call_id)
-        if loaded is None:
+    async def _classify(self, call_id: str, text: str) -> tuple[Route | None, Stored | None]:
+        """The topic of ``text`` for this call's robot (before the state changes: it may await),
+        and the state it was read from (the change starts from it: no KV read at all when this
+        instance has the call's state, which it does unless another changed the call since)."""
+        stored = self.store.remembered(call_id) or await self.store.read(call_id)
+        if stored is None:
             await asyncio.sleep(MISSING_STATE_RETRY_S)
-            loaded = await self.store.load(call_id)
-        if loaded is None:
-            return None
-        return await self.routes.get(self.robots.get(loaded.robot)).classify(text)
+            stored = await self.store.read(call_id)
+        if stored is None:
+            return None, None
+        return await self.routes.get(self.robots.get(stored.state.robot)).classify(text), stored
 
     async def _user_said(self, msg: AsrFinal, received: float) -> None:
         with bind_call(call_id=msg.call_id, turn_id=msg.turn_id):
@@ -271,8 +273,8 @@ class RouterService:
 
             try:
                 # keys are no words to take a topic from: a keypad turn keeps the current prompt
-                topic = None if msg.dtmf else await self._classify(msg.call_id, msg.text)
-                saved = await self.store.mutate(msg.call_id, change)
+                topic, read = (None, None) if msg.dtmf else await self._classify(msg.call_id, msg.text)
+                saved = await self.store.mutate(msg.call_id, change, read)
             except RobotConfigError as exc:
                 await self._stage_error(msg.call_id, msg.turn_id, "robot_config", str(exc), False)
                 return
@@ -442,6 +444,7 @@ def llm_request(
         speech_end_ts_ms=speech_end_ts_ms,
         dialog_state=state.script_state,
         event=event,
+        variables=state.variables,
     )
 
 

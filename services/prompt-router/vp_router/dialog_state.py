@@ -3,12 +3,18 @@
 Router instances are stateless and share calls through a queue group, so every change is a
 compare-and-set: read (value, revision) → apply a pure function → ``update(last=revision)``; on a
 conflict (another instance changed the key meanwhile) read again and re-apply, up to 5 times.
+
+A store remembers the last value it read or wrote of each call (the calls it serves are mostly
+changed by it alone): a change starts from that and costs one KV round trip, not two. When another
+instance changed the call since, the remembered revision loses the compare-and-set and the change
+reads again, so it never acts on a stale state. Reads for their own sake (``load``) go to the KV.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import ClassVar, TypeVar
+from typing import ClassVar, NamedTuple, TypeVar
 
 import msgspec
 
@@ -18,6 +24,7 @@ from voiceplatform.wire import ChatMessage
 
 T = TypeVar("T")
 CAS_ATTEMPTS = 5
+REMEMBERED_CALLS = 1000  # last values kept per store (bounded: some calls end on another instance)
 MAX_DROPPED_TURNS = 16
 
 
@@ -78,46 +85,89 @@ def decode_state(data: bytes) -> DialogState:
     return state
 
 
+class Stored(NamedTuple):
+    """A call's state as read, with the revision a compare-and-set of it must name."""
+
+    state: DialogState
+    revision: int
+
+
 class DialogStore:
-    def __init__(self, kv: KeyValue, max_history: int = 100) -> None:
+    def __init__(self, kv: KeyValue, max_history: int = 100, remembered: int = REMEMBERED_CALLS) -> None:
         self.kv = kv
         self.max_history = max_history
+        self._remembered = remembered
+        self._last: OrderedDict[str, tuple[bytes, int]] = OrderedDict()  # call id → (value, revision)
 
     @classmethod
     async def open(cls, bus: Bus, ttl_s: float = 0, max_history: int = 100) -> DialogStore:
         return cls(await bus.key_value(subjects.DIALOG_BUCKET, ttl_s=ttl_s), max_history)
 
+    def _remember(self, call_id: str, value: bytes, revision: int) -> None:
+        self._last[call_id] = (value, revision)
+        self._last.move_to_end(call_id)
+        while len(self._last) > self._remembered:
+            self._last.popitem(last=False)
+
+    def remembered(self, call_id: str) -> Stored | None:
+        """The call's state as this store last read or wrote it (maybe changed since by another
+        instance: good for what never changes, like the robot, and as a compare-and-set's start)."""
+        last = self._last.get(call_id)
+        return Stored(decode_state(last[0]), last[1]) if last is not None else None
+
     async def create(self, state: DialogState) -> bool:
         """False when the call already has state (a repeated call.started)."""
+        value = encode_state(state)
         try:
-            await self.kv.create(state.call_id, encode_state(state))
+            revision = await self.kv.create(state.call_id, value)
         except KvConflict:
             return False
+        self._remember(state.call_id, value, revision)
         return True
 
-    async def load(self, call_id: str) -> DialogState | None:
+    async def read(self, call_id: str) -> Stored | None:
         entry = await self.kv.get(call_id)
-        return decode_state(entry[0]) if entry is not None and entry[0] else None
+        if entry is None or not entry[0]:
+            self._last.pop(call_id, None)
+            return None
+        stored = Stored(decode_state(entry[0]), entry[1])
+        self._remember(call_id, entry[0], entry[1])
+        return stored
+
+    async def load(self, call_id: str) -> DialogState | None:
+        stored = await self.read(call_id)
+        return stored.state if stored is not None else None
 
     async def delete(self, call_id: str) -> None:
+        self._last.pop(call_id, None)
         await self.kv.delete(call_id)
 
-    async def mutate(self, call_id: str, change: Callable[[DialogState], T]) -> tuple[DialogState, T] | None:
+    async def mutate(
+        self, call_id: str, change: Callable[[DialogState], T], read: Stored | None = None
+    ) -> tuple[DialogState, T] | None:
         """Apply ``change`` (which edits the state in place and may be run again) with CAS.
 
+        The first attempt starts from ``read`` (the state as the caller has just read it; handed
+        over, it is edited in place) or else the remembered state, saving a KV round trip; if that
+        is stale it loses the compare-and-set, and up to ``CAS_ATTEMPTS`` attempts read again.
         Returns the saved state and what ``change`` returned, or None when the call has no state.
         """
-        for _ in range(CAS_ATTEMPTS):
-            entry = await self.kv.get(call_id)
-            if entry is None or not entry[0]:
-                return None
-            state = decode_state(entry[0])
+        stored = read or self.remembered(call_id)
+        for _ in range(CAS_ATTEMPTS + (stored is not None)):
+            if stored is None:
+                stored = await self.read(call_id)
+                if stored is None:
+                    return None
+            state = stored.state
             result = change(state)
             if len(state.history) > self.max_history:
                 state.history = state.history[-self.max_history :]
+            value = encode_state(state)
             try:
-                await self.kv.update(call_id, encode_state(state), last=entry[1])
+                revision = await self.kv.update(call_id, value, last=stored.revision)
             except KvConflict:
+                stored = None
                 continue
+            self._remember(call_id, value, revision)
             return state, result
         raise DialogConflict(f"{CAS_ATTEMPTS} compare-and-set attempts lost on {call_id}")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from voiceplatform.config import ServiceSettings
 
 
 class RouterSettings(ServiceSettings):
+    # a few bus round trips per turn of every call: uvloop's transports and futures cost less
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     # messages of history sent with each llm.request
     history_limit: int = 20
     # messages kept in the dialog store per call (bounds the KV value size on long calls)

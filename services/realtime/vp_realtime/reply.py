@@ -36,6 +36,8 @@ class RealtimeReply:
     interrupted: bool = False  # stopped before its end (cancelled, barged in, session lost)
     barged_in: bool = False  # the caller interrupted it: cancelled and truncated by the session
     provider_audio_bytes: int = 0
+    started_ts_ms: int = 0  # the provider's response.created
+    speech_end_ts_ms: int = 0  # the caller's words it answers ended (0: none, e.g. the greeting)
     sentences: list[str] = field(default_factory=list)
     _audio_index: int = 0
     _open_has_audio: bool = False

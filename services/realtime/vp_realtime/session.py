@@ -26,7 +26,7 @@ from typing import Literal
 
 import structlog
 
-from voiceplatform import metrics, subjects
+from voiceplatform import metrics, subjects, tracing
 from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfig
@@ -123,6 +123,11 @@ class RealtimeCallSession:
         ):
             self._subs.append(await self.bus.subscribe(subject, handler))
         self._runner = asyncio.create_task(self._run(), name=f"realtime-{self.call_id}")
+
+    @property
+    def connected(self) -> bool:
+        """The provider session is open: caller audio reaches it (before, frames are dropped)."""
+        return self._conn is not None
 
     @property
     def replying(self) -> bool:
@@ -256,7 +261,18 @@ class RealtimeCallSession:
                 if reply is None or reply.interrupted or reply.done:
                     metrics.MESSAGES_DROPPED.labels(SERVICE, "realtime.audio", "stale_reply").inc()
                     return
+                first = not reply.has_audio
                 await self._publish_all(reply.audio(event.pcm))
+                if first:
+                    asked = reply.speech_end_ts_ms or reply.started_ts_ms
+                    tracing.span(
+                        "realtime.first_audio",
+                        self.call_id,
+                        reply.turn_id,
+                        now_ms() - asked,
+                        robot=self.robot.name,
+                        provider=self.provider_label,
+                    )
             case TranscriptDelta():
                 reply = self._replies.get(event.response_id) or self._latest_reply()
                 if reply is not None and not reply.done:
@@ -349,6 +365,8 @@ class RealtimeCallSession:
             provider_rate=self.cfg.output_sample_rate,
             provider=self.provider_label,
             greeting=turn_id == self._greeting_turn,
+            started_ts_ms=now_ms(),
+            speech_end_ts_ms=next((v[3] for v in self._inputs.values() if v[0] == turn_id), 0),
         )
         while len(self._replies) > 8:
             self._replies.popitem(last=False)
@@ -362,6 +380,16 @@ class RealtimeCallSession:
             "ok" if event.status == "completed" else "cancelled" if event.status == "cancelled" else "failed"
         )
         await self._report_usage(reply.turn_id, event.input_tokens, event.output_tokens, outcome)
+        tracing.span(
+            "realtime.reply",
+            self.call_id,
+            reply.turn_id,
+            now_ms() - reply.started_ts_ms,
+            robot=self.robot.name,
+            provider=self.provider_label,
+            status=event.status,
+            audio_ms=reply.audio_ms,
+        )
         if reply.text.strip() and not reply.interrupted:
             self._history.append(("assistant", reply.text.strip(), reply.turn_id))
         with bind_call(call_id=self.call_id, turn_id=reply.turn_id):

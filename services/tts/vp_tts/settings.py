@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 
 from voiceplatform.config import ServiceSettings
@@ -13,6 +15,8 @@ def _env(field: str, env: str) -> AliasChoices:
 
 
 class TtsSettings(ServiceSettings):
+    # a few bus round trips per sentence of every call: uvloop's transports and futures cost less
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     # warm festival processes per worker (each holds the voice, ~0.5 GB RSS); sentences queue for them
     festival_procs: int = Field(
         default=1, ge=1, le=16, validation_alias=_env("festival_procs", "VP_TTS_FESTIVAL_PROCS")

@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
 
     dial.add_arguments(sub.add_parser("dial", help="place outbound calls from a list through gateway-fs"))
 
+    from voiceplatform.cli import load_view
+
+    load_view.add_arguments(
+        sub.add_parser("load", help="every running service instance and its load (calls, queue, turn time)")
+    )
+
     from voiceplatform.bus import natsconf
 
     natsconf.add_arguments(
@@ -75,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "nats-config":
         return natsconf.run(args)
+    if args.command == "load":
+        return load_view.run_load(args)
     if args.command == "check":
         return authoring.run_check(args)
     if args.command == "new":

@@ -35,15 +35,16 @@ ROBOT_LOADS = Counter("vp_robot_loads_total", "Robot folder (re)loads, by outcom
 Fingerprint = tuple[tuple[str, int, int], ...]
 
 
-def folder_fingerprint(folder: Path) -> Fingerprint:
+def folder_fingerprint(folder: Path | str) -> Fingerprint:
     """Every file of the robot (name, size, mtime), so a change to any of them reloads it.
 
     Costs one ``scandir`` per sub-folder: cheap next to a turn. ``FileNotFoundError`` without a
     config.json (no robot there).
     """
-    (folder / "config.json").stat()
+    top = os.fspath(folder)  # str paths: this runs several times per turn, pathlib costs a third
+    os.stat(os.path.join(top, "config.json"))
     entries: list[tuple[str, int, int]] = []
-    stack = [(folder, "", 0)]
+    stack = [(top, "", 0)]
     while stack:
         directory, prefix, depth = stack.pop()
         with os.scandir(directory) as it:
@@ -51,7 +52,7 @@ def folder_fingerprint(folder: Path) -> Fingerprint:
                 name = prefix + entry.name
                 if entry.is_dir(follow_symlinks=True):
                     if not (prefix == "" and entry.name in NOT_THE_ROBOT) and depth < MAX_DEPTH:
-                        stack.append((Path(entry.path), name + "/", depth + 1))
+                        stack.append((entry.path, name + "/", depth + 1))
                     continue
                 try:
                     st = entry.stat()
@@ -89,14 +90,14 @@ class RobotRegistry:
         """The robot ``name``; ``new_call``: refuse a broken version even if an older one served."""
         if not ROBOT_NAME.match(name):
             raise RobotConfigError(name, ["invalid robot name"])
-        folder = self.robots_dir / name
+        folder = os.path.join(self.robots_dir, name)
         try:
             stamp = folder_fingerprint(folder)
         except (FileNotFoundError, NotADirectoryError):
             raise RobotConfigError(name, [f"no robot {name!r} in {self.robots_dir}"]) from None
         entry = self._cache.get(name)
         if entry is None or entry.stamp != stamp:
-            entry = self._load(name, folder, stamp, entry.last_good if entry else None)
+            entry = self._load(name, Path(folder), stamp, entry.last_good if entry else None)
         if entry.current is not None:
             return entry.current
         assert entry.error is not None

@@ -47,7 +47,7 @@ class ServiceSettings(BaseSettings):
     # whether the HTTP server accepts permessage-deflate on WebSockets (gateway-fs turns it off)
     ws_per_message_deflate: bool = True
     # the asyncio event loop: the standard one, or uvloop (libuv; uvicorn[standard] installs it),
-    # which the services on the per-frame path (gateway-fs, vad, asr) use by default
+    # which the services on the phone path (gateway-fs, vad, asr, prompt-router, llm, tts) use by default
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     instance_id: str = Field(default_factory=_default_instance_id)
     # calls one instance of a stateful stage accepts before it rejects assignments

@@ -19,8 +19,11 @@ A robot in ``mode: "llm_script"`` answers each caller turn by playing one record
 ``text`` is exactly what the recording says: it is what the call records and the dialogue history
 hold, and what TTS says if the file cannot be played. ``fallthrough`` is what happens when no track
 fits: ``"tts"`` (a generative provider's own answer, or the robot's ``fallback_text``, synthesized)
-or the id of a track to play. Recordings: WAV, 16-bit PCM, mono, 8-48 kHz (resampled to the call's
-rate when played).
+or the id of a track to play. Turns without words: a track's ``dtmf`` (``"1"``, or a list such as
+``["0", "0#"]``, as in ``dialog.json``) are the key sequences that choose it, and ``no_input`` names
+the track played when the caller stays silent (without them both fall through, as words that fit
+no track do). Recordings: WAV, 16-bit PCM,
+mono, 8-48 kHz (resampled to the call's rate when played).
 
 One module holds it all: ``check_tracks`` for ``vp check`` (one line per problem),
 ``load_tracks`` for the services (cached per manifest version, raises with the same lines), and
@@ -33,8 +36,9 @@ import json
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from voiceplatform.audio import read_wav, resample
 
@@ -62,9 +66,16 @@ class Track(BaseModel):
     text: str
     when: str = ""
     examples: list[str] = Field(default_factory=list)
+    # key sequences that choose this track (the caller pressed them: a "dtmf" turn)
+    dtmf: tuple[Annotated[str, Field(pattern=r"^[0-9*#A-D]{1,64}$")], ...] = ()
     # after this track: hang up, or hand the caller over to this destination
     end_call: bool = False
     transfer_to: str = ""
+
+    @field_validator("dtmf", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
 
 class TrackManifest(BaseModel):
@@ -73,9 +84,15 @@ class TrackManifest(BaseModel):
     tracks: list[Track]
     fallthrough: str = FALLTHROUGH_TTS
     min_similarity: float = Field(default=DEFAULT_MIN_SIMILARITY, gt=0, lt=1)
+    # the track played when the caller says nothing ("": the fallthrough)
+    no_input: str = ""
 
     def by_id(self, track_id: str) -> Track | None:
         return next((t for t in self.tracks if t.id == track_id), None)
+
+    def by_dtmf(self, keys: str) -> Track | None:
+        """The track the caller chose on the keypad (None: no track has these keys)."""
+        return next((t for t in self.tracks if keys in t.dtmf), None)
 
     @property
     def fallthrough_track(self) -> Track | None:
@@ -149,6 +166,7 @@ def _track_problems(robot_dir: Path, manifest: TrackManifest, with_files: bool =
     folder = (robot_dir / TRACKS_DIR).resolve()
     problems: list[str] = []
     seen: set[str] = set()
+    keys_seen: dict[str, str] = {}
     for n, track in enumerate(manifest.tracks):
         name = f"track {track.id!r}" if track.id else f"track #{n + 1}"
         if track.id in seen:
@@ -157,8 +175,13 @@ def _track_problems(robot_dir: Path, manifest: TrackManifest, with_files: bool =
         if not track.text.strip():
             problems.append(f"{name}: empty text (write exactly what the recording says)")
         chosen_by_words = track.when.strip() or any(e.strip() for e in track.examples)
-        if not chosen_by_words and track.id != manifest.fallthrough:
-            problems.append(f"{name}: no 'when' and no examples, it can never be chosen")
+        chosen_otherwise = track.dtmf or track.id in (manifest.fallthrough, manifest.no_input)
+        if not chosen_by_words and not chosen_otherwise:
+            problems.append(f"{name}: no 'when', no examples and no dtmf, it can never be chosen")
+        for keys in track.dtmf:
+            if keys in keys_seen:
+                problems.append(f"{name}: dtmf {keys!r} already chooses track {keys_seen[keys]!r}")
+            keys_seen.setdefault(keys, track.id)
         path = (folder / track.file).resolve()
         if not path.is_relative_to(folder):
             problems.append(f"{name}: file {track.file!r} is outside {TRACKS_DIR}/")
@@ -173,6 +196,8 @@ def _track_problems(robot_dir: Path, manifest: TrackManifest, with_files: bool =
             f"{TRACKS_DIR}/{MANIFEST}: fallthrough {manifest.fallthrough!r} is neither "
             f"'{FALLTHROUGH_TTS}' nor a track id"
         )
+    if manifest.no_input and manifest.no_input not in seen:
+        problems.append(f"{TRACKS_DIR}/{MANIFEST}: no_input {manifest.no_input!r} is not a track id")
     return problems
 
 

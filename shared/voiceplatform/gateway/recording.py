@@ -6,8 +6,9 @@ frame is placed when the gateway plays it out and a flush (barge-in, pause) remo
 sent ahead but not heard. Silence fills the rest. Positions are wall-clock samples since the call
 began: caller frames follow one another (they are paced by the caller), and a caller gap longer
 than ``late_s`` (a dropped socket) is left silent instead of pulling later speech forward. For a
-phone call the robot's audio is placed when the gateway sends it to FreeSWITCH, up to the sink's
-lead earlier than the caller heard it.
+phone call the sink knows better (``HeardAudio``: FreeSWITCH reports when each file of robot audio
+starts playing), so there the robot audio is placed when the caller started hearing it, and
+nothing of it after the hangup.
 
 The file is written as the call goes (``<dir>/<YYYY-MM-DD>/<call_id>.wav.part``), keeping only the
 last ``late_s`` in memory, and renamed to ``.wav`` when the call ends; the session publishes
@@ -23,7 +24,7 @@ import wave
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import structlog
@@ -40,8 +41,23 @@ SAMPLE_BYTES = 2
 PART_SUFFIX = ".part"
 # caller audio that arrives later than this behind the wall clock starts at the wall clock
 LATE_S = 1.0
+# heard audio that starts this close to the end of the previous piece follows it without a gap
+CONTIGUOUS_S = 0.06
+INITIAL_ROWS_S = 4  # seconds of samples held before the buffer first grows (the late window + a step)
 
 RECORDINGS = Counter("vp_gateway_recordings_total", "Call recordings (stereo WAV) by outcome", ["outcome"])
+
+
+@runtime_checkable
+class HeardAudio(Protocol):
+    """A sink that learns when the caller hears the robot audio it was given (gateway-fs: a file's
+    ``PLAYBACK_START``). It calls ``heard(pcm, at)`` when ``pcm`` starts being heard at ``at``
+    (``time.monotonic``), and ``unheard_after(at)`` when nothing given is heard after ``at`` (the
+    caller hung up)."""
+
+    def report_heard(
+        self, heard: Callable[[bytes, float], None], unheard_after: Callable[[float], None]
+    ) -> None: ...
 
 
 class _Sink(Protocol):
@@ -72,6 +88,7 @@ class StereoRecording:
         self._clock = clock
         self._t0 = clock()
         self._late = int(late_s * sample_rate)
+        self._contiguous = int(CONTIGUOUS_S * sample_rate)
         self._part = path.with_name(path.name + PART_SUFFIX)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._wav: wave.Wave_write | None = wave.open(str(self._part), "wb")  # noqa: SIM115
@@ -79,8 +96,10 @@ class StereoRecording:
         self._wav.setsampwidth(SAMPLE_BYTES)
         self._wav.setframerate(sample_rate)
         self._base = 0  # samples already on disk
-        self._left = np.zeros(0, dtype=np.int16)  # samples from _base on
-        self._right = np.zeros(0, dtype=np.int16)
+        # samples from _base on, interleaved as the file wants them (column 0 caller, 1 robot); the
+        # first _len rows are the call's, the rest is room to grow into without a copy per frame
+        self._frames = np.zeros((INITIAL_ROWS_S * sample_rate, CHANNELS), dtype="<i2")
+        self._len = 0
         self._caller_end = 0
         self._robot_end = 0
         self.dropped_samples = 0  # audio that came after its place had been written (counted, logged)
@@ -101,13 +120,16 @@ class StereoRecording:
             self.dropped_samples += cut
             samples, pos = samples[cut:], pos + cut
         need = end - self._base
-        if need > len(self._left):
-            grow = need - len(self._left)
-            self._left = np.concatenate([self._left, np.zeros(grow, dtype=np.int16)])
-            self._right = np.concatenate([self._right, np.zeros(grow, dtype=np.int16)])
+        if need > len(self._frames):
+            grown = np.zeros((max(need, 2 * len(self._frames)), CHANNELS), dtype="<i2")
+            grown[: self._len] = self._frames[: self._len]
+            self._frames = grown
+        if need > self._len:
+            self._frames[self._len : need] = 0  # silence until something is put there
+            self._len = need
         if len(samples):
-            target = self._left if track == "caller" else self._right
-            target[pos - self._base : end - self._base] = samples
+            column = 0 if track == "caller" else 1
+            self._frames[pos - self._base : end - self._base, column] = samples
         return end
 
     def caller(self, pcm: bytes) -> None:
@@ -130,26 +152,38 @@ class StereoRecording:
         self._robot_end = self._put("robot", max(self._robot_end, now), pcm)
         self._write_settled(now)  # also while the caller sends nothing (a dropped socket)
 
-    def clear_robot(self) -> None:
-        """The caller's side dropped what it had not played yet (barge-in): silence from now on."""
-        now = max(self._now(), self._base)
+    def robot_heard(self, pcm: bytes, at: float) -> None:
+        """Robot audio the caller started hearing at ``at`` (this recording's clock)."""
+        if self._wav is None:
+            return
+        pos = max(0, round((at - self._t0) * self.sample_rate))
+        if abs(pos - self._robot_end) <= self._contiguous:
+            pos = self._robot_end  # played back to back: the event's jitter would click
+        self._robot_end = max(self._robot_end, self._put("robot", pos, pcm))
+        self._write_settled(self._now())
+
+    def clear_robot(self, at: float | None = None) -> None:
+        """The caller's side dropped what it had not played yet (barge-in, hangup): silence from
+        now (or from ``at``, this recording's clock) on."""
+        now = self._now() if at is None else round((at - self._t0) * self.sample_rate)
+        now = max(now, self._base)
         if self._robot_end > now:
-            self._right[now - self._base : self._robot_end - self._base] = 0
+            self._frames[now - self._base : self._robot_end - self._base, 1] = 0
             self._robot_end = now
 
     def _write_settled(self, now: int) -> None:
         # audio older than the late window (and a frame or more) cannot change any more; written in
         # steps of a second
         settled = now - self._late - self.sample_rate // 5 - self._base
-        if settled >= self.sample_rate and len(self._left) >= settled:
+        if settled >= self.sample_rate and self._len >= settled:
             self._write(settled)
 
     def _write(self, count: int) -> None:
         assert self._wav is not None
-        frames = np.empty(count * CHANNELS, dtype=np.int16)
-        frames[0::2], frames[1::2] = self._left[:count], self._right[:count]
-        self._wav.writeframes(frames.astype("<i2").tobytes())
-        self._left, self._right = self._left[count:], self._right[count:]
+        self._wav.writeframes(self._frames[:count].tobytes())
+        kept = self._len - count
+        self._frames[:kept] = self._frames[count : self._len]  # once a second: the late window
+        self._len = kept
         self._base += count
 
     def close(self) -> int:
@@ -224,14 +258,19 @@ def close_recording(call_id: str, recording: StereoRecording) -> bool:
 
 
 class RecordingSink:
-    """A call's sink that also puts the robot audio it plays into the recording."""
+    """A call's sink that also puts the robot audio it plays into the recording: when it is sent,
+    or, from a sink that knows (``HeardAudio``), when the caller starts hearing it."""
 
     def __init__(self, inner: _Sink, recording: StereoRecording) -> None:
         self.inner = inner
         self.recording = recording
+        self._placed_when_sent = not isinstance(inner, HeardAudio)
+        if isinstance(inner, HeardAudio):
+            inner.report_heard(recording.robot_heard, recording.clear_robot)
 
     async def send_audio(self, pcm: bytes) -> None:
-        self.recording.robot(pcm)
+        if self._placed_when_sent:
+            self.recording.robot(pcm)
         await self.inner.send_audio(pcm)
 
     async def send_event(self, event: dict[str, Any]) -> None:

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
-from prometheus_client import Counter, Histogram
 
-from voiceplatform import load, metrics, subjects
-from voiceplatform.bus import Bus, Envelope, Subscription
+from voiceplatform import subjects
+from voiceplatform.bus import Bus, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfig
 from voiceplatform.gateway.call_owners import CallOwners
@@ -33,6 +32,8 @@ from voiceplatform.gateway.recording import (
     open_recording,
     recording_event,
 )
+from voiceplatform.gateway.session_inbox import StageInbox
+from voiceplatform.gateway.session_pacer import PlayoutPacer
 from voiceplatform.gateway.turn_keeper import TurnKeeper
 from voiceplatform.gateway.turn_policy import Cut
 from voiceplatform.gateway.turns import Turn, TurnKind, TurnState, TurnTable
@@ -41,48 +42,16 @@ from voiceplatform.outbound.template import fill
 from voiceplatform.runtime.stage_errors import publish_stage_error
 from voiceplatform.runtime.tasks import TaskRegistry
 from voiceplatform.wire import (
-    AsrFinal,
     AssignRequest,
     AudioChunk,
     CallDtmf,
     CallEnded,
     CallStarted,
-    ControlHangup,
-    ControlRecord,
-    ControlTransfer,
-    LlmDone,
     LlmSentence,
-    Message,
-    PlaybackStarted,
-    PromptSwitched,
-    StageError,
-    TtsAudio,
-    VadSpeechEnded,
-    VadSpeechPaused,
-    VadSpeechResumed,
-    VadSpeechStarted,
     frame_bytes,
 )
 
 log = structlog.get_logger("voiceplatform.gateway")
-
-STALE_AUDIO = Counter(
-    "vp_gateway_stale_audio_dropped_total", "TTS chunks of interrupted/unknown turns dropped"
-)
-COPIED_AUDIO = Counter(
-    "vp_gateway_copied_audio_dropped_total", "TTS chunks dropped as copies (a retried sentence)"
-)
-GREETING_LATENCY = Histogram(
-    "vp_gateway_greeting_first_audio_ms",
-    "Call start → first greeting frame sent",
-    buckets=metrics.LATENCY_BUCKETS_MS,
-)
-VOICE_TO_VOICE = Histogram(
-    "vp_gateway_voice_to_voice_ms", "Speech end → first bot frame sent", buckets=metrics.LATENCY_BUCKETS_MS
-)
-
-FRAME_S = 0.02
-MAX_ERROR_DETAIL = 300  # characters of a stage error's detail sent to the client
 
 
 class AudioSink(Protocol):
@@ -157,14 +126,14 @@ class CallSession:
                 call_id=self.call_id, role="", robot=robot.name, sample_rate=sample_rate, channel=channel
             ),
             directory=directory,
-            spawn=self._spawn,
+            spawn=self.spawn,
             ended=lambda: self.ended,
             next_seq=lambda: self._seq,
-            on_refused=lambda role, why: self._publish_error(role, "unassigned", why),
+            on_refused=lambda role, why: self.publish_error(role, "unassigned", why),
         )
         # the phone path: what the caller heard comes from the media server (heard.py)
         self.playout = Playout(frame_bytes(sample_rate), clock)
-        self._audio_ready = asyncio.Event()
+        self.audio_ready = asyncio.Event()
         self.keeper = TurnKeeper(
             call_id=self.call_id,
             bus=bus,
@@ -173,8 +142,8 @@ class CallSession:
             settings=robot.settings,
             sample_rate=sample_rate,
             ahead_ms=lead_frames * 20 + sink_ahead_ms,
-            spawn=self._spawn,
-            wake=self._audio_ready.set,
+            spawn=self.spawn,
+            wake=self.audio_ready.set,
             fallback_line=FallbackLine(robot, sample_rate),
         )
         self.digits = DigitTurns(
@@ -192,8 +161,10 @@ class CallSession:
         self._subs: list[Subscription] = []
         self._tasks = TaskRegistry()
         self._started_mono = time.monotonic()
-        self._started_ms = now_ms()
+        self.started_ms = now_ms()
         self.closed = asyncio.Event()
+        self.inbox = StageInbox(self)
+        self.pacer = PlayoutPacer(self)
 
     @property
     def owners(self) -> dict[str, str]:
@@ -214,14 +185,15 @@ class CallSession:
     # ---- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         with bind_call(call_id=self.call_id):
+            inbox = self.inbox
             subscriptions = [
-                (subjects.vad(self.call_id), self._on_vad),
-                (subjects.asr(self.call_id), self._on_asr),
-                (subjects.llm_sentence(self.call_id), self._on_sentence),
-                (subjects.llm_done(self.call_id), self._on_llm_done),
-                (subjects.tts_audio(self.call_id), self._on_tts_audio),
-                (subjects.control(self.call_id), self._on_control),
-                (subjects.lifecycle(self.call_id), self._on_lifecycle),
+                (subjects.vad(self.call_id), inbox.on_vad),
+                (subjects.asr(self.call_id), inbox.on_asr),
+                (subjects.llm_sentence(self.call_id), inbox.on_sentence),
+                (subjects.llm_done(self.call_id), inbox.on_llm_done),
+                (subjects.tts_audio(self.call_id), inbox.on_tts_audio),
+                (subjects.control(self.call_id), inbox.on_control),
+                (subjects.lifecycle(self.call_id), inbox.on_lifecycle),
             ]
             for subject, handler in subscriptions:
                 self._subs.append(await self.bus.subscribe(subject, handler))
@@ -257,16 +229,16 @@ class CallSession:
                 )
             if not self.hold_greeting:
                 await self._start_greeting()
-            self._spawn(self._playout_loop(), "playout")
+            self.spawn(self.pacer.run(), "playout")
             for role in owned_roles_for(self.robot.settings.mode):
                 self.request_reassign(role, "call_start")
-            self._spawn(self._max_duration(), "max-duration")
+            self.spawn(self._max_duration(), "max-duration")
             if self.robot.settings.turns.no_input_s > 0 and self.robot.settings.mode != "realtime":
-                self._spawn(self.keeper.watch_silence(lambda: self.ended), "no-input")
+                self.spawn(self.keeper.watch_silence(lambda: self.ended), "no-input")
             if self.robot.settings.deadlines.enabled and self.robot.settings.mode != "realtime":
-                self._spawn(self.keeper.watch_deadlines(lambda: self.ended), "deadlines")
+                self.spawn(self.keeper.watch_deadlines(lambda: self.ended), "deadlines")
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self._tasks.spawn(coro, key=name, name=f"{self.call_id}-{name}")
 
     async def end(self, reason: str) -> None:
@@ -351,7 +323,7 @@ class CallSession:
     def request_reassign(self, role: str, reason: str) -> None:
         self.streaming.request_reassign(role, reason)
 
-    async def _publish_error(self, stage: str, kind: str, detail: str, turn_id: str = "") -> None:
+    async def publish_error(self, stage: str, kind: str, detail: str, turn_id: str = "") -> None:
         await publish_stage_error(
             self.bus, call_id=self.call_id, stage=stage, kind=kind, detail=detail, turn_id=turn_id
         )
@@ -381,7 +353,7 @@ class CallSession:
         self.playout.set_expected(self.greeting_turn, 1)
         if pcm is not None:
             self.playout.add_audio(self.greeting_turn, 0, pcm, last=True, text=text)
-            self._audio_ready.set()
+            self.audio_ready.set()
             if text:  # a recorded greeting: the client is told its words (a synthesized one's come
                 # with its llm.sentence, as any reply's)
                 await self.sink.send_event(
@@ -402,212 +374,6 @@ class CallSession:
                     last=True,
                 ),
             )
-
-    # ---- playout -----------------------------------------------------------------------------------
-    def _may_play_front(self) -> bool:
-        front = self.playout.current
-        if front is None:
-            return True
-        turn = self.turns.get(front.turn_id)
-        return turn is None or turn.may_play(now_ms())
-
-    async def _playout_loop(self) -> None:
-        """Send robot frames paced at real time, at most ``lead_frames`` ahead of the clock.
-
-        The schedule survives an underrun (a streaming voice delivers a sentence in chunks): after
-        one the loop may catch up to the lead again, never further, so what was sent stays close to
-        what was heard. A new turn, or a paused or held one, starts a fresh schedule.
-        """
-        next_t: float | None = None
-        playing: str | None = None
-        lead_s = self.lead_frames * FRAME_S
-        loop = asyncio.get_running_loop()
-        with bind_call(call_id=self.call_id):
-            while not self.ended:
-                item: tuple[str, bytes] | None = None
-                if self._may_play_front():
-                    item = self.playout.next_frame()
-                else:
-                    playing, next_t = None, None  # the caller's side was flushed, or got nothing yet
-                await self._complete_finished()
-                if item is None:
-                    # nothing to play: wait for audio, or look again in 50 ms (a held turn may play by
-                    # then); a timer handle, not wait_for's task: this runs 20 times a second per call
-                    self._audio_ready.clear()
-                    wake = loop.call_later(0.05, self._audio_ready.set)
-                    try:
-                        await self._audio_ready.wait()
-                    finally:
-                        wake.cancel()
-                    continue
-                turn_id, frame = item
-                if turn_id != playing:
-                    playing, next_t = turn_id, None
-                    await self._first_frame(turn_id)
-                await self.sink.send_audio(frame)
-                now = time.monotonic()
-                self.keeper.quiet_since = now
-                if next_t is None or next_t < now - lead_s:
-                    next_t = now - lead_s
-                next_t += FRAME_S
-                if next_t > now:
-                    await asyncio.sleep(next_t - now)
-
-    async def _first_frame(self, turn_id: str) -> None:
-        turn = self.turns.get(turn_id)
-        ts = now_ms()
-        if turn is not None and turn.first_played_ts_ms:
-            return  # resumed after a pause: the turn's playback started long ago
-        if turn is not None:
-            turn.first_played_ts_ms = ts
-            if turn.state is TurnState.THINKING:
-                turn.advance(TurnState.SPEAKING)
-            if turn.speech_end_ts_ms:
-                VOICE_TO_VOICE.observe(ts - turn.speech_end_ts_ms)
-                load.observe_turn(load.gateway_of(self.channel), (ts - turn.speech_end_ts_ms) / 1000)
-        if turn_id == self.greeting_turn:
-            GREETING_LATENCY.observe(ts - self._started_ms)
-            log.info("call.greeting_started", after_ms=ts - self._started_ms)
-        await self.bus.publish(
-            subjects.lifecycle(self.call_id), PlaybackStarted(call_id=self.call_id, turn_id=turn_id)
-        )
-
-    async def _complete_finished(self) -> None:
-        for audio in self.playout.pop_finished():
-            turn = self.turns.get(audio.turn_id)
-            if turn is None or not turn.live:
-                continue
-            turn.played_text = turn.bot_text
-            turn.played_ms = self.keeper.ms(audio.played_bytes)
-            if turn.state is TurnState.LISTENING:
-                turn.advance(TurnState.THINKING)
-            turn.advance(TurnState.DONE, turn.completed_outcome(bool(audio.played_bytes)))
-            await self.keeper.report(turn)
-            if turn.transfer_to:
-                await self.bus.publish(
-                    subjects.control(self.call_id),
-                    ControlTransfer(
-                        call_id=self.call_id,
-                        destination=turn.transfer_to,
-                        reason="robot",
-                        summary=self.summary(turn.intent, "robot"),
-                    ),
-                )
-            if turn.hangup_after:
-                self._spawn(self.end("robot_hangup"), "hangup")
-
-    # ---- bus handlers (each subscription delivers in order; handlers never block) -------------------
-    async def _on_vad(self, env: Envelope) -> Message | None:
-        msg = env.message
-        if isinstance(msg, VadSpeechStarted | VadSpeechEnded | VadSpeechPaused | VadSpeechResumed):
-            if not self.streaming.from_owner("vad", msg.epoch):
-                return None  # a replaced owner's late event
-            self.streaming.audio_log.on_vad(msg)
-        if isinstance(msg, VadSpeechStarted):
-            await self.keeper.caller_started(msg)
-            await self.sink.send_event({"type": "vad.speech_started", "turn_id": msg.turn_id})
-        elif isinstance(msg, VadSpeechEnded):
-            self.keeper.caller_ended(msg)
-        elif isinstance(msg, VadSpeechPaused | VadSpeechResumed):
-            self.keeper.caller_paused(msg.turn_id, isinstance(msg, VadSpeechPaused))
-        return None
-
-    async def _on_asr(self, env: Envelope) -> Message | None:
-        msg = env.message
-        if isinstance(msg, AsrFinal) and self.streaming.from_owner("asr", msg.epoch):
-            self.streaming.audio_log.on_final(msg)
-            await self.keeper.transcript(msg)
-        return None
-
-    def _live_reply(self, turn_id: str) -> Turn | None:
-        """The live turn a reply message belongs to, or None (stale, or the reply was replaced by
-        the fallback line after a missed deadline: counted and dropped)."""
-        turn = self.turns.get(turn_id)
-        if turn is None or not turn.accepts_reply:
-            return None
-        if self.replies_held and turn.kind is not TurnKind.GREETING:
-            return None
-        return turn
-
-    async def _on_sentence(self, env: Envelope) -> Message | None:
-        msg = env.message
-        if not isinstance(msg, LlmSentence):
-            return None
-        turn = self._live_reply(msg.turn_id)
-        if turn is None:
-            return None
-        # realtime replies may start before the caller's transcript arrives
-        turn.expects_reply = True
-        turn.first_sentence_ts_ms = turn.first_sentence_ts_ms or msg.ts_ms
-        turn.sentences[msg.index] = msg.text
-        if msg.track:
-            turn.tracks[msg.index] = msg.track
-        turn.clock.sentence(msg.index, now_ms())
-        self.playout.turn(msg.turn_id).sentence(msg.index).text = msg.text
-        await self.sink.send_event(
-            {"type": "bot.sentence", "turn_id": msg.turn_id, "index": msg.index, "text": msg.text}
-        )
-        return None
-
-    async def _on_llm_done(self, env: Envelope) -> Message | None:
-        msg = env.message
-        if not isinstance(msg, LlmDone) or msg.interrupted:
-            return None
-        turn = self._live_reply(msg.turn_id)
-        if turn is None:
-            return None
-        self.playout.set_expected(msg.turn_id, msg.sentences)
-        turn.clock.llm_done()
-        turn.hangup_after = turn.hangup_after or msg.hangup
-        turn.transfer_to = turn.transfer_to or msg.transfer_to
-        turn.intent = turn.intent or msg.intent
-        self._audio_ready.set()
-        return None
-
-    async def _on_tts_audio(self, env: Envelope) -> Message | None:
-        msg = env.message
-        if not isinstance(msg, TtsAudio):
-            return None
-        turn = self._live_reply(msg.turn_id)
-        if turn is None:
-            STALE_AUDIO.inc()
-            return None
-        turn.expects_reply = True  # a realtime reply may come before the caller's transcript
-        if msg.sample_rate != self.sample_rate:
-            metrics.MESSAGES_DROPPED.labels("gateway", "tts.audio", "wrong_sample_rate").inc()
-            log.warning("call.tts_wrong_rate", turn_id=msg.turn_id, rate=msg.sample_rate)
-            msg.pcm = b""
-        if not self.playout.add_audio(msg.turn_id, msg.index, msg.pcm, msg.last, msg.text, msg.seq):
-            COPIED_AUDIO.inc()
-            return None
-        if not turn.first_audio_ts_ms and msg.pcm:
-            turn.first_audio_ts_ms = msg.ts_ms
-        turn.clock.audio(msg.index, msg.last, now_ms())
-        self._audio_ready.set()
-        return None
-
-    async def _on_control(self, env: Envelope) -> Message | None:
-        msg = env.message
-        if isinstance(msg, ControlHangup):
-            playing = self.turns.get(self.playout.current.turn_id) if self.playout.current else None
-            # graceful: the reply being heard finishes first; one not heard yet (a realtime greeting
-            # its failed model will never speak) would keep the call open for nothing
-            if msg.graceful and playing is not None and playing.live and playing.first_played_ts_ms:
-                playing.hangup_after = True
-            else:
-                self._spawn(self.end(f"hangup:{msg.reason}"), "hangup")
-        elif isinstance(msg, ControlTransfer | ControlRecord) and self.channel != "phone":
-            # only a phone line can be handed over or recorded by the platform: say so, go on talking
-            what, done = (
-                ("transfer", "transferred") if isinstance(msg, ControlTransfer) else ("record", "recorded")
-            )
-            kind, detail = f"{what}_unsupported", f"a {self.channel} call cannot be {done} by the platform"
-            if isinstance(msg, ControlRecord):  # control.record drives FreeSWITCH's own recorder
-                kept = "is recorded by the gateway" if self.recording is not None else "is not recorded"
-                detail = f"control.record is FreeSWITCH's recorder; this {self.channel} call {kept}"
-            log.warning("call.control_unsupported", kind=kind)
-            await self._publish_error(self.channel_stage, kind, detail)
-        return None
 
     @property
     def channel_stage(self) -> str:
@@ -634,32 +400,3 @@ class CallSession:
                     subjects.lifecycle(self.call_id), CallDtmf(call_id=self.call_id, digits=key[:8])
                 )
                 await self.digits.press(key)
-
-    async def _on_lifecycle(self, env: Envelope) -> Message | None:
-        msg = env.message
-        if isinstance(msg, PromptSwitched):  # a topic robot changed its prompt: the client shows it
-            event = {"type": "prompt.switched", "turn_id": msg.turn_id, "prompt": msg.to_prompt}
-            await self.sink.send_event(event | {"from_prompt": msg.from_prompt, "matched": msg.matched})
-            return None
-        if isinstance(msg, StageError):
-            # the detail is the stage's own one-line cause (providers keep secrets out of it)
-            event = {"type": "error", "stage": msg.stage, "kind": msg.kind, "turn_id": msg.turn_id}
-            await self.sink.send_event(
-                {**event, "detail": msg.detail[:MAX_ERROR_DETAIL], "retryable": msg.retryable}
-            )
-            turn = self._live_reply(msg.turn_id) if msg.turn_id else None
-            if turn is None:
-                return None
-            if msg.stage == "asr" and not turn.expects_reply:
-                if turn.state is TurnState.LISTENING:
-                    turn.advance(TurnState.THINKING)
-                turn.advance(TurnState.DONE, "no_reply")  # nothing recognized: no bot turn follows
-            elif msg.stage in ("llm", "prompt-router", "router") and not turn.sentences:
-                # the whole reply is lost: the caller hears the fallback line, not silence
-                await self.keeper.fall_back(turn, msg.stage, failed=True)
-            elif msg.stage in ("llm", "prompt-router", "router"):
-                # the reply stops where it failed: play what was said, then the turn is done
-                self.playout.set_expected(msg.turn_id, len(turn.sentences))
-                turn.clock.llm_done()
-                self._audio_ready.set()
-        return None

@@ -8,6 +8,7 @@ that uses no variables is never changed. Names: a letter, then letters, digits o
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z][A-Za-z0-9_]{0,31})\}")
@@ -15,7 +16,7 @@ MAX_VALUE_CHARS = 256
 MAX_VARIABLES = 32
 
 
-def fill(text: str, variables: dict[str, str]) -> str:
+def fill(text: str, variables: Mapping[str, str]) -> str:
     """``text`` with each ``{name}`` of a known variable replaced by its value."""
     if not variables or "{" not in text:
         return text

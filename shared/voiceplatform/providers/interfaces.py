@@ -6,7 +6,7 @@ the underlying request or stream at once: that is how barge-in stops a provider 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -48,6 +48,8 @@ class LlmOptions:
     event: str = ""
     # event "dtmf": the keys pressed (chat models get them as a hint message instead)
     keys: str = ""
+    # per-call variables (outbound calls): ``{name}`` in a scripted engine's replies
+    variables: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

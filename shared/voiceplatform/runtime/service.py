@@ -199,6 +199,7 @@ async def _announce(bus: Bus, service: Service, settings: ServiceSettings, state
             instance_id=settings.instance_id,
             since_ms=since_ms,
             ready=state["phase"] == "running" and service.ready(),
+            load=load.stage_loads(),
         )
         with contextlib.suppress(Exception):
             await bus.publish(subjects.presence(service.name), beat)

@@ -206,13 +206,32 @@ class AudioReplay(Message, tag="audio.replay"):
     turns: list[ResumeTurn] = msgspec.field(default_factory=list)
 
 
+class StageLoad(msgspec.Struct, kw_only=True):
+    """One stage's load in one process (``voiceplatform.load``), as its presence carries it.
+
+    ``calls_owned``/``capacity``: streaming stages and gateways (0/0 elsewhere). ``queue_pending`` /
+    ``queue_ack_pending``: a work stage's shared consumer (-1: not a work stage, or not read yet).
+    ``turn_p50_ms``/``turn_p95_ms`` over the ``turns`` this process saw in the last minute (None:
+    none)."""
+
+    stage: str
+    calls_owned: int = 0
+    capacity: int = 0
+    queue_pending: int = -1
+    queue_ack_pending: int = -1
+    turns: int = 0
+    turn_p50_ms: int | None = None
+    turn_p95_ms: int | None = None
+
+
 class WorkerHeartbeat(Message, tag="worker.heartbeat"):
     """Liveness of one worker instance and the calls it owns. ``call_id`` is unused (empty).
 
     As presence (``subjects.presence``): ``since_ms`` is the wall clock at which this process
     started (0 from older senders), so a gateway restarted under the same ``instance_id`` is told
     apart from its previous life; ``ready`` is False while the instance is alive but takes no work
-    (starting, missing a stage, draining). Older senders announced only when ready.
+    (starting, missing a stage, draining). Older senders announced only when ready. ``load``: the
+    process's load per stage (empty from older senders and on owners' heartbeats).
     """
 
     role: str
@@ -221,6 +240,7 @@ class WorkerHeartbeat(Message, tag="worker.heartbeat"):
     capacity: int = 0
     since_ms: int = 0
     ready: bool = True
+    load: list[StageLoad] = msgspec.field(default_factory=list)
 
 
 # ---- audio ----------------------------------------------------------------------------------------
@@ -384,6 +404,9 @@ class LlmRequest(Message, tag="llm.request"):
     # "" for a caller utterance; "no_input" when the caller stayed silent (user_text is "");
     # "dtmf" when the caller pressed keys (user_text is the digits, end key left out)
     event: str = ""
+    # per-call variables (call.started): a scripted reply's ``{name}`` is filled from them (the
+    # system prompt already is)
+    variables: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class LlmSentence(Message, tag="llm.sentence"):

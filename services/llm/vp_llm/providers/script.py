@@ -11,6 +11,7 @@ import structlog
 from prometheus_client import Counter
 
 from voiceplatform.config import RobotConfig
+from voiceplatform.outbound.template import fill
 from voiceplatform.providers import LlmChunk, LlmOptions
 from voiceplatform.providers.base import ProviderBase, ProviderContext
 from voiceplatform.wire import ChatMessage
@@ -70,7 +71,7 @@ class ScriptDialog(ProviderBase):
         state = ScriptState.decode(options.dialog_state)
         prompt = options.prompt_id or state.prompt
         step = await self.script.respond(state, prompt, user_text, options.event)
-        words = step.reply.split()
+        words = fill(step.reply, options.variables).split()
         for i, word in enumerate(words):
             yield LlmChunk(text=word if i == len(words) - 1 else word + " ")
             # a checkpoint per word keeps the engine instant yet cancellable, like a real stream
