@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,15 @@ def request(turn_id: str, text: str, dialog_state: str = "", event: str = "") ->
         dialog_state=dialog_state,
         event=event,
     )
+
+
+def script_robot(robots_dir: Path, name: str, intents: list[dict[str, Any]], fallback: str) -> None:
+    """A script robot of one state: ``intents``, else ``fallback``."""
+    folder = robots_dir / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"llm": {"provider": "script"}}), encoding="utf-8")
+    dialog = {"start": "m", "states": {"m": {"intents": intents, "fallback": fallback}}}
+    (folder / "dialog.json").write_text(json.dumps(dialog, ensure_ascii=False), encoding="utf-8")
 
 
 @pytest.fixture
@@ -75,19 +85,8 @@ async def test_operator_transfer_goodbye_hangup_and_no_input(broker: MemoryBroke
 async def test_dialog_warnings_are_logged_and_counted_at_start(
     broker: MemoryBroker, robots_dir: Path
 ) -> None:
-    folder = robots_dir / "english_examples"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"llm": {"provider": "script"}}), encoding="utf-8")
-    dialog = {
-        "start": "m",
-        "states": {
-            "m": {
-                "intents": [{"keywords": ["цена"], "examples": ["how much is it"], "reply": "Сто."}],
-                "fallback": "?",
-            }
-        },
-    }
-    (folder / "dialog.json").write_text(json.dumps(dialog), encoding="utf-8")
+    intent = {"keywords": ["цена"], "examples": ["how much is it"], "reply": "Сто."}
+    script_robot(robots_dir, "english_examples", [intent], "?")
     counter = DIALOG_WARNINGS.labels("foreign_examples")
     before = counter._value.get()
     service = LlmService(LlmSettings(), robots=RobotRegistry(robots_dir))
@@ -108,21 +107,8 @@ def test_no_input_requests_carry_no_empty_user_message() -> None:
 async def test_a_scripted_reply_is_filled_with_the_calls_variables(
     broker: MemoryBroker, robots_dir: Path
 ) -> None:
-    folder = robots_dir / "collector_script"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"llm": {"provider": "script"}}), encoding="utf-8")
-    dialog = {
-        "start": "m",
-        "states": {
-            "m": {
-                "intents": [
-                    {"keywords": ["долг"], "reply": "{name}, ваш долг {debt} рублей. Формат: {json}."}
-                ],
-                "fallback": "Повторите, {name}.",
-            }
-        },
-    }
-    (folder / "dialog.json").write_text(json.dumps(dialog, ensure_ascii=False), encoding="utf-8")
+    intent = {"keywords": ["долг"], "reply": "{name}, ваш долг {debt} рублей. Формат: {json}."}
+    script_robot(robots_dir, "collector_script", [intent], "Повторите, {name}.")
     service = LlmService(LlmSettings(), robots=RobotRegistry(robots_dir))
     await service.start(broker.bus("llm"))
     try:
