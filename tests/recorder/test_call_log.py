@@ -32,7 +32,7 @@ from vp_recorder.reports.call_log import (
     call_log_path,
     robot_logs_dir,
     write_call_log,
-    write_call_log_async,
+    write_call_logs_async,
 )
 from vp_recorder.stored import StoredEvent
 from vp_recorder.transcript import build_transcript
@@ -276,11 +276,19 @@ def test_a_call_without_robot_goes_to_the_unknown_folder(tmp_path: Path) -> None
     assert path.parent == tmp_path / "_unknown" / "logs"
 
 
-async def test_async_writer_gives_the_same_file(tmp_path: Path) -> None:
+async def test_a_batch_of_logs_is_written_in_one_go_to_each_robots_folder(tmp_path: Path) -> None:
     doc = call_document()
-    path = await write_call_log_async(tmp_path, doc)
-    assert path == write_call_log(tmp_path, doc)
+    other = {**call_document(), "call_id": "web-0002", "robot": "other_bot"}
+    paths = await write_call_logs_async(tmp_path, [doc, other])
+    assert paths == [write_call_log(tmp_path, doc), write_call_log(tmp_path, other)]
+    assert paths[0].parent != paths[1].parent
     assert (
-        json.loads(path.read_text(encoding="utf-8"))["segments"][0]["text"]
+        json.loads(paths[0].read_text(encoding="utf-8"))["segments"][0]["text"]
         == "Здравствуйте! Чем могу помочь?"
     )
+    assert json.loads(paths[1].read_text(encoding="utf-8"))["call_id"] == "web-0002"
+    assert not hidden_files(tmp_path)  # no temp file left behind
+
+
+def hidden_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*") if p.is_file()]

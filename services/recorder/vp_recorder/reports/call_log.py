@@ -14,7 +14,7 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -93,19 +93,37 @@ def render_call_log(doc: Mapping[str, Any]) -> bytes:
 
 
 def write_call_log(robots_dir: Path, doc: Mapping[str, Any]) -> Path:
-    """Write the call's log atomically (blocking I/O; see :func:`write_call_log_async`)."""
-    logs_dir = robot_logs_dir(robots_dir, str(doc.get("robot") or ""))
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    path = call_log_path(logs_dir, doc)
-    _write_atomically(path, render_call_log(doc))
-    return path
+    """Write the call's log atomically (blocking I/O; see :func:`write_call_logs_async`)."""
+    return write_call_logs(robots_dir, [doc])[0]
 
 
-async def write_call_log_async(robots_dir: Path, doc: Mapping[str, Any]) -> Path:
-    return await asyncio.to_thread(write_call_log, robots_dir, doc)
+def write_call_logs(robots_dir: Path, docs: Sequence[Mapping[str, Any]]) -> list[Path]:
+    """Write each call's log atomically; the renames are made durable once per folder.
+
+    Each file is synced before its rename (a crash leaves the old log or the new one, never half
+    of one); syncing the folder after the last rename covers every rename in it, so a batch of
+    call ends costs one folder sync, not one per call (a file creation and a sync are the costly
+    system calls here)."""
+    paths: list[Path] = []
+    folders: dict[Path, None] = {}
+    for doc in docs:
+        logs_dir = robot_logs_dir(robots_dir, str(doc.get("robot") or ""))
+        if logs_dir not in folders:
+            logs_dir.mkdir(parents=True, exist_ok=True)
+            folders[logs_dir] = None
+        path = call_log_path(logs_dir, doc)
+        _replace_atomically(path, render_call_log(doc))
+        paths.append(path)
+    for folder in folders:
+        _fsync_dir(folder)
+    return paths
 
 
-def _write_atomically(path: Path, content: bytes) -> None:
+async def write_call_logs_async(robots_dir: Path, docs: Sequence[Mapping[str, Any]]) -> list[Path]:
+    return await asyncio.to_thread(write_call_logs, robots_dir, docs)
+
+
+def _replace_atomically(path: Path, content: bytes) -> None:
     # the temp file is hidden (leading dot) and in the same folder, so os.replace is a rename
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -119,11 +137,10 @@ def _write_atomically(path: Path, content: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (best effort: not every platform can open a folder)."""
+    """Make the renames in it durable (best effort: not every platform can open a folder)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

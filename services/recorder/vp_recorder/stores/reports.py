@@ -23,7 +23,7 @@ import structlog
 
 from voiceplatform.logging import bind_call
 from voiceplatform.wire import CallEnded, Message
-from vp_recorder.reports.call_log import write_call_log_async
+from vp_recorder.reports.call_log import write_call_logs_async
 from vp_recorder.reports.telegram import TelegramError, TelegramReporter
 from vp_recorder.stored import CallEventReader, StoredEvent
 from vp_recorder.transcript import build_transcript
@@ -113,13 +113,17 @@ class ReportsStore:
         for event in events:
             if isinstance(event.message, CallEnded):
                 ended.setdefault(event.call_id, event)  # a redelivered call.ended once
-        # every log file of the batch first: a Telegram outage must not hold back the logs
-        reports: list[tuple[str, dict[str, Any], Path]] = []
+        # every log file of the batch first (one hop to a thread for all of them): a Telegram
+        # outage must not hold back the logs
+        docs: list[dict[str, Any]] = []
         for call_id, event in ended.items():
             with bind_call(call_id=call_id):
-                doc = await self._transcript(event)
-                path = await write_call_log_async(self.robots_dir, doc)
-                self.logs_written += 1
+                docs.append(await self._transcript(event))
+        paths = await write_call_logs_async(self.robots_dir, docs)
+        reports: list[tuple[str, dict[str, Any], Path]] = []
+        for call_id, doc, path in zip(ended, docs, paths, strict=True):
+            self.logs_written += 1
+            with bind_call(call_id=call_id):
                 log.info("recorder.call_log_written", path=str(path), events=doc.get("events"))
             reports.append((call_id, doc, path))
         if self.telegram is not None:
