@@ -368,18 +368,43 @@ async def test_the_ledger_answers_from_memory_only_for_a_call_it_saw_whole() -> 
     assert stream.reads == 0
 
     # another recorder had some of the messages: what this one holds of a call is not enough
-    other = CallLedger(stream)
+    other = CallLedger(stream, whole_wait_s=0.05)
     note_all(other, [e for e in events if e.seq % 5])
     assert await other.read_call(split) == [e for e in events if e.call_id == split]
     assert stream.reads == 1
     await other.read_call(split)  # the read serves the call's later readers
     assert stream.reads == 1
     # readers asking at the same moment (the Redis and NATS stores at a call's end) share one read
-    third = CallLedger(stream)
+    third = CallLedger(stream, whole_wait_s=0.05)
     note_all(third, [e for e in events if e.seq % 5])
     both = await asyncio.gather(third.read_call(split), third.read_call(split))
     assert both[0] == both[1] == [e for e in events if e.call_id == split]
     assert stream.reads == 2
+
+
+async def test_a_call_ended_seen_first_waits_for_the_consumers_that_get_every_event() -> None:
+    # the call logs' consumer is sent lifecycle events only: it may hold a call.ended before the
+    # consumers sent everything have fetched the call's last events
+    events = interleaved(SimulatedCall(new_call_id(), 3))
+    call_id = events[0].call_id
+    stream = StreamStandIn(events)
+    ledger = CallLedger(stream, whole_wait_s=30)
+    note_all(ledger, [e for e in events if e.subject.endswith(".lifecycle")])
+    reading = asyncio.ensure_future(ledger.read_call(call_id))
+    await asyncio.sleep(0)
+    assert not reading.done()
+    note_all(ledger, events)  # the Postgres consumer catches up
+    assert await reading == events
+    assert stream.reads == 0
+
+    # the other consumers stalled (their store is down): read back after the wait
+    stalled = interleaved(SimulatedCall(new_call_id(), 2))
+    stalled = [StoredEvent(len(events) + k, e.subject, e.message) for k, e in enumerate(stalled, start=1)]
+    stream.events += stalled
+    note_all(ledger, [e for e in stalled if e.subject.endswith(".lifecycle")])
+    ledger.whole_wait_s = 0.05
+    assert await ledger.read_call(stalled[0].call_id) == stalled
+    assert stream.reads == 1
 
 
 async def test_the_ledger_forgets_ended_calls_first_beyond_its_bound() -> None:
