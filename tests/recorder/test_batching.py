@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import nats
 import pytest
 import redis.asyncio as aioredis
 from nats.aio.msg import Msg
@@ -19,6 +20,7 @@ from redis.asyncio.connection import AbstractConnection
 from bench.recorder_load import SimulatedCall
 from tests.recorder.conftest import new_call_id, settle
 from tests.recorder.test_recorder import StartRecorder, call_sequence, play
+from voiceplatform import subjects
 from voiceplatform.bus.jetstream import stream_sequence
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.wire import (
@@ -429,3 +431,34 @@ async def test_the_ledger_forgets_ended_calls_first_beyond_its_bound() -> None:
 def test_the_stream_sequence_is_the_clients_reading_of_the_ack_subject(reply: str) -> None:
     msg = Msg(_client=None, subject="vp.call.x.lifecycle", reply=reply)  # type: ignore[arg-type]
     assert stream_sequence(msg) == msg.metadata.sequence.stream == 4242
+
+
+async def test_a_trickle_of_events_is_written_in_one_batch_per_linger(
+    settings: RecorderSettings, start_recorder: StartRecorder, gateway_bus: NatsBus, js_nats_url: str
+) -> None:
+    # a long linger, so however busy the machine the trickle arrives within it
+    recorder = await start_recorder(settings.model_copy(update={"batch_linger_s": 2.0}))
+    events = call_sequence(new_call_id())
+    for subject, msg in events:  # one event at a time, as a live call sends them
+        await gateway_bus.publish(subject, msg)
+        await gateway_bus.client.flush()
+        await asyncio.sleep(0.01)
+    await settle(recorder, js_nats_url, len(events))
+    postgres = recorder.store_consumer("postgres")
+    assert postgres.written == len(events)
+    assert postgres.batches <= 2  # the first fetch may come before the others are published
+
+
+async def test_the_call_logs_consumer_is_sent_lifecycle_events_only(
+    settings: RecorderSettings, start_recorder: StartRecorder, js_nats_url: str
+) -> None:
+    await start_recorder(settings.model_copy(update={"call_logs": True}))
+    nc = await nats.connect(js_nats_url)
+    try:
+        js = nc.jetstream()
+        reports = await js.consumer_info(settings.stream_name, f"{settings.durable_prefix}_reports")
+        postgres = await js.consumer_info(settings.stream_name, f"{settings.durable_prefix}_postgres")
+    finally:
+        await nc.close()
+    assert reports.config.filter_subject == subjects.ANY_LIFECYCLE
+    assert not postgres.config.filter_subject
