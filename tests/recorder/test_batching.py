@@ -11,7 +11,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-import nats
 import pytest
 import redis.asyncio as aioredis
 from nats.aio.msg import Msg
@@ -20,7 +19,6 @@ from redis.asyncio.connection import AbstractConnection
 from bench.recorder_load import SimulatedCall
 from tests.recorder.conftest import new_call_id, settle
 from tests.recorder.test_recorder import StartRecorder, call_sequence, play
-from voiceplatform import subjects
 from voiceplatform.bus.jetstream import stream_sequence
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.wire import (
@@ -370,43 +368,18 @@ async def test_the_ledger_answers_from_memory_only_for_a_call_it_saw_whole() -> 
     assert stream.reads == 0
 
     # another recorder had some of the messages: what this one holds of a call is not enough
-    other = CallLedger(stream, whole_wait_s=0.05)
+    other = CallLedger(stream)
     note_all(other, [e for e in events if e.seq % 5])
     assert await other.read_call(split) == [e for e in events if e.call_id == split]
     assert stream.reads == 1
     await other.read_call(split)  # the read serves the call's later readers
     assert stream.reads == 1
     # readers asking at the same moment (the Redis and NATS stores at a call's end) share one read
-    third = CallLedger(stream, whole_wait_s=0.05)
+    third = CallLedger(stream)
     note_all(third, [e for e in events if e.seq % 5])
     both = await asyncio.gather(third.read_call(split), third.read_call(split))
     assert both[0] == both[1] == [e for e in events if e.call_id == split]
     assert stream.reads == 2
-
-
-async def test_a_call_ended_seen_first_waits_for_the_consumers_that_get_every_event() -> None:
-    # the call logs' consumer is sent lifecycle events only: it may hold a call.ended before the
-    # consumers sent everything have fetched the call's last events
-    events = interleaved(SimulatedCall(new_call_id(), 3))
-    call_id = events[0].call_id
-    stream = StreamStandIn(events)
-    ledger = CallLedger(stream, whole_wait_s=30)
-    note_all(ledger, [e for e in events if e.subject.endswith(".lifecycle")])
-    reading = asyncio.ensure_future(ledger.read_call(call_id))
-    await asyncio.sleep(0)
-    assert not reading.done()
-    note_all(ledger, events)  # the Postgres consumer catches up
-    assert await reading == events
-    assert stream.reads == 0
-
-    # the other consumers stalled (their store is down): read back after the wait
-    stalled = interleaved(SimulatedCall(new_call_id(), 2))
-    stalled = [StoredEvent(len(events) + k, e.subject, e.message) for k, e in enumerate(stalled, start=1)]
-    stream.events += stalled
-    note_all(ledger, [e for e in stalled if e.subject.endswith(".lifecycle")])
-    ledger.whole_wait_s = 0.05
-    assert await ledger.read_call(stalled[0].call_id) == stalled
-    assert stream.reads == 1
 
 
 async def test_the_ledger_forgets_ended_calls_first_beyond_its_bound() -> None:
@@ -447,18 +420,3 @@ async def test_a_trickle_of_events_is_written_in_one_batch_per_linger(
     postgres = recorder.store_consumer("postgres")
     assert postgres.written == len(events)
     assert postgres.batches <= 2  # the first fetch may come before the others are published
-
-
-async def test_the_call_logs_consumer_is_sent_lifecycle_events_only(
-    settings: RecorderSettings, start_recorder: StartRecorder, js_nats_url: str
-) -> None:
-    await start_recorder(settings.model_copy(update={"call_logs": True}))
-    nc = await nats.connect(js_nats_url)
-    try:
-        js = nc.jetstream()
-        reports = await js.consumer_info(settings.stream_name, f"{settings.durable_prefix}_reports")
-        postgres = await js.consumer_info(settings.stream_name, f"{settings.durable_prefix}_postgres")
-    finally:
-        await nc.close()
-    assert reports.config.filter_subject == subjects.ANY_LIFECYCLE
-    assert not postgres.config.filter_subject

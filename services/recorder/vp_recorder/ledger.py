@@ -8,11 +8,6 @@ event it holds: the usual case with one recorder. Otherwise (the call began befo
 did, several recorders share the consumers, a message never came, the memory bound was reached)
 the call is read back from the stream once, and that read serves the call's later readers too.
 
-A consumer that is sent only some subjects (the call logs' consumer gets lifecycle events) can
-see a call.ended before the consumers that get every event have fetched the call's last events:
-asked for such a call, the ledger waits for them (up to ``whole_wait_s``; not again while they
-stay stalled) before it reads the call back.
-
 Memory is bounded: the raw messages of at most ``max_events`` events (ended calls are forgotten
 first, then the oldest calls; a forgotten call is read back when asked for), and at most
 ``max_ahead`` sequences noted beyond a gap (past that, the gap is given up: calls begun before it
@@ -40,19 +35,10 @@ class _Call:
 class CallLedger:
     """A ``CallEventReader`` answering from memory when it can, else from ``fallback``."""
 
-    def __init__(
-        self,
-        fallback: CallEventReader,
-        max_events: int = 100_000,
-        max_ahead: int = 50_000,
-        whole_wait_s: float = 2.0,
-    ) -> None:
+    def __init__(self, fallback: CallEventReader, max_events: int = 100_000, max_ahead: int = 50_000) -> None:
         self.fallback = fallback
         self.max_events = max_events
         self.max_ahead = max_ahead
-        self.whole_wait_s = whole_wait_s
-        self._advanced: asyncio.Future[None] | None = None  # resolved when _through moves on
-        self._stalled_at = -1  # a wait for _through gave up here: no new wait until it moves
         self.read_backs = 0  # calls read back from the stream (counted for /health and tests)
         self._floor: int | None = None  # calls that began at or before it are not known whole
         self._through = 0  # every sequence in (floor, through] is noted
@@ -88,7 +74,7 @@ class CallLedger:
 
     async def read_call(self, call_id: str) -> list[StoredEvent]:
         call = self._active.get(call_id) or self._ended.get(call_id)
-        if call is not None and (self._is_whole(call) or await self._caught_up_with(call)):
+        if call is not None and self._is_whole(call):
             return _decoded(call)
         reading = self._reading.get(call_id)
         if reading is None:  # one read-back of a call at a time, shared by its readers
@@ -115,27 +101,6 @@ class CallLedger:
         floor = self._floor if self._floor is not None else 0
         return call.started_seq is not None and call.started_seq > floor and self._through >= call.last_seq
 
-    async def _caught_up_with(self, call: _Call) -> bool:
-        """Wait until every sequence up to the call's latest is noted (True), or give up (False):
-        when the call did not begin in this ledger's view, or the waiting is in vain."""
-        if self._through == self._stalled_at:
-            return False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.whole_wait_s
-        while not self._is_whole(call):
-            floor = self._floor if self._floor is not None else 0
-            if call.started_seq is None or call.started_seq <= floor:
-                return False  # begun before what this ledger has seen whole: never whole here
-            if self._advanced is None:
-                self._advanced = loop.create_future()
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await asyncio.shield(self._advanced)
-            except TimeoutError:
-                self._stalled_at = self._through
-                return False
-        return True
-
     def _see(self, seq: int) -> None:
         if self._floor is None:
             self._floor = self._through = seq - 1
@@ -147,18 +112,11 @@ class CallLedger:
                 # a gap that does not close (another recorder has those messages): give it up
                 self._floor = self._through = max(self._ahead)
                 self._ahead.clear()
-                self._wake()
             return
         self._through = seq
         while self._through + 1 in self._ahead:
             self._through += 1
             self._ahead.discard(self._through)
-        self._wake()
-
-    def _wake(self) -> None:
-        advanced, self._advanced = self._advanced, None
-        if advanced is not None and not advanced.done():
-            advanced.set_result(None)
 
     def _forget_beyond_bound(self) -> None:
         while self._events > self.max_events and (self._ended or self._active):

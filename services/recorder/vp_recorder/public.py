@@ -57,7 +57,6 @@ class NatsEventsStore:
     """Publishes public events on NATS. At least once: a crash before the ack publishes again."""
 
     name = "nats_events"
-    filter_subject: str | None = None  # every event
 
     def __init__(self, nc: Client, public: PublicEvents) -> None:
         self._nc = nc

@@ -41,12 +41,9 @@ class Store(Protocol):
     ``write`` gets a batch of the events ``accepts`` let through, in stream order, and must be
     idempotent (the same event may come again after a crash): it succeeds as a whole or raises.
     ``is_transient`` tells a store that is down (retry after reconnect) from an event it rejects.
-    ``filter_subject`` narrows what its consumer is sent at all (None: every event); ``accepts``
-    still decides among those.
     """
 
     name: str
-    filter_subject: str | None
 
     def accepts(self, message: Message) -> bool: ...
     async def connect(self) -> None: ...

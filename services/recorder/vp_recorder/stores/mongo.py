@@ -59,7 +59,6 @@ def mongo_document(transcript: dict[str, Any], now: datetime | None = None) -> d
 
 class MongoStore:
     name = "mongo"
-    filter_subject: str | None = None  # every event
 
     def __init__(
         self,

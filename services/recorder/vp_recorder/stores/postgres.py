@@ -63,7 +63,6 @@ def quote_ident(name: str) -> str:
 
 class PostgresStore:
     name = "postgres"
-    filter_subject: str | None = None  # every event
 
     def __init__(self, dsn: str, schema: str = "public", robots_dir: Path | None = None) -> None:
         self._dsn = dsn

@@ -98,7 +98,6 @@ def event_fields(msg: Message) -> list[EncodableT] | None:
 
 class RedisStore:
     name = "redis"
-    filter_subject: str | None = None  # every event
 
     def __init__(
         self, url: str, public: PublicEvents | None, ttl_s: int = 1800, history_scan: int = 100

@@ -21,7 +21,6 @@ from typing import Any
 import nats.errors
 import structlog
 
-from voiceplatform import subjects
 from voiceplatform.logging import bind_call
 from voiceplatform.wire import CallEnded, Message
 from vp_recorder.reports.call_log import write_call_logs_async
@@ -57,8 +56,6 @@ class _RecentKeys:
 
 class ReportsStore:
     name = "reports"
-    # call.ended is a lifecycle event: the rest of the stream (most of it) is not even sent here
-    filter_subject: str | None = subjects.ANY_LIFECYCLE
 
     def __init__(
         self,
