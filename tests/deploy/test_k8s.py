@@ -19,6 +19,7 @@ from tests.deploy.k8s_manifests import K8S, KUBERNETES_VERSION, REPO, Platform, 
 from voiceplatform import load
 from voiceplatform.bus import natsconf, permissions
 from voiceplatform_devstack.devinfra import nats_server_binary
+from vp_recorder import metrics as recorder_metrics
 
 CALL_OWNERS = {"gateway-web", "gateway-fs", "vad", "asr", "realtime"}  # scale on calls owned / capacity
 WORK_STAGES = {"prompt-router", "llm", "tts"}  # scale on their consumer's backlog per pod
@@ -114,7 +115,7 @@ def test_grace_period_covers_the_drain(platform: Platform) -> None:
 
 def test_autoscalers_use_the_load_metrics(platform: Platform) -> None:
     hpas = platform.of_kind("HorizontalPodAutoscaler")
-    assert set(hpas) == CALL_OWNERS | WORK_STAGES  # the recorder runs a fixed count
+    assert set(hpas) == CALL_OWNERS | WORK_STAGES | {"recorder"}
     gauge = {
         "ratio": load.LOAD_RATIO.describe()[0].name,
         "depth": load.QUEUE_DEPTH.describe()[0].name,
@@ -128,6 +129,11 @@ def test_autoscalers_use_the_load_metrics(platform: Platform) -> None:
         if name in CALL_OWNERS:
             assert first["type"] == "Pods" and first["pods"]["metric"]["name"] == gauge["ratio"]
             assert 0 < float(first["pods"]["target"]["averageValue"].rstrip("m")) / 1000 < 1
+        elif name == "recorder":
+            # the adapter's name for the backlog gauge of the recorder's store consumers
+            assert first["type"] == "External"
+            assert first["external"]["metric"] == {"name": "vp_recorder_backlog"}
+            assert first["external"]["target"]["type"] == "AverageValue"
         else:
             assert first["type"] == "External"
             assert first["external"]["metric"] == {
@@ -149,8 +155,11 @@ def test_the_adapter_serves_the_metrics_the_autoscalers_ask_for(platform: Platfo
         for metric in hpa["spec"]["metrics"]:
             if metric["type"] in served:
                 assert metric[metric["type"].lower()]["metric"]["name"] in served[metric["type"]]
+    gauges = {recorder_metrics.BACKLOG.describe()[0].name, recorder_metrics.STORE_UP.describe()[0].name}
     for rule in rules["rules"] + rules["externalRules"]:
-        assert re.match(r"^vp_stage_\w+\{namespace!=\"\"", rule["seriesQuery"]), rule
+        assert re.match(r"^vp_(stage|recorder)_\w+\{namespace!=\"\"", rule["seriesQuery"]), rule
+        if "recorder" in rule["seriesQuery"]:  # the recorder's gauges, by the names it exports
+            assert set(re.findall(r"vp_recorder_\w+", rule["seriesQuery"] + rule["metricsQuery"])) <= gauges
 
 
 def test_nats_is_a_three_server_jetstream_cluster(platform: Platform) -> None:

@@ -158,6 +158,7 @@ class CountingConnection:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
         self.queries: list[str] = []
+        self.arguments: list[tuple[Any, ...]] = []
 
     @property
     def statements(self) -> int:
@@ -168,10 +169,12 @@ class CountingConnection:
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
         self.queries.append(query)
+        self.arguments.append(args)
         return await self._conn.execute(query, *args, **kwargs)
 
     async def executemany(self, query: str, *args: Any, **kwargs: Any) -> Any:
         self.queries.append(query)
+        self.arguments.append(args)
         return await self._conn.executemany(query, *args, **kwargs)
 
 
@@ -183,7 +186,7 @@ async def postgres_store(postgres_dsn: str, pg_schema: str) -> AsyncIterator[Pos
     await store.close()
 
 
-async def queries_for(store: PostgresStore, events: list[StoredEvent]) -> list[str]:
+async def counted_write(store: PostgresStore, events: list[StoredEvent]) -> CountingConnection:
     conn = store._conn
     assert conn is not None
     counting = CountingConnection(conn)
@@ -192,11 +195,18 @@ async def queries_for(store: PostgresStore, events: list[StoredEvent]) -> list[s
         await store.write(events)
     finally:
         store._conn = conn
-    return counting.queries
+    return counting
 
 
 async def statements_for(store: PostgresStore, events: list[StoredEvent]) -> int:
-    return len(await queries_for(store, events))
+    return (await counted_write(store, events)).statements
+
+
+async def refreshed_by(store: PostgresStore, events: list[StoredEvent]) -> list[str]:
+    """The calls whose derived columns the batch recomputes (record_batch's last argument)."""
+    counting = await counted_write(store, events)
+    assert counting.statements == 1 and "record_batch(" in counting.queries[0]
+    return list(counting.arguments[0][-1])
 
 
 async def test_a_postgres_batch_costs_the_same_statements_however_many_events(
@@ -205,15 +215,11 @@ async def test_a_postgres_batch_costs_the_same_statements_however_many_events(
     small = interleaved(SimulatedCall(new_call_id(), turns=3))
     large = interleaved(*(SimulatedCall(new_call_id(), turns=9) for _ in range(6)))
     assert len(large) > 5 * len(small)
-    assert await statements_for(postgres_store, small) == await statements_for(postgres_store, large)
+    assert await statements_for(postgres_store, small) == await statements_for(postgres_store, large) == 1
     # and the derived columns are those of the whole calls
     for call_id in {e.call_id for e in large}:
         row = await pg.fetchrow("SELECT status, turns, barge_ins FROM calls WHERE call_id = $1", call_id)
         assert row is not None and tuple(row) == ("ended", 9, 3)
-
-
-def is_refresh(query: str) -> bool:
-    return "UPDATE calls c SET" in query
 
 
 async def figures(pg: asyncpg.Connection, call_id: str) -> tuple[object, ...]:
@@ -234,11 +240,11 @@ async def test_only_figure_events_refresh_a_calls_figures_and_late_ones_alone_co
     rest = [e for e in events if e.message.type_name not in FIGURE_TYPES]
     figure_events = [e for e in events if e.message.type_name in FIGURE_TYPES]
     # a batch without figure events leaves the figures alone (and does not recompute them)
-    assert not any(is_refresh(q) for q in await queries_for(postgres_store, rest))
+    assert await refreshed_by(postgres_store, rest) == []
     assert await figures(pg, call.call_id) == (0, 0, 0, None, False)
     # each figure event, one batch each and last first, refreshes its call from all that is stored
     for event in reversed(figure_events):
-        assert any(is_refresh(q) for q in await queries_for(postgres_store, [event]))
+        assert await refreshed_by(postgres_store, [event]) == [call.call_id]
     assert await figures(pg, call.call_id) == (3, 1, 0, None, True)
     seq = len(events)
     late = [
@@ -280,6 +286,20 @@ async def test_a_turn_twice_in_one_batch_leaves_its_last_account(
         (call.turn_id(2), "bench", "bench"),
     ]
     assert await figures(pg, call.call_id) == (2, 0, 0, None, True)
+
+
+async def test_record_batch_reads_the_figure_events_through_the_figure_index(
+    postgres_store: PostgresStore, pg: asyncpg.Connection
+) -> None:
+    source = await pg.fetchval(
+        "SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE p.proname = 'record_batch' AND n.nspname = $1",
+        postgres_store.schema,
+    )
+    assert source is not None
+    named = re.search(r"e\.type IN \(([^)]*)\)", source)
+    assert named is not None
+    assert set(re.findall(r"'([a-z_.]+)'", named.group(1))) == set(FIGURE_TYPES)
 
 
 async def test_the_figure_index_covers_the_figure_types(
@@ -384,3 +404,19 @@ async def test_the_ledger_forgets_ended_calls_first_beyond_its_bound() -> None:
 def test_the_stream_sequence_is_the_clients_reading_of_the_ack_subject(reply: str) -> None:
     msg = Msg(_client=None, subject="vp.call.x.lifecycle", reply=reply)  # type: ignore[arg-type]
     assert stream_sequence(msg) == msg.metadata.sequence.stream == 4242
+
+
+async def test_a_trickle_of_events_is_written_in_one_batch_per_linger(
+    settings: RecorderSettings, start_recorder: StartRecorder, gateway_bus: NatsBus, js_nats_url: str
+) -> None:
+    # a long linger, so however busy the machine the trickle arrives within it
+    recorder = await start_recorder(settings.model_copy(update={"batch_linger_s": 2.0}))
+    events = call_sequence(new_call_id())
+    for subject, msg in events:  # one event at a time, as a live call sends them
+        await gateway_bus.publish(subject, msg)
+        await gateway_bus.client.flush()
+        await asyncio.sleep(0.01)
+    await settle(recorder, js_nats_url, len(events))
+    postgres = recorder.store_consumer("postgres")
+    assert postgres.written == len(events)
+    assert postgres.batches <= 2  # the first fetch may come before the others are published

@@ -121,11 +121,11 @@ class RouterService:
         ):
             self._subs.append(await bus.subscribe(subject, handler, queue=group))
         s = self.settings
-        for name, subject, work in (
-            ("lifecycle", subjects.ANY_LIFECYCLE, self._on_lifecycle),
-            ("asr", subjects.ANY_ASR, self._on_asr),
+        for name, subject, work, takes in (
+            ("lifecycle", subjects.ANY_LIFECYCLE, self._on_lifecycle, (CallStarted, CallEnded, CallNoInput)),
+            ("asr", subjects.ANY_ASR, self._on_asr, (AsrFinal,)),
         ):
-            spec = WorkSpec.of(CALL_EVENTS, f"{SERVICE}-{name}", subject, s, stage=SERVICE)
+            spec = WorkSpec.of(CALL_EVENTS, f"{SERVICE}-{name}", subject, s, stage=SERVICE, takes=takes)
             self._work.append(await take_work(bus, spec, work, self._exhausted))
 
     async def drain(self, timeout: float) -> None:

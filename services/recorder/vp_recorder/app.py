@@ -135,7 +135,14 @@ class RecorderService:
                 js, s.stream_name, f"{s.durable_prefix}_{store.name}", ack_wait_s=s.ack_wait_s
             )
             consumer = StoreConsumer(
-                store, source, parker, s.batch_max, s.store_retry_min_s, s.store_retry_max_s, self.ledger
+                store,
+                source,
+                parker,
+                s.batch_max,
+                s.store_retry_min_s,
+                s.store_retry_max_s,
+                self.ledger,
+                linger_s=s.batch_linger_s,
             )
             self.consumers.append(consumer)
             consumer.start()

@@ -87,8 +87,10 @@ class StoreConsumer:
         retry_min_s: float,
         retry_max_s: float,
         ledger: CallLedger | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         self.store = store
+        self.linger_s = linger_s
         self.ledger = ledger  # told every message fetched, so views of a call need no read-back
         self.source = source
         self.parker = parker
@@ -129,7 +131,7 @@ class StoreConsumer:
             try:
                 self._fetching = True
                 try:
-                    msgs = await self.source.fetch(self.batch_max, FETCH_TIMEOUT_S)
+                    msgs = await self.source.fetch(self.batch_max, FETCH_TIMEOUT_S, self.linger_s)
                 finally:
                     self._fetching = False
                 if msgs:

@@ -27,21 +27,6 @@ from voiceplatform.config.tracks import manifest_path
 
 log = structlog.get_logger("vp_recorder.directory")
 
-_RECORD_CALLER = """
-WITH new_call AS (
-    INSERT INTO user_calls (call_id, phone, called_at) VALUES ($1, $2, $3)
-    ON CONFLICT (call_id) DO NOTHING
-    RETURNING phone, called_at
-)
-INSERT INTO users (phone, first_call_at, last_call_at, calls_count)
-SELECT phone, called_at, called_at, 1 FROM new_call
-ON CONFLICT (phone) DO UPDATE SET
-    -- calls may be recorded out of order; LEAST/GREATEST skip the NULLs of rows made before 003
-    first_call_at = LEAST(users.first_call_at, EXCLUDED.first_call_at),
-    last_call_at = GREATEST(users.last_call_at, EXCLUDED.last_call_at),
-    calls_count = users.calls_count + 1
-"""
-
 _UPSERT_SCENARIO = """
 INSERT INTO scenarios (robot, name, config, content_sha256, updated_at)
 VALUES ($1, $2, $3::jsonb, $4, now())
@@ -64,7 +49,7 @@ async def record_caller(conn: asyncpg.Connection, phone: str, call_id: str, at: 
     """
     if not phone:
         return
-    await conn.execute(_RECORD_CALLER, call_id, phone, at)
+    await conn.execute("SELECT record_caller($1, $2, $3)", call_id, phone, at)  # migration 007
 
 
 def canonical_json(value: Any) -> str:

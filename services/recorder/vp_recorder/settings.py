@@ -30,6 +30,10 @@ class RecorderSettings(ServiceSettings):
     durable_prefix: str = "recorder"
     # events handed to a store at once (one Postgres transaction when catching up)
     batch_max: int = 500
+    # when a fetch brings only a few events (a quiet moment, a trickle of live calls), wait this
+    # long for more before writing: a batch costs each store round trips whatever its size, so
+    # ten events a batch cost a tenth per event of one; 0 writes at once
+    batch_linger_s: float = 0.05
     # call events kept in memory (raw, ~0.3 kB each) so a call's summary, log and transcript are
     # built without reading the call back from the stream; calls beyond it are read back
     call_memory_events: int = 100_000

@@ -43,7 +43,7 @@ from voiceplatform.bus.base import Bus, Envelope, Subscription
 from voiceplatform.bus.jetstream import StreamSpec
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.bus.streams import stream_for
-from voiceplatform.wire import WireError, decode
+from voiceplatform.wire import Message, WireError, decode
 
 if TYPE_CHECKING:
     from voiceplatform.config.settings import ServiceSettings
@@ -53,7 +53,7 @@ log = structlog.get_logger("voiceplatform.work")
 WORK = Counter(
     "vp_work_messages_total",
     "Per-turn work messages by consumer and outcome (done, failed, returned, stale, malformed, "
-    "exhausted); 'retry' counts deliveries after the first",
+    "exhausted, skipped: not work, acked at once); 'retry' counts deliveries after the first",
     ["consumer", "outcome"],
 )
 
@@ -108,6 +108,9 @@ class WorkSpec:
     stale_s: float = 15.0
     max_in_flight: int = 256
     stage: str = ""  # the role whose load this work is (``voiceplatform.load``); default: consumer
+    # the message types that are work (empty: every one); the others on the subject (a lifecycle
+    # subject carries usage, playback and turn accounts too) are acked at once, without a task
+    takes: tuple[type[Message], ...] = ()
 
     @classmethod
     def of(
@@ -117,6 +120,7 @@ class WorkSpec:
         filter_subject: str,
         settings: ServiceSettings,
         stage: str = "",
+        takes: tuple[type[Message], ...] = (),
     ) -> WorkSpec:
         """A role's work with the delivery settings every service reads (``VP_WORK_*``)."""
         return cls(
@@ -127,7 +131,11 @@ class WorkSpec:
             max_deliver=settings.work_max_deliver,
             stale_s=settings.work_stale_s,
             stage=stage,
+            takes=takes,
         )
+
+    def is_work(self, message: Message) -> bool:
+        return not self.takes or isinstance(message, self.takes)
 
     @property
     def role(self) -> str:
@@ -200,6 +208,7 @@ class _JetStreamWork:
         self._advisories: NatsSubscription | None = None
         self._loop: asyncio.Task[None] | None = None
         self._depth: asyncio.Task[None] | None = None
+        self._skipped = WORK.labels(spec.consumer, "skipped")
 
     @property
     def in_flight(self) -> int:
@@ -274,19 +283,23 @@ class _JetStreamWork:
     async def _take(self, msg: Msg) -> None:
         spec = self.spec
         received = time.monotonic()
+        try:
+            message = decode(msg.data)
+        except WireError as exc:
+            WORK.labels(spec.consumer, "malformed").inc()
+            log.warning("work.malformed", consumer=spec.consumer, subject=msg.subject, reason=exc.reason)
+            await _settle(msg.term)
+            return
+        if not spec.is_work(message):
+            self._skipped.inc()
+            await _settle(msg.ack)
+            return
         meta = msg.metadata
         attempt = int(meta.num_delivered)
         age_s = time.time() - meta.timestamp.timestamp()
         if age_s > spec.stale_s:
             WORK.labels(spec.consumer, "stale").inc()
             log.warning("work.stale", consumer=spec.consumer, subject=msg.subject, age_s=round(age_s, 1))
-            await _settle(msg.term)
-            return
-        try:
-            message = decode(msg.data)
-        except WireError as exc:
-            WORK.labels(spec.consumer, "malformed").inc()
-            log.warning("work.malformed", consumer=spec.consumer, subject=msg.subject, reason=exc.reason)
             await _settle(msg.term)
             return
         if attempt > 1:
@@ -400,7 +413,8 @@ class _QueueGroupWork:
         )
 
     async def _on_message(self, env: Envelope) -> None:
-        self._tasks.spawn(self._run(env), name=f"work-{self.spec.consumer}")
+        if self.spec.is_work(env.message):
+            self._tasks.spawn(self._run(env), name=f"work-{self.spec.consumer}")
 
     async def _run(self, env: Envelope) -> None:
         try:

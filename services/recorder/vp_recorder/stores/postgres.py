@@ -1,14 +1,13 @@
 """PostgreSQL: calls, their turns and every call event. Every write is idempotent.
 
-A batch is one transaction of a fixed number of statements, however many events it holds: the
-rows of its calls are claimed (advisory locks in one order, so recorders sharing the consumer
-never deadlock), the events go into ``call_events`` keyed by (call id, stream sequence), then each
-kind of event updates its call or turn rows in one ``executemany``, then the derived columns
-(turns, barge-ins, errors, last prompt, voice-to-voice p50/max) of the calls whose batch events
-change them (``FIGURE_TYPES``) are recomputed from what is stored, in one statement that reads only
-those calls' figure events (a partial index) and turns. Recomputing instead of incrementing makes a
-redelivered or out-of-order event harmless, and a late event (handled by another recorder after the
-call ended) corrects them.
+A batch is one call of ``record_batch`` (migration 007), one round trip however many events it
+holds: the rows of its calls are claimed (advisory locks in one order, so recorders sharing the
+consumer never deadlock), the events go into ``call_events`` keyed by (call id, stream sequence),
+then each kind of event updates its call or turn rows, then the derived columns (turns, barge-ins,
+errors, last prompt, voice-to-voice p50/max) of the calls whose batch events change them
+(``FIGURE_TYPES``) are recomputed from what is stored, reading only those calls' figure events (a
+partial index) and turns. Recomputing instead of incrementing makes a redelivered or out-of-order
+event harmless, and a late event (handled by another recorder after the call ended) corrects them.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import msgspec
 
 from voiceplatform.turn_figures import turn_figures
 from voiceplatform.wire import AsrFinal, CallEnded, CallStarted, ControlInterrupt, LlmDone, TurnMetrics
-from vp_recorder.directory import record_caller, sync_scenarios
+from vp_recorder.directory import sync_scenarios
 from vp_recorder.events import ms_to_datetime
 from vp_recorder.migrate import apply_migrations
 from vp_recorder.stored import StoredEvent
@@ -32,135 +31,21 @@ CONNECT_TIMEOUT_S = 5.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 COMMAND_TIMEOUT_S = 10.0
 
-# a whole batch in one statement (column arrays)
-_INSERT_EVENTS = """
-INSERT INTO call_events (call_id, seq, type, turn_id, at, subject, data)
-SELECT call_id, seq, type, turn_id, at, subject, data::jsonb
-FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[])
-    AS e(call_id, seq, type, turn_id, at, subject, data)
-ON CONFLICT (call_id, seq) DO NOTHING
+# the whole batch in one round trip: migration 007 holds the SQL (claim, events, calls and turns
+# row by row in stream order, callers, derived columns)
+_RECORD_BATCH = """
+SELECT record_batch($1::batch_event[], $2::text[], $3::timestamptz[], $4::batch_started[],
+                    $5::batch_ended[], $6::batch_turn[], $7::batch_turn_llm[], $8::batch_turn_asr[],
+                    $9::batch_turn_ref[], $10::text[])
 """
 
-_UPSERT_STARTED = """
-INSERT INTO calls (call_id, caller, robot, mode, channel, status, started_at, sample_rate, gateway_id)
-VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8)
-ON CONFLICT (call_id) DO UPDATE SET
-    caller = EXCLUDED.caller, robot = EXCLUDED.robot, mode = EXCLUDED.mode,
-    channel = EXCLUDED.channel, started_at = EXCLUDED.started_at, sample_rate = EXCLUDED.sample_rate,
-    gateway_id = EXCLUDED.gateway_id, updated_at = now()
-"""
+# the kinds of row record_batch takes after its events and calls, in its argument order
+_KINDS = ("started", "ended", "turns", "turns_llm", "turns_asr", "merged")
 
-_UPSERT_ENDED = """
-INSERT INTO calls (call_id, status, started_at, ended_at, duration_sec, end_reason)
-VALUES ($1, 'ended', $2, $3, $4, $5)
-ON CONFLICT (call_id) DO UPDATE SET
-    status = 'ended',
-    ended_at = EXCLUDED.ended_at,
-    duration_sec = COALESCE(EXCLUDED.duration_sec,
-                            EXTRACT(EPOCH FROM EXCLUDED.ended_at - calls.started_at)::double precision),
-    end_reason = EXCLUDED.end_reason,
-    updated_at = now()
-"""
-
-_ENSURE_CALLS = """
-INSERT INTO calls (call_id, started_at)
-SELECT * FROM unnest($1::text[], $2::timestamptz[]) ON CONFLICT (call_id) DO NOTHING
-"""
-
-_UPSERT_TURN = """
-INSERT INTO call_turns (call_id, turn_id, user_text, bot_text, interrupted, played_text, speech_end_at,
-                        asr_ms, llm_first_sentence_ms, tts_first_audio_ms, voice_to_voice_ms,
-                        asr_latency_ms, llm_latency_ms, tts_latency_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-ON CONFLICT (call_id, turn_id) DO UPDATE SET
-    user_text = EXCLUDED.user_text, bot_text = EXCLUDED.bot_text, interrupted = EXCLUDED.interrupted,
-    played_text = EXCLUDED.played_text, speech_end_at = EXCLUDED.speech_end_at,
-    asr_ms = EXCLUDED.asr_ms, llm_first_sentence_ms = EXCLUDED.llm_first_sentence_ms,
-    tts_first_audio_ms = EXCLUDED.tts_first_audio_ms, voice_to_voice_ms = EXCLUDED.voice_to_voice_ms,
-    asr_latency_ms = EXCLUDED.asr_latency_ms, llm_latency_ms = EXCLUDED.llm_latency_ms,
-    tts_latency_ms = EXCLUDED.tts_latency_ms
-"""
-
-# a caller turn the gateway merged into a later one (control.interrupt reason "continued") before
-# the caller heard any reply is no turn of its own: its words are in the later turn's transcript
-_MERGED_AWAY = """
-    EXISTS (SELECT 1 FROM call_events e WHERE e.call_id = $1 AND e.turn_id = $2
-            AND e.type = 'control.interrupt' AND e.data->>'reason' = 'continued')
-    AND NOT EXISTS (SELECT 1 FROM call_events e WHERE e.call_id = $1 AND e.turn_id = $2
-                    AND e.type = 'turn.metrics')
-"""
-
-# providers and usage come from the stages themselves, possibly before the gateway's account
-_UPSERT_TURN_LLM = f"""
-INSERT INTO call_turns (call_id, turn_id, llm_provider, prompt_tokens, completion_tokens)
-SELECT $1::text, $2::text, $3::text, $4::integer, $5::integer WHERE NOT ({_MERGED_AWAY})
-ON CONFLICT (call_id, turn_id) DO UPDATE SET
-    llm_provider = EXCLUDED.llm_provider, prompt_tokens = EXCLUDED.prompt_tokens,
-    completion_tokens = EXCLUDED.completion_tokens
-"""
-
-_UPSERT_TURN_ASR = f"""
-INSERT INTO call_turns (call_id, turn_id, asr_provider)
-SELECT $1::text, $2::text, $3::text WHERE NOT ({_MERGED_AWAY})
-ON CONFLICT (call_id, turn_id) DO UPDATE SET asr_provider = EXCLUDED.asr_provider
-"""
-
-_DELETE_MERGED_AWAY = f"""
-DELETE FROM call_turns WHERE call_id = $1 AND turn_id = $2 AND {_MERGED_AWAY}
-"""
-
-# one lock per call, taken in one order by every recorder (ids hashed to the advisory lock's key)
-_CLAIM_CALLS = """
-SELECT count(pg_advisory_xact_lock(k)) FROM (
-    SELECT DISTINCT hashtextextended(c, 0) AS k FROM unnest($1::text[]) AS c ORDER BY 1
-) AS claimed
-"""
-
-# the event types the derived columns of ``calls`` come from (also the predicate of the partial index
-# call_events_figures_idx, migration 006, which the queries reach by naming them)
+# the event types the derived columns of ``calls`` come from: a batch holding one recomputes its
+# calls' columns (the list is also the predicate of the partial index call_events_figures_idx of
+# migration 006, which record_batch reaches by naming the same types)
 FIGURE_TYPES = ("turn.metrics", "control.interrupt", "stage.error", "prompt.switched")
-_FIGURE_TYPES_SQL = ", ".join(f"'{t}'" for t in FIGURE_TYPES)
-
-# per call, only its figure events (the partial index) and its turns (the primary key): a call's
-# other events, most of it, are never read, and no plan scans a whole table
-_REFRESH_CALLS = f"""
-WITH ids AS (SELECT DISTINCT unnest($1::text[]) AS call_id)
-UPDATE calls c SET
-    turns = ev.turns,
-    barge_ins = ev.barge_ins,
-    errors = ev.errors,
-    last_prompt = COALESCE(ev.last_prompt, c.last_prompt),
-    voice_to_voice_p50_ms = tu.p50,
-    voice_to_voice_max_ms = tu.max,
-    updated_at = now()
-FROM ids
-CROSS JOIN LATERAL (
-    SELECT count(DISTINCT e.turn_id) FILTER (WHERE e.type = 'turn.metrics') AS turns,
-           count(DISTINCT e.turn_id) FILTER (
-               WHERE e.type = 'control.interrupt' AND e.data->>'by_turn_id' <> ''
-                 AND COALESCE(e.data->>'reason', 'barge_in') = 'barge_in') AS barge_ins,
-           count(*) FILTER (WHERE e.type = 'stage.error') AS errors,
-           (array_agg(e.data->>'to_prompt' ORDER BY e.at DESC, e.seq DESC)
-                FILTER (WHERE e.type = 'prompt.switched'))[1] AS last_prompt
-    FROM call_events e WHERE e.call_id = ids.call_id AND e.type IN ({_FIGURE_TYPES_SQL})
-) AS ev
-CROSS JOIN LATERAL (
-    SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY t.voice_to_voice_ms)) AS p50,
-           max(t.voice_to_voice_ms) AS max
-    FROM call_turns t WHERE t.call_id = ids.call_id
-) AS tu
-WHERE c.call_id = ids.call_id
-"""
-
-# call.started before call.ended: the ended call's duration may come from its start
-_STATEMENT_ORDER = (
-    _UPSERT_STARTED,
-    _UPSERT_ENDED,
-    _UPSERT_TURN,
-    _UPSERT_TURN_LLM,
-    _UPSERT_TURN_ASR,
-    _DELETE_MERGED_AWAY,
-)
 
 _TRANSIENT = (
     OSError,
@@ -226,41 +111,33 @@ class PostgresStore:
             raise ConnectionError("postgres not connected")
         earliest = _earliest(events)
         call_ids = sorted(earliest)
-        statements = _statements(events)
-        async with conn.transaction():
-            await conn.execute(_CLAIM_CALLS, call_ids)
-            await conn.execute(_INSERT_EVENTS, *zip(*(_event_row(e) for e in events), strict=True))
-            # any event may come before call.started (several recorders, redelivery): the row first
-            await conn.execute(_ENSURE_CALLS, call_ids, [ms_to_datetime(earliest[c]) for c in call_ids])
-            for statement, rows in statements.items():
-                await conn.executemany(statement, rows)
-            for event in events:
-                started = event.message
-                if isinstance(started, CallStarted) and started.channel == "phone":
-                    at = ms_to_datetime(started.ts_ms) or _EPOCH
-                    await record_caller(conn, started.caller, started.call_id, at)
-            # only a figure event changes a call's derived columns (a turn.metrics its turn's
-            # voice-to-voice, a control.interrupt a merged-away turn): the other calls keep theirs
-            refreshed = sorted({e.call_id for e in events if e.message.type_name in FIGURE_TYPES})
-            if refreshed:
-                await conn.execute(_REFRESH_CALLS, refreshed)
+        rows = _rows(events)
+        # only a figure event changes a call's derived columns (a turn.metrics its turn's
+        # voice-to-voice, a control.interrupt a merged-away turn): the other calls keep theirs
+        refreshed = sorted({e.call_id for e in events if e.message.type_name in FIGURE_TYPES})
+        await conn.execute(
+            _RECORD_BATCH,
+            [_event_row(e) for e in events],
+            call_ids,
+            [ms_to_datetime(earliest[c]) for c in call_ids],
+            *(rows[kind] for kind in _KINDS),
+            refreshed,
+        )
 
 
-def _statements(events: Sequence[StoredEvent]) -> dict[str, list[tuple[object, ...]]]:
-    """Per statement (in ``_STATEMENT_ORDER``), its rows in stream order. Each statement sets
-    columns no later one sets (or decides from ``call_events``, already complete for the batch), so
-    running them statement by statement gives what running them event by event would."""
-    rows: dict[str, list[tuple[object, ...]]] = {statement: [] for statement in _STATEMENT_ORDER}
+def _rows(events: Sequence[StoredEvent]) -> dict[str, list[tuple[object, ...]]]:
+    """Per kind of row (``_KINDS``), its rows in stream order."""
+    rows: dict[str, list[tuple[object, ...]]] = {kind: [] for kind in _KINDS}
     for event in events:
-        found = _upsert_of(event.message)
+        found = _row_of(event.message)
         if found is not None:
             rows[found[0]].append(found[1])
-    return {statement: found for statement, found in rows.items() if found}
+    return rows
 
 
-def _upsert_of(msg: object) -> tuple[str, tuple[object, ...]] | None:
+def _row_of(msg: object) -> tuple[str, tuple[object, ...]] | None:
     if isinstance(msg, CallStarted):
-        return _UPSERT_STARTED, (
+        return "started", (
             msg.call_id, msg.caller, msg.robot, msg.mode, msg.channel, ms_to_datetime(msg.ts_ms),
             msg.sample_rate, msg.gateway_id,
         )  # fmt: skip
@@ -268,22 +145,21 @@ def _upsert_of(msg: object) -> tuple[str, tuple[object, ...]] | None:
         ended_at = ms_to_datetime(msg.ts_ms)
         duration = msg.duration_ms / 1000 if msg.duration_ms > 0 else None
         started_at = ms_to_datetime(msg.ts_ms - msg.duration_ms)
-        return _UPSERT_ENDED, (msg.call_id, started_at, ended_at, duration, msg.reason)
+        return "ended", (msg.call_id, started_at, ended_at, duration, msg.reason)
     if isinstance(msg, TurnMetrics):
         fig = turn_figures(msg)
-        return _UPSERT_TURN, (
+        return "turns", (
             msg.call_id, msg.turn_id, msg.user_text, msg.bot_text, msg.interrupted, msg.played_text,
             ms_to_datetime(msg.speech_end_ts_ms), fig["asr_ms"], fig["llm_first_sentence_ms"],
             fig["tts_first_audio_ms"], fig["voice_to_voice_ms"], fig["asr_latency_ms"],
             fig["llm_latency_ms"], fig["tts_latency_ms"],
         )  # fmt: skip
     if isinstance(msg, LlmDone):
-        row = (msg.call_id, msg.turn_id, msg.provider, msg.prompt_tokens, msg.completion_tokens)
-        return _UPSERT_TURN_LLM, row
+        return "turns_llm", (msg.call_id, msg.turn_id, msg.provider, msg.prompt_tokens, msg.completion_tokens)
     if isinstance(msg, AsrFinal):
-        return _UPSERT_TURN_ASR, (msg.call_id, msg.turn_id, msg.provider)
+        return "turns_asr", (msg.call_id, msg.turn_id, msg.provider)
     if isinstance(msg, ControlInterrupt) and msg.reason == "continued":
-        return _DELETE_MERGED_AWAY, (msg.call_id, msg.turn_id)
+        return "merged", (msg.call_id, msg.turn_id)
     return None
 
 
