@@ -78,6 +78,9 @@ class CallerAudioLog:
         self.frames: deque[tuple[int, bytes]] = deque(maxlen=max_s * 1000 // FRAME_MS)
         self.turns: OrderedDict[str, ResumeTurn] = OrderedDict()  # no asr.final yet, oldest first
         self.vad_confirmed_seq = 0  # the frame where the last vad.speech_ended put the turn's end
+        # the first frames the unconfirmed turns pin (``_marks``), worked out again only when the
+        # turns change (on_vad, on_final), not on each of the 50 frames a second ``keep`` trims by
+        self._marks_cache: tuple[int | None, int | None] | None = None
 
     # ---- what the gateway sees ---------------------------------------------------------------
     def keep(self, seq: int, pcm: bytes) -> None:
@@ -90,6 +93,7 @@ class CallerAudioLog:
             self.frames.popleft()
 
     def on_vad(self, msg: Message) -> None:
+        self._marks_cache = None
         if isinstance(msg, VadSpeechStarted):
             self.turns[msg.turn_id] = ResumeTurn(turn_id=msg.turn_id, start_ms=msg.audio_offset_ms)
             while len(self.turns) > MAX_TURNS:
@@ -107,6 +111,7 @@ class CallerAudioLog:
             self.vad_confirmed_seq = max(self.vad_confirmed_seq, msg.audio_offset_ms // FRAME_MS)
 
     def on_final(self, msg: AsrFinal) -> None:
+        self._marks_cache = None
         for turn_id in (*msg.merged, msg.turn_id):
             self.turns.pop(turn_id, None)
 
@@ -118,19 +123,27 @@ class CallerAudioLog:
     def replay_from(self, role: str, next_seq: int) -> int:
         """The first frame a new owner of ``role`` needs when live audio resumes at ``next_seq``."""
         idle = next_seq - IDLE_REPLAY_FRAMES
+        open_first, unconfirmed_first = self._marks()
         if role == "vad":
-            turn = self.open_turn()
             # nothing open: from the last end on (earlier audio is a finished turn's, never a new one)
-            first = (
-                turn.start_ms // FRAME_MS - LEAD_FRAMES
-                if turn is not None
-                else max(self.vad_confirmed_seq, idle)
-            )
-        elif self.turns:
-            first = min(t.start_ms for t in self.turns.values()) // FRAME_MS - LEAD_FRAMES
+            first = open_first if open_first is not None else max(self.vad_confirmed_seq, idle)
+        elif unconfirmed_first is not None:
+            first = unconfirmed_first
         else:
             first = idle
         return max(0, min(first, next_seq))
+
+    def _marks(self) -> tuple[int | None, int | None]:
+        """The first frame the open turn needs (the VAD's replay), and the first the oldest turn
+        without a final needs (the ASR's); None where there is no such turn."""
+        if self._marks_cache is None:
+            turn = self.open_turn()
+            oldest = min((t.start_ms for t in self.turns.values()), default=None)
+            self._marks_cache = (
+                turn.start_ms // FRAME_MS - LEAD_FRAMES if turn is not None else None,
+                oldest // FRAME_MS - LEAD_FRAMES if oldest is not None else None,
+            )
+        return self._marks_cache
 
     def turns_for(self, role: str, first_seq: int) -> list[ResumeTurn]:
         """The unconfirmed turns a new owner of ``role`` takes over (those the replay covers)."""

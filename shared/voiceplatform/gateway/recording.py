@@ -43,7 +43,7 @@ PART_SUFFIX = ".part"
 LATE_S = 1.0
 # heard audio that starts this close to the end of the previous piece follows it without a gap
 CONTIGUOUS_S = 0.06
-INITIAL_ROWS_S = 4  # seconds of samples held before the buffer first grows (the late window + a step)
+CALLER, ROBOT = 0, 1  # the tracks, in the file's channel order
 
 RECORDINGS = Counter("vp_gateway_recordings_total", "Call recordings (stereo WAV) by outcome", ["outcome"])
 
@@ -96,10 +96,10 @@ class StereoRecording:
         self._wav.setsampwidth(SAMPLE_BYTES)
         self._wav.setframerate(sample_rate)
         self._base = 0  # samples already on disk
-        # samples from _base on, interleaved as the file wants them (column 0 caller, 1 robot); the
-        # first _len rows are the call's, the rest is room to grow into without a copy per frame
-        self._frames = np.zeros((INITIAL_ROWS_S * sample_rate, CHANNELS), dtype="<i2")
-        self._len = 0
+        # each track's PCM from _base on, mono: a caller frame that follows the last one (every frame
+        # but after a gap) is one append; the two are interleaved only when written, once a second.
+        # A track shorter than the other is silence up to the other's end.
+        self._tracks = (bytearray(), bytearray())
         self._caller_end = 0
         self._robot_end = 0
         self.dropped_samples = 0  # audio that came after its place had been written (counted, logged)
@@ -112,24 +112,29 @@ class StereoRecording:
     def _now(self) -> int:
         return round((self._clock() - self._t0) * self.sample_rate)
 
-    def _put(self, track: str, pos: int, pcm: bytes) -> int:
-        samples = np.frombuffer(pcm[: len(pcm) // SAMPLE_BYTES * SAMPLE_BYTES], dtype=np.int16)
-        end = pos + len(samples)
+    @property
+    def _rows(self) -> int:
+        """Samples held from _base on (the longer track's)."""
+        return max(len(self._tracks[CALLER]), len(self._tracks[ROBOT])) // SAMPLE_BYTES
+
+    def _put(self, track: int, pos: int, pcm: bytes) -> int:
+        size = len(pcm) - len(pcm) % SAMPLE_BYTES
+        end = pos + size // SAMPLE_BYTES
+        data: bytes | memoryview = pcm if size == len(pcm) else memoryview(pcm)[:size]
         if pos < self._base:  # its place is on disk already
-            cut = min(self._base - pos, len(samples))
+            cut = min(self._base - pos, end - pos)
             self.dropped_samples += cut
-            samples, pos = samples[cut:], pos + cut
-        need = end - self._base
-        if need > len(self._frames):
-            grown = np.zeros((max(need, 2 * len(self._frames)), CHANNELS), dtype="<i2")
-            grown[: self._len] = self._frames[: self._len]
-            self._frames = grown
-        if need > self._len:
-            self._frames[self._len : need] = 0  # silence until something is put there
-            self._len = need
-        if len(samples):
-            column = 0 if track == "caller" else 1
-            self._frames[pos - self._base : end - self._base, column] = samples
+            data, pos = memoryview(pcm)[cut * SAMPLE_BYTES : size], pos + cut
+        if not len(data):
+            return end
+        buf = self._tracks[track]
+        at = (pos - self._base) * SAMPLE_BYTES
+        if at > len(buf):
+            buf.extend(bytes(at - len(buf)))  # silence until this piece
+        if at == len(buf):
+            buf += data
+        else:
+            buf[at : at + len(data)] = data  # over what was there (or past its end: grows)
         return end
 
     def caller(self, pcm: bytes) -> None:
@@ -141,7 +146,7 @@ class StereoRecording:
         pos = self._caller_end
         if pos < now - n - self._late:
             pos = now - n  # after a gap: the frame is recent, not the continuation of old speech
-        self._caller_end = self._put("caller", pos, pcm)
+        self._caller_end = self._put(CALLER, pos, pcm)
         self._write_settled(now)
 
     def robot(self, pcm: bytes) -> None:
@@ -149,7 +154,7 @@ class StereoRecording:
         if self._wav is None:
             return
         now = self._now()
-        self._robot_end = self._put("robot", max(self._robot_end, now), pcm)
+        self._robot_end = self._put(ROBOT, max(self._robot_end, now), pcm)
         self._write_settled(now)  # also while the caller sends nothing (a dropped socket)
 
     def robot_heard(self, pcm: bytes, at: float) -> None:
@@ -159,7 +164,7 @@ class StereoRecording:
         pos = max(0, round((at - self._t0) * self.sample_rate))
         if abs(pos - self._robot_end) <= self._contiguous:
             pos = self._robot_end  # played back to back: the event's jitter would click
-        self._robot_end = max(self._robot_end, self._put("robot", pos, pcm))
+        self._robot_end = max(self._robot_end, self._put(ROBOT, pos, pcm))
         self._write_settled(self._now())
 
     def clear_robot(self, at: float | None = None) -> None:
@@ -168,22 +173,29 @@ class StereoRecording:
         now = self._now() if at is None else round((at - self._t0) * self.sample_rate)
         now = max(now, self._base)
         if self._robot_end > now:
-            self._frames[now - self._base : self._robot_end - self._base, 1] = 0
+            robot = self._tracks[ROBOT]
+            start = (now - self._base) * SAMPLE_BYTES
+            stop = min((self._robot_end - self._base) * SAMPLE_BYTES, len(robot))
+            robot[start:stop] = bytes(max(0, stop - start))
             self._robot_end = now
 
     def _write_settled(self, now: int) -> None:
         # audio older than the late window (and a frame or more) cannot change any more; written in
         # steps of a second
         settled = now - self._late - self.sample_rate // 5 - self._base
-        if settled >= self.sample_rate and self._len >= settled:
+        if settled >= self.sample_rate and self._rows >= settled:
             self._write(settled)
 
     def _write(self, count: int) -> None:
+        """The first ``count`` samples of both tracks to the file, interleaved (silence where a track
+        is shorter), and out of memory."""
         assert self._wav is not None
-        self._wav.writeframes(self._frames[:count].tobytes())
-        kept = self._len - count
-        self._frames[:kept] = self._frames[count : self._len]  # once a second: the late window
-        self._len = kept
+        frames = np.zeros((count, CHANNELS), dtype="<i2")
+        for column, buf in enumerate(self._tracks):
+            have = min(count, len(buf) // SAMPLE_BYTES)
+            frames[:have, column] = np.frombuffer(buf, dtype="<i2", count=have)
+            del buf[: have * SAMPLE_BYTES]  # the view above is gone: the buffer may shrink
+        self._wav.writeframes(frames.tobytes())
         self._base += count
 
     def close(self) -> int:

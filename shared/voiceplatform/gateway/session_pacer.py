@@ -65,9 +65,15 @@ class PlayoutPacer:
                     playing, next_t = None, None  # the caller's side was flushed, or got nothing yet
                 await self._complete_finished()
                 if item is None:
-                    # nothing to play: wait for audio, or look again in 50 ms (a held turn may play by
-                    # then); a timer handle, not wait_for's task: this runs 20 times a second per call
                     self.session.audio_ready.clear()
+                    if self.session.playout.idle:
+                        # nothing queued, nothing sounding: only new audio changes that, and whatever
+                        # adds it sets audio_ready (no 50 ms look-ups while the caller has the floor)
+                        await self.session.audio_ready.wait()
+                        continue
+                    # audio is held or still sounding: wait for more, or look again in 50 ms (a held
+                    # turn may play by then, a sounding one may have been heard); a timer handle, not
+                    # wait_for's task: this runs 20 times a second per call
                     wake = loop.call_later(0.05, self.session.audio_ready.set)
                     try:
                         await self.session.audio_ready.wait()
