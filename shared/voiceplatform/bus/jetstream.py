@@ -146,9 +146,13 @@ class DurableConsumer:
         The client waits for the first (it knows the server's status replies); the rest of what is
         ready comes with one no-wait pull request and is taken from the subscription's queue as it
         arrives: nats-py's own fetch spends a task and a timer per message, most of a recorder's
-        CPU per event. When that brings fewer than ``LINGER_BELOW`` messages, it waits
-        ``linger_s`` and takes what came meanwhile: under a trickle, batches of a few messages
-        instead of one each, and no wait at all when messages queue up."""
+        CPU per event.
+
+        ``linger_s`` shares a batch's cost among more messages when they trickle in: when nothing
+        was waiting behind the first (its delivery says how many are pending), the rest is asked
+        for ``linger_s`` later; when fewer than ``LINGER_BELOW`` were waiting, more are asked for
+        after ``linger_s``. A backlog is taken at once, and a trickle costs two pull requests a
+        batch, not three (an immediate one would mostly come back empty)."""
         psub = self._psub
         if psub is None:
             raise RuntimeError("consumer not started")
@@ -157,9 +161,12 @@ class DurableConsumer:
         except TimeoutError:
             # nats.errors.TimeoutError, and a bare asyncio timeout from the client's own wait
             return []
+        trickle = linger_s > 0 and msgs[-1].metadata.num_pending == 0
+        if trickle:
+            await asyncio.sleep(linger_s)
         if len(msgs) < batch:
             msgs += await _take_ready(psub, batch - len(msgs), timeout_s)
-        if linger_s > 0 and len(msgs) < min(batch, LINGER_BELOW):
+        if linger_s > 0 and not trickle and len(msgs) < min(batch, LINGER_BELOW):
             await asyncio.sleep(linger_s)
             msgs += await _take_ready(psub, batch - len(msgs), timeout_s)
         return msgs
