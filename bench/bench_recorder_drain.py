@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 import asyncpg
 import structlog
 
-from bench.recorder_load import SimulatedCall
+from bench.recorder_load import SimulatedCall, interleave
 from voiceplatform.bus.jetstream import ensure_stream
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform_devstack.devinfra import EmbeddedNats
@@ -43,17 +43,9 @@ UNDER_WAY = 80
 
 
 async def publish_calls(bus: NatsBus, prefix: str, calls: int, turns: int) -> int:
-    pending = [SimulatedCall(f"{prefix}-{n}", turns).events() for n in range(calls)]
-    active, rng, published = pending[:UNDER_WAY], random.Random(7), 0
-    del pending[:UNDER_WAY]
-    while active:
-        events = rng.choice(active)
-        item = next(events, None)
-        if item is None:
-            active.remove(events)
-            if pending:
-                active.append(pending.pop())
-            continue
+    published = 0
+    simulated = (SimulatedCall(f"{prefix}-{n}", turns) for n in range(calls))
+    for item in interleave(simulated, UNDER_WAY, random.Random(7)):
         await bus.publish(*item)
         published += 1
     await bus.client.flush()

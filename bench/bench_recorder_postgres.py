@@ -1,4 +1,4 @@
-"""The recorder's PostgreSQL write path alone: what each statement of a batch costs.
+"""The recorder's PostgreSQL write path alone: what a batch costs (one ``record_batch`` call).
 
 ``--calls`` simulated calls (``bench.recorder_load.SimulatedCall``, from half to one and a half times
 ``--turns`` turns each, ``--under-way`` at a time, their events interleaved at random as in
@@ -8,9 +8,10 @@ of the PostgreSQL on loopback. No NATS, no Redis, no other store: the figures ar
 
 Reported: events/s over the whole run (wall time), the PostgreSQL backend's CPU per event (its
 /proc stat, so the server must run on this machine) and, per statement kind, how often it ran and its
-mean and total wall time as the client saw it (round trip included). Each batch is timed statement
-by statement, so the table says which statement costs; the total says how far a single connection
-gets, whatever else the machine runs (wall times are noisy on a busy machine, CPU less so).
+mean and total wall time as the client saw it (round trip included). Each statement is timed, so a
+store that sent several per batch would show which costs; the total says how far a single
+connection gets, whatever else the machine runs (wall times are noisy on a busy machine, CPU less
+so).
 
     .venv/bin/python bench/bench_recorder_postgres.py [--calls 2000] [--turns 6] [--batch 100 500]
 """
@@ -34,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 import asyncpg
 import structlog
 
-from bench.recorder_load import SimulatedCall
+from bench.recorder_load import SimulatedCall, interleave
 from vp_recorder.stored import StoredEvent
 from vp_recorder.stores.postgres import PostgresStore
 
@@ -43,27 +44,18 @@ POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 def interleaved_calls(prefix: str, calls: int, turns: int, under_way: int) -> list[StoredEvent]:
     rng = random.Random(7)
-    pending = [
+    simulated = [
         SimulatedCall(f"{prefix}-{n}", rng.randint(max(1, turns // 2), turns + turns // 2))
         for n in range(calls)
     ]
-    active = [call.events() for call in pending[:under_way]]
-    del pending[:under_way]
-    events: list[StoredEvent] = []
-    while active:
-        source = rng.choice(active)
-        item = next(source, None)
-        if item is None:
-            active.remove(source)
-            if pending:
-                active.append(pending.pop(0).events())
-            continue
-        events.append(StoredEvent(len(events) + 1, *item))
-    return events
+    events = interleave(simulated, under_way, rng)
+    return [StoredEvent(seq, *item) for seq, item in enumerate(events, start=1)]
 
 
 class TimedConnection:
     """The store's connection, timing each statement by its first line (its kind)."""
+
+    TIMED = frozenset({"execute", "executemany", "fetch", "fetchval"})
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
@@ -71,10 +63,9 @@ class TimedConnection:
         self.count: dict[str, int] = defaultdict(int)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-    def _timed(self, name: str) -> Any:
         method = getattr(self._conn, name)
+        if name not in self.TIMED:
+            return method
 
         async def run(query: str, *args: Any, **kwargs: Any) -> Any:
             kind = f"{name} {' '.join(query.split())[:60]}"
@@ -86,22 +77,6 @@ class TimedConnection:
                 self.count[kind] += 1
 
         return run
-
-    @property
-    def execute(self) -> Any:
-        return self._timed("execute")
-
-    @property
-    def executemany(self) -> Any:
-        return self._timed("executemany")
-
-    @property
-    def fetch(self) -> Any:
-        return self._timed("fetch")
-
-    @property
-    def fetchval(self) -> Any:
-        return self._timed("fetchval")
 
 
 def backend_cpu_s(pid: int) -> float:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,25 @@ class Published:
     turn_id: str
     at: float  # time.perf_counter() just before the publish
     publish_s: float  # how long the publish call took (the gateway's cost)
+
+
+def interleave(
+    calls: Iterable[SimulatedCall], under_way: int, rng: random.Random
+) -> Iterator[tuple[str, Message]]:
+    """The calls' events in the order a stream would hold them: ``under_way`` calls at a time, each
+    next event from one of them drawn at random, a call that ends replaced by the next."""
+    pending = iter(calls)
+    active = [call.events() for call in itertools.islice(pending, under_way)]
+    while active:
+        events = rng.choice(active)
+        item = next(events, None)
+        if item is not None:
+            yield item
+            continue
+        active.remove(events)
+        following = next(pending, None)
+        if following is not None:
+            active.append(following.events())
 
 
 class CallTraffic:

@@ -32,7 +32,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 COMMAND_TIMEOUT_S = 10.0
 
 # the whole batch in one round trip: migration 007 holds the SQL (claim, events, calls and turns
-# row by row in stream order, callers, derived columns)
+# one statement per kind of row, a row's last account winning; callers; derived columns)
 _RECORD_BATCH = """
 SELECT record_batch($1::batch_event[], $2::text[], $3::timestamptz[], $4::batch_started[],
                     $5::batch_ended[], $6::batch_turn[], $7::batch_turn_llm[], $8::batch_turn_asr[],
