@@ -76,7 +76,7 @@ def main() -> int:
             servers.append(redis)
             env["REDIS_URL"] = redis.url
     port = devinfra.free_port()
-    procs = start_services(env, work / "logs", port, first_port=devinfra.free_port())
+    procs = start_services(env, work / "logs", port, first_port=devinfra.free_port_block())
     try:
         if not wait_ready(f"http://127.0.0.1:{port}/health", 180, procs):
             print("platform not ready; logs in", work / "logs")

@@ -13,7 +13,7 @@ from typing import Any
 from tests.chaos.faults import restore
 from voiceplatform.cli.up import SERVICES, ServiceProcess, start_services, stop_services, wait_ready
 from voiceplatform.credentials import LocalCredentials
-from voiceplatform_devstack.devinfra import EmbeddedNats, free_port
+from voiceplatform_devstack.devinfra import EmbeddedNats, free_port, free_port_block
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = ("vad", "asr", "prompt-router", "llm", "tts")
@@ -93,7 +93,9 @@ def launch(workdir: Path, postgres_dsn: str, redis_url: str, instances: int = 2)
     }
     scale = {name: instances for name in WORKERS}
     logins = {name: credentials.nats_env(name) for name, _ in SERVICES}
-    procs = start_services(env, workdir / "logs", port, scale=scale, first_port=free_port(), extra_env=logins)
+    procs = start_services(
+        env, workdir / "logs", port, scale=scale, first_port=free_port_block(), extra_env=logins
+    )
     platform = ChaosPlatform(
         f"ws://127.0.0.1:{port}/ws",
         f"http://127.0.0.1:{port}/health",

@@ -13,7 +13,7 @@ import pytest
 
 from voiceplatform.cli.up import SERVICES, ServiceProcess, start_services, stop_services, wait_ready
 from voiceplatform.credentials import LocalCredentials
-from voiceplatform_devstack.devinfra import free_port
+from voiceplatform_devstack.devinfra import free_port, free_port_block
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,7 +79,7 @@ def platform(
     # two instances of every worker: assignment, queue groups and KV state must hold across instances
     scale = {name: 2 for name in ("vad", "asr", "prompt-router", "llm", "tts", "recorder")}
     logins = {name: credentials.nats_env(name) for name, _ in SERVICES}
-    procs = start_services(env, logs, port, scale=scale, first_port=free_port(), extra_env=logins)
+    procs = start_services(env, logs, port, scale=scale, first_port=free_port_block(), extra_env=logins)
     platform = Platform(
         f"ws://127.0.0.1:{port}/ws",
         f"http://127.0.0.1:{port}/health",

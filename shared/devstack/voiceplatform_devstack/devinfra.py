@@ -23,6 +23,7 @@ import contextlib
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -64,6 +65,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_port_block(count: int = 64, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive free ports (64: every service, scaled), below the
+    kernel's ephemeral range.
+
+    For ``start_services(first_port=...)``, which numbers services' ports on from the first: a
+    block starting at a ``free_port()`` lies in the ephemeral range, where any outgoing connection
+    may take one of the following ports before the service binds it ("address already in use")."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 32_000 - count)
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(sock)
+                sock.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return base
+    raise EmbeddedServerError(f"no {count} consecutive free ports below 32000")
 
 
 def _package_dir(package: str) -> Path:
