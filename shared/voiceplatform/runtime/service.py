@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol, TypeVar
@@ -138,6 +139,7 @@ async def run_service(
             await _bounded(bus.close(), settings.drain_timeout_s)
             return
         state["phase"] = "running"
+        _settle_heap()
         presence_task = asyncio.create_task(_announce(bus, service, settings, state), name="presence")
         log.info("service.started", http_port=port, instance_id=settings.instance_id)
         await stop.wait()
@@ -156,6 +158,15 @@ async def run_service(
 
 
 T = TypeVar("T")
+
+
+def _settle_heap() -> None:
+    """What start-up built (modules, models, settings) is left out of every later garbage collection.
+
+    Per-frame work keeps triggering collections, and the older generations' passes would walk those
+    hundreds of thousands of objects each time: ~7 % of gateway-fs's CPU at 40 calls (perf)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _start(service: Service, bus: Bus) -> bool:
