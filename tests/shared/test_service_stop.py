@@ -4,6 +4,7 @@ refuses: nats-py retries those forever) and while its start-up hangs."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from starlette.applications import Starlette
@@ -81,3 +82,23 @@ async def test_a_running_service_drains_on_stop(nats_url: str) -> None:
     stop.set()
     await asyncio.wait_for(run, 60)
     assert service.drained
+
+
+async def test_a_running_service_keeps_its_start_up_heap_out_of_garbage_collections(nats_url: str) -> None:
+    gc.unfreeze()
+    stop = asyncio.Event()
+    service = IdleService()
+    run = asyncio.create_task(run_service(service, settings(nats_url), stop=stop))
+    try:
+        await asyncio.wait_for(service.started.wait(), 60)
+        for _ in range(600):  # frozen once the service runs, just after start()
+            if gc.get_freeze_count():
+                break
+            await asyncio.sleep(0.05)
+        assert gc.get_freeze_count() > 0
+        # what existed at start-up (here, the service) is in no generation a collection walks
+        assert all(tracked is not service for tracked in gc.get_objects())
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 60)
+        gc.unfreeze()  # the other tests' collections as before
