@@ -54,6 +54,7 @@ from bench.phone_load import (
     caller_speech,
     cpu_seconds,
     run_call,
+    wakeups,
 )
 from bench.platform_stack import ProcessStack
 from voiceplatform.phone_stream import stream_url
@@ -70,6 +71,7 @@ class Cost:
     window_s: float
     frames: dict[str, float] = field(default_factory=dict)  # caller frames accepted in the window
     cpu_ms: dict[str, float] = field(default_factory=dict)  # per process, over the window
+    wakeups: dict[str, float] = field(default_factory=dict)  # per process, over the window
 
     def per_call_second(self, name: str) -> float:
         """CPU ms per frame the process handled in the window (vad and asr count their own, the rest
@@ -79,6 +81,9 @@ class Cost:
         if not frames or math.isnan(frames):
             return self.cpu_ms[name] / (self.calls * self.window_s)
         return self.cpu_ms[name] / frames * FRAMES_PER_S
+
+    def wakeups_per_call_second(self, name: str) -> float:
+        return self.wakeups.get(name, math.nan) / (self.calls * self.window_s)
 
     @property
     def path(self) -> list[str]:
@@ -152,9 +157,11 @@ async def measure(stack: PhoneStack, step: int, calls: int, seconds: float, spee
     pids[PEER] = pids.pop("peer", os.getpid())
     ports = http_ports(stack)
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    woken_before = {name: wakeups(pid) for name, pid in pids.items()}
     frames_before, started = await frames_in(ports), time.monotonic()
     await asyncio.sleep(max(1.0, seconds - spread - 1.5))
     after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    woken_after = {name: wakeups(pid) for name, pid in pids.items()}
     frames_after, window = await frames_in(ports), time.monotonic() - started
     await task
     stack.peer.all_calls[:] = [c for c in stack.peer.all_calls if not c.ended.is_set()]
@@ -164,24 +171,27 @@ async def measure(stack: PhoneStack, step: int, calls: int, seconds: float, spee
         )
     cost = Cost(calls, window, {n: frames_after[n] - frames_before[n] for n in ports})
     cost.cpu_ms = {name: (after[name] - before[name]) * 1000 for name in pids}
+    cost.wakeups = {name: woken_after[name] - woken_before[name] for name in pids}
     return cost
 
 
 def report(costs: list[Cost]) -> str:
     names = [*costs[0].path, PEER]
-    head = f"{'process':>14} | {'CPU ms per call-second':>22}"
+    head = f"{'process':>14} | {'CPU ms per call-second':>22} | {'wake-ups per call-second':>24}"
     lines = [head, "-" * len(head)]
     for name in names:
         values = [c.per_call_second(name) for c in costs]
-        lines.append(f"{name:>14} | {statistics.median(values):>22.2f}")
+        woken = [c.wakeups_per_call_second(name) for c in costs]
+        lines.append(f"{name:>14} | {statistics.median(values):>22.2f} | {statistics.median(woken):>24.1f}")
     total = statistics.median(c.path_total() for c in costs)
+    woken_total = statistics.median(sum(c.wakeups_per_call_second(n) for n in c.path) for c in costs)
     frames = {
         n: statistics.median(c.frames.get(n, 0.0) / (c.calls * c.window_s) for c in costs)
         for n in costs[0].frames
     }
     lines += [
         "-" * len(head),
-        f"{'phone path':>14} | {total:>22.2f}   (every process but the peer)",
+        f"{'phone path':>14} | {total:>22.2f} | {woken_total:>24.1f}   (every process but the peer)",
         f"calls per core ≈ 1000 / {total:.2f} = {1000 / total:.0f}",
         "caller frames accepted per call-second (50 expected; fewer: that process fell behind): "
         + ", ".join(f"{n} {f:.1f}" for n, f in frames.items()),

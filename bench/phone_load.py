@@ -24,6 +24,7 @@ Measured per call:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import math
@@ -284,6 +285,23 @@ def cpu_seconds(pid: int) -> float:
     except (OSError, IndexError):
         return math.nan
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wakeups(pid: int) -> float:
+    """Times a running process's threads went to sleep and were woken so far (voluntary context
+    switches; nan when it is gone). A count, so unlike CPU time it does not depend on what else runs:
+    on a virtual machine each wake-up of another process (a socket write to NATS) is a large part of a
+    message's cost."""
+    total = 0
+    try:
+        for status in Path(f"/proc/{pid}/task").glob("*/status"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                for line in status.read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+    except OSError:
+        return math.nan
+    return float(total) if total else math.nan
 
 
 async def run_level(

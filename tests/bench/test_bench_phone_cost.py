@@ -18,4 +18,6 @@ async def test_two_silent_calls_are_costed_per_process() -> None:
     for name in ("gateway-fs", "vad", "asr"):
         assert 0.8 * 50 <= cost.frames[name] / (cost.calls * cost.window_s) <= 1.2 * 50, name
     assert cost.per_call_second("gateway-fs") > 0 and cost.path_total() > 0
+    # the processes were woken to take the frames, and the counts were read
+    assert cost.wakeups_per_call_second("vad") > 1 and cost.wakeups_per_call_second("nats") > 1
     assert "calls per core" in report([cost])
