@@ -54,6 +54,22 @@ async def test_embedded_nats_round_trip_and_jetstream(tmp_path: Path) -> None:
     server.stop()  # idempotent
 
 
+def _environment(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
+
+
+def test_embedded_nats_runs_one_scheduler_thread_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
+    with EmbeddedNats.start(tmp_path / "default") as server:
+        assert _environment(server.process.pid)["GOMAXPROCS"] == "1"
+    monkeypatch.setenv("GOMAXPROCS", "4")  # an operator's choice wins
+    with EmbeddedNats.start(tmp_path / "told") as server:
+        assert _environment(server.process.pid)["GOMAXPROCS"] == "4"
+
+
 async def test_embedded_redis_round_trip(tmp_path: Path) -> None:
     server = EmbeddedRedis.start(tmp_path / "redis")
     try:
