@@ -172,6 +172,11 @@ def test_nats_is_a_three_server_jetstream_cluster(platform: Platform) -> None:
     assert routes == [f"nats-{i}" for i in range(3)]
     assert nats["spec"]["serviceName"] == "nats-cluster" and "nats-cluster" in platform.of_kind("Service")
     assert re.search(r"^jetstream\s*\{", text, re.MULTILINE) and "include ./auth.conf" in text
+    # Go's scheduler threads follow the container's CPU limit (an old Go reads the node's cores)
+    [container] = nats["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["GOMAXPROCS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    assert container["resources"]["limits"]["cpu"]
 
 
 def test_committed_auth_conf_is_the_generated_one() -> None:
