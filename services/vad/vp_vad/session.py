@@ -14,11 +14,12 @@ carry the assignment ``epoch``; once ``assign.changed`` says the call moved on, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,6 +130,7 @@ class VadSession:
         self.last_activity = time.monotonic()
         self.closed = False
         self._lock = asyncio.Lock()
+        self._others = 0  # coroutines other than the live audio holding or waiting for the lock
         self._pause: _Pause | None = None
         # (seq, samples) of the last 8 s, kept only for the end-of-turn model
         self._ring: deque[tuple[int, np.ndarray]] = deque(maxlen=WINDOW_S * 1000 // FRAME_MS)
@@ -189,10 +191,30 @@ class VadSession:
             return None
         if self._gate.hold(chunk):
             return None
-        async with self._lock:
-            for seq, pcm in frames:
-                await self._feed(seq, pcm)
+        for seq, pcm in frames:
+            if self._others or self._adopt is not None or not self.enabled:
+                async with self._lock:
+                    await self._feed(seq, pcm)
+            elif self._last_seq is None or seq > self._last_seq:
+                # a live frame while nothing else wants the lock (the common case, 50 a second per
+                # call): scored without taking it, as nothing runs in between before an await; the
+                # rare frame with events publishes them under it, so they keep their order
+                events = self.process(seq, pcm)
+                if events:
+                    async with self._lock:
+                        for event in events:
+                            await self._emit(event)
         return None
+
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """The lock, for everything but the live audio (which skips it while ``_others`` is 0)."""
+        self._others += 1
+        try:
+            async with self._lock:
+                yield
+        finally:
+            self._others -= 1
 
     async def _feed(self, seq: int, pcm: bytes) -> None:
         """One frame in order (the caller holds the lock): live, replayed, or held during a replay."""
@@ -231,7 +253,7 @@ class VadSession:
         frames = self._gate.take(msg)
         if not frames and not (msg.last and msg.epoch == self.epoch):
             return None
-        async with self._lock:
+        async with self._locked():
             if self._adopt is None and self._last_seq is None and self._gate.turns:
                 self._adopt = self._gate.turns[-1]
             size = frame_bytes(self.sample_rate)
@@ -252,7 +274,7 @@ class VadSession:
 
     async def _replay_deadline(self) -> None:
         await asyncio.sleep(REPLAY_WAIT_S)
-        async with self._lock:
+        async with self._locked():
             await self._go_live("timeout")
 
     def process(self, seq: int, pcm: bytes) -> list[SegmentEvent]:
@@ -387,7 +409,7 @@ class VadSession:
             probability = None
         EOT_WAIT_MS.observe((time.perf_counter() - asked) * 1000.0)
         load.observe_turn(SERVICE, time.perf_counter() - asked)
-        async with self._lock:
+        async with self._locked():
             if self.closed or pause.stale.is_set() or self._pause is not pause:
                 EOT_RESULTS.labels("stale").inc()
                 return
@@ -430,7 +452,7 @@ class VadSession:
         self._subs.clear()
         if self._replay_timer is not None:
             self._replay_timer.cancel()
-        async with self._lock:
+        async with self._locked():
             pending = self._pause.task if self._pause is not None else None
             end: SpeechEnd | None = self.segmenter.flush() if self.enabled and not self.moved else None
             if end is not None:
