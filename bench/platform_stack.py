@@ -212,7 +212,9 @@ def _serve(role: str) -> None:
     register_instant_engines()
     service, settings = build_service(role)
     configure_logging(service.name, os.environ.get("VP_LOG_LEVEL", "INFO"))
-    run_event_loop(run_service(service, settings), getattr(settings, "event_loop", "asyncio"))
+    run_event_loop(
+        run_service(service, settings, settle_heap=True), getattr(settings, "event_loop", "asyncio")
+    )
 
 
 def main() -> None:

@@ -84,11 +84,13 @@ async def test_a_running_service_drains_on_stop(nats_url: str) -> None:
     assert service.drained
 
 
-async def test_a_running_service_keeps_its_start_up_heap_out_of_garbage_collections(nats_url: str) -> None:
+async def test_a_service_in_its_own_process_keeps_its_start_up_heap_out_of_collections(
+    nats_url: str,
+) -> None:
     gc.unfreeze()
     stop = asyncio.Event()
     service = IdleService()
-    run = asyncio.create_task(run_service(service, settings(nats_url), stop=stop))
+    run = asyncio.create_task(run_service(service, settings(nats_url), stop=stop, settle_heap=True))
     try:
         await asyncio.wait_for(service.started.wait(), 60)
         for _ in range(600):  # frozen once the service runs, just after start()
@@ -102,3 +104,17 @@ async def test_a_running_service_keeps_its_start_up_heap_out_of_garbage_collecti
         stop.set()
         await asyncio.wait_for(run, 60)
         gc.unfreeze()  # the other tests' collections as before
+
+
+async def test_services_sharing_a_process_freeze_nothing(nats_url: str) -> None:
+    gc.unfreeze()
+    stop = asyncio.Event()
+    service = IdleService()
+    run = asyncio.create_task(run_service(service, settings(nats_url), stop=stop))
+    try:
+        await asyncio.wait_for(service.started.wait(), 60)
+        await asyncio.sleep(0.5)  # past the moment a process of its own would have frozen its heap
+        assert gc.get_freeze_count() == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 60)

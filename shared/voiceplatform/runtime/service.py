@@ -84,8 +84,13 @@ async def run_service(
     settings: ServiceSettings,
     bus: Bus | None = None,
     stop: asyncio.Event | None = None,
+    settle_heap: bool = False,
 ) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain gracefully."""
+    """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain gracefully.
+
+    ``settle_heap``: the service owns its process (``service_main``), so what start-up built is
+    frozen out of garbage collection once it runs. Not where services share a process (tests, one
+    process for the whole stack): objects frozen there are never collected once they are garbage."""
     for secret in (settings.postgres_dsn, settings.redis_url, settings.mongo_uri, settings.nats_password):
         if secret is not None:
             register_secret(secret.get_secret_value())
@@ -139,7 +144,8 @@ async def run_service(
             await _bounded(bus.close(), settings.drain_timeout_s)
             return
         state["phase"] = "running"
-        _settle_heap()
+        if settle_heap:
+            _settle_heap()
         presence_task = asyncio.create_task(_announce(bus, service, settings, state), name="presence")
         log.info("service.started", http_port=port, instance_id=settings.instance_id)
         await stop.wait()
@@ -242,4 +248,4 @@ def service_main(factory: Callable[[], tuple[Service, ServiceSettings]]) -> None
     """Console entry point helper: build the service, configure logs, run it."""
     service, settings = factory()
     configure_logging(service.name, settings.log_level)
-    run_event_loop(run_service(service, settings), settings.event_loop)
+    run_event_loop(run_service(service, settings, settle_heap=True), settings.event_loop)
