@@ -195,7 +195,7 @@ class VadSession:
             if self._others or self._adopt is not None or not self.enabled:
                 async with self._lock:
                     await self._feed(seq, pcm)
-            elif self._last_seq is None or seq > self._last_seq:
+            elif self._is_new(seq):
                 # a live frame while nothing else wants the lock (the common case, 50 a second per
                 # call): scored without taking it, as nothing runs in between before an await; the
                 # rare frame with events publishes them under it, so they keep their order
@@ -216,9 +216,13 @@ class VadSession:
         finally:
             self._others -= 1
 
+    def _is_new(self, seq: int) -> bool:
+        """A frame not heard yet (replays and redeliveries repeat frames)."""
+        return self._last_seq is None or seq > self._last_seq
+
     async def _feed(self, seq: int, pcm: bytes) -> None:
         """One frame in order (the caller holds the lock): live, replayed, or held during a replay."""
-        if self._last_seq is not None and seq <= self._last_seq:
+        if not self._is_new(seq):
             return
         if not self.enabled:
             self._last_seq = seq
