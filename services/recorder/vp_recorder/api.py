@@ -50,6 +50,7 @@ from vp_recorder.call_query import (
     LIST_PARAMS,
     MAX_FILTER_CHARS,
     PERSONAL_PARAMS,
+    PLANNER_SETTINGS,
     ApiError,
     list_calls_query,
 )
@@ -164,6 +165,7 @@ class RecorderApi:
                     server_settings={
                         "search_path": quote_ident(self.schema),
                         "application_name": "vp-recorder-api",
+                        **PLANNER_SETTINGS,
                     },
                 )
                 try:

@@ -19,6 +19,12 @@ class ApiError(Exception):
         self.message = message
 
 
+# Session settings of the connections that run these queries. A search's best plan depends on its
+# words (see list_calls_query), so every query is planned with its values: a generic plan, which
+# PostgreSQL may adopt for a prepared statement after five runs, would read every call or every
+# matching turn.
+PLANNER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_FILTER_CHARS = 128
@@ -112,9 +118,14 @@ def list_calls_query(params: dict[str, str]) -> tuple[str, list[object], int]:
     query = filter_value(params, "q")
     if query is not None and query.strip():
         pattern = arg(like_pattern(query.strip()))
+        # Two EXISTS, the call's own columns as one of them: for each, the planner picks either a
+        # probe per call walked newest first (a common word: 50 matches come at once) or one
+        # trigram index search whose call ids are hashed (a rare word). A plain ILIKE on the call's
+        # columns would be run on every call walked (migration 008, docs/operations.md).
         conditions.append(
-            f"(call_id ILIKE {pattern} OR caller ILIKE {pattern} OR EXISTS ("
-            f"SELECT 1 FROM call_turns t WHERE t.call_id = calls.call_id"
+            f"(EXISTS (SELECT 1 FROM calls c WHERE c.call_id = calls.call_id"
+            f" AND (c.call_id ILIKE {pattern} OR c.caller ILIKE {pattern}))"
+            f" OR EXISTS (SELECT 1 FROM call_turns t WHERE t.call_id = calls.call_id"
             f" AND (t.user_text ILIKE {pattern} OR t.bot_text ILIKE {pattern})))"
         )
     before_id = filter_value(params, "before_id")

@@ -66,4 +66,21 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
             applied_now.append(migration.name)
     if applied_now:
         log.info("recorder.migrations_applied", migrations=applied_now)
+    if SEARCH_INDEX_MIGRATION in applied_now and not await _search_indexed(conn):
+        log.warning(
+            "recorder.search_unindexed",
+            why="pg_trgm is not available to this database user: the call search reads every call",
+            see="docs/operations.md#call-search",
+        )
     return applied_now
+
+
+SEARCH_INDEX_MIGRATION = "008_search_index.sql"
+
+
+async def _search_indexed(conn: asyncpg.Connection) -> bool:
+    found = await conn.fetchval(
+        "SELECT count(*) FROM pg_indexes"
+        " WHERE schemaname = current_schema() AND indexdef LIKE '%gin_trgm_ops%'"
+    )
+    return bool(found)
