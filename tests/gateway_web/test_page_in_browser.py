@@ -76,6 +76,9 @@ async def test_a_call_shows_the_dialogue_plays_the_reply_and_cuts_it_on_barge_in
             assert SCRIPT[0].sentences[-1] not in shown  # the unheard rest is not shown as said
             assert full.startswith(cut["heard_text"].rstrip("…").removesuffix(" "))
             assert await browser.js(f"{events_of('playback.flush')}.length") >= 1
+            # the page told the gateway what it played: the cut is where the caller was
+            call_id = cut["turn_id"].rsplit("-", 1)[0]
+            assert gw.service.calls[call_id].sink.reports > 0
 
             # the next reply is played out and gets its latency figure
             assert SAID[1] in await browser.until(f"{caller_says}.length > 1 && {caller_says}", 60)

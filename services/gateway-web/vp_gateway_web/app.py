@@ -128,7 +128,7 @@ class GatewayWeb:
     # ---- one WebSocket: a new call, or a resumed one -----------------------------------------------
     async def handle(self, ws: WebSocket) -> None:
         await ws.accept()
-        sink = WebSocketSink(ws)
+        sink = WebSocketSink(ws, CALL_RATE)
         if not self.origins.allowed(ws.headers.get("origin"), ws.headers.get("host")):
             ADMISSION.labels("origin_refused").inc()
             event = {"type": "error", "code": "origin", "message": "this page's origin is not allowed"}
@@ -208,6 +208,7 @@ class GatewayWeb:
             caller=(grant["caller"] or str(start.get("caller", "")))[:64],
             gateway_id=self.settings.instance_id,
             recordings_dir=self.settings.recordings_dir,
+            clock=sink,  # what the page reports it played (sink.py)
         )
         call = WebCall(
             session, sink, assembler, AudioRate(input_rate * 2, self.settings.audio_burst_s), robot_name
@@ -339,6 +340,9 @@ class GatewayWeb:
             elif kind == "hangup":
                 session.end_reason = "caller_hangup"
                 return False
+            elif kind == "playback":
+                if not call.sink.playback_report(event.get("done"), event.get("speaking")):
+                    BAD_CLIENT_INPUT.labels("bad_playback").inc()
             elif kind == "dtmf" and isinstance(event.get("digits"), str):
                 for key in event["digits"][:MAX_KEYS_PER_EVENT]:  # keypad keys, as on a phone
                     await session.press_key(key)

@@ -11,7 +11,8 @@
 // Events (CustomEvent; the payload is e.detail):
 //   state     {state}: 'connecting' | 'live' | 'reconnecting' | 'ended'
 //   level     {level}: microphone loudness 0..1, every 20 ms
-//   speaking  {speaking, played}: the robot's voice started/stopped coming out of the speakers
+//   speaking  {speaking, played, dropped, buffered}: the robot's voice started/stopped coming out of
+//             the speakers (and every ~100 ms while it plays; the same report goes to the gateway)
 //   message   a JSON event of the gateway, as it came (see the protocol page)
 //   failure   {code, detail, fatal}: something the caller should be told; codes in FAILURES
 //   ended     {reason}: the call is over (the gateway's reason, or a failure code)
@@ -122,11 +123,21 @@ export class VoiceCall extends EventTarget {
     this.ctx.createMediaStreamSource(this.mic).connect(this.capture);
     this.capture.connect(this.ctx.destination); // it outputs silence; connected, so it is run
     this.playback = new AudioWorkletNode(this.ctx, 'vp-playback', { ...options, numberOfInputs: 0 });
-    this.playback.port.onmessage = (e) => this.emit('speaking', e.data);
+    this.playback.port.onmessage = (e) => this.playbackReport(e.data);
     this.playback.connect(this.ctx.destination);
     for (const node of [this.capture, this.playback]) {
       node.onprocessorerror = () => this.fail('audio', 'an audio worklet failed', true);
     }
+  }
+
+  // The gateway learns what the caller heard of the robot (a cut reply is recorded up to there):
+  // samples of this socket's audio played or dropped, counted from the socket's opening.
+  playbackReport(report) {
+    this.playbackTotals = report;
+    this.emit('speaking', report);
+    if (this.ws?.readyState !== WebSocket.OPEN || !this.live) return;
+    const done = Math.max(0, report.played + report.dropped - (this.playbackBase || 0));
+    this.ws.send(JSON.stringify({ type: 'playback', done, speaking: report.speaking }));
   }
 
   micFrame({ pcm, level }) {
@@ -143,7 +154,12 @@ export class VoiceCall extends EventTarget {
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     const ws = (this.ws = new WebSocket(url));
     ws.binaryType = 'arraybuffer';
-    ws.onopen = () => ws.send(JSON.stringify(hello));
+    ws.onopen = () => {
+      // what the worklet had received before this socket is not this socket's audio
+      const t = this.playbackTotals;
+      this.playbackBase = t ? t.played + t.dropped + t.buffered : 0;
+      ws.send(JSON.stringify(hello));
+    };
     ws.onmessage = (m) => {
       if (ws !== this.ws) return;
       if (typeof m.data !== 'string') this.playback.port.postMessage({ pcm: m.data }, [m.data]);
