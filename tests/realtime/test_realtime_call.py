@@ -76,14 +76,19 @@ def make_robot(root: Path, server: RealtimeStandIn, key: str = VALID_KEY, greeti
 
 
 class Call:
-    def __init__(self, broker: MemoryBroker, folder: Path) -> None:
+    def __init__(self, broker: MemoryBroker, folder: Path, variables: dict[str, str] | None = None) -> None:
         self.broker = broker
         self.robot = load_robot(folder)
         self.sink = RecordingSink()
         self.seen: list[Message] = []
         self.recorded: list[StoredEvent] = []  # what the recorder's stream would hold
         self.session = CallSession(
-            broker.bus("gateway"), self.robot, channel="web", sample_rate=RATE, sink=self.sink
+            broker.bus("gateway"),
+            self.robot,
+            channel="web",
+            sample_rate=RATE,
+            sink=self.sink,
+            variables=variables,
         )
 
     async def start(self) -> None:
@@ -276,3 +281,18 @@ async def test_a_realtime_turn_is_traced_under_the_gateway_turn(broker, realtime
     finally:
         tracing.shutdown()
         collector.stop()
+
+
+async def test_per_call_variables_fill_the_prompt_and_the_greeting(broker, realtime, tmp_path):
+    """An outbound call's variables reach the realtime model as they reach a pipeline robot."""
+    async with RealtimeStandIn(flavor="yandex", reply_audio_s=0.3, pace=0.2) as server:
+        folder = make_robot(tmp_path, server, greeting="Здравствуйте, {name}! Клиника слушает.")
+        (folder / "prompt.txt").write_text("Ты помощник клиники. Пациент: {name}, запись на {date}.")
+        call = Call(broker, folder, variables={"name": "Анна Петровна", "date": "пятницу"})
+        await call.start()
+        await wait_for(lambda: server.received("response.create"))
+
+    update = server.received("session.update")[0].payload["session"]
+    assert update["instructions"] == "Ты помощник клиники. Пациент: Анна Петровна, запись на пятницу."
+    greeting = server.received("response.create")[0].payload["response"]["instructions"]
+    assert "Здравствуйте, Анна Петровна! Клиника слушает." in greeting

@@ -79,7 +79,7 @@ class RealtimeService:
             # instead of the gateway asking every instance again and again
             provider = _Unavailable(robot.settings.realtime.provider, exc)
         session = RealtimeCallSession(
-            self._bus, req.call_id, req.sample_rate, robot, provider, self._call_ended
+            self._bus, req.call_id, req.sample_rate, robot, provider, self._call_ended, req.variables
         )
         await session.start()
         self.owned.add(req.call_id, session)

@@ -21,7 +21,7 @@ import contextlib
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal
 
 import structlog
@@ -31,6 +31,7 @@ from voiceplatform.bus import Bus, Envelope, Subscription
 from voiceplatform.clock import now_ms
 from voiceplatform.config import RobotConfig
 from voiceplatform.logging import bind_call
+from voiceplatform.outbound.template import fill
 from voiceplatform.providers import ProviderError
 from voiceplatform.providers.realtime import (
     AudioDelta,
@@ -87,6 +88,7 @@ class RealtimeCallSession:
         robot: RobotConfig,
         provider: RealtimeProvider,
         on_call_ended: OnCallEnded,
+        variables: Mapping[str, str] | None = None,
     ) -> None:
         self.bus = bus
         self.call_id = call_id
@@ -95,6 +97,9 @@ class RealtimeCallSession:
         self.provider = provider
         self.provider_label = f"realtime-{provider.name}"
         self.cfg = robot.settings.realtime
+        # per-call variables (outbound calls): {name} in the prompt and the greeting, as in pipeline
+        # mode (the prompt-router and the gateway fill them there)
+        self.variables = dict(variables or {})
         self._on_call_ended = on_call_ended
         self._subs: list[Subscription] = []
         self._conn: RealtimeConnection | None = None
@@ -152,7 +157,7 @@ class RealtimeCallSession:
 
     def _session_config(self) -> RealtimeSessionConfig:
         return RealtimeSessionConfig(
-            instructions=self.robot.system_prompt,
+            instructions=fill(self.robot.system_prompt, self.variables),
             voice=self.cfg.voice,
             input_rate=INPUT_RATE,
             output_rate=self.cfg.output_sample_rate,
@@ -180,7 +185,7 @@ class RealtimeCallSession:
                     if self._greeting_pending:
                         self._greeting_pending = False
                         self._awaiting_reply.appendleft(self._greeting_turn)
-                        text = self.robot.settings.greeting_text
+                        text = fill(self.robot.settings.greeting_text, self.variables)
                         await conn.create_response(GREETING_INSTRUCTIONS.format(text=text))
                     async for event in conn.events():
                         await self._handle(event)

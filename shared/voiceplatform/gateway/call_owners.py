@@ -77,6 +77,7 @@ class CallOwners:
             sample_rate=self._template.sample_rate,
             channel=self._template.channel,
             replay=replay,
+            variables=self._template.variables,
         )
 
         def stamp(req: AssignRequest) -> None:  # every attempt its own epoch (see assign.py)

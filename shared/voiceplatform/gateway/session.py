@@ -123,7 +123,12 @@ class CallSession:
         self.streaming = CallOwners(
             bus,
             AssignRequest(
-                call_id=self.call_id, role="", robot=robot.name, sample_rate=sample_rate, channel=channel
+                call_id=self.call_id,
+                role="",
+                robot=robot.name,
+                sample_rate=sample_rate,
+                channel=channel,
+                variables=self.variables,
             ),
             directory=directory,
             spawn=self.spawn,

@@ -142,7 +142,8 @@ class AssignRequest(Message, tag="assign.request"):
     every event it publishes, so the gateway and consumers drop a replaced owner's late events.
     ``fence``: the current epoch of every role of the call. ``replay``: the gateway will send the
     caller audio since the last confirmed turn end on ``audio.replay.<role>`` (a re-assignment); the
-    owner takes live audio only after it."""
+    owner takes live audio only after it. ``variables``: the call's per-call variables (outbound
+    calls, as on ``call.started``), for an owner that voices the robot itself (realtime)."""
 
     role: str
     robot: str
@@ -151,6 +152,7 @@ class AssignRequest(Message, tag="assign.request"):
     epoch: int = 0
     fence: dict[str, int] = msgspec.field(default_factory=dict)
     replay: bool = False
+    variables: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class AssignReply(Message, tag="assign.reply"):
