@@ -194,3 +194,20 @@ async def test_the_microphone_can_be_chosen_remembered_and_muted(gateway_factory
             assert browser.errors == []
         finally:
             await browser.stop()
+
+
+async def test_without_resume_the_page_still_goes_live_and_sends_the_microphone(gateway_factory, tmp_path):
+    """``VP_RECONNECT_GRACE_S=0`` (no resume): no call.resumable comes, call.started is enough."""
+    async with gateway_factory(reconnect_grace_s=0) as gw:
+        browser = Browser(tmp_path / "profile")
+        try:
+            await browser.start()
+            await browser.open(f"http://{gw.base}/")
+            await browser.js("document.getElementById('start').click()")
+            await wait_for(lambda: gw.service.calls, timeout=30)
+            call_id = next(iter(gw.service.calls))
+            await wait_for(lambda: len(gw.chunks(call_id)) >= 10, timeout=30)  # the fake microphone
+            assert await browser.until("document.getElementById('state').dataset.state === 'live'")
+            assert browser.errors == []
+        finally:
+            await browser.stop()

@@ -170,7 +170,11 @@ export class VoiceCall extends EventTarget {
 
   onEvent(e) {
     switch (e.type) {
-      case 'call.started': this.callId = e.call_id; break;
+      case 'call.started':
+        this.callId = e.call_id;
+        this.live = true; // a gateway without resume (VP_RECONNECT_GRACE_S=0) sends no call.resumable
+        this.setState('live');
+        break;
       case 'call.resumable':
       case 'call.resumed':
         this.live = true;
