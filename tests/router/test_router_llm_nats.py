@@ -18,6 +18,7 @@ from voiceplatform.wire import (
     LlmRequest,
     LlmSentence,
     PromptSwitched,
+    StageError,
 )
 from vp_llm.app import LlmService
 from vp_llm.settings import LlmSettings
@@ -89,4 +90,32 @@ async def test_router_and_llm_over_nats(nats_url: str, nats_bus: NatsBus) -> Non
         await llm.drain(1.0)
         await router.drain(1.0)
         await llm_bus.close()
+        await router_bus.close()
+
+
+async def test_a_transcript_before_its_call_started_waits_for_it(nats_url: str, nats_bus: NatsBus) -> None:
+    """call.started held up (taken by an instance that then lost its connection: the server hands it
+    to another after the ack wait): the first transcript waits for the dialogue state instead of
+    failing the turn with no_dialog_state."""
+    router_bus = await NatsBus.connect(nats_url, "prompt-router")
+    router = RouterService(RouterSettings(robots_dir=ROBOTS))
+    try:
+        await router.start(router_bus)
+        call_id = f"nats-{uuid.uuid4().hex[:12]}"
+        out = await Collector.on(nats_bus, f"vp.call.{call_id}.>")
+        await asyncio.sleep(0.2)  # let the server register every subscription
+        turn_id = f"{call_id}-1"
+        await nats_bus.publish(
+            subjects.asr(call_id), AsrFinal(call_id=call_id, turn_id=turn_id, text="У меня собака")
+        )
+        await asyncio.sleep(1.5)
+        await nats_bus.publish(
+            subjects.lifecycle(call_id),
+            CallStarted(call_id=call_id, robot="topic_prompts_russian", channel="phone", sample_rate=8000),
+        )
+        (req,) = await out.wait(LlmRequest, turn_id=turn_id)
+        assert req.user_text == "У меня собака" and req.prompt_id == "pets"
+        assert out.of(StageError) == []
+    finally:
+        await router.drain(1.0)
         await router_bus.close()

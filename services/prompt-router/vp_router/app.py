@@ -56,8 +56,13 @@ ROUTE_LATENCY = metrics.STAGE_LATENCY.labels(SERVICE, "router")
 PROMPT_SWITCHES = Counter("vp_router_prompt_switches_total", "Prompt switches by robot", ["robot"])
 ROUTER_DROPS = Counter("vp_router_dropped_total", "Router inputs not acted on, by reason", ["reason"])
 MAX_PENDING_INTERRUPTS = 16
-# call.started may be handled by another instance a moment after the first asr.final reaches us
+# call.started may be handled by another instance after the first asr.final reaches us: a moment
+# later as a rule, or, when an instance took it and then lost its connection (a host cut off),
+# only once the server hands it to another after the ack wait, twice in the worst case seen.
+# So a missing state is looked for again every MISSING_STATE_RETRY_S for that long before the
+# turn fails (the gateway's reply deadline, 6 s from the transcript, still leaves room to answer).
 MISSING_STATE_RETRY_S = 0.05
+MISSING_STATE_ACK_WAITS = 2.5
 
 
 class CallQueue:
@@ -175,7 +180,8 @@ class RouterService:
     async def _on_lifecycle(self, env: Envelope, attempt: int = 1) -> None:
         msg = env.message
         if isinstance(msg, CallStarted):
-            await self._queue.run(msg.call_id, lambda: self._call_started(msg))
+            # not behind the call's queue: a transcript that came first waits there for this state
+            await self._call_started(msg)
         elif isinstance(msg, CallEnded):
             await self._queue.run(msg.call_id, lambda: self._call_ended(msg))
         elif isinstance(msg, CallNoInput):
@@ -240,8 +246,15 @@ class RouterService:
         instance has the call's state, which it does unless another changed the call since)."""
         stored = self.store.remembered(call_id) or await self.store.read(call_id)
         if stored is None:
-            await asyncio.sleep(MISSING_STATE_RETRY_S)
-            stored = await self.store.read(call_id)
+            waited_for = MISSING_STATE_ACK_WAITS * self.settings.work_ack_wait_s
+            give_up = time.monotonic() + waited_for
+            pause = MISSING_STATE_RETRY_S
+            while stored is None and time.monotonic() < give_up:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.4)
+                stored = await self.store.read(call_id)
+            if stored is not None:
+                log.info("router.state_found_late", call_id=call_id)
         if stored is None:
             return None, None
         return await self.routes.get(self.robots.get(stored.state.robot)).classify(text), stored
