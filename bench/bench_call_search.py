@@ -28,10 +28,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from asyncpg.utils import _quote_ident as quote_ident
 
 from vp_recorder.call_query import PLANNER_SETTINGS, list_calls_query
 from vp_recorder.migrate import apply_migrations
+from vp_recorder.stores.postgres import quote_ident
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 VOCABULARY = (

@@ -19,6 +19,7 @@ import pytest
 from tests.audio_fixtures import caller_audio, festival_available
 from tests.gateway_web.browser import CHROMIUM, Browser, DroppingProxy
 from tests.gateway_web.conftest import GREETING
+from tests.gateway_web.helpers import Gateway
 from tests.gateway_web.scripted_robot import SAID, SCRIPT, ScriptedRobot
 from tests.waiting import wait_for
 from voiceplatform.audio import write_wav
@@ -109,18 +110,24 @@ async def test_a_call_shows_the_dialogue_plays_the_reply_and_cuts_it_on_barge_in
             await robot.bus.close()
 
 
+async def call_from_the_page(browser: Browser, url: str, gw: Gateway) -> str:
+    """Open the page at ``url``, press start; the call's id once the fake microphone's frames came."""
+    await browser.start()
+    await browser.open(url)
+    await browser.js("document.getElementById('start').click()")
+    await wait_for(lambda: gw.service.calls, timeout=30)
+    call_id = next(iter(gw.service.calls))
+    await wait_for(lambda: len(gw.chunks(call_id)) >= 10, timeout=30)  # the fake microphone
+    return call_id
+
+
 async def test_the_page_resumes_the_same_call_after_a_network_drop(gateway_factory, tmp_path):
     async with gateway_factory(reconnect_grace_s=30) as gw:
         proxy = DroppingProxy(int(gw.base.rsplit(":", 1)[1]))
         await proxy.start()
         browser = Browser(tmp_path / "profile")
         try:
-            await browser.start()
-            await browser.open(f"http://127.0.0.1:{proxy.port}/")
-            await browser.js("document.getElementById('start').click()")
-            await wait_for(lambda: gw.service.calls, timeout=30)
-            call_id = next(iter(gw.service.calls))
-            await wait_for(lambda: len(gw.chunks(call_id)) >= 10, timeout=30)  # the fake microphone
+            call_id = await call_from_the_page(browser, f"http://127.0.0.1:{proxy.port}/", gw)
             proxy.drop_all()  # the network drops: the page reconnects with its resume token
             await wait_for(lambda: gw.service.calls[call_id].sink.ws is None, timeout=10)
             heard = len(gw.chunks(call_id))
@@ -201,12 +208,7 @@ async def test_without_resume_the_page_still_goes_live_and_sends_the_microphone(
     async with gateway_factory(reconnect_grace_s=0) as gw:
         browser = Browser(tmp_path / "profile")
         try:
-            await browser.start()
-            await browser.open(f"http://{gw.base}/")
-            await browser.js("document.getElementById('start').click()")
-            await wait_for(lambda: gw.service.calls, timeout=30)
-            call_id = next(iter(gw.service.calls))
-            await wait_for(lambda: len(gw.chunks(call_id)) >= 10, timeout=30)  # the fake microphone
+            await call_from_the_page(browser, f"http://{gw.base}/", gw)
             assert await browser.until("document.getElementById('state').dataset.state === 'live'")
             assert browser.errors == []
         finally:

@@ -43,6 +43,10 @@ def load_migrations() -> list[Migration]:
     return found
 
 
+# makes the call search's trigram indexes where pg_trgm can be had (docs/operations.md#call-search)
+SEARCH_INDEX_MIGRATION = "008_search_index.sql"
+
+
 async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
     """Apply pending migrations; return the names applied now (empty when up to date)."""
     applied_now: list[str] = []
@@ -73,9 +77,6 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
             see="docs/operations.md#call-search",
         )
     return applied_now
-
-
-SEARCH_INDEX_MIGRATION = "008_search_index.sql"
 
 
 async def _search_indexed(conn: asyncpg.Connection) -> bool:
