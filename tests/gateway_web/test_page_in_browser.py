@@ -193,6 +193,8 @@ async def test_the_microphone_can_be_chosen_remembered_and_muted(gateway_factory
             await browser.until("document.getElementById('ended').textContent")
 
             await browser.open(f"http://{gw.base}/")  # the choice of input is remembered
+            # the page lists the inputs after it loads (enumerateDevices is asynchronous)
+            await browser.until("document.getElementById('mic').options.length > 1")
             last = "[...document.getElementById('mic').options].at(-1).value"
             await browser.js(f"const m = document.getElementById('mic'); m.value = {last}; m.onchange()")
             chosen = await browser.js("document.getElementById('mic').value")
