@@ -67,9 +67,14 @@ def control(call_id: str) -> str:
 
 
 def lifecycle(call_id: str) -> str:
-    """call.started / call.ended / turn.metrics / prompt.switched / playback / stage.error /
-    provider.usage / call.dtmf."""
+    """call.started / call.ended / turn.metrics / prompt.switched / playback / stage.error / call.dtmf."""
     return _call(call_id, "lifecycle")
+
+
+def usage(call_id: str) -> str:
+    """provider.usage: every provider attempt, for cost. Three or more a turn that only the recorder
+    reads, so not on ``lifecycle``, which every stage of a call listens to."""
+    return _call(call_id, "usage")
 
 
 # ---- wildcards over all calls (for queue-group consumers and the recorder) ----------------------
@@ -87,10 +92,11 @@ ANY_LLM_SENTENCE = any_call("llm.sentence")
 ANY_LLM_DONE = any_call("llm.done")
 ANY_CONTROL = any_call("control")
 ANY_LIFECYCLE = any_call("lifecycle")
+ANY_USAGE = any_call("usage")
 
 # What the recorder keeps: every per-call event except audio (caller frames, robot speech) and the
 # LLM requests (each repeats the whole history; the router's decisions are on lifecycle).
-RECORDED = (ANY_LIFECYCLE, any_call("vad"), ANY_ASR, ANY_LLM_SENTENCE, ANY_LLM_DONE, ANY_CONTROL)
+RECORDED = (ANY_LIFECYCLE, any_call("vad"), ANY_ASR, ANY_LLM_SENTENCE, ANY_LLM_DONE, ANY_CONTROL, ANY_USAGE)
 
 
 def call_events_of(call_id: str) -> str:

@@ -118,9 +118,9 @@ def span(start_ms: int, end_ms: int) -> str:
 @pytest.fixture
 async def line(asr: AsrService, gateway_bus: MemoryBus) -> AsyncIterator[tuple[Line, Collector]]:
     caller = FakeCaller(gateway_bus, robot="counter", sample_rate=RATE)
-    lifecycle = await Collector.on(gateway_bus, subjects.lifecycle(caller.call_id))
+    usage = await Collector.on(gateway_bus, subjects.usage(caller.call_id))
     assert (await caller.assign()).accepted
-    yield Line(caller), lifecycle
+    yield Line(caller), usage
     await caller.close()
 
 
@@ -149,7 +149,7 @@ async def test_segment_has_pre_roll_before_the_start_and_post_roll_after_the_end
 async def test_a_speculative_result_is_published_at_the_end_without_a_second_decode(
     line: tuple[Line, Collector],
 ) -> None:
-    ln, lifecycle = line
+    ln, usage_seen = line
     hits = speculative("hit")
     await ln.frames_until(1000)
     await ln.caller.speech_started("t1", 1000)
@@ -162,12 +162,12 @@ async def test_a_speculative_result_is_published_at_the_end_without_a_second_dec
     assert final.text == span(1000, 2000)
     assert len(CountingAsr.segments) == 1, "no second decode"
     assert speculative("hit") == hits + 1
-    (usage,) = await lifecycle.wait(ProviderUsage, turn_id="t1")
+    (usage,) = await usage_seen.wait(ProviderUsage, turn_id="t1")
     assert (usage.outcome, usage.audio_ms) == ("ok", 1400)
 
 
 async def test_a_resumed_turn_discards_the_paused_piece(line: tuple[Line, Collector]) -> None:
-    ln, lifecycle = line
+    ln, usage_seen = line
     misses = speculative("miss_resumed")
     CountingAsr.gate = asyncio.Event()  # the speculative decode is still running at the resume
     await ln.frames_until(1000)
@@ -185,7 +185,7 @@ async def test_a_resumed_turn_discards_the_paused_piece(line: tuple[Line, Collec
         await ln.caller.next_final(wait_s=0.3)
     assert len(CountingAsr.segments) == 2
     assert speculative("miss_resumed") == misses + 1
-    usages = await lifecycle.wait(ProviderUsage, count=2, turn_id="t1")
+    usages = await usage_seen.wait(ProviderUsage, count=2, turn_id="t1")
     assert sorted(u.outcome for u in usages) == ["cancelled", "ok"]
     assert {u.audio_ms for u in usages if u.outcome == "cancelled"} == {1400}
 
@@ -232,7 +232,7 @@ async def test_a_continued_chain_is_recognized_as_one_utterance(line: tuple[Line
 async def test_a_late_continuation_restarts_the_recognition_on_the_merged_audio(
     line: tuple[Line, Collector],
 ) -> None:
-    ln, lifecycle = line
+    ln, usage_seen = line
     await ln.frames_until(400)
     await ln.caller.speech_started("x", 400)
     await ln.frames_until(1600)
@@ -250,7 +250,7 @@ async def test_a_late_continuation_restarts_the_recognition_on_the_merged_audio(
     with pytest.raises(TimeoutError):
         await ln.caller.next_final(wait_s=0.3)
     assert len(CountingAsr.segments) == 3
-    usages = await lifecycle.wait(ProviderUsage, count=2, turn_id="y")
+    usages = await usage_seen.wait(ProviderUsage, count=2, turn_id="y")
     assert sorted(u.outcome for u in usages) == ["cancelled", "ok"]
 
 

@@ -138,9 +138,9 @@ async def asr(broker: MemoryBroker, tmp_path: Path) -> AsyncIterator[AsrService]
 
 async def start_call(gateway_bus: MemoryBus, robot: str) -> tuple[FakeCaller, Collector]:
     caller = FakeCaller(gateway_bus, robot=robot, sample_rate=RATE)
-    lifecycle = await Collector.on(gateway_bus, subjects.lifecycle(caller.call_id))
+    usage = await Collector.on(gateway_bus, subjects.usage(caller.call_id))
     assert (await caller.assign()).accepted
-    return caller, lifecycle
+    return caller, usage
 
 
 def speech(seconds: float) -> np.ndarray:

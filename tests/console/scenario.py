@@ -68,8 +68,9 @@ def demo_call(
 ) -> list[tuple[str, Message]]:
     t1, t2 = f"{call_id}-t1", f"{call_id}-t2"
     c = {"call_id": call_id}
-    lc, asr, llm, ctl = (
+    lc, us, asr, llm, ctl = (
         subjects.lifecycle(call_id),
+        subjects.usage(call_id),
         subjects.asr(call_id),
         subjects.llm_done(call_id),
         subjects.control(call_id),
@@ -86,12 +87,12 @@ def demo_call(
     events += [
         (asr, AsrFinal(**c, turn_id=t1, text="здравствуйте, сколько стоит доставка", provider="whisper",
                        ts_ms=t0 + 1400)),
-        (lc, ProviderUsage(**c, turn_id=t1, stage="asr", provider="whisper", audio_ms=1800, ts_ms=t0 + 1400)),
+        (us, ProviderUsage(**c, turn_id=t1, stage="asr", provider="whisper", audio_ms=1800, ts_ms=t0 + 1400)),
         (llm, LlmDone(**c, turn_id=t1, text="Доставка по городу бесплатная.", sentences=1, provider="script",
                       prompt_tokens=120, completion_tokens=14, ts_ms=t0 + 1700)),
-        (lc, ProviderUsage(**c, turn_id=t1, stage="llm", provider="script", prompt_tokens=120,
+        (us, ProviderUsage(**c, turn_id=t1, stage="llm", provider="script", prompt_tokens=120,
                            completion_tokens=14, ts_ms=t0 + 1700)),
-        (lc, ProviderUsage(**c, turn_id=t1, stage="tts", provider="festival", characters=30,
+        (us, ProviderUsage(**c, turn_id=t1, stage="tts", provider="festival", characters=30,
                            ts_ms=t0 + 1800)),
         (lc, PlaybackStarted(**c, turn_id=t1, ts_ms=t0 + 1950)),
         (lc, TurnMetrics(**c, turn_id=t1, user_text="здравствуйте, сколько стоит доставка",

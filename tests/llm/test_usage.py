@@ -88,8 +88,8 @@ async def test_a_stalled_primary_and_the_fallback_that_answered_are_both_recorde
     assert usage_metric("openai", "requests") == requests_before + 1
     assert usage_metric("openai", "prompt_tokens") == tokens_before + 37
     assert usage_metric("yandex", "failed_requests") == failed_before + 1
-    # on the lifecycle subject, which the recorder's stream keeps
-    assert all(s == subjects.lifecycle(done.call_id) for _, s, m in out.items if isinstance(m, ProviderUsage))
+    # on the usage subject, which the recorder's stream keeps
+    assert all(s == subjects.usage(done.call_id) for _, s, m in out.items if isinstance(m, ProviderUsage))
 
 
 class CascadeLlm:

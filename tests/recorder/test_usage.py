@@ -41,25 +41,25 @@ def usage(call_id: str, turn_id: str, stage: str, provider: str, **kw: Any) -> P
 
 
 def a_call(call_id: str) -> list[tuple[str, Message]]:
-    lc = subjects.lifecycle(call_id)
+    lc, us = subjects.lifecycle(call_id), subjects.usage(call_id)
     t1, t2 = f"{call_id}-t1", f"{call_id}-t2"
     return [
         (lc, CallStarted(call_id=call_id, robot="demo", channel="phone", sample_rate=8000, ts_ms=T0)),
-        (lc, usage(call_id, t1, "asr", "yandex", audio_ms=1540, outcome="timeout")),
-        (lc, usage(call_id, t1, "asr", "whisper", audio_ms=1540)),
+        (us, usage(call_id, t1, "asr", "yandex", audio_ms=1540, outcome="timeout")),
+        (us, usage(call_id, t1, "asr", "whisper", audio_ms=1540)),
         (subjects.asr(call_id),
          AsrFinal(call_id=call_id, turn_id=t1, text="алло", audio_ms=1540, provider="whisper")),
-        (lc, usage(call_id, t1, "llm", "gemini", prompt_tokens=40, outcome="failed")),
-        (lc, usage(call_id, t1, "llm", "gemini", model="gemini-2.5-flash", prompt_tokens=51,
+        (us, usage(call_id, t1, "llm", "gemini", prompt_tokens=40, outcome="failed")),
+        (us, usage(call_id, t1, "llm", "gemini", model="gemini-2.5-flash", prompt_tokens=51,
                    completion_tokens=7)),
         (subjects.llm_sentence(call_id),
          LlmSentence(call_id=call_id, turn_id=t1, index=0, text="Добрый день.", robot="demo",
                      sample_rate=8000)),
-        (lc, usage(call_id, t1, "tts", "elevenlabs", characters=12)),
-        (lc, usage(call_id, t1, "tts", "elevenlabs", characters=20, outcome="failed")),
-        (lc, usage(call_id, t1, "tts", "festival", characters=20)),
-        (lc, usage(call_id, t2, "asr", "yandex", audio_ms=800)),
-        (lc, usage(call_id, t2, "tts", "elevenlabs", characters=9, outcome="cancelled")),
+        (us, usage(call_id, t1, "tts", "elevenlabs", characters=12)),
+        (us, usage(call_id, t1, "tts", "elevenlabs", characters=20, outcome="failed")),
+        (us, usage(call_id, t1, "tts", "festival", characters=20)),
+        (us, usage(call_id, t2, "asr", "yandex", audio_ms=800)),
+        (us, usage(call_id, t2, "tts", "elevenlabs", characters=9, outcome="cancelled")),
         (lc, CallEnded(call_id=call_id, reason="hangup", duration_ms=9000, turns=2, ts_ms=T0 + 9000)),
     ]  # fmt: skip
 

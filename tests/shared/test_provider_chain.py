@@ -1,7 +1,7 @@
 """The shared provider chain: fall-over rules, first-chunk deadline, cancellation, usage, error mapping.
 
 Small fake providers with knobs stand in for the stages' engines; the usage of the default sink is
-checked as published on the call's lifecycle subject (memory bus).
+checked as published on the call's usage subject (memory bus).
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ async def test_one_usage_report_per_attempt_that_reached_a_provider() -> None:
     assert [f.kind for f in outcome.failures] == ["unknown_provider", "connection"]
 
 
-async def test_usage_is_published_on_the_lifecycle_by_default(broker: MemoryBroker) -> None:
+async def test_usage_is_published_on_the_usage_subject_by_default(broker: MemoryBroker) -> None:
     watch = await Collector.on(broker.bus("watch"), subjects.ALL_CALLS)
     chain: ProviderChain[Fake] = ProviderChain(
         "llm", [Fake("a", fail_at=0), Fake("b")], bus=broker.bus("llm"), call_id="c1", turn_id="t1"

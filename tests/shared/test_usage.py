@@ -48,7 +48,7 @@ def test_outcome_of_an_attempt(ending: BaseException | None, outcome: str) -> No
     assert outcome_of(ending) == outcome
 
 
-async def test_publish_counts_each_unit_and_publishes_on_the_lifecycle(broker: MemoryBroker) -> None:
+async def test_publish_counts_each_unit_and_publishes_on_the_usage_subject(broker: MemoryBroker) -> None:
     watch = await Collector.on(broker.bus("watch"), subjects.ALL_CALLS)
     before = {
         unit: metric("llm", "usage-test", unit)
@@ -69,7 +69,7 @@ async def test_publish_counts_each_unit_and_publishes_on_the_lifecycle(broker: M
         outcome="timeout",
     )
     first, second = await watch.wait(ProviderUsage, count=2)
-    assert {s for _, s, _ in watch.items} == {subjects.lifecycle("call-u1")}
+    assert {s for _, s, _ in watch.items} == {subjects.usage("call-u1")}
     assert (first.turn_id, first.model, first.prompt_tokens, first.outcome) == ("t1", "m1", 40, "ok")
     assert (second.turn_id, second.completion_tokens, second.outcome) == ("t2", 3, "timeout")
     assert metric("llm", "usage-test", "requests") == before["requests"] + 2

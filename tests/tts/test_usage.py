@@ -108,7 +108,7 @@ async def test_a_failed_primary_and_the_fallback_that_spoke_are_both_counted(
     assert {u.call_id for u in (failed, spoke)} == {"usage-1"}
     assert usage_metric("quick", "characters") == chars_before + len(SENT)
     assert usage_metric("failing", "failed_requests") == failed_before + 1
-    assert all(s == subjects.lifecycle("usage-1") for _, s, m in out.items if isinstance(m, ProviderUsage))
+    assert all(s == subjects.usage("usage-1") for _, s, m in out.items if isinstance(m, ProviderUsage))
 
 
 async def test_a_stalled_primary_is_counted_as_timeout(say: Say, robots_dir: Path) -> None:

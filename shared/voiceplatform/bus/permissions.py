@@ -153,7 +153,7 @@ SERVICE_GRANTS: dict[str, Grant] = {
     ),
     "asr": _owner(
         "asr",
-        (subjects.ANY_ASR, subjects.ANY_LIFECYCLE),
+        (subjects.ANY_ASR, subjects.ANY_LIFECYCLE, subjects.ANY_USAGE),
         (subjects.ANY_CALLER_AUDIO, subjects.any_call("vad"), subjects.ANY_CONTROL, subjects.ANY_LIFECYCLE),
     ),
     "realtime": _owner(
@@ -165,6 +165,7 @@ SERVICE_GRANTS: dict[str, Grant] = {
             subjects.ANY_LLM_DONE,
             subjects.any_call("tts.audio"),
             subjects.ANY_LIFECYCLE,
+            subjects.ANY_USAGE,
             subjects.ANY_CONTROL,  # hangs up a call whose realtime provider is gone for good
         ),
         (subjects.ANY_CALLER_AUDIO, subjects.ANY_CONTROL, subjects.ANY_LIFECYCLE),
@@ -180,6 +181,7 @@ SERVICE_GRANTS: dict[str, Grant] = {
             subjects.ANY_LLM_SENTENCE,
             subjects.ANY_LLM_DONE,
             subjects.ANY_LIFECYCLE,
+            subjects.ANY_USAGE,
             *_JS_PUB,
             *_kv(KEY_HEALTH_BUCKET),
         ),
@@ -187,7 +189,7 @@ SERVICE_GRANTS: dict[str, Grant] = {
     ),
     "tts": _service(
         "tts",
-        (subjects.any_call("tts.audio"), subjects.ANY_LIFECYCLE, *_JS_PUB),
+        (subjects.any_call("tts.audio"), subjects.ANY_LIFECYCLE, subjects.ANY_USAGE, *_JS_PUB),
         (subjects.ANY_LLM_SENTENCE, subjects.ANY_CONTROL, subjects.ANY_LIFECYCLE, *_JS_SUB),
     ),
     "recorder": _service(

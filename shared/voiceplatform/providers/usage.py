@@ -71,7 +71,7 @@ async def publish_usage(
     characters: int = 0,
     outcome: Outcome = "ok",
 ) -> None:
-    """Count one provider attempt and publish it as ``provider.usage`` on the call's lifecycle.
+    """Count one provider attempt and publish it as ``provider.usage`` on the call's usage subject.
 
     Never raises on a publish failure (it runs in ``finally`` blocks of attempts, where it must not
     replace the attempt's own error); the counter is incremented either way.
@@ -90,7 +90,7 @@ async def publish_usage(
     )
     count_usage(msg)
     try:
-        await bus.publish(subjects.lifecycle(call_id), msg)
+        await bus.publish(subjects.usage(call_id), msg)
     except Exception as exc:
         log.warning(
             "provider.usage_publish_failed",
