@@ -132,7 +132,11 @@ class RecorderService:
         self.ledger = CallLedger(reader, max_events=s.call_memory_events)
         for store in self.build_stores(bus, self.ledger):
             source = DurableConsumer(
-                js, s.stream_name, f"{s.durable_prefix}_{store.name}", ack_wait_s=s.ack_wait_s
+                js,
+                s.stream_name,
+                f"{s.durable_prefix}_{store.name}",
+                filter_subjects=store.stream_subjects,
+                ack_wait_s=s.ack_wait_s,
             )
             consumer = StoreConsumer(
                 store,

@@ -1,12 +1,15 @@
 """What this recorder has fetched of each call, so a view of a call (the public call.ended summary,
 the call log, the Mongo transcript) is built without reading the call back from the stream.
 
-Every message any store consumer fetches is noted here, once per stream sequence. The consumers
-read the whole stream, whose sequences have no gaps, so a call is complete in memory when this
-process has noted its call.started and every stream message from there up to the call's latest
-event it holds: the usual case with one recorder. Otherwise (the call began before this process
-did, several recorders share the consumers, a message never came, the memory bound was reached)
-the call is read back from the stream once, and that read serves the call's later readers too.
+Every message any store consumer fetches is noted here, once per stream sequence. The Postgres
+store's consumer reads the whole stream, whose sequences have no gaps, so a call is complete in
+memory when this process has noted its call.started and every stream message from there up to the
+call's latest event it holds: the usual case with one recorder. The other stores' consumers read
+only the subjects they use, so one of them may come to a call's end before the whole-stream
+consumer has fetched what came before it: a view then waits for that consumer (at most
+``GAP_WAIT_S``, and only while it keeps moving). Otherwise (the call began before this process did,
+several recorders share the consumers, a message never came, the memory bound was reached) the
+call is read back from the stream once, and that read serves the call's later readers too.
 
 Memory is bounded: the raw messages of at most ``max_events`` events (ended calls are forgotten
 first, then the oldest calls; a forgotten call is read back when asked for), and at most
@@ -21,6 +24,11 @@ from dataclasses import dataclass, field
 
 from voiceplatform.wire import CallEnded, CallStarted, decode
 from vp_recorder.stored import CallEventReader, StoredEvent
+
+# how long a view waits for the whole-stream consumer to fetch up to its call's latest event, as
+# long as that consumer moves at least every GAP_STALL_S (a gap another recorder holds never closes)
+GAP_WAIT_S = 2.0
+GAP_STALL_S = 0.5
 
 
 @dataclass
@@ -47,6 +55,7 @@ class CallLedger:
         self._ended: dict[str, _Call] = {}  # in the order they ended
         self._events = 0
         self._reading: dict[str, asyncio.Future[list[StoredEvent]]] = {}
+        self._advanced: asyncio.Event | None = None  # set when ``_through`` moves, if awaited
 
     def note(self, seq: int, event: StoredEvent | None, data: bytes) -> None:
         """A fetched stream message: ``event`` is None when it did not decode."""
@@ -74,6 +83,8 @@ class CallLedger:
 
     async def read_call(self, call_id: str) -> list[StoredEvent]:
         call = self._active.get(call_id) or self._ended.get(call_id)
+        if call is not None and not self._is_whole(call) and self._is_whole_once_through(call):
+            await self._wait_through(call.last_seq)
         if call is not None and self._is_whole(call):
             return _decoded(call)
         reading = self._reading.get(call_id)
@@ -98,8 +109,25 @@ class CallLedger:
     def _is_whole(self, call: _Call) -> bool:
         if call.last_seq <= call.read_through:
             return True
+        return self._is_whole_once_through(call) and self._through >= call.last_seq
+
+    def _is_whole_once_through(self, call: _Call) -> bool:
         floor = self._floor if self._floor is not None else 0
-        return call.started_seq is not None and call.started_seq > floor and self._through >= call.last_seq
+        return call.started_seq is not None and call.started_seq > floor
+
+    async def _wait_through(self, seq: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GAP_WAIT_S
+        while self._through < seq:
+            wait = min(GAP_STALL_S, deadline - loop.time())
+            if wait <= 0:
+                return
+            if self._advanced is None:
+                self._advanced = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._advanced.wait(), wait)
+            except TimeoutError:
+                return
 
     def _see(self, seq: int) -> None:
         if self._floor is None:
@@ -117,6 +145,9 @@ class CallLedger:
         while self._through + 1 in self._ahead:
             self._through += 1
             self._ahead.discard(self._through)
+        if self._advanced is not None:
+            self._advanced.set()
+            self._advanced = None
 
     def _forget_beyond_bound(self) -> None:
         while self._events > self.max_events and (self._ended or self._active):

@@ -41,9 +41,15 @@ class Store(Protocol):
     ``write`` gets a batch of the events ``accepts`` let through, in stream order, and must be
     idempotent (the same event may come again after a crash): it succeeds as a whole or raises.
     ``is_transient`` tells a store that is down (retry after reconnect) from an event it rejects.
+    ``stream_subjects``: the stream subjects its events come on (None: all), so that its consumer is not
+    handed, pulled and acked what ``accepts`` would drop (tests/recorder/test_store_subjects.py
+    checks the two agree).
     """
 
     name: str
+
+    @property
+    def stream_subjects(self) -> tuple[str, ...] | None: ...
 
     def accepts(self, message: Message) -> bool: ...
     async def connect(self) -> None: ...

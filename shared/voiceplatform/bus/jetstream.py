@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import nats.errors
@@ -88,6 +89,12 @@ async def _holder(js: JetStreamContext, spec: StreamSpec) -> str | None:
         return None
 
 
+def takes_several_filters(js: JetStreamContext) -> bool:
+    """A consumer of the connected server may have several filter subjects (NATS 2.10 and later)."""
+    version = js._nc.connected_server_version
+    return (version.major, version.minor) >= (2, 10)
+
+
 def stream_sequence(msg: Msg) -> int:
     # read off the ack subject ($JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>
     # .<ts>.<pending>): the client's full metadata (a datetime, dataclasses) cost more CPU than
@@ -108,6 +115,11 @@ class DurableConsumer:
     Several processes using the same durable name share its messages (each gets different ones),
     which is how the recorder scales out. ``max_deliver=-1``: a message is redelivered until acked
     or terminated; bad ones are terminated by the caller after parking them.
+
+    ``filter_subjects``: only the stream's messages on these subjects are delivered (None: all).
+    Several filters need NATS 2.10; an older server delivers everything (the caller still checks
+    what it gets). A durable made before with other filters is brought to these when the server
+    allows it, and otherwise read as it is: never deleted, which would lose its place.
     """
 
     def __init__(
@@ -115,19 +127,23 @@ class DurableConsumer:
         js: JetStreamContext,
         stream: str,
         durable: str,
-        filter_subject: str | None = None,
+        filter_subjects: Sequence[str] | None = None,
         ack_wait_s: float = 30.0,
         max_ack_pending: int = 20_000,
     ) -> None:
         self._js = js
         self.stream = stream
         self.durable = durable
-        self.filter_subject = filter_subject
+        self.filter_subjects = tuple(filter_subjects) if filter_subjects else None
         self.ack_wait_s = ack_wait_s
         self.max_ack_pending = max_ack_pending
+        self.filtered: tuple[str, ...] | None = None  # the filters in force once started
         self._psub: JetStreamContext.PullSubscription | None = None
 
     async def start(self) -> None:
+        filters = self.filter_subjects
+        if filters is not None and len(filters) > 1 and not takes_several_filters(self._js):
+            filters = None
         config = ConsumerConfig(
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
@@ -135,9 +151,19 @@ class DurableConsumer:
             ack_wait=self.ack_wait_s,
             max_deliver=-1,
             max_ack_pending=self.max_ack_pending,
-            filter_subject=self.filter_subject,
+            filter_subject=filters[0] if filters is not None and len(filters) == 1 else None,
+            filter_subjects=list(filters) if filters is not None and len(filters) > 1 else None,
         )
-        await self._js.add_consumer(self.stream, config)
+        try:
+            await self._js.add_consumer(self.stream, config)
+            self.filtered = filters
+        except nats.js.errors.BadRequestError:
+            # it exists with other filters and this server will not change them: read it as it is
+            info = await self._js.consumer_info(self.stream, self.durable)
+            kept = info.config.filter_subjects or (
+                [info.config.filter_subject] if info.config.filter_subject else []
+            )
+            self.filtered = tuple(kept) or None
         self._psub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
 
     async def fetch(self, batch: int, timeout_s: float, linger_s: float = 0.0) -> list[Msg]:

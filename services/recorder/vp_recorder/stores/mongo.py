@@ -19,6 +19,7 @@ import pymongo.errors
 import structlog
 from motor.motor_asyncio import AsyncIOMotorClient
 
+from voiceplatform import subjects
 from voiceplatform.wire import (
     CallEnded,
     CallStarted,
@@ -59,6 +60,7 @@ def mongo_document(transcript: dict[str, Any], now: datetime | None = None) -> d
 
 class MongoStore:
     name = "mongo"
+    stream_subjects = (subjects.ANY_LIFECYCLE, subjects.ANY_CONTROL, subjects.ANY_USAGE)
 
     def __init__(
         self,

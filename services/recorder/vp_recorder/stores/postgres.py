@@ -63,6 +63,8 @@ def quote_ident(name: str) -> str:
 
 class PostgresStore:
     name = "postgres"
+    # every event; and the call ledger counts on one consumer reading them all
+    stream_subjects = None
 
     def __init__(self, dsn: str, schema: str = "public", robots_dir: Path | None = None) -> None:
         self._dsn = dsn

@@ -25,6 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.typing import EncodableT
 
+from voiceplatform import subjects
 from voiceplatform.wire import (
     AsrFinal,
     CallEnded,
@@ -98,6 +99,7 @@ def event_fields(msg: Message) -> list[EncodableT] | None:
 
 class RedisStore:
     name = "redis"
+    stream_subjects = (subjects.ANY_LIFECYCLE, subjects.ANY_ASR, subjects.ANY_LLM_DONE, subjects.ANY_CONTROL)
 
     def __init__(
         self, url: str, public: PublicEvents | None, ttl_s: int = 1800, history_scan: int = 100

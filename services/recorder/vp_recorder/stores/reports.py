@@ -21,6 +21,7 @@ from typing import Any
 import nats.errors
 import structlog
 
+from voiceplatform import subjects
 from voiceplatform.logging import bind_call
 from voiceplatform.wire import CallEnded, Message
 from vp_recorder.reports.call_log import write_call_logs_async
@@ -56,6 +57,7 @@ class _RecentKeys:
 
 class ReportsStore:
     name = "reports"
+    stream_subjects = (subjects.ANY_LIFECYCLE,)
 
     def __init__(
         self,
