@@ -106,7 +106,7 @@ class SimulatedCall:
                         played_text=played,
                     ),
                 )
-            yield subjects.lifecycle(cid), TurnMetrics(
+            yield subjects.turn_report(cid), TurnMetrics(
                 call_id=cid, turn_id=turn, user_text=said, bot_text=reply, speech_end_ts_ms=end,
                 asr_final_ts_ms=end + 300, first_sentence_ts_ms=end + 500, first_audio_ts_ms=end + 600,
                 first_played_ts_ms=end + 650, interrupted=cut, played_text=played if cut else "",

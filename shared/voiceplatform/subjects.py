@@ -67,8 +67,14 @@ def control(call_id: str) -> str:
 
 
 def lifecycle(call_id: str) -> str:
-    """call.started / call.ended / turn.metrics / prompt.switched / playback / stage.error / call.dtmf."""
+    """call.started / call.ended / call.no_input / prompt.switched / stage.error / call.dtmf / ..."""
     return _call(call_id, "lifecycle")
+
+
+def turn_report(call_id: str) -> str:
+    """The gateway's account of each turn: playback.started and turn.metrics. Only the recorder
+    reads them, so they are not on ``lifecycle``, which every stage of a call listens to."""
+    return _call(call_id, "turn")
 
 
 def usage(call_id: str) -> str:
@@ -93,10 +99,20 @@ ANY_LLM_DONE = any_call("llm.done")
 ANY_CONTROL = any_call("control")
 ANY_LIFECYCLE = any_call("lifecycle")
 ANY_USAGE = any_call("usage")
+ANY_TURN_REPORT = any_call("turn")
 
 # What the recorder keeps: every per-call event except audio (caller frames, robot speech) and the
 # LLM requests (each repeats the whole history; the router's decisions are on lifecycle).
-RECORDED = (ANY_LIFECYCLE, any_call("vad"), ANY_ASR, ANY_LLM_SENTENCE, ANY_LLM_DONE, ANY_CONTROL, ANY_USAGE)
+RECORDED = (
+    ANY_LIFECYCLE,
+    any_call("vad"),
+    ANY_ASR,
+    ANY_LLM_SENTENCE,
+    ANY_LLM_DONE,
+    ANY_CONTROL,
+    ANY_USAGE,
+    ANY_TURN_REPORT,
+)
 
 
 def call_events_of(call_id: str) -> str:

@@ -68,9 +68,10 @@ def demo_call(
 ) -> list[tuple[str, Message]]:
     t1, t2 = f"{call_id}-t1", f"{call_id}-t2"
     c = {"call_id": call_id}
-    lc, us, asr, llm, ctl = (
+    lc, us, tr, asr, llm, ctl = (
         subjects.lifecycle(call_id),
         subjects.usage(call_id),
+        subjects.turn_report(call_id),
         subjects.asr(call_id),
         subjects.llm_done(call_id),
         subjects.control(call_id),
@@ -94,8 +95,8 @@ def demo_call(
                            completion_tokens=14, ts_ms=t0 + 1700)),
         (us, ProviderUsage(**c, turn_id=t1, stage="tts", provider="festival", characters=30,
                            ts_ms=t0 + 1800)),
-        (lc, PlaybackStarted(**c, turn_id=t1, ts_ms=t0 + 1950)),
-        (lc, TurnMetrics(**c, turn_id=t1, user_text="здравствуйте, сколько стоит доставка",
+        (tr, PlaybackStarted(**c, turn_id=t1, ts_ms=t0 + 1950)),
+        (tr, TurnMetrics(**c, turn_id=t1, user_text="здравствуйте, сколько стоит доставка",
                          bot_text="Доставка по городу бесплатная.", speech_end_ts_ms=t0 + 1000,
                          asr_final_ts_ms=t0 + 1380, first_sentence_ts_ms=t0 + 1690,
                          first_audio_ts_ms=t0 + 1800, first_played_ts_ms=t0 + 1950, outcome="played",
@@ -105,10 +106,10 @@ def demo_call(
         (asr, AsrFinal(**c, turn_id=t2, text="а где мой заказ", provider="whisper", ts_ms=t0 + 4420)),
         (llm, LlmDone(**c, turn_id=t2, text="Сейчас проверю ваш заказ, назовите номер.", sentences=1,
                       provider="script", ts_ms=t0 + 4800)),
-        (lc, PlaybackStarted(**c, turn_id=t2, ts_ms=t0 + 5020)),
+        (tr, PlaybackStarted(**c, turn_id=t2, ts_ms=t0 + 5020)),
         (ctl, ControlInterrupt(**c, turn_id=t2, by_turn_id=f"{call_id}-t3", played_ms=600,
                                played_text="Сейчас проверю", ts_ms=t0 + 5600)),
-        (lc, TurnMetrics(**c, turn_id=t2, user_text="а где мой заказ",
+        (tr, TurnMetrics(**c, turn_id=t2, user_text="а где мой заказ",
                          bot_text="Сейчас проверю ваш заказ, назовите номер.", speech_end_ts_ms=t0 + 4000,
                          asr_final_ts_ms=t0 + 4420, first_sentence_ts_ms=t0 + 4780,
                          first_audio_ts_ms=t0 + 4900,

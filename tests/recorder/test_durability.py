@@ -385,7 +385,7 @@ async def test_sigterm_during_catch_up_exits_cleanly_and_the_restart_finishes(ha
     await first.wait_stores()  # the stream and the durable consumers exist from now on
     await first.stop()
     # calls while no recorder runs: a backlog in the stream
-    traffic = harness.traffic(concurrent=60, turns=12, rate=50_000, total_calls=60)
+    traffic = harness.traffic(concurrent=100, turns=12, rate=50_000, total_calls=200)
     await traffic.run()
 
     async def in_stream() -> bool:

@@ -48,8 +48,9 @@ def call_sequence(call_id: str) -> list[tuple[str, Message]]:
     """A two-turn call with a prompt switch and a barge-in on the second bot turn."""
     t1, t2 = f"{call_id}-t1", f"{call_id}-t2"
     c = {"call_id": call_id}
-    lc, asr, llm, ctl = (
+    lc, tr, asr, llm, ctl = (
         subjects.lifecycle(call_id),
+        subjects.turn_report(call_id),
         subjects.asr(call_id),
         subjects.llm_done(call_id),
         subjects.control(call_id),
@@ -58,9 +59,9 @@ def call_sequence(call_id: str) -> list[tuple[str, Message]]:
         (lc, CallStarted(**c, robot="demo", channel="web", sample_rate=16000, caller="+7999", ts_ms=T0)),
         (asr, AsrFinal(**c, turn_id=t1, text="здравствуйте", ts_ms=T0 + 1700)),
         (llm, LlmDone(**c, turn_id=t1, text="Добрый день! Чем помочь?", sentences=2, ts_ms=T0 + 2000)),
-        (lc, PlaybackStarted(**c, turn_id=t1, ts_ms=T0 + 2100)),
+        (tr, PlaybackStarted(**c, turn_id=t1, ts_ms=T0 + 2100)),
         (
-            lc,
+            tr,
             TurnMetrics(
                 **c, turn_id=t1, user_text="здравствуйте", bot_text="Добрый день! Чем помочь?",
                 speech_end_ts_ms=T0 + 1000, asr_final_ts_ms=T0 + 1700, first_sentence_ts_ms=T0 + 1900,
@@ -73,7 +74,7 @@ def call_sequence(call_id: str) -> list[tuple[str, Message]]:
         (ctl, ControlInterrupt(**c, turn_id=t2, by_turn_id=f"{call_id}-t3", played_ms=400,
                                played_text="Отлично,", ts_ms=T0 + 6500)),
         (
-            lc,
+            tr,
             TurnMetrics(
                 **c, turn_id=t2, user_text="хочу купить", bot_text="Отлично, у нас есть три тарифа.",
                 speech_end_ts_ms=T0 + 5000, asr_final_ts_ms=T0 + 5600, first_sentence_ts_ms=T0 + 5800,

@@ -130,6 +130,7 @@ _GATEWAY = (
         subjects.ANY_CALLER_AUDIO,
         subjects.ANY_CONTROL,
         subjects.ANY_LIFECYCLE,
+        subjects.ANY_TURN_REPORT,
         subjects.ANY_LLM_SENTENCE,  # the greeting is spoken as a sentence of the robot
         subjects.ANY_ASR,  # keypad digits (DTMF) become a caller turn's transcript
         subjects.ANY_ASSIGN,

@@ -110,7 +110,7 @@ class PlayoutPacer:
             log.info("call.greeting_started", after_ms=ts - self.session.started_ms)
         call_id = self.session.call_id
         await self.session.bus.publish(
-            subjects.lifecycle(call_id), PlaybackStarted(call_id=call_id, turn_id=turn_id)
+            subjects.turn_report(call_id), PlaybackStarted(call_id=call_id, turn_id=turn_id)
         )
 
     async def _complete_finished(self) -> None:

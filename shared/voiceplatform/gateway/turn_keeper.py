@@ -184,7 +184,7 @@ class TurnKeeper:
         if turn.state is TurnState.DONE:
             self.turns_completed += 1
         m = turn.metrics(self.call_id)
-        await self.bus.publish(subjects.lifecycle(self.call_id), m)
+        await self.bus.publish(subjects.turn_report(self.call_id), m)
         await self.sink.send_event(metrics_event(m))
 
     def ms(self, nbytes: int) -> int:

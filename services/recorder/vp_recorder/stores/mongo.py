@@ -60,7 +60,12 @@ def mongo_document(transcript: dict[str, Any], now: datetime | None = None) -> d
 
 class MongoStore:
     name = "mongo"
-    stream_subjects = (subjects.ANY_LIFECYCLE, subjects.ANY_CONTROL, subjects.ANY_USAGE)
+    stream_subjects = (
+        subjects.ANY_LIFECYCLE,
+        subjects.ANY_TURN_REPORT,
+        subjects.ANY_CONTROL,
+        subjects.ANY_USAGE,
+    )
 
     def __init__(
         self,

@@ -99,7 +99,13 @@ def event_fields(msg: Message) -> list[EncodableT] | None:
 
 class RedisStore:
     name = "redis"
-    stream_subjects = (subjects.ANY_LIFECYCLE, subjects.ANY_ASR, subjects.ANY_LLM_DONE, subjects.ANY_CONTROL)
+    stream_subjects = (
+        subjects.ANY_LIFECYCLE,
+        subjects.ANY_TURN_REPORT,
+        subjects.ANY_ASR,
+        subjects.ANY_LLM_DONE,
+        subjects.ANY_CONTROL,
+    )
 
     def __init__(
         self, url: str, public: PublicEvents | None, ttl_s: int = 1800, history_scan: int = 100
