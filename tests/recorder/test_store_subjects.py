@@ -199,3 +199,23 @@ async def test_a_view_waits_for_the_whole_stream_consumer_instead_of_reading_bac
     assert [e.seq for e in await other.read_call(CALL)] == [1, 2, 3]
     assert stream.reads == 1
     assert asyncio.get_running_loop().time() - started < 2.0  # gave up when it stalled, not later
+
+
+async def test_a_stream_only_gains_subjects_an_older_instance_cannot_drop_them(js_nats_url: str) -> None:
+    nc = await nats.connect(js_nats_url)
+    js = nc.jetstream()
+    stream = "SUBJECTS_UPGRADE"
+    before = tuple(s for s in subjects.RECORDED if s not in (subjects.ANY_USAGE, subjects.ANY_TURN_REPORT))
+    try:
+        await ensure_stream(js, StreamSpec(stream, before, max_age_s=600))  # made by an older version
+        await ensure_stream(js, StreamSpec(stream, subjects.RECORDED, max_age_s=600))  # the new one
+        assert set((await js.stream_info(stream)).config.subjects or []) == set(subjects.RECORDED)
+        await ensure_stream(js, StreamSpec(stream, before, max_age_s=600))  # an older one restarts
+        assert set((await js.stream_info(stream)).config.subjects or []) == set(subjects.RECORDED)
+        await nc.publish(subjects.turn_report(CALL), b"kept")
+        await nc.flush()
+        await asyncio.sleep(0.1)
+        assert (await js.stream_info(stream)).state.messages == 1
+    finally:
+        await js.delete_stream(stream)
+        await nc.close()

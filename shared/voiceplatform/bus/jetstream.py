@@ -63,10 +63,15 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> str:
     Returns the stream's name: ``spec.name``, or the name of a stream that already holds ``spec``'s
     subjects (a worker created it first under the default name; streams may not overlap), which is
     then brought to ``spec`` under its own name instead of failing on the overlap.
+
+    Subjects are only ever added: a stream keeps those it has that ``spec`` lacks, so an instance
+    of an older version starting during a rolling upgrade does not stop the stream capturing a
+    subject the newer version publishes on.
     """
     config = spec.config()
     try:
-        await js.stream_info(spec.name)
+        info = await js.stream_info(spec.name)
+        config.subjects = _with_subjects_kept(config.subjects, info.config.subjects)
     except nats.js.errors.NotFoundError:
         try:
             await js.add_stream(config)
@@ -76,10 +81,17 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> str:
             holder = await _holder(js, spec)
             if holder is not None and holder != spec.name:
                 config.name = holder
+                held = await js.stream_info(holder)
+                config.subjects = _with_subjects_kept(config.subjects, held.config.subjects)
                 await js.update_stream(config)
                 return holder
     await js.update_stream(config)
     return spec.name
+
+
+def _with_subjects_kept(wanted: list[str] | None, existing: list[str] | None) -> list[str]:
+    wanted = list(wanted or [])
+    return wanted + [s for s in existing or [] if s not in wanted]
 
 
 async def _holder(js: JetStreamContext, spec: StreamSpec) -> str | None:
