@@ -22,7 +22,7 @@ from voiceplatform import subjects
 from voiceplatform.bus.jetstream import DurableConsumer, StreamSpec, ensure_stream
 from voiceplatform.wire import ControlInterrupt, Message, encode
 from voiceplatform.wire.codec import MESSAGE_TYPES
-from vp_recorder.ledger import CallLedger
+from vp_recorder.ledger import GAP_STALL_S, CallLedger
 from vp_recorder.public import NatsEventsStore
 from vp_recorder.stored import StoredEvent
 from vp_recorder.stores.mongo import MongoStore
@@ -191,14 +191,35 @@ async def test_a_view_waits_for_the_whole_stream_consumer_instead_of_reading_bac
     assert [e.seq for e in await reading] == [1, 2, 3]
     assert stream.reads == 0
 
-    # a gap that does not close (another recorder has that message): read back once it stalls
+    # a gap that does not close (another recorder has that message): read back once it is stale
     other = CallLedger(stream)
     for event in (events[0], events[2]):
         other.note(event.seq, event, encode(event.message))
-    started = asyncio.get_running_loop().time()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     assert [e.seq for e in await other.read_call(CALL)] == [1, 2, 3]
     assert stream.reads == 1
-    assert asyncio.get_running_loop().time() - started < 2.0  # gave up when it stalled, not later
+    assert loop.time() - started < 2.0  # gave up when the gap was stale, not at the limit
+    # and a later call's end behind the same stale gap does not wait at all
+    later = [
+        stored(4, CallStarted(call_id="subjects-2", robot="demo", channel="phone", sample_rate=8000)),
+        stored(6, CallEnded(call_id="subjects-2", reason="caller_hangup")),
+    ]
+    stream.events += later
+    for event in later:
+        other.note(event.seq, event, encode(event.message))
+    started = loop.time()
+    assert [e.seq for e in await other.read_call("subjects-2")] == [4, 6]
+    assert stream.reads == 2 and loop.time() - started < GAP_STALL_S
+
+    # a recorder that drains does not wait for its stopping Postgres consumer
+    draining = CallLedger(stream)
+    for event in (events[0], events[2]):
+        draining.note(event.seq, event, encode(event.message))
+    draining.waiting = False
+    started = loop.time()
+    await draining.read_call(CALL)
+    assert loop.time() - started < GAP_STALL_S and stream.reads == 3
 
 
 async def test_a_stream_only_gains_subjects_an_older_instance_cannot_drop_them(js_nats_url: str) -> None:

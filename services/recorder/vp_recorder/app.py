@@ -172,6 +172,8 @@ class RecorderService:
     async def drain(self, timeout: float) -> None:
         """Finish the batches in hand, then stop; anything unacked is delivered again later."""
         self._accepting = False
+        if self.ledger is not None:
+            self.ledger.waiting = False  # the Postgres consumer is stopping too: read calls back
         if self.sweeper is not None:
             await self.sweeper.stop()
         if self.recording_sweeper is not None:

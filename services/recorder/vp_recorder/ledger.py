@@ -7,9 +7,12 @@ memory when this process has noted its call.started and every stream message fro
 call's latest event it holds: the usual case with one recorder. The other stores' consumers read
 only the subjects they use, so one of them may come to a call's end before the whole-stream
 consumer has fetched what came before it: a view then waits for that consumer (at most
-``GAP_WAIT_S``, and only while it keeps moving). Otherwise (the call began before this process did,
-several recorders share the consumers, a message never came, the memory bound was reached) the
-call is read back from the stream once, and that read serves the call's later readers too.
+``GAP_WAIT_S``), unless the oldest sequence it lacks has been missing for ``GAP_STALL_S`` already:
+that gap is not closing (Postgres is down, the recorder is stopping, another recorder has the
+message), and waiting would only hold up every call's end in turn. Otherwise (the call began
+before this process did, several recorders share the consumers, a message never came, the memory
+bound was reached) the call is read back from the stream once, and that read serves the call's
+later readers too.
 
 Memory is bounded: the raw messages of at most ``max_events`` events (ended calls are forgotten
 first, then the oldest calls; a forgotten call is read back when asked for), and at most
@@ -20,13 +23,15 @@ are read back).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from dataclasses import dataclass, field
 
 from voiceplatform.wire import CallEnded, CallStarted, decode
 from vp_recorder.stored import CallEventReader, StoredEvent
 
-# how long a view waits for the whole-stream consumer to fetch up to its call's latest event, as
-# long as that consumer moves at least every GAP_STALL_S (a gap another recorder holds never closes)
+# how long a view waits for the whole-stream consumer to fetch up to its call's latest event, and
+# how old the oldest missing sequence may be for that wait to be worth it
 GAP_WAIT_S = 2.0
 GAP_STALL_S = 0.5
 
@@ -56,6 +61,8 @@ class CallLedger:
         self._events = 0
         self._reading: dict[str, asyncio.Future[list[StoredEvent]]] = {}
         self._advanced: asyncio.Event | None = None  # set when ``_through`` moves, if awaited
+        self._gap_since = 0.0  # monotonic time since which ``_through + 1`` has been missing
+        self.waiting = True  # False once the recorder drains: views read back instead of waiting
 
     def note(self, seq: int, event: StoredEvent | None, data: bytes) -> None:
         """A fetched stream message: ``event`` is None when it did not decode."""
@@ -116,18 +123,16 @@ class CallLedger:
         return call.started_seq is not None and call.started_seq > floor
 
     async def _wait_through(self, seq: int) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + GAP_WAIT_S
-        while self._through < seq:
-            wait = min(GAP_STALL_S, deadline - loop.time())
+        deadline = time.monotonic() + GAP_WAIT_S
+        while self.waiting and self._through < seq:
+            now = time.monotonic()
+            wait = min(deadline, self._gap_since + GAP_STALL_S) - now
             if wait <= 0:
                 return
             if self._advanced is None:
                 self._advanced = asyncio.Event()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._advanced.wait(), wait)
-            except TimeoutError:
-                return
 
     def _see(self, seq: int) -> None:
         if self._floor is None:
@@ -135,6 +140,8 @@ class CallLedger:
         if seq <= self._through:
             return
         if seq != self._through + 1:
+            if not self._ahead:
+                self._gap_since = time.monotonic()
             self._ahead.add(seq)
             if len(self._ahead) > self.max_ahead:
                 # a gap that does not close (another recorder has those messages): give it up
@@ -145,6 +152,8 @@ class CallLedger:
         while self._through + 1 in self._ahead:
             self._through += 1
             self._ahead.discard(self._through)
+        if self._ahead:
+            self._gap_since = time.monotonic()  # the oldest missing sequence is a newer one now
         if self._advanced is not None:
             self._advanced.set()
             self._advanced = None
