@@ -409,8 +409,10 @@ def test_the_stream_sequence_is_the_clients_reading_of_the_ack_subject(reply: st
 async def test_a_trickle_of_events_is_written_in_one_batch_per_linger(
     settings: RecorderSettings, start_recorder: StartRecorder, gateway_bus: NatsBus, js_nats_url: str
 ) -> None:
-    # a long linger, so however busy the machine the trickle arrives within it
-    recorder = await start_recorder(settings.model_copy(update={"batch_linger_s": 2.0}))
+    # a long linger, so however busy the machine the trickle arrives within it; the live stores
+    # (public events) and the archives (Postgres) each have their own
+    lingers = {"batch_linger_s": 2.0, "archive_linger_s": 2.0}
+    recorder = await start_recorder(settings.model_copy(update=lingers))
     events = call_sequence(new_call_id())
     for subject, msg in events:  # one event at a time, as a live call sends them
         await gateway_bus.publish(subject, msg)
@@ -422,3 +424,17 @@ async def test_a_trickle_of_events_is_written_in_one_batch_per_linger(
     # gathered, not one batch per event (usually one or two: the first fetch may come before the
     # others are published; a stalled publisher on a busy machine may split them once more)
     assert postgres.batches <= len(events) // 3
+    public = recorder.store_consumer("nats_events")
+    assert 0 < public.batches <= len(events) // 3
+    assert (postgres.linger_s, public.linger_s) == (2.0, 2.0)
+
+
+async def test_the_archives_gather_longer_than_the_stores_that_pass_events_on(
+    settings: RecorderSettings, start_recorder: StartRecorder
+) -> None:
+    recorder = await start_recorder(
+        settings.model_copy(update={"batch_linger_s": 0.05, "archive_linger_s": 0.25})
+    )
+    lingers = {c.name: c.linger_s for c in recorder.consumers}
+    assert lingers["postgres"] == 0.25
+    assert lingers["redis"] == lingers["nats_events"] == 0.05

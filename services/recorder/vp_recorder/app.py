@@ -146,7 +146,7 @@ class RecorderService:
                 s.store_retry_min_s,
                 s.store_retry_max_s,
                 self.ledger,
-                linger_s=s.batch_linger_s,
+                linger_s=s.batch_linger_s if store.live else s.archive_linger_s,
             )
             self.consumers.append(consumer)
             consumer.start()

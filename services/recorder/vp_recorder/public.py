@@ -57,6 +57,7 @@ class NatsEventsStore:
     """Publishes public events on NATS. At least once: a crash before the ack publishes again."""
 
     name = "nats_events"
+    live = True
     stream_subjects = (subjects.ANY_LIFECYCLE, subjects.ANY_TURN_REPORT, subjects.ANY_CONTROL)
 
     def __init__(self, nc: Client, public: PublicEvents) -> None:

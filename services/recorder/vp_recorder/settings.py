@@ -32,8 +32,11 @@ class RecorderSettings(ServiceSettings):
     batch_max: int = 500
     # when a fetch brings only a few events (a quiet moment, a trickle of live calls), wait this
     # long for more before writing: a batch costs each store round trips whatever its size, so
-    # ten events a batch cost a tenth per event of one; 0 writes at once
+    # ten events a batch cost a tenth per event of one; 0 writes at once. This is for the stores
+    # that pass events on as they happen (public events on NATS and Redis); the archives (Postgres,
+    # call logs, Mongo) wait archive_linger_s, so most of a turn's events share one write
     batch_linger_s: float = 0.05
+    archive_linger_s: float = 0.25
     # call events kept in memory (raw, ~0.3 kB each) so a call's summary, log and transcript are
     # built without reading the call back from the stream; calls beyond it are read back
     call_memory_events: int = 100_000

@@ -43,10 +43,13 @@ class Store(Protocol):
     ``is_transient`` tells a store that is down (retry after reconnect) from an event it rejects.
     ``stream_subjects``: the stream subjects its events come on (None: all), so that its consumer is not
     handed, pulled and acked what ``accepts`` would drop (tests/recorder/test_store_subjects.py
-    checks the two agree).
+    checks the two agree). ``live``: it passes events on to other systems as they happen (public
+    events), so its consumer gathers a batch for ``VP_BATCH_LINGER_S``, not the archives' longer
+    ``VP_ARCHIVE_LINGER_S``.
     """
 
     name: str
+    live: bool
 
     @property
     def stream_subjects(self) -> tuple[str, ...] | None: ...

@@ -60,6 +60,7 @@ def mongo_document(transcript: dict[str, Any], now: datetime | None = None) -> d
 
 class MongoStore:
     name = "mongo"
+    live = False
     stream_subjects = (
         subjects.ANY_LIFECYCLE,
         subjects.ANY_TURN_REPORT,

@@ -63,6 +63,7 @@ def quote_ident(name: str) -> str:
 
 class PostgresStore:
     name = "postgres"
+    live = False
     # every event; and the call ledger counts on one consumer reading them all
     stream_subjects = None
 

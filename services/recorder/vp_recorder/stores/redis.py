@@ -99,6 +99,7 @@ def event_fields(msg: Message) -> list[EncodableT] | None:
 
 class RedisStore:
     name = "redis"
+    live = True
     stream_subjects = (
         subjects.ANY_LIFECYCLE,
         subjects.ANY_TURN_REPORT,

@@ -57,6 +57,7 @@ class _RecentKeys:
 
 class ReportsStore:
     name = "reports"
+    live = False
     stream_subjects = (subjects.ANY_LIFECYCLE,)
 
     def __init__(
