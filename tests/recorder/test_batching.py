@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from redis.asyncio.connection import AbstractConnection
 
 from bench.recorder_load import SimulatedCall
-from tests.recorder.conftest import new_call_id, settle
+from tests.recorder.conftest import new_call_id, settle, wait_until
 from tests.recorder.test_recorder import StartRecorder, call_sequence, play
 from voiceplatform.bus.jetstream import stream_sequence
 from voiceplatform.bus.nats import NatsBus
@@ -438,3 +438,8 @@ async def test_the_archives_gather_longer_than_the_stores_that_pass_events_on(
     lingers = {c.name: c.linger_s for c in recorder.consumers}
     assert lingers["postgres"] == 0.25
     assert lingers["redis"] == lingers["nats_events"] == 0.05
+    # and /health says what each store's consumer reads (this NATS takes several filters)
+    await wait_until(lambda: all(c.state == "up" for c in recorder.consumers))
+    stores = recorder.health()["stores"]
+    assert stores["postgres"]["subjects"] == ["*"]
+    assert stores["redis"]["subjects"] == list(RedisStore.stream_subjects)

@@ -303,6 +303,9 @@ class StoreConsumer:
             "written": self.written,
             "parked": self.parked,
             "backlog": self.backlog,
+            # the subjects its consumer reads (all: "*"; an older NATS gives every store all), once
+            # it has reached the server
+            "subjects": list(self.source.filtered or ["*"]) if self.source.started else [],
             **({"error": self.last_error} if self.last_error else {}),
         }
 

@@ -90,7 +90,7 @@ class CallLedger:
 
     async def read_call(self, call_id: str) -> list[StoredEvent]:
         call = self._active.get(call_id) or self._ended.get(call_id)
-        if call is not None and not self._is_whole(call) and self._is_whole_once_through(call):
+        if call is not None and not self._is_whole(call) and self._began_after_floor(call):
             await self._wait_through(call.last_seq)
         if call is not None and self._is_whole(call):
             return _decoded(call)
@@ -116,9 +116,9 @@ class CallLedger:
     def _is_whole(self, call: _Call) -> bool:
         if call.last_seq <= call.read_through:
             return True
-        return self._is_whole_once_through(call) and self._through >= call.last_seq
+        return self._began_after_floor(call) and self._through >= call.last_seq
 
-    def _is_whole_once_through(self, call: _Call) -> bool:
+    def _began_after_floor(self, call: _Call) -> bool:
         floor = self._floor if self._floor is not None else 0
         return call.started_seq is not None and call.started_seq > floor
 

@@ -178,6 +178,10 @@ class DurableConsumer:
             self.filtered = tuple(kept) or None
         self._psub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
 
+    @property
+    def started(self) -> bool:
+        return self._psub is not None
+
     async def fetch(self, batch: int, timeout_s: float, linger_s: float = 0.0) -> list[Msg]:
         """Up to ``batch`` messages; an empty list when none came within ``timeout_s``.
 
