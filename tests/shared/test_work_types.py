@@ -4,11 +4,16 @@ the other message types are acked at once and never reach the handler."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
+from typing import Any
 
+import nats.errors
+import pytest
 from prometheus_client import REGISTRY
 
 from tests.waiting import wait_for
+from voiceplatform.bus import work
 from voiceplatform.bus.base import Envelope
 from voiceplatform.bus.jetstream import StreamSpec
 from voiceplatform.bus.memory import MemoryBroker
@@ -88,3 +93,29 @@ async def test_the_in_memory_bus_skips_them_too(broker: MemoryBroker) -> None:
         assert [type(m) for m in taken] == [CallStarted]
     finally:
         await source.stop(2.0)
+
+
+async def test_a_worker_starting_while_the_cluster_does_not_answer_waits_for_it(
+    nats_bus: NatsBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a cluster electing leaders JetStream's API times out for a while: start retries, not exits."""
+    spec = spec_for(uuid.uuid4().hex[:8])
+    real, attempts = work.stream_for, []
+
+    async def electing(js: Any, stream: StreamSpec) -> str:
+        attempts.append(stream.replicas)
+        if len(attempts) == 1:
+            raise nats.errors.TimeoutError
+        return await real(js, dataclasses.replace(stream, replicas=1))  # one node here
+
+    async def handler(env: Envelope, _attempt: int) -> None:
+        return None
+
+    monkeypatch.setattr(work, "stream_for", electing)
+    monkeypatch.setattr(nats_bus, "js_replicas", 3)
+    source = await take_work(nats_bus, spec, handler)
+    try:
+        assert attempts == [3, 3]
+    finally:
+        await source.stop(2.0)
+        await nats_bus.jetstream().delete_stream(spec.stream.name)

@@ -82,7 +82,7 @@ _UNANSWERED = (
 )
 
 
-async def _retrying(op: Callable[[], Awaitable[_T]], retry_s: float) -> _T:
+async def retry_unanswered(op: Callable[[], Awaitable[_T]], retry_s: float) -> _T:
     """``op()``, again while the server leaves it unanswered, for up to ``retry_s`` (0: once)."""
     deadline = time.monotonic() + retry_s
     delay = 0.2
@@ -102,7 +102,7 @@ class _NatsKeyValue:
         self._retry_s = retry_s
 
     async def _call(self, op: Callable[[], Awaitable[_T]]) -> _T:
-        return await _retrying(op, self._retry_s)
+        return await retry_unanswered(op, self._retry_s)
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         try:
@@ -237,7 +237,7 @@ class NatsBus:
         js = self._nc.jetstream(timeout=ATTEMPT_TIMEOUT_S) if clustered else self._nc.jetstream()
         retry_s = ACKED_PUBLISH_S if clustered else 0.0
         try:
-            kv = await _retrying(lambda: js.key_value(bucket), retry_s)
+            kv = await retry_unanswered(lambda: js.key_value(bucket), retry_s)
         except nats.js.errors.BucketNotFoundError:
             try:
                 kv = await js.create_key_value(

@@ -41,7 +41,7 @@ from prometheus_client import Counter
 from voiceplatform import load, subjects
 from voiceplatform.bus.base import Bus, Envelope, Subscription
 from voiceplatform.bus.jetstream import StreamSpec
-from voiceplatform.bus.nats import NatsBus
+from voiceplatform.bus.nats import NatsBus, retry_unanswered
 from voiceplatform.bus.streams import stream_for
 from voiceplatform.wire import Message, WireError, decode
 
@@ -57,6 +57,8 @@ WORK = Counter(
     ["consumer", "outcome"],
 )
 
+# how long a worker starting on a NATS cluster retries the JetStream API when it does not answer
+START_RETRY_S = 30.0
 # how long one pull request waits at the server: a frozen instance holds at most one message
 # (redelivered after the ack wait), and stop() returns within this
 PULL_EXPIRES_S = 1.0
@@ -216,7 +218,11 @@ class _JetStreamWork:
 
     async def start(self) -> None:
         spec = self.spec
-        self._stream = await stream_for(self._js, replace(spec.stream, replicas=self._bus.js_replicas))
+        # on a cluster still electing leaders (a node just died or came back) JetStream's API may
+        # not answer for a while: a worker starting then waits for it rather than exiting
+        retry_s = START_RETRY_S if self._bus.js_replicas > 1 else 0.0
+        stream = replace(spec.stream, replicas=self._bus.js_replicas)
+        self._stream = await retry_unanswered(lambda: stream_for(self._js, stream), retry_s)
         config = ConsumerConfig(
             durable_name=spec.consumer,
             ack_policy=AckPolicy.EXPLICIT,
@@ -231,7 +237,7 @@ class _JetStreamWork:
             inactive_threshold=INACTIVE_S,
         )
         try:
-            await self._js.add_consumer(self._stream, config)
+            await retry_unanswered(lambda: self._js.add_consumer(self._stream, config), retry_s)
         except nats.js.errors.APIError as exc:
             # another instance's settings differ: use its consumer as it is, and say so
             log.warning("work.consumer_kept", consumer=spec.consumer, detail=str(exc)[:200])
