@@ -297,28 +297,50 @@ class CallSession:
     # ---- caller audio -----------------------------------------------------------------------
     async def push_audio(self, frame: bytes) -> None:
         """One 20 ms frame of caller audio at the call's rate."""
+        chunk = self._keep(frame)
+        if chunk is not None:
+            await self._publish(chunk)
+
+    def push_audio_nowait(self, frame: bytes) -> None:
+        """``push_audio`` for a session with an outbox: nothing to await, so a socket's read callback
+        can hand the frame over itself (gateway-fs: no task woken per frame)."""
+        if self.outbox is None:
+            raise RuntimeError("push_audio_nowait needs a session with an outbox")
+        chunk = self._keep(frame)
+        if chunk is not None:
+            self.outbox.put(self._audio_subject, chunk)
+
+    def _keep(self, frame: bytes) -> AudioChunk | None:
+        """Record the frame and keep it for replay; the chunk to publish when one is full."""
         if self.ended:
-            return
+            return None
         if self.recording is not None:
             self.recording.caller(frame)
         self.streaming.audio_log.keep(self._seq, frame)  # replayed to a new vad/asr owner
         self._seq += 1
         self._unsent.append(frame)
-        if len(self._unsent) >= self.frames_per_message:
-            await self._send_frames()
+        return self._chunk() if len(self._unsent) >= self.frames_per_message else None
 
     async def _send_frames(self) -> None:
-        """Publish the frames not sent yet as one ``audio.chunk`` (v2 when it holds several)."""
+        """Publish the frames not sent yet as one ``audio.chunk``."""
+        chunk = self._chunk()
+        if chunk is not None:
+            await self._publish(chunk)
+
+    def _chunk(self) -> AudioChunk | None:
+        """The frames not sent yet as one ``audio.chunk`` (v2 when it holds several)."""
         frames, self._unsent = self._unsent, []
         if not frames:
-            return
-        chunk = AudioChunk(
+            return None
+        return AudioChunk(
             call_id=self.call_id,
             seq=self._seq - len(frames),
             sample_rate=self.sample_rate,
             pcm=frames[0] if len(frames) == 1 else b"".join(frames),
             v=1 if len(frames) == 1 else 2,
         )
+
+    async def _publish(self, chunk: AudioChunk) -> None:
         if self.outbox is not None:
             self.outbox.put(self._audio_subject, chunk)
         else:
