@@ -140,6 +140,7 @@ def platform_env(work: Path, phone: bool) -> tuple[Infra, dict[str, str]]:
             VP_FS_STREAM_SECRET=STREAM_SECRET,
             VP_FS_ESL_PORT=str(free_block(1)),
             VP_GATEWAY_FS_PORT=str(free_block(1)),
+            VP_GATEWAY_FS_HTTP_PORT=str(free_block(1)),
         )
     return infra, env
 

@@ -59,15 +59,16 @@ async def step(
     peer = FreeSwitchPeer(esl_password=PASSWORD, temp_dir=work / f"fs-{mode}", history=2000)
     await peer.start()
     peer.outbound.default = Callee("busy" if mode == "busy" else "answer", ring_s=0.0)
-    port = free_port()
+    port, stream_port = free_port(), free_port()
     settings = GatewayFsSettings(
         http_port=port,
+        fs_stream_port=stream_port,
         robots_dir=robots,
         fs_esl_port=peer.esl_port,
         fs_esl_password=SecretStr(PASSWORD),
         fs_stream_secret=SecretStr(SECRET),
         fs_dial_api_key=SecretStr(KEY),
-        fs_stream_url=f"ws://127.0.0.1:{port}/call",
+        fs_stream_url=f"ws://127.0.0.1:{stream_port}/call",
         fs_dial_max_in_flight=max(concurrency, 1),
         drain_timeout_s=2.0,
     )

@@ -94,6 +94,7 @@ class GatewayProcess:
 
     def __init__(self, workdir: Path, nats_url: str, robots: Path, esl_port: int) -> None:
         self.http_port = free_port()
+        self.stream_port = free_port()  # mod_audio_stream's WebSocket
         self.log_path = workdir / "gateway-fs.log"
         self.workdir = workdir  # also its cwd: no stray .env is read
         self.env = {
@@ -104,6 +105,7 @@ class GatewayProcess:
             "VP_FS_STREAM_SECRET": STREAM_SECRET,
             "VP_FS_ESL_PORT": str(esl_port),
             "VP_HTTP_PORT": str(self.http_port),
+            "VP_FS_STREAM_PORT": str(self.stream_port),
             "VP_FS_GREETING_CACHE_DIR": str(workdir / "greetings"),
             "VP_FS_RECORDINGS_DIR": str(workdir / "recordings"),
             "VP_DRAIN_TIMEOUT_S": "2",
@@ -259,7 +261,7 @@ class PhoneStack:
     def plan(self, step: int, speech: bytes) -> CallPlan:
         assert self.gateway is not None
         return CallPlan(
-            ws_base=f"ws://127.0.0.1:{self.gateway.http_port}/call",
+            ws_base=f"ws://127.0.0.1:{self.gateway.stream_port}/call",
             uuid=f"bench-{self.tag}-{step}",
             seconds=0.0,
             hangover_s=self.silence_frames * 0.02,

@@ -1,15 +1,18 @@
-"""What receiving one caller frame over a WebSocket costs the server, per uvicorn WebSocket protocol.
+"""What receiving one caller frame over a WebSocket costs the server, per WebSocket server.
 
-gateway-fs takes every caller frame of FreeSWITCH's mod_audio_stream as one WebSocket message through
-uvicorn and FastAPI. This runs a FastAPI WebSocket endpoint like gateway-fs's (accept, then
-``receive()`` in a loop) in a child process on uvloop, once per ``--ws`` protocol, and ``--calls``
-clients in this process each sending a 20 ms frame (320 bytes, 8 kHz) every 20 ms. It prints the
-server's CPU time (user + system, ``/proc/<pid>/stat``) per message received, over the window in
-which every client is sending.
+gateway-fs takes every caller frame of FreeSWITCH's mod_audio_stream as one WebSocket message. This
+runs a server in a child process on uvloop, once per ``--ws`` choice, and ``--calls`` clients in this
+process each sending a 20 ms frame (320 bytes, 8 kHz) every 20 ms. It prints the server's CPU time
+(user + system, ``/proc/<pid>/stat``) per message received, over the window in which every client is
+sending. The choices:
 
-    .venv/bin/python bench/bench_ws_receive.py [--calls 40] [--seconds 8] [--ws websockets websockets-sansio]
+- ``picows``: gateway-fs's own stream listener (``vp_gateway_fs.stream_socket``), each frame handed
+  to a handler from the read callback as a running call's are;
+- ``websockets-sansio``, ``websockets``: a FastAPI WebSocket endpoint on uvicorn with that protocol
+  (accept, then ``receive()`` in a loop), as gateway-fs served the streams before; the other
+  services' WebSockets (gateway-web) still run on ``websockets-sansio``.
 
-The services run uvicorn with ``websockets-sansio`` (``voiceplatform.runtime.service``).
+    .venv/bin/python bench/bench_ws_receive.py [--calls 40] [--seconds 8] [--ws picows websockets-sansio]
 """
 
 from __future__ import annotations
@@ -42,6 +45,19 @@ config = uvicorn.Config(app, port=int(sys.argv[2]), log_level="warning", lifespa
                         ws=sys.argv[1], ws_per_message_deflate=False)
 uvloop.run(uvicorn.Server(config).serve())
 """
+PICOWS_SERVER = """
+import asyncio, sys, uvloop
+from vp_gateway_fs.stream_socket import serve_streams
+received = [0]
+async def call(sock, uuid):
+    sock.deliver_to(lambda data: received.__setitem__(0, received[0] + len(data)) and False)
+    await sock.finished
+async def main():
+    server = await serve_streams("127.0.0.1", int(sys.argv[2]), call, max_message_bytes=1 << 16,
+                                 spawn=asyncio.ensure_future)
+    await server.serve_forever()
+uvloop.run(main())
+"""
 
 
 async def caller(port: int, index: int, start: float, seconds: float, sent: list[int]) -> None:
@@ -58,7 +74,8 @@ async def caller(port: int, index: int, start: float, seconds: float, sent: list
 async def measure(protocol: str, calls: int, seconds: float) -> tuple[int, float]:
     """(messages sent in the window, the server's CPU seconds over it)."""
     port = free_port()
-    server = await asyncio.create_subprocess_exec(sys.executable, "-c", SERVER, protocol, str(port))
+    code = PICOWS_SERVER if protocol == "picows" else SERVER
+    server = await asyncio.create_subprocess_exec(sys.executable, "-c", code, protocol, str(port))
     try:
         deadline = time.monotonic() + 30
         while not port_open("127.0.0.1", port):
@@ -85,7 +102,7 @@ def main() -> None:
     )
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--ws", nargs="+", default=["websockets", "websockets-sansio"])
+    parser.add_argument("--ws", nargs="+", default=["picows", "websockets-sansio"])
     args = parser.parse_args()
     print(f"WebSocket receive: {args.calls} clients x one 320-byte message per 20 ms, {args.seconds:.0f} s")
     for protocol in args.ws:

@@ -201,14 +201,18 @@ def test_gateway_fs_service_settings_load(compose: dict[str, Any], monkeypatch: 
     svc = compose["services"]["gateway-fs"]
     assert svc["command"] == ["python", "-m", "vp_gateway_fs"]
     assert "ports" not in svc
-    assert "127.0.0.1:8090/health" in " ".join(svc["healthcheck"]["test"])
     assert svc["depends_on"]["freeswitch"]["condition"] == "service_healthy"
     assert svc["depends_on"]["nats"]["condition"] == "service_healthy"
     settings_module = pytest.importorskip("vp_gateway_fs.settings")
     for name, value in svc["environment"].items():
         monkeypatch.setenv(name, str(value))
     settings = settings_module.GatewayFsSettings(_env_file=None)
-    assert (settings.http_port, settings.fs_esl_host, settings.fs_esl_port) == (8090, "freeswitch", 8021)
+    assert (settings.http_port, settings.fs_esl_host, settings.fs_esl_port) == (8091, "freeswitch", 8021)
+    assert f"127.0.0.1:{settings.http_port}/health" in " ".join(svc["healthcheck"]["test"])
+    # FreeSWITCH streams to the gateway's stream listener, not to its HTTP port
+    vars_xml = (REPO / "deploy" / "compose" / "freeswitch" / "conf" / "vars.xml").read_text()
+    assert f"robot_ws_url=ws://gateway-fs:{settings.fs_stream_port}/call" in vars_xml
+    assert settings.fs_stream_url == f"ws://gateway-fs:{settings.fs_stream_port}/call"
     assert settings_module.password_problem(settings) is None
     assert settings_module.stream_secret_problem(settings) is None
     assert str(settings.fs_recordings_dir) == "/recordings"
@@ -350,7 +354,7 @@ def test_dialplan_starts_the_stream_to_gateway_fs_then_parks(
     assert json.loads(metadata) == {"dnis": "7000", "caller": "79990001122", "rate": 8000}
     host_port = url.removeprefix("ws://").split("/")[0]
     assert "robot_stream_secret" not in preprocess({})[1]  # no default key: the entry point requires one
-    assert host_port == f"gateway-fs:{compose['services']['gateway-fs']['environment']['VP_HTTP_PORT']}"
+    assert host_port == f"gateway-fs:{compose['services']['gateway-fs']['environment']['VP_FS_STREAM_PORT']}"
     raw = (CONF / "dialplan" / "default.xml").read_text()
     assert "{&quot;dnis&quot;:&quot;$1&quot;" in raw  # JSON quotes written as XML entities
 

@@ -93,7 +93,12 @@ def test_probes_ask_the_health_port(platform: Platform) -> None:
     for name in platform.of_kind("Deployment"):
         container = platform.container(name)
         port = int(platform.env(name)["VP_HTTP_PORT"]["value"])
-        assert container["ports"] == [{"name": "http", "containerPort": port}], name
+        ports = [{"name": "http", "containerPort": port}]
+        if name == "gateway-fs":  # FreeSWITCH's audio streams have a listener of their own
+            stream = int(platform.env(name)["VP_FS_STREAM_PORT"]["value"])
+            ports.insert(0, {"name": "stream", "containerPort": stream})
+            assert platform.env(name)["VP_FS_STREAM_URL"]["value"] == f"ws://$(POD_IP):{stream}/call"
+        assert container["ports"] == ports, name
         # ready = taking work (/health is 503 while starting, draining or missing a stage);
         # alive = the event loop answers (/live), so a draining pod is not restarted
         assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}, name

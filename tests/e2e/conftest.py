@@ -74,7 +74,8 @@ def platform(
         "VP_FS_ESL_PASSWORD": "e2e-esl-secret-not-cluecon",
         "VP_FS_STREAM_SECRET": "e2e-stream-secret-0123456789",
         "VP_FS_ESL_PORT": str(free_port()),
-        "VP_GATEWAY_FS_PORT": str(free_port()),
+        "VP_GATEWAY_FS_PORT": str(free_port()),  # the stream; its HTTP: VP_GATEWAY_FS_HTTP_PORT
+        "VP_GATEWAY_FS_HTTP_PORT": str(free_port()),
     }
     # two instances of every worker: assignment, queue groups and KV state must hold across instances
     scale = {name: 2 for name in ("vad", "asr", "prompt-router", "llm", "tts", "recorder")}

@@ -157,7 +157,8 @@ async def test_a_spoofed_stream_creates_no_call_and_no_caller(platform, postgres
         (1008, "stream key missing or wrong"),
         (1008, "FreeSWITCH announced no such channel"),
     ]
-    metrics_url = platform.phone_url.replace("ws://", "http://").removesuffix("/call") + "/metrics"
+    gateway = next(p for p in platform.procs if p.module == "vp_gateway_fs")  # its HTTP is a worker port
+    metrics_url = f"http://127.0.0.1:{gateway.env['VP_HTTP_PORT']}/metrics"
     _, body = http_get(metrics_url)
     text = body.decode()
     for reason in ("no_secret", "bad_secret", "unknown_channel"):

@@ -97,6 +97,7 @@ async def stack(private_nats: str, tmp_path: Path) -> AsyncIterator[Stack]:
     port = free_port()
     settings = GatewayFsSettings(
         http_port=port,
+        fs_stream_port=0,  # any free port: the bound one is service.stream_port
         robots_dir=robots,
         fs_esl_port=peer.esl_port,
         fs_esl_password=SecretStr(PASSWORD),
@@ -153,12 +154,13 @@ async def stack(private_nats: str, tmp_path: Path) -> AsyncIterator[Stack]:
             except httpx.HTTPError:
                 await asyncio.sleep(0.02)
     await asyncio.wait_for(service.esl.connected_event.wait(), 5)
+    await wait_for(lambda: service.stream_server is not None, 5)
     built = Stack(
         peer,
         service,
         workers,
         seen,
-        f"ws://127.0.0.1:{port}/call",
+        f"ws://127.0.0.1:{service.stream_port}/call",
         http,
         tmp_path / "recordings",
         synthesized,

@@ -9,7 +9,6 @@ import json
 from typing import Any
 
 from prometheus_client import REGISTRY
-from starlette.websockets import WebSocketState
 
 from tests.waiting import wait_for
 from vp_gateway_fs.esl import EslEvent, EslReply, EslUnavailable
@@ -20,7 +19,7 @@ FRAME = 320
 
 
 class FakeWs:
-    application_state = WebSocketState.CONNECTED
+    connected = True
 
     def __init__(self) -> None:
         self.sent: list[dict] = []
@@ -31,7 +30,7 @@ class FakeWs:
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self.closed = code
-        self.application_state = WebSocketState.DISCONNECTED
+        self.connected = False
 
     def segments(self) -> list[bytes]:
         return [base64.b64decode(m["data"]["audioData"]) for m in self.sent if m.get("type") == "streamAudio"]

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from bench.instant_engines import ASR_TEXT
 from bench.platform_stack import ROBOT, InProcessStack, make_robot
+from tests.waiting import wait_for
 from voiceplatform.audio import read_wav, write_wav
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.cli.call_phone import place_phone_call
@@ -58,9 +59,10 @@ async def platform(private_nats: str, tmp_path: Path) -> AsyncIterator[Platform]
     robots = make_robot(tmp_path / "robots", silence_frames=10)
     pipeline = InProcessStack(robots, private_nats)
     await pipeline.start()
-    esl_port, http_port = free_port(), free_port()
+    esl_port, http_port, stream_port = free_port(), free_port(), free_port()
     settings = GatewayFsSettings(
         http_port=http_port,
+        fs_stream_port=stream_port,
         robots_dir=robots,
         fs_esl_port=esl_port,
         fs_esl_password=SecretStr(PASSWORD),
@@ -79,8 +81,9 @@ async def platform(private_nats: str, tmp_path: Path) -> AsyncIterator[Platform]
                 break
             except httpx.HTTPError:
                 await asyncio.sleep(0.02)
+    await wait_for(lambda: service.stream_server is not None, 5)
     try:
-        yield Platform(f"ws://127.0.0.1:{http_port}/call", esl_port, robots)
+        yield Platform(f"ws://127.0.0.1:{stream_port}/call", esl_port, robots)
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)

@@ -1,10 +1,11 @@
 """gateway-fs: phone calls from FreeSWITCH, as the workers see a browser call (apart from 8 kHz).
 
-Wiring: the mod_audio_stream WebSocket (``/call/{uuid}?key=<secret>``, stream.py), one ESL connection
+Wiring: the mod_audio_stream WebSocket (``/call/{uuid}?key=<secret>`` on ``VP_FS_STREAM_PORT``, a
+listener of its own: stream_socket.py; what a stream does: stream.py), one ESL connection
 to FreeSWITCH shared by every call (esl.py; events are routed to the call by ``Unique-ID``, and every
 channel it announces is kept in ``ChannelRegistry``: a stream is served only for one of those), the
-``GatewayDirectory`` of workers, ``/health`` (200 only with the whole pipeline and the ESL up) and
-``/metrics``, and the drain on SIGTERM that gateway-web does.
+``GatewayDirectory`` of workers, ``/health`` (200 only with the whole pipeline and the ESL up),
+``/metrics`` and ``/outbound`` on ``VP_HTTP_PORT``, and the drain on SIGTERM that gateway-web does.
 
 ESL outages: calls go on (the caller's audio does not use the ESL), robot audio that cannot be
 queued meanwhile is counted as lost; after ``VP_FS_ESL_OUTAGE_HANGUP_S`` calls end with reason
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI
 
 from voiceplatform import load
 from voiceplatform.bus import Bus
@@ -47,6 +48,7 @@ from vp_gateway_fs.settings import (
 )
 from vp_gateway_fs.sink import command_failed
 from vp_gateway_fs.stream import StreamHandler
+from vp_gateway_fs.stream_socket import serve_streams
 
 log = structlog.get_logger("vp_gateway_fs")
 SERVICE = "gateway-fs"
@@ -97,6 +99,8 @@ class GatewayFs:
         self.orphans: set[str] = set()  # channels we must still hang up
         self.accepting = True
         self.streams = StreamHandler(self)
+        self.stream_server: asyncio.Server | None = None
+        self.stream_port = settings.fs_stream_port  # the bound one once started (0: any free port)
         self.dialer = Dialer(self)  # outbound campaigns (POST /outbound/campaigns)
         self._own_cache = settings.fs_greeting_cache_dir is None
         cache = settings.fs_greeting_cache_dir or Path(tempfile.mkdtemp(prefix="vp-gateway-fs-greetings-"))
@@ -116,10 +120,21 @@ class GatewayFs:
             self.router.registry.load_all
         )  # checked before the first call (robot.invalid)
         self._esl_task = asyncio.create_task(self.esl.run(), name="esl")
+        self.stream_server = await serve_streams(
+            self.settings.http_host,
+            self.settings.fs_stream_port,
+            self.streams.handle,
+            max_message_bytes=self.settings.max_message_bytes,
+            spawn=lambda handling: self._tasks.spawn(handling, key="stream", name="stream"),
+        )
+        self.stream_port = self.stream_server.sockets[0].getsockname()[1]
+        log.info("fs.stream_listening", port=self.stream_port)
 
     async def drain(self, timeout: float) -> None:
         """Stop taking calls; let live calls finish up to the timeout, then end them."""
         self.accepting = False
+        if self.stream_server is not None:
+            self.stream_server.close()  # no new streams; the open ones end with their calls
         await self.dialer.stop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -156,15 +171,6 @@ class GatewayFs:
 
     def asgi_app(self) -> FastAPI:
         app = FastAPI(title="voice-platform gateway-fs", docs_url=None, redoc_url=None)
-
-        @app.websocket("/call/{uuid}")
-        async def call_with_uuid(ws: WebSocket, uuid: str) -> None:
-            await self.streams.handle(ws, uuid)
-
-        @app.websocket("/call")
-        async def call_without_uuid(ws: WebSocket) -> None:
-            await self.streams.handle(ws, None)
-
         app.include_router(outbound_router(self))
         return app
 

@@ -21,8 +21,10 @@ STOCK_PASSWORD = "ClueCon"
 class GatewayFsSettings(ServiceSettings):
     # every caller frame passes through this service: uvloop halves the event loop's share of it
     event_loop: Literal["asyncio", "uvloop"] = "uvloop"
-    # mod_audio_stream connects to ws://<host>:<http_port>/call/<uuid>
-    http_port: int = 8090
+    # mod_audio_stream connects to ws://<host>:<fs_stream_port>/call/<uuid> (stream_socket.py: a
+    # listener of its own, picows); /health, /metrics and /outbound are on http_port
+    fs_stream_port: int = 8090
+    http_port: int = 8091
     fs_esl_host: str = "127.0.0.1"
     fs_esl_port: int = 8021
     fs_esl_password: SecretStr = SecretStr("")
@@ -71,9 +73,6 @@ class GatewayFsSettings(ServiceSettings):
     # fewer messages for NATS, vad and asr to handle; each frame up to (n-1) x 20 ms later; needs vad,
     # asr and realtime instances that read v2, so upgrade them before the gateway)
     fs_frames_per_message: int = Field(default=1, ge=1, le=5)
-    # permessage-deflate on the stream WebSocket: off, PCM barely compresses and the zlib work per
-    # frame costs both ends CPU (mod_audio_stream asks for it only with STREAM_MESSAGE_DEFLATE)
-    ws_per_message_deflate: bool = False
     # ---- outbound calls (dialer.py, outbound_api.py) ----
     # bearer key of /outbound/*: unset, every request is refused
     fs_dial_api_key: SecretStr = SecretStr("")

@@ -51,12 +51,12 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from voiceplatform.runtime import TaskRegistry
 from voiceplatform.wire import frame_bytes
 from vp_gateway_fs.esl import EslClient, EslError, EslEvent, EslReply
 from vp_gateway_fs.played import PlayedFiles
+from vp_gateway_fs.stream_socket import StreamClosed, StreamSocket
 
 log = structlog.get_logger("vp_gateway_fs.sink")
 
@@ -91,7 +91,7 @@ def command_failed(command: str, uuid: str, error: EslError | EslReply) -> None:
 class FsSink:
     def __init__(
         self,
-        ws: WebSocket,
+        ws: StreamSocket,
         esl: EslClient,
         uuid: str,
         rate: int,
@@ -181,7 +181,7 @@ class FsSink:
         self.open = False
         self._cancel_idle()
         if self.channel_alive and self.hangup_on_close:
-            if self.drain_on_close and self.ws.application_state == WebSocketState.CONNECTED:
+            if self.drain_on_close and self.ws.connected:
                 if self._buffer:
                     await self._ship()
                 if not await self.wait_drained(self.pending_audio_s() + self.stop_grace_s + 0.5):
@@ -190,7 +190,7 @@ class FsSink:
             await self.hangup("NORMAL_CLEARING")
         self._finished = True
         await self._tasks.cancel_all(1.0)
-        if self.ws.application_state == WebSocketState.CONNECTED:
+        if self.ws.connected:
             with contextlib.suppress(Exception):
                 await self.ws.close(code=1000, reason=reason[:120])
 
@@ -356,12 +356,12 @@ class FsSink:
             self._update_drained()
 
     async def _send_text(self, text: str) -> bool:
-        if self.ws.application_state != WebSocketState.CONNECTED:
+        if not self.ws.connected:
             return False
         async with self._lock:
             try:
                 await self.ws.send_text(text)
-            except (WebSocketDisconnect, RuntimeError, OSError):
+            except (StreamClosed, RuntimeError, OSError):
                 return False
         return True
 

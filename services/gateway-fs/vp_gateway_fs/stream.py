@@ -37,7 +37,6 @@ import re
 from typing import TYPE_CHECKING
 
 import structlog
-from fastapi import WebSocket, WebSocketDisconnect
 from prometheus_client import Counter
 
 from voiceplatform import metrics
@@ -52,6 +51,7 @@ from vp_gateway_fs.channels import LOOKUPS, ChannelFacts
 from vp_gateway_fs.esl import EslError
 from vp_gateway_fs.routing import NO_METADATA, RoutingError, StreamMeta, parse_metadata
 from vp_gateway_fs.sink import FsSink, command_failed
+from vp_gateway_fs.stream_socket import TOO_LARGE, Message, StreamClosed, StreamSocket
 
 if TYPE_CHECKING:
     from vp_gateway_fs.app import GatewayFs
@@ -80,9 +80,8 @@ class StreamHandler:
         self.settings = gateway.settings
         self.secret = gateway.settings.fs_stream_secret.get_secret_value()
 
-    async def handle(self, ws: WebSocket, path_uuid: str | None) -> None:
-        await ws.accept()
-        key = ws.query_params.get(KEY_PARAM)
+    async def handle(self, ws: StreamSocket, path_uuid: str | None) -> None:
+        key = ws.query.get(KEY_PARAM)
         if not secret_matches(key, self.secret):
             # not our FreeSWITCH: nothing it names is touched (no uuid_kill of a real caller's channel)
             reason = "no_secret" if not key else "bad_secret"
@@ -123,7 +122,7 @@ class StreamHandler:
         rate = meta.rate or self.settings.fs_sample_rate
         await self._run_call(ws, uuid, robot=robot, how=how, facts=facts, rate=rate, early=early)
 
-    async def _opening(self, ws: WebSocket) -> tuple[StreamMeta, list[bytes]] | None:
+    async def _opening(self, ws: StreamSocket) -> tuple[StreamMeta, list[bytes]] | None:
         """The metadata and the audio that came before it (held in order, bounded), or None if closed.
 
         mod_audio_stream sends the metadata when its handshake completes, but audio the channel
@@ -134,25 +133,22 @@ class StreamHandler:
         deadline = loop.time() + self.settings.fs_metadata_timeout_s
         while True:
             try:
-                message = await asyncio.wait_for(ws.receive(), max(deadline - loop.time(), 0.001))
+                data = await asyncio.wait_for(ws.receive(), max(deadline - loop.time(), 0.001))
             except TimeoutError:
                 break
-            except (WebSocketDisconnect, RuntimeError):
+            except StreamClosed:
                 return None
-            if message.get("type") == "websocket.disconnect":
-                return None
-            data = message.get("bytes")
-            if data is None:
+            if isinstance(data, str):
                 if early:
                     EARLY_AUDIO.inc(len(early))
                     log.info("fs.audio_before_metadata", frames=len(early))
                 try:
-                    return parse_metadata(message.get("text") or ""), early
+                    return parse_metadata(data), early
                 except RoutingError:
                     BAD_INPUT.labels("bad_metadata").inc()
                     log.error("fs.bad_metadata")
                     return NO_METADATA, early
-            if len(data) > self.settings.max_message_bytes:
+            if data is TOO_LARGE:
                 BAD_INPUT.labels("too_large").inc()
                 continue
             early.append(data)
@@ -180,7 +176,7 @@ class StreamHandler:
 
     async def _reject(
         self,
-        ws: WebSocket,
+        ws: StreamSocket,
         uuid: str,
         reason: str,
         message: str,
@@ -207,7 +203,7 @@ class StreamHandler:
 
     async def _run_call(
         self,
-        ws: WebSocket,
+        ws: StreamSocket,
         uuid: str,
         *,
         robot: RobotConfig,
@@ -276,8 +272,8 @@ class StreamHandler:
             try:
                 await call.start()
                 for data in early:  # held while the metadata was awaited: first, in order
-                    await self._audio(call, assembler, data, rate)
-                reason = await self._receive_loop(ws, call, assembler, rate)
+                    self._audio(call, assembler, data)
+                reason = await self._receive_audio(ws, call, assembler, rate)
                 if reason == "stream_closed":
                     # FreeSWITCH closes the stream when the caller hangs up: let its event name the reason
                     with contextlib.suppress(TimeoutError):
@@ -292,36 +288,50 @@ class StreamHandler:
                 if sink.channel_alive and sink.hangup_on_close:
                     gw.orphan(uuid)  # the hangup did not get through: retried when the ESL is back
 
-    async def _receive_loop(
-        self, ws: WebSocket, call: PhoneCall, assembler: FrameAssembler, rate: int
+    async def _receive_audio(
+        self, ws: StreamSocket, call: PhoneCall, assembler: FrameAssembler, rate: int
     ) -> str:
+        """The caller's frames, handed to the call from the socket's read callback, until the stream
+        closes ("stream_closed") or the call ends (its end reason)."""
         frame = frame_bytes(rate)
-        while not call.session.ended:
-            try:
-                message = await ws.receive()
-            except (WebSocketDisconnect, RuntimeError):
-                return "stream_closed"
-            if message.get("type") == "websocket.disconnect":
-                return "stream_closed"
-            data = message.get("bytes")
-            if data is None:
+        limit = self.settings.max_message_bytes
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_message(data: Message) -> bool:
+            if call.session.ended:
+                if not done.done():
+                    done.set_result(None)
+                return True
+            if isinstance(data, str):
                 BAD_INPUT.labels("text_frame").inc()
-                continue
-            if len(data) > self.settings.max_message_bytes:
+            elif data is TOO_LARGE or len(data) > limit:
                 BAD_INPUT.labels("too_large").inc()
-                continue
-            if len(data) % frame:
-                BAD_INPUT.labels("odd_bytes" if len(data) % 2 else "frame_size").inc()
-            await self._audio(call, assembler, data, rate)
-        return call.session.end_reason
+            else:
+                if len(data) % frame:
+                    BAD_INPUT.labels("odd_bytes" if len(data) % 2 else "frame_size").inc()
+                try:
+                    self._audio(call, assembler, data)
+                except Exception as exc:  # the call ends as gateway_error, as it would for a failed await
+                    if not done.done():
+                        done.set_exception(exc)
+                    return True
+            return False
+
+        ws.deliver_to(on_message)
+        await asyncio.wait((done, ws.finished), return_when=asyncio.FIRST_COMPLETED)
+        if done.done():
+            done.result()  # re-raise the handler's failure
+            return call.session.end_reason
+        done.cancel()
+        return call.session.end_reason if call.session.ended else "stream_closed"
 
     @staticmethod
-    async def _audio(call: PhoneCall, assembler: FrameAssembler, data: bytes, rate: int) -> None:
+    def _audio(call: PhoneCall, assembler: FrameAssembler, data: bytes) -> None:
         _FRAMES_IN.inc()
         for piece in assembler.push(data):
             if call.amd is not None:
                 call.amd.feed(piece)
-            await call.session.push_audio(piece)
+            call.session.push_audio_nowait(piece)
 
 
 def _digits(number: str) -> str:

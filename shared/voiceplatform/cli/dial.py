@@ -27,7 +27,7 @@ KEY_ENV = "VP_FS_DIAL_API_KEY"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", required=True, type=Path, help="numbers: .csv (number,name,...) or .json")
     parser.add_argument("--robot", required=True, help="robot name (robots/<name>)")
-    parser.add_argument("--url", default="http://127.0.0.1:8090", help="gateway-fs base URL")
+    parser.add_argument("--url", default="http://127.0.0.1:8091", help="gateway-fs HTTP base URL")
     parser.add_argument("--id", default="", help="campaign id (default: generated)")
     parser.add_argument("--concurrency", type=int, default=1, help="calls in flight at once")
     parser.add_argument("--attempts", type=int, default=3, help="attempts per number in all")

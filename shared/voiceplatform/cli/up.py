@@ -35,6 +35,7 @@ SERVICES: tuple[tuple[str, str], ...] = (
 WEB_API_KEY_FILE = "web_api_key"  # the key an embedding site (or `vp call`) sends to POST /tokens
 FIRST_WORKER_PORT = 8101
 GATEWAY_FS_PORT = 8090  # where FreeSWITCH's mod_audio_stream (or `vp call --phone`) connects
+GATEWAY_FS_HTTP_PORT = 8091  # gateway-fs's /health, /metrics and /outbound (`vp dial`)
 ESL_PASSWORD_FILE = "fs_esl_password"
 INFRA_URLS = ("NATS_URL", "POSTGRES_DSN", "REDIS_URL")  # unset ones: embedded servers (the dev stack)
 ROBOTS_DIR_FILE = "robots_dir"  # the robots folder the services load, for `vp call` and `vp check`
@@ -140,7 +141,8 @@ def start_services(
             if name == "gateway-web":
                 service_env["VP_HTTP_PORT"] = str(gateway_port)
             elif name == "gateway-fs":
-                service_env["VP_HTTP_PORT"] = env.get("VP_GATEWAY_FS_PORT", str(GATEWAY_FS_PORT))
+                service_env["VP_FS_STREAM_PORT"] = env.get("VP_GATEWAY_FS_PORT", str(GATEWAY_FS_PORT))
+                service_env["VP_HTTP_PORT"] = env.get("VP_GATEWAY_FS_HTTP_PORT", str(GATEWAY_FS_HTTP_PORT))
             else:
                 service_env["VP_HTTP_PORT"] = str(port)
                 port += 1
