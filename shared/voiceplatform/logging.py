@@ -79,9 +79,11 @@ def _mask_rendered(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
-def _stderr_logger(*_: Any) -> structlog.PrintLogger:
-    # resolve sys.stderr at use, not at configure time (it may be replaced after start-up)
-    return structlog.PrintLogger(sys.stderr)
+def _stderr_logger(*_: Any) -> structlog.WriteLogger:
+    # resolve sys.stderr at use, not at configure time (it may be replaced after start-up).
+    # WriteLogger writes the line and its newline at once: print() (PrintLogger) makes them two
+    # write() system calls when stderr is unbuffered, as PYTHONUNBUFFERED=1 in the image makes it
+    return structlog.WriteLogger(sys.stderr)
 
 
 def configure_logging(service: str, level: str = "INFO", json: bool | None = None) -> None:

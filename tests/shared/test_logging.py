@@ -1,4 +1,5 @@
 import json
+import sys
 
 import structlog
 
@@ -63,3 +64,28 @@ def test_the_password_of_a_registered_url_is_masked_on_its_own(capsys):
     structlog.get_logger("t").warning("db.login_failed", detail="password pg-pass-7781 refused")
     out = capsys.readouterr().err
     assert "pg-pass-7781" not in out and "db.login_failed" in out
+
+
+def test_a_log_line_is_written_at_once(monkeypatch) -> None:
+    # an unbuffered stderr (PYTHONUNBUFFERED=1, as in the image) turns each write() into a system
+    # call: the line and its newline go in one
+    class Stderr:
+        def __init__(self) -> None:
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+        def isatty(self) -> bool:
+            return False
+
+    configure_logging("svc", json=True)
+    stderr = Stderr()
+    monkeypatch.setattr(sys, "stderr", stderr)  # the logger finds sys.stderr when it writes
+    structlog.get_logger("t").info("turn.done", call_id="c-1")
+    assert len(stderr.writes) == 1 and stderr.writes[0].endswith("}\n")
+    assert json.loads(stderr.writes[0])["call_id"] == "c-1"
