@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.waiting import wait_for
-from voiceplatform.bus import work
+from voiceplatform.bus import streams
 from voiceplatform.bus.base import Envelope
 from voiceplatform.bus.jetstream import StreamSpec
 from voiceplatform.bus.memory import MemoryBroker
@@ -100,7 +100,7 @@ async def test_a_worker_starting_while_the_cluster_does_not_answer_waits_for_it(
 ) -> None:
     """On a cluster electing leaders JetStream's API times out for a while: start retries, not exits."""
     spec = spec_for(uuid.uuid4().hex[:8])
-    real, attempts = work.stream_for, []
+    real, attempts = streams._stream_for, []
 
     async def electing(js: Any, stream: StreamSpec) -> str:
         attempts.append(stream.replicas)
@@ -111,7 +111,7 @@ async def test_a_worker_starting_while_the_cluster_does_not_answer_waits_for_it(
     async def handler(env: Envelope, _attempt: int) -> None:
         return None
 
-    monkeypatch.setattr(work, "stream_for", electing)
+    monkeypatch.setattr(streams, "_stream_for", electing)
     monkeypatch.setattr(nats_bus, "js_replicas", 3)
     source = await take_work(nats_bus, spec, handler)
     try:

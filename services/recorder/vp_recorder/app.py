@@ -20,6 +20,7 @@ from voiceplatform import subjects
 from voiceplatform.bus import Bus
 from voiceplatform.bus.jetstream import DurableConsumer, StreamSpec, ensure_stream
 from voiceplatform.bus.nats import NatsBus
+from voiceplatform.bus.unanswered import start_retry_s
 from vp_recorder.api import RecorderApi, build_api
 from vp_recorder.console_routes import console_routes
 from vp_recorder.consumer import Parker, StoreConsumer
@@ -137,6 +138,7 @@ class RecorderService:
                 f"{s.durable_prefix}_{store.name}",
                 filter_subjects=store.stream_subjects,
                 ack_wait_s=s.ack_wait_s,
+                start_retry_s=start_retry_s(s.js_replicas),
             )
             consumer = StoreConsumer(
                 store,

@@ -29,6 +29,8 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from voiceplatform.bus.unanswered import retry_unanswered, start_retry_s
+
 # read-back consumers are ephemeral; the server forgets one this long after its last use
 _READ_BACK_INACTIVE_S = 30.0
 
@@ -60,6 +62,9 @@ class StreamSpec:
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> str:
     """Create the stream, or bring an existing one to ``spec`` (several instances may race here).
 
+    On a cluster (``spec.replicas`` > 1) this is retried while JetStream does not answer
+    (``unanswered.start_retry_s``): a service starting while leaders are elected waits for them.
+
     Returns the stream's name: ``spec.name``, or the name of a stream that already holds ``spec``'s
     subjects (a worker created it first under the default name; streams may not overlap), which is
     then brought to ``spec`` under its own name instead of failing on the overlap.
@@ -68,6 +73,10 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> str:
     of an older version starting during a rolling upgrade does not stop the stream capturing a
     subject the newer version publishes on.
     """
+    return await retry_unanswered(lambda: _ensure_stream(js, spec), start_retry_s(spec.replicas))
+
+
+async def _ensure_stream(js: JetStreamContext, spec: StreamSpec) -> str:
     config = spec.config()
     try:
         info = await js.stream_info(spec.name)
@@ -142,8 +151,10 @@ class DurableConsumer:
         filter_subjects: Sequence[str] | None = None,
         ack_wait_s: float = 30.0,
         max_ack_pending: int = 20_000,
+        start_retry_s: float = 0.0,
     ) -> None:
         self._js = js
+        self.start_retry_s = start_retry_s  # start() retries an unanswered API this long (a cluster)
         self.stream = stream
         self.durable = durable
         self.filter_subjects = tuple(filter_subjects) if filter_subjects else None
@@ -166,12 +177,13 @@ class DurableConsumer:
             filter_subject=filters[0] if filters is not None and len(filters) == 1 else None,
             filter_subjects=list(filters) if filters is not None and len(filters) > 1 else None,
         )
+        retry_s = self.start_retry_s
         try:
-            await self._js.add_consumer(self.stream, config)
+            await retry_unanswered(lambda: self._js.add_consumer(self.stream, config), retry_s)
             self.filtered = filters
         except nats.js.errors.BadRequestError:
             # it exists with other filters and this server will not change them: read it as it is
-            info = await self._js.consumer_info(self.stream, self.durable)
+            info = await retry_unanswered(lambda: self._js.consumer_info(self.stream, self.durable), retry_s)
             kept = info.config.filter_subjects or (
                 [info.config.filter_subject] if info.config.filter_subject else []
             )

@@ -32,6 +32,7 @@ from voiceplatform.bus.base import (
 )
 from voiceplatform.bus.memory import subject_matches
 from voiceplatform.bus.streams import CALL_EVENTS, WORK
+from voiceplatform.bus.unanswered import UNANSWERED, retry_unanswered
 from voiceplatform.wire import Message, decode, encode
 
 log = structlog.get_logger("voiceplatform.bus")
@@ -73,27 +74,6 @@ class _NatsSubscription:
 # a stream or bucket without a leader (its node died, the replicas elect another) answers nothing:
 # on a cluster each attempt waits this long, and is retried until ACKED_PUBLISH_S
 ATTEMPT_TIMEOUT_S = 1.0
-_UNANSWERED = (
-    TimeoutError,  # nats.errors.TimeoutError too
-    nats.errors.NoRespondersError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.errors.ConnectionReconnectingError,  # our own node died: the client is moving to another
-    nats.errors.StaleConnectionError,
-)
-
-
-async def retry_unanswered(op: Callable[[], Awaitable[_T]], retry_s: float) -> _T:
-    """``op()``, again while the server leaves it unanswered, for up to ``retry_s`` (0: once)."""
-    deadline = time.monotonic() + retry_s
-    delay = 0.2
-    while True:
-        try:
-            return await op()
-        except _UNANSWERED:
-            if time.monotonic() + delay > deadline:
-                raise
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
 
 
 class _NatsKeyValue:
@@ -198,7 +178,7 @@ class NatsBus:
                 return
             except (nats.errors.Error, TimeoutError) as exc:
                 # a refusal (not a silence) will not change on retry: sent without an ack at once
-                retry = isinstance(exc, _UNANSWERED) and time.monotonic() < deadline
+                retry = isinstance(exc, UNANSWERED) and time.monotonic() < deadline
                 if self._nc.is_closed or not retry:
                     ACKED_PUBLISH_FAILED.labels(self.service).inc()
                     log.warning("nats.acked_publish_failed", subject=subject, error=type(exc).__name__)

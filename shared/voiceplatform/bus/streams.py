@@ -14,6 +14,7 @@ from nats.js.api import RetentionPolicy
 
 from voiceplatform import subjects
 from voiceplatform.bus.jetstream import StreamSpec
+from voiceplatform.bus.unanswered import retry_unanswered, start_retry_s
 
 CALL_EVENTS_STREAM = "VP_CALL_EVENTS"
 CALL_EVENTS_MAX_AGE_S = 3 * 24 * 3600.0
@@ -40,8 +41,13 @@ async def stream_for(js: JetStreamContext, spec: StreamSpec) -> str:
     """The name of the stream holding ``spec``'s subjects, created from ``spec`` when there is none.
 
     Never changes an existing stream (its owner, e.g. the recorder with its settings, does that);
-    instances racing to create it all end up with the one that won.
+    instances racing to create it all end up with the one that won. Retried on a cluster while
+    JetStream does not answer, as ``ensure_stream`` is.
     """
+    return await retry_unanswered(lambda: _stream_for(js, spec), start_retry_s(spec.replicas))
+
+
+async def _stream_for(js: JetStreamContext, spec: StreamSpec) -> str:
     subject = spec.subjects[0]
     try:
         return str(await js.find_stream_name_by_subject(subject))

@@ -41,8 +41,9 @@ from prometheus_client import Counter
 from voiceplatform import load, subjects
 from voiceplatform.bus.base import Bus, Envelope, Subscription
 from voiceplatform.bus.jetstream import StreamSpec
-from voiceplatform.bus.nats import NatsBus, retry_unanswered
+from voiceplatform.bus.nats import NatsBus
 from voiceplatform.bus.streams import stream_for
+from voiceplatform.bus.unanswered import retry_unanswered, start_retry_s
 from voiceplatform.wire import Message, WireError, decode
 
 if TYPE_CHECKING:
@@ -57,8 +58,6 @@ WORK = Counter(
     ["consumer", "outcome"],
 )
 
-# how long a worker starting on a NATS cluster retries the JetStream API when it does not answer
-START_RETRY_S = 30.0
 # how long one pull request waits at the server: a frozen instance holds at most one message
 # (redelivered after the ack wait), and stop() returns within this
 PULL_EXPIRES_S = 1.0
@@ -220,9 +219,8 @@ class _JetStreamWork:
         spec = self.spec
         # on a cluster still electing leaders (a node just died or came back) JetStream's API may
         # not answer for a while: a worker starting then waits for it rather than exiting
-        retry_s = START_RETRY_S if self._bus.js_replicas > 1 else 0.0
-        stream = replace(spec.stream, replicas=self._bus.js_replicas)
-        self._stream = await retry_unanswered(lambda: stream_for(self._js, stream), retry_s)
+        retry_s = start_retry_s(self._bus.js_replicas)
+        self._stream = await stream_for(self._js, replace(spec.stream, replicas=self._bus.js_replicas))
         config = ConsumerConfig(
             durable_name=spec.consumer,
             ack_policy=AckPolicy.EXPLICIT,
