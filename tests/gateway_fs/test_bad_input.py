@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+import structlog
 from prometheus_client import REGISTRY
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -153,3 +154,24 @@ async def test_caller_hanging_up_mid_sentence_closes_the_record_at_once(stack: S
     await wait_for(lambda: not stack.service.calls)
     assert loop.time() - t_hangup < 1.0  # nothing waits for audio nobody will hear
     assert stack.of(CallEnded, call_id)[0].reason == "caller_hangup"
+
+
+async def test_a_frame_is_handled_in_its_calls_log_context(stack: Stack) -> None:
+    # frames reach the call from the socket's read callback, outside the call's task: whatever
+    # the frame path logs must still carry the call id
+    call = await stack.call("7000", idle_silence=False)
+    call_id = f"phone-{call.uuid}"
+    await wait_for(lambda: stack.of(CallStarted, call_id))
+    session = stack.service.calls[call.uuid].session
+    seen: list[object] = []
+    push = session.push_audio_nowait
+
+    def watched(frame: bytes) -> None:
+        seen.append(structlog.contextvars.get_contextvars().get("call_id"))
+        push(frame)
+
+    session.push_audio_nowait = watched  # type: ignore[method-assign]
+    await call.send_ws_bytes(bytes(320))
+    await wait_for(lambda: seen)
+    assert seen[0] == call_id
+    await call.hangup()

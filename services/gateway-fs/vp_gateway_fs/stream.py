@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import re
 from typing import TYPE_CHECKING
 
@@ -317,7 +318,9 @@ class StreamHandler:
                     return True
             return False
 
-        ws.deliver_to(on_message)
+        # the socket's read callback runs outside this task: the call's log context goes with it
+        context = contextvars.copy_context()
+        ws.deliver_to(lambda data: context.run(on_message, data))
         await asyncio.wait((done, ws.finished), return_when=asyncio.FIRST_COMPLETED)
         if done.done():
             done.result()  # re-raise the handler's failure
