@@ -443,3 +443,24 @@ async def test_the_archives_gather_longer_than_the_stores_that_pass_events_on(
     stores = recorder.health()["stores"]
     assert stores["postgres"]["subjects"] == ["*"]
     assert stores["redis"]["subjects"] == list(RedisStore.stream_subjects)
+
+
+async def test_a_turn_account_delivered_again_beyond_the_history_scan_is_not_added_twice(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    # a recorder killed before its ack: the new one gets the batch again, and the history may have
+    # grown past what the duplicate check looks back over (history_scan entries) by then
+    call = SimulatedCall(new_call_id(), turns=6)
+    events = interleaved(call)
+    first_account = next(e for e in events if isinstance(e.message, TurnMetrics))
+    store = RedisStore(redis_url, public=None, history_scan=4)  # two turns back
+    await store.connect()
+    try:
+        await store.write(events)
+        await store.write([first_account])  # turn 1's account again, five turns later
+    finally:
+        await store.close()
+    history = [json.loads(x) for x in await redis_client.lrange(f"call:{call.call_id}:history", 0, -1)]
+    assert [h["turn_id"] for h in history] == [call.turn_id(n) for n in range(1, 7) for _ in range(2)]
+    state = await redis_client.hgetall(f"call:{call.call_id}")
+    assert state["turns"] == "6"

@@ -261,8 +261,9 @@ async def test_kill_9_mid_call_loses_nothing_and_duplicates_nothing(harness: Har
     # five calls, events coming faster than the recorder's Redis writes: it is busy when killed
     # calls one after another for ~8 s: still going when the kill comes on a busy machine, where the
     # recorder can take seconds to write its first rows (five calls, ~2 s, had ended by then). Each
-    # call stays short: at this rate a call takes 40 turns a second, and the Redis history's
-    # duplicate check looks back 100 entries (minutes of a real call, not 2 s of this one)
+    # call stays short: at this rate a call takes 40 turns a second, and a stage event redelivered
+    # after the ack wait would come more turns late than the Redis history looks back over
+    # (docs/operations.md, Redis: minutes of a real call, not 2 s of this one)
     traffic = harness.traffic(concurrent=5, turns=30, rate=800, total_calls=50)
     publishing = harness.publish(traffic)
 

@@ -80,13 +80,15 @@ local function apply()
   elseif kind == 'turn.metrics' then
     -- the gateway's account of a turn is final: it corrects the history entries of the turn
     local turn_id, user_text, bot_text, interrupted = A[4], A[5], A[6], A[7] == '1'
-    redis.call('SADD', turns, turn_id)
+    -- delivered again (a recorder died before its ack): its entries are there, perhaps further
+    -- back than the scan reaches, so they are corrected where found and never added twice
+    local again = redis.call('SADD', turns, turn_id) == 0
     redis.call('HSET', call, 'turns', redis.call('SCARD', turns))
     if user_text ~= '' then
-      put_entry('user', turn_id, user_text, A[8], false, true, false)
+      put_entry('user', turn_id, user_text, A[8], false, not again, false)
     end
     if bot_text ~= '' or interrupted then
-      put_entry('assistant', turn_id, bot_text, A[9], interrupted, true, true)
+      put_entry('assistant', turn_id, bot_text, A[9], interrupted, not again, true)
       redis.call('HSET', call, 'last_bot_text', bot_text)
     end
     redis.call('HDEL', cut, turn_id)
