@@ -295,7 +295,6 @@ class StreamHandler:
         """The caller's frames, handed to the call from the socket's read callback, until the stream
         closes ("stream_closed") or the call ends (its end reason)."""
         frame = frame_bytes(rate)
-        limit = self.settings.max_message_bytes
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def on_message(data: Message) -> bool:
@@ -305,7 +304,7 @@ class StreamHandler:
                 return True
             if isinstance(data, str):
                 BAD_INPUT.labels("text_frame").inc()
-            elif data is TOO_LARGE or len(data) > limit:
+            elif data is TOO_LARGE:  # the socket measured it against max_message_bytes
                 BAD_INPUT.labels("too_large").inc()
             else:
                 if len(data) % frame:

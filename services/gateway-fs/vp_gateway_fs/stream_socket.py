@@ -118,16 +118,13 @@ class StreamSocket(WSListener):
             finally:
                 self._waiter = None
         message = self._queue.popleft()
-        if self._paused and len(self._queue) < PAUSE_AT // 2 and self.transport is not None:
-            self._paused = False
-            self.transport.underlying_transport.resume_reading()
+        if len(self._queue) < PAUSE_AT // 2:
+            self._resume_reading()
         return message
 
     def deliver_to(self, handler: Handler) -> None:
         """Every message from now on, queued ones first, goes to ``handler`` as it arrives."""
-        if self._paused and self.transport is not None:
-            self._paused = False
-            self.transport.underlying_transport.resume_reading()
+        self._resume_reading()
         while self._queue:
             if handler(self._queue.popleft()):
                 return
@@ -182,6 +179,11 @@ class StreamSocket(WSListener):
                 transport.disconnect()
         else:
             self._message(b"".join(parts))
+
+    def _resume_reading(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.underlying_transport.resume_reading()
 
     def _wake(self) -> None:
         waiter = self._waiter
