@@ -90,6 +90,7 @@ class Session:
         self.sent: list[dict[str, Any]] = []
         self.audio_in = bytearray()
         self.pending_bytes = 0  # input buffer not yet committed
+        self.committed_bytes = 0  # input audio in the conversation: what a response is billed for
         self.items: dict[str, SessionItem] = {}
         self.last_item_id: str | None = None
         self.speech_item_id: str | None = None
@@ -228,6 +229,7 @@ class Session:
                 await self.commit(item_id, auto=td["create_response"])
 
     async def commit(self, item_id: str, *, auto: bool) -> None:
+        self.committed_bytes += self.pending_bytes
         previous, self.last_item_id, self.pending_bytes = self.last_item_id, item_id, 0
         self.items[item_id] = SessionItem(item_id, "user")
         await self.emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
@@ -312,7 +314,7 @@ class Session:
         )
 
     def usage(self, r: PendingResponse) -> dict[str, Any]:
-        return usage(len(self.audio_in), self.config["instructions"], r.item.audio_ms, r.transcript)
+        return usage(self.committed_bytes, self.config["instructions"], r.item.audio_ms, r.transcript)
 
     async def cancel(
         self, reason: Literal["turn_detected", "client_cancelled"], announce: tuple[str, Any] | None = None
