@@ -11,7 +11,16 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from voiceplatform.bus.base import Handler, KvConflict, NoResponders, RequestTimeout, dispatch
+from voiceplatform.bus.base import (
+    Envelope,
+    Handler,
+    InlineHandler,
+    KvConflict,
+    NoResponders,
+    RequestTimeout,
+    dispatch,
+)
+from voiceplatform.bus.inline import InlineDelivery
 from voiceplatform.wire import Message, decode, encode
 
 
@@ -28,6 +37,10 @@ def subject_matches(pattern: str, subject: str) -> bool:
     return len(p_tokens) == len(s_tokens)
 
 
+async def _no_handler(env: Envelope) -> None:
+    """An inline subscription's (its handler is the InlineDelivery's)."""
+
+
 @dataclass(eq=False)
 class _MemorySubscription:
     broker: MemoryBroker
@@ -38,9 +51,18 @@ class _MemorySubscription:
     inbox: asyncio.Queue[tuple[str, bytes, str | None]] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
     closed: bool = False
+    inline: InlineDelivery | None = None
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        if self.inline is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def offer(self, subject: str, data: bytes, reply_to: str | None) -> None:
+        if self.inline is not None:
+            # as NATS's read loop would: soon and in order, never inside the publisher's call
+            asyncio.get_running_loop().call_soon(self.inline.deliver, subject, data)
+        else:
+            self.inbox.put_nowait((subject, data, reply_to))
 
     async def _run(self) -> None:
         while True:
@@ -57,12 +79,17 @@ class _MemorySubscription:
             return
         self.closed = True
         self.broker.remove(self)
+        if self.inline is not None:
+            await self.inline.close()
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
 
     async def drain(self) -> None:
         self.broker.remove(self)
+        if self.inline is not None:
+            await asyncio.sleep(0)  # what was offered before the removal is delivered first
+            await self.inline.join()
         await self.inbox.join()
         await self.unsubscribe()
 
@@ -125,7 +152,7 @@ class MemoryBroker:
                 groups.setdefault(s.queue, []).append(s)
         targets = plain + [random.choice(members) for members in groups.values()]
         for s in targets:
-            s.inbox.put_nowait((subject, data, reply_to))
+            s.offer(subject, data, reply_to)
         return len(targets)
 
     def new_inbox(self) -> str:
@@ -169,6 +196,13 @@ class MemoryBus:
     ) -> _MemorySubscription:
         sub = _MemorySubscription(self._broker, subject, queue or None, handler, self.service)
         sub.start()
+        self._broker.add(sub)
+        self._subs.append(sub)
+        return sub
+
+    async def subscribe_inline(self, subject: str, handler: InlineHandler) -> _MemorySubscription:
+        sub = _MemorySubscription(self._broker, subject, None, _no_handler, self.service)
+        sub.inline = InlineDelivery(self.service, handler)
         self._broker.add(sub)
         self._subs.append(sub)
         return sub

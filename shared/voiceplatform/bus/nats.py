@@ -25,11 +25,13 @@ from voiceplatform.bus.auth import note_permission_denied
 from voiceplatform.bus.base import (
     BusError,
     Handler,
+    InlineHandler,
     KvConflict,
     NoResponders,
     RequestTimeout,
     dispatch,
 )
+from voiceplatform.bus.inline import InlineDelivery
 from voiceplatform.bus.memory import subject_matches
 from voiceplatform.bus.streams import CALL_EVENTS, WORK
 from voiceplatform.bus.unanswered import UNANSWERED, retry_unanswered
@@ -59,8 +61,9 @@ ACKED_PUBLISH_FAILED = Counter(
 
 
 class _NatsSubscription:
-    def __init__(self, sub: NatsSubscription) -> None:
+    def __init__(self, sub: NatsSubscription, inline: InlineDelivery | None = None) -> None:
         self._sub = sub
+        self._inline = inline
 
     async def unsubscribe(self) -> None:
         try:
@@ -69,6 +72,30 @@ class _NatsSubscription:
             pass
         except nats.errors.BadSubscriptionError:
             pass
+        if self._inline is not None:
+            await self._inline.close()
+
+
+class _InlineQueue:
+    """In place of a nats-py subscription's pending queue: nats-py's read loop puts each message
+    here, and it is handled there and then. On a subscription without a callback, nats-py 2.x uses
+    only ``put_nowait``, ``qsize``, ``empty`` and ``join`` of it (tests/shared/test_bus_inline.py
+    runs the real client)."""
+
+    def __init__(self, delivery: InlineDelivery) -> None:
+        self._delivery = delivery
+
+    def put_nowait(self, msg: Msg) -> None:
+        self._delivery.deliver(msg.subject, msg.data)
+
+    def qsize(self) -> int:
+        return self._delivery.pending
+
+    def empty(self) -> bool:
+        return self._delivery.pending == 0
+
+    async def join(self) -> None:
+        await self._delivery.join()
 
 
 # a stream or bucket without a leader (its node died, the replicas elect another) answers nothing:
@@ -200,6 +227,15 @@ class NatsBus:
         sub = await self._nc.subscribe(subject, queue=queue or "", cb=callback)
         await self._nc.flush()  # the server knows the subscription before we return
         return _NatsSubscription(sub)
+
+    async def subscribe_inline(self, subject: str, handler: InlineHandler) -> _NatsSubscription:
+        delivery = InlineDelivery(self.service, handler)
+        # no callback: nats-py starts no task and queues for an iterator, whose queue this replaces;
+        # the byte limit is ours to keep (InlineDelivery's backlog), nats-py's count would only grow
+        sub = await self._nc.subscribe(subject, pending_bytes_limit=0)
+        sub._pending_queue = _InlineQueue(delivery)  # type: ignore[assignment]
+        await self._nc.flush()
+        return _NatsSubscription(sub, delivery)
 
     async def request(self, subject: str, msg: Message, timeout: float = 1.0) -> Message:
         try:
