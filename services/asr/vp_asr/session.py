@@ -144,7 +144,7 @@ class AsrSession:
 
     async def open(self) -> None:
         self._subs = [
-            await self.bus.subscribe(subjects.audio_in(self.call_id), self._on_audio),
+            await self.bus.subscribe_inline(subjects.audio_in(self.call_id), self._on_audio),
             await self.bus.subscribe(subjects.vad(self.call_id), self._on_vad),
             await self.bus.subscribe(subjects.control(self.call_id), self._on_control),
             await self.bus.subscribe(subjects.lifecycle(self.call_id), self._on_lifecycle),
@@ -171,7 +171,8 @@ class AsrSession:
         self.buffer.clear()
 
     # ---- handlers (short: long work goes to a task) -------------------------------------------
-    async def _on_audio(self, env: Envelope) -> None:
+    def _on_audio(self, env: Envelope) -> None:
+        """A chunk as the bus reads it (an inline subscription): into the buffer, nothing to wait for."""
         chunk = env.message
         if not isinstance(chunk, AudioChunk):
             return

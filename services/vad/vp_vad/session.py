@@ -3,7 +3,9 @@
 With an end-of-turn model, a pause sends the turn's audio (a bounded 8 s ring) to the model in the
 worker thread; ``vad.speech_paused`` goes out with the model's probability when it answers, and the
 answer sets the hang-over. A pause the caller ends before the model answered is never published
-(nor its resume). Frames and model answers publish under one lock, so events keep their order.
+(nor its resume). Frames and model answers publish under one lock, so events keep their order: a
+live frame is scored as the bus reads it (an inline subscription), and its events, if any, wait
+for the lock ahead of anything else.
 
 Failover: a session that takes over a call (``replay``) first runs the gateway's replay of the audio
 since the last turn end; a turn still open there is taken over under its ``turn_id`` (the frames
@@ -131,6 +133,7 @@ class VadSession:
         self.closed = False
         self._lock = asyncio.Lock()
         self._others = 0  # coroutines other than the live audio holding or waiting for the lock
+        self._unsent: deque[SegmentEvent] = deque()  # scored without the lock, published under it
         self._pause: _Pause | None = None
         # (seq, samples) of the last 8 s, kept only for the end-of-turn model
         self._ring: deque[tuple[int, np.ndarray]] = deque(maxlen=WINDOW_S * 1000 // FRAME_MS)
@@ -154,7 +157,7 @@ class VadSession:
                 self._replay_deadline(), name=f"vad-replay-{self.call_id}"
             )
         # audio is followed even when disabled: it proves the call is alive (see the idle reaper)
-        self._subs.append(await self.bus.subscribe(subjects.audio_in(self.call_id), self._on_audio))
+        self._subs.append(await self.bus.subscribe_inline(subjects.audio_in(self.call_id), self._on_audio))
         with bind_call(call_id=self.call_id):
             log.info(
                 "vad.session_started",
@@ -172,7 +175,8 @@ class VadSession:
             with bind_call(call_id=self.call_id):
                 log.warning("vad.frame_dropped", reason=reason, **detail)
 
-    async def _on_audio(self, env: Envelope) -> Message | None:
+    def _on_audio(self, env: Envelope) -> Awaitable[None] | None:
+        """A chunk as the bus reads it (an inline subscription); what has to wait is returned."""
         chunk = env.message
         if not isinstance(chunk, AudioChunk):
             self._drop("unexpected_type", env.subject, type=chunk.type_name)
@@ -191,20 +195,43 @@ class VadSession:
             return None
         if self._gate.hold(chunk):
             return None
-        for seq, pcm in frames:
+        return self._take(frames, 0)
+
+    def _take(self, frames: list[tuple[int, bytes]], first: int) -> Awaitable[None] | None:
+        """Frames from ``first`` on. A live frame while nothing else wants the lock (the common
+        case, 50 a second per call) is scored there and then, as nothing else runs meanwhile. Its
+        events, if any, wait in ``_unsent`` for the lock, and the rest goes to a coroutine."""
+        for i in range(first, len(frames)):
+            seq, pcm = frames[i]
             if self._others or self._adopt is not None or not self.enabled:
-                async with self._lock:
-                    await self._feed(seq, pcm)
-            elif self._is_new(seq):
-                # a live frame while nothing else wants the lock (the common case, 50 a second per
-                # call): scored without taking it, as nothing runs in between before an await; the
-                # rare frame with events publishes them under it, so they keep their order
+                return self._take_locked(frames, i)
+            if self._is_new(seq):
                 events = self.process(seq, pcm)
                 if events:
-                    async with self._lock:
-                        for event in events:
-                            await self._emit(event)
+                    self._unsent.extend(events)
+                    return self._publish_then_take(frames, i + 1)
         return None
+
+    async def _take_locked(self, frames: list[tuple[int, bytes]], i: int) -> None:
+        async with self._lock:
+            await self._publish_unsent()
+            await self._feed(*frames[i])
+        rest = self._take(frames, i + 1)
+        if rest is not None:
+            await rest
+
+    async def _publish_then_take(self, frames: list[tuple[int, bytes]], i: int) -> None:
+        async with self._lock:
+            await self._publish_unsent()
+        rest = self._take(frames, i)
+        if rest is not None:
+            await rest
+
+    async def _publish_unsent(self) -> None:
+        """The live audio's events not yet published, before anything else publishes (the caller
+        holds the lock): a model's answer or the close that came meanwhile sees them gone out."""
+        while self._unsent:
+            await self._emit(self._unsent.popleft())
 
     @contextlib.asynccontextmanager
     async def _locked(self) -> AsyncIterator[None]:
@@ -212,6 +239,7 @@ class VadSession:
         self._others += 1
         try:
             async with self._lock:
+                await self._publish_unsent()
                 yield
         finally:
             self._others -= 1
