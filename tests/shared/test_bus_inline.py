@@ -214,3 +214,13 @@ async def test_a_plain_and_an_inline_subscription_see_the_same_messages(buses, k
         await a.publish(subject, final(str(i)))
     await wait_for(lambda: len(got) == 100)
     assert got == [str(i) for i in range(100)]
+
+
+async def test_closed_before_its_wait_ran_a_drain_returns_at_once() -> None:
+    """A close that cancels a wait before its task ran leaves nothing for a later drain to wait on."""
+    delivery = InlineDelivery("inline-test", lambda env: asyncio.Event().wait())
+    delivery.deliver("vp.call.c.asr", encode(final("x")))
+    await delivery.close()
+    await asyncio.wait_for(delivery.join(), 1)
+    delivery.deliver("vp.call.c.asr", encode(final("y")))  # closed: ignored
+    assert delivery.pending == 0

@@ -100,7 +100,7 @@ class InlineDelivery:
 
     async def join(self) -> None:
         """Until what was read has been handled (a drain)."""
-        while (task := self._waiting) is not None:
+        while (task := self._waiting) is not None and not task.done():
             await asyncio.wait({task})
 
     async def close(self) -> None:
@@ -113,3 +113,4 @@ class InlineDelivery:
             await asyncio.gather(task, return_exceptions=True)
         if inspect.iscoroutine(rest):
             rest.close()  # cancelled before its task ran it: closed, not left "never awaited"
+        self._waiting = self._rest = None
