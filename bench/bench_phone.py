@@ -54,6 +54,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bench.phone_load import (
+    GAP_S,
     NUMBER,
     CallPlan,
     LevelStats,
@@ -232,6 +233,7 @@ class PhoneStack:
     silence_frames: int
     recorder: Recorder | None
     tag: str = field(default_factory=lambda: uuidlib.uuid4().hex[:8])
+    gap_s: float = GAP_S  # the callers' silence after each reply (--gap)
     nats: EmbeddedNats | None = None
     pipeline: InProcessStack | ProcessStack | None = None
     peer: FreeSwitchPeer | None = None
@@ -267,6 +269,7 @@ class PhoneStack:
             hangover_s=self.silence_frames * 0.02,
             speech=speech,
             secret=STREAM_SECRET,
+            gap_s=self.gap_s,
         )
 
     def pids(self) -> dict[str, int]:
@@ -304,6 +307,7 @@ async def run_benchmark(
     recorder: tuple[str, str] | None = None,
     gw_sample: int = 4,
     workdir: Path | None = None,
+    gap_s: float = GAP_S,
 ) -> list[LevelStats]:
     """Start everything, place one warm-up call (it caches the greeting), then run each step.
 
@@ -313,7 +317,7 @@ async def run_benchmark(
         root = workdir or Path(tmp)
         tag = uuidlib.uuid4().hex[:8]
         rec = Recorder(recorder[0], recorder[1], root / "recorder", tag) if recorder else None
-        stack = PhoneStack(root, layout, silence_frames, rec, tag=tag)
+        stack = PhoneStack(root, layout, silence_frames, rec, tag=tag, gap_s=gap_s)
         try:
             await stack.start()
             assert stack.peer is not None
@@ -357,6 +361,9 @@ def main() -> None:
     parser.add_argument("--silence-frames", type=int, default=25, help="VAD hang-over (robot default 25)")
     parser.add_argument("--gw-sample", type=int, default=4, help="calls whose gateway frame lag is measured")
     parser.add_argument("--no-recorder", action="store_true", help="leave the recorder out")
+    parser.add_argument(
+        "--gap", type=float, default=GAP_S, help="silence after a reply, s (0.3: a turn every ~2.5 s)"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep logs here (default: temporary)")
     parser.add_argument("--log", type=Path, default=None, help="this process's logs (default: discarded)")
     parser.add_argument("--json", type=Path, default=None, help="also write raw results here")
@@ -381,7 +388,14 @@ def main() -> None:
     try:
         results = asyncio.run(
             run_benchmark(
-                levels, args.seconds, args.layout, args.silence_frames, stores, args.gw_sample, args.workdir
+                levels,
+                args.seconds,
+                args.layout,
+                args.silence_frames,
+                stores,
+                args.gw_sample,
+                args.workdir,
+                args.gap,
             )
         )
     finally:
@@ -390,7 +404,8 @@ def main() -> None:
     print(
         f"phone calls: FreeSWITCH peer (load generator) → gateway-fs → instant pipeline"
         f"{' + recorder' if stores else ''}, layout={args.layout}, tts={tts_mode()}, "
-        f"{args.seconds:.0f} s per call, VAD hang-over {args.silence_frames * 20} ms (included in 'reply'), "
+        f"{args.seconds:.0f} s per call, {args.gap:g} s after each reply, "
+        f"VAD hang-over {args.silence_frames * 20} ms (included in 'reply'), "
         f"{os.cpu_count()} cores, load average before {load_before:.2f}"
     )
     print("lags and latencies in ms; gw lag on the first calls of each step only (--gw-sample)")

@@ -46,6 +46,7 @@ import httpx
 
 from bench.bench_phone import DEFAULT_POSTGRES, DEFAULT_REDIS, PhoneStack, Recorder
 from bench.phone_load import (
+    GAP_S,
     MAX_SPREAD_S,
     NUMBER,
     RATE,
@@ -200,13 +201,18 @@ def report(costs: list[Cost]) -> str:
 
 
 async def run(
-    calls: int, seconds: float, repeat: int, recorder: tuple[str, str] | None, silent: bool
+    calls: int,
+    seconds: float,
+    repeat: int,
+    recorder: tuple[str, str] | None,
+    silent: bool,
+    gap_s: float = GAP_S,
 ) -> list[Cost]:
     with tempfile.TemporaryDirectory(prefix="vp-bench-cost-") as tmp:
         root = Path(tmp)
         tag = uuidlib.uuid4().hex[:8]
         rec = Recorder(recorder[0], recorder[1], root / "recorder", tag) if recorder else None
-        stack = PhoneStack(root, "procs", 25, rec, tag=tag)
+        stack = PhoneStack(root, "procs", 25, rec, tag=tag, gap_s=gap_s)
         try:
             await stack.start()
             assert stack.peer is not None
@@ -232,6 +238,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="windows measured (median reported)")
     parser.add_argument("--no-recorder", action="store_true", help="leave the recorder out")
     parser.add_argument("--silent", action="store_true", help="callers say nothing: the per-frame path only")
+    parser.add_argument(
+        "--gap", type=float, default=GAP_S, help="silence after a reply, s (0.3: a turn every ~2.5 s)"
+    )
     args = parser.parse_args()
     stores = None
     if not args.no_recorder:
@@ -246,12 +255,13 @@ def main() -> None:
     load = os.getloadavg()[0]
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115  # the services' start-up chatter
     try:
-        costs = asyncio.run(run(args.calls, args.seconds, args.repeat, stores, args.silent))
+        costs = asyncio.run(run(args.calls, args.seconds, args.repeat, stores, args.silent, args.gap))
     finally:
         sys.stderr = sys.__stderr__
     print(
         f"phone call cost: {args.calls} concurrent {'silent ' if args.silent else ''}calls x "
-        f"{args.seconds:.0f} s, FreeSWITCH peer → gateway-fs → instant pipeline"
+        f"{args.seconds:.0f} s{'' if args.silent else f' ({args.gap:g} s after each reply)'}, "
+        f"FreeSWITCH peer → gateway-fs → instant pipeline"
         f"{' + recorder' if stores else ''}, window {costs[0].window_s:.1f} s x {len(costs)}, "
         f"load average before {load:.1f} (cost does not depend on it; lag would)"
     )

@@ -48,7 +48,7 @@ RATE = 8000
 FRAME_S = 0.02
 NUMBER = "7000"  # the bench robot's phone number: routed by number, as the dialplan's dnis
 SPEECH_S = 1.0
-GAP_S = 0.3  # after the reply has played, before the next utterance
+GAP_S = 0.3  # after the reply has played, before the next utterance (a turn every ~2.5 s)
 GREETING_TIMEOUT_S = 5.0
 REPLY_TIMEOUT_S = 4.0  # beyond the VAD hang-over
 QUIET_TIMEOUT_S = 5.0
@@ -171,6 +171,7 @@ class CallPlan:
     speech: bytes
     caller: str = "79990001122"
     secret: str = ""  # VP_FS_STREAM_SECRET of the gateway under test
+    gap_s: float = GAP_S  # silence after each reply, before the caller speaks again
 
 
 async def run_call(
@@ -223,7 +224,7 @@ async def run_call(
                 if stats is not None:
                     stats.reply_ms.append((reply.started_at - speech_end) * 1000)
                 await wait_quiet(call)
-            await asyncio.sleep(GAP_S)
+            await asyncio.sleep(plan.gap_s)
         if stats is not None:  # stay on the line until the step's end: the concurrency holds
             await asyncio.sleep(max(0.0, end_at - time.monotonic()))
     finally:
