@@ -2,7 +2,11 @@
 order, failures contained, bad bytes counted), against the in-memory twin and real NATS."""
 
 import asyncio
+import contextlib
 import contextvars
+import socket
+import subprocess
+import time
 import uuid
 
 import pytest
@@ -12,7 +16,9 @@ from tests.waiting import wait_for
 from voiceplatform import metrics
 from voiceplatform.bus import Envelope
 from voiceplatform.bus.inline import MAX_BACKLOG, InlineDelivery
+from voiceplatform.bus.nats import NatsBus
 from voiceplatform.wire import AsrFinal, encode
+from voiceplatform_devstack.devinfra import free_port, nats_server_binary
 
 SETTLE_S = 0.05  # after subscribing, before the other connection publishes (as in test_bus.py)
 CURRENT = contextvars.ContextVar("CURRENT", default="")
@@ -224,3 +230,55 @@ async def test_closed_before_its_wait_ran_a_drain_returns_at_once() -> None:
     await asyncio.wait_for(delivery.join(), 1)
     delivery.deliver("vp.call.c.asr", encode(final("y")))  # closed: ignored
     assert delivery.pending == 0
+
+
+def _nats_on(port: int, workdir) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "-sd", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return process
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("nats-server did not start")
+
+
+async def test_an_inline_subscription_lives_through_a_server_restart(tmp_path) -> None:
+    """nats-py subscribes its subscriptions again after a reconnect, reusing the objects: the
+    inline queue in place of the pending one is still there."""
+    port = free_port()
+    server = _nats_on(port, tmp_path)
+    url = f"nats://127.0.0.1:{port}"
+    a, b = await NatsBus.connect(url, "a"), await NatsBus.connect(url, "b")
+    try:
+        subject = f"vp.call.{unique()}.asr"
+        got: list[str] = []
+
+        def handler(env: Envelope) -> None:
+            got.append(env.message.text)
+
+        await b.subscribe_inline(subject, handler)
+        await asyncio.sleep(SETTLE_S)
+        await a.publish(subject, final("before"))
+        await wait_for(lambda: got == ["before"])
+        server.terminate()
+        await asyncio.to_thread(server.wait, 10)
+        await wait_for(lambda: not a.connected and not b.connected, timeout=10)
+        server = _nats_on(port, tmp_path)
+        await wait_for(lambda: a.connected and b.connected, timeout=15)
+        await asyncio.sleep(0.3)  # b's SUB goes out again on its reconnect
+        for _ in range(50):  # until b's interest is back at the server (a publish before is lost)
+            await a.publish(subject, final("after"))
+            if "after" in got:
+                break
+            await asyncio.sleep(0.1)
+        assert got[0] == "before" and "after" in got
+    finally:
+        await a.close()
+        await b.close()
+        server.terminate()
+        server.wait(10)
