@@ -282,3 +282,28 @@ async def test_an_inline_subscription_lives_through_a_server_restart(tmp_path) -
         await b.close()
         server.terminate()
         server.wait(10)
+
+
+async def test_a_handler_that_unsubscribes_its_own_subscription_returns(buses):  # noqa: F811
+    """As a session closing on its own audio would: no wait on itself, nothing handled after."""
+    a, b = buses
+    subject = f"vp.call.{unique()}.asr"
+    got: list[str] = []
+    subs = []
+
+    async def close_now() -> None:
+        await asyncio.sleep(0)
+        await subs[0].unsubscribe()
+        got.append("closed")
+
+    def handler(env: Envelope):
+        got.append(env.message.text)
+        return close_now() if env.message.text == "stop" else None
+
+    subs.append(await b.subscribe_inline(subject, handler))
+    await asyncio.sleep(SETTLE_S)
+    for text in ("a", "stop", "b"):
+        await a.publish(subject, final(text))
+    await wait_for(lambda: got[-1:] == ["closed"])
+    await asyncio.sleep(0.1)
+    assert got == ["a", "stop", "closed"]

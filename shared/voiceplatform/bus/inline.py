@@ -108,6 +108,8 @@ class InlineDelivery:
         self._closed = True
         self._backlog.clear()
         task, rest = self._waiting, self._rest
+        if task is asyncio.current_task():
+            return  # closed by its own handler: it ends as that handler returns (nothing more is read)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
