@@ -41,8 +41,16 @@ Attribute = str | int | float | bool
 
 class _Recorder(Protocol):
     def record(
-        self, name: str, call_id: str, turn_id: str, start_ms: float, attrs: dict[str, Any]
-    ) -> None: ...
+        self,
+        name: str,
+        call_id: str,
+        turn_id: str,
+        start_ms: float,
+        attrs: dict[str, Any],
+        end_ms: float | None = None,
+    ) -> None:
+        """A span from ``start_ms`` to ``end_ms`` (epoch ms; None: when it is recorded)."""
+        ...
 
     def shutdown(self, timeout_s: float) -> None: ...
 
@@ -69,7 +77,8 @@ def span(name: str, call_id: str, turn_id: str, took_ms: float, **attributes: At
     """Record one stage of turn ``turn_id`` that ends now and took ``took_ms``."""
     if _recorder is None or not turn_id:
         return
-    _recorder.record(name, call_id, turn_id, time.time_ns() / 1e6 - max(0.0, took_ms), attributes)
+    now_ms = time.time_ns() / 1e6  # read once: the span lasts took_ms, not that plus its recording
+    _recorder.record(name, call_id, turn_id, now_ms - max(0.0, took_ms), attributes, end_ms=now_ms)
 
 
 class FinishedTurn(Protocol):

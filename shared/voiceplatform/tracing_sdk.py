@@ -56,7 +56,15 @@ class OtlpRecorder:
         self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
         self._tracer = self._provider.get_tracer("voiceplatform")
 
-    def record(self, name: str, call_id: str, turn_id: str, start_ms: float, attrs: dict[str, Any]) -> None:
+    def record(
+        self,
+        name: str,
+        call_id: str,
+        turn_id: str,
+        start_ms: float,
+        attrs: dict[str, Any],
+        end_ms: float | None = None,
+    ) -> None:
         trace_id, root_id = turn_ids(call_id, turn_id)
         attributes = {f"{ATTRIBUTE_PREFIX}call_id": call_id, f"{ATTRIBUTE_PREFIX}turn_id": turn_id}
         attributes.update(
@@ -73,7 +81,7 @@ class OtlpRecorder:
             root = SpanContext(trace_id, root_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
             parent = trace.set_span_in_context(NonRecordingSpan(root))
             span = self._tracer.start_span(name, parent, attributes=attributes, start_time=start_ns)
-        span.end()
+        span.end(end_time=int(end_ms * _NS_PER_MS) if end_ms is not None else None)
 
     def shutdown(self, timeout_s: float) -> None:
         """Export what is queued; a collector that is down would hold us for its retries (seconds),

@@ -72,7 +72,8 @@ def test_stage_spans_are_children_of_the_gateway_turn_span(collector: OtlpCollec
         assert child.span_id != root.span_id
     assert spans["asr.final", "web-1-t1"].attributes["vp.provider"] == "whisper"
     asr = spans["asr.final", "web-1-t1"]
-    assert 119_000_000 <= asr.end_ns - asr.start_ns <= 121_000_000  # took_ms, as given
+    # took_ms, as given: not stretched by the time it takes to record the span (a busy machine's)
+    assert abs(asr.end_ns - asr.start_ns - 120_000_000) <= 10_000
     assert spans["llm.first_sentence", "web-1-t1"].attributes["vp.robot"] == "demo"
     playout = spans["gateway.playout", "web-1-t1"]
     assert playout.start_ns == (now - 500) * 1_000_000 and playout.attributes["vp.played_ms"] == 480
