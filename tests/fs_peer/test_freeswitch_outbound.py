@@ -55,10 +55,10 @@ async def test_busy_and_no_answer_end_with_their_causes(tmp_path: Path) -> None:
 async def test_the_scripted_callee_speaks_after_the_answer(tmp_path: Path) -> None:
     async with FreeSwitchPeer(esl_password="x", temp_dir=tmp_path) as peer:
         peer.outbound.callees["79990001122"] = human(hello_s=0.3, after_s=0.1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()  # before the answer: the callee's pause and hello are timed from it
         await peer.api("originate", DIAL % ("u-human-0001", 5, "79990001122"))
         call = peer.locate("u-human-0001")
         assert call is not None
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         await wait_for(lambda: call._consumed >= int(0.3 * 8000) * 2, 3.0)  # the hello went out
         assert loop.time() - started >= 0.1 + 0.3  # after its pause, in real time
