@@ -209,21 +209,16 @@ class VadSession:
                 events = self.process(seq, pcm)
                 if events:
                     self._unsent.extend(events)
-                    return self._publish_then_take(frames, i + 1)
+                    return self._take_locked(frames, i + 1)
         return None
 
     async def _take_locked(self, frames: list[tuple[int, bytes]], i: int) -> None:
+        """Under the lock: the events waiting first, then frame ``i`` (if any); the rest as ``_take``."""
         async with self._lock:
             await self._publish_unsent()
-            await self._feed(*frames[i])
+            if i < len(frames):
+                await self._feed(*frames[i])
         rest = self._take(frames, i + 1)
-        if rest is not None:
-            await rest
-
-    async def _publish_then_take(self, frames: list[tuple[int, bytes]], i: int) -> None:
-        async with self._lock:
-            await self._publish_unsent()
-        rest = self._take(frames, i)
         if rest is not None:
             await rest
 
