@@ -17,7 +17,9 @@ greeting PLAYBACK_START, speech end → first reply PLAYBACK_START (includes the
 gateway's voice_to_voice_ms, calls the recorder stored as ended, the CPU of every process and of
 the whole machine (while all the step's calls are up), and whether the step was sustained: every
 call answered and greeted, no lost turn or error, every call recorded, frame lag p99 under 20 ms at
-both ends.
+both ends. The last two CPU columns are the phone path's share of a core (the machine's busy time
+less the load generator's: every service, nats-server, PostgreSQL and Redis) and calls per core
+(the step's calls over that share; ``--layout procs`` only, where the peer has a process of its own).
 
 The load generator shares the two cores with what it measures, so it is kept light: the peer keeps
 a short event history and start-up objects are frozen out of the garbage collector (a full
@@ -56,6 +58,7 @@ from redis.exceptions import RedisError
 from bench.phone_load import (
     GAP_S,
     NUMBER,
+    PEER,
     CallPlan,
     LevelStats,
     caller_speech,
@@ -273,7 +276,7 @@ class PhoneStack:
         )
 
     def pids(self) -> dict[str, int]:
-        pids = {"peer" if self.layout == "procs" else "peer+services": os.getpid()}
+        pids = {PEER if self.layout == "procs" else "peer+services": os.getpid()}
         if self.gateway is not None and self.gateway.proc is not None:
             pids["gateway-fs"] = self.gateway.proc.pid
         if isinstance(self.pipeline, ProcessStack):

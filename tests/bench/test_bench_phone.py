@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from bench.bench_phone import run_benchmark
-from bench.phone_load import MACHINE, format_cpu, format_table
+from bench.phone_load import MACHINE, PEER, LevelStats, calls_per_core, format_cpu, format_table
 
 
 @pytest.mark.slow
@@ -33,3 +33,15 @@ async def test_two_calls_are_greeted_answered_and_recorded(postgres_dsn: str, re
     assert level.cpu_pct["gateway-fs"] > 0 and level.cpu_pct["recorder"] > 0 and level.cpu_pct[MACHINE] > 0
     assert level.sustained()
     assert "2/2" in format_table([level]) and "gateway-fs" in format_cpu([level])
+
+
+def test_calls_per_core_is_the_machine_less_the_load_generator() -> None:
+    level = LevelStats(calls=130, seconds=15.0)
+    level.cpu_pct = {PEER: 45.0, "gateway-fs": 29.0, "nats": 24.0, MACHINE: 143.0}
+
+    assert calls_per_core(level) == pytest.approx(130 / 0.98)
+    assert "133" in format_cpu([level]).splitlines()[-1]
+    # in one process with the services (inproc) the load generator's share is unknown: no figure
+    level.cpu_pct = {"peer+services": 80.0, MACHINE: 90.0}
+    assert calls_per_core(level) is None
+    assert format_cpu([level]).splitlines()[-1].endswith("-")
