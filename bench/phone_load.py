@@ -394,7 +394,7 @@ def phone_path_pct(stats: LevelStats) -> float | None:
 
 def calls_per_core(stats: LevelStats) -> float | None:
     pct = phone_path_pct(stats)
-    return stats.calls / (pct / 100) if pct else None
+    return stats.calls / (pct / 100) if pct is not None and pct > 0 else None  # none or below none: no figure
 
 
 def format_cpu(results: list[LevelStats]) -> str:
