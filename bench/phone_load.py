@@ -393,8 +393,8 @@ def phone_path_pct(stats: LevelStats) -> float | None:
 
 
 def calls_per_core(stats: LevelStats) -> float | None:
-    pct = phone_path_pct(stats)
-    return stats.calls / (pct / 100) if pct is not None and pct > 0 else None  # none or below none: no figure
+    pct = phone_path_pct(stats)  # at or below zero (the two samples disagree): no figure
+    return stats.calls / (pct / 100) if pct is not None and pct > 0 else None
 
 
 def format_cpu(results: list[LevelStats]) -> str:
@@ -421,10 +421,10 @@ def format_cpu(results: list[LevelStats]) -> str:
 
 
 def verdict(results: list[LevelStats]) -> str:
-    good = [r.calls for r in results if r.sustained()]
-    if not good:
+    held = [r for r in results if r.sustained()]
+    if not held:
         return "no step sustained (frame lag p99 < 20 ms at peer and gateway, no lost turn or error)"
-    best = max((r for r in results if r.sustained()), key=lambda r: r.calls)
+    best = max(held, key=lambda r: r.calls)
     per_core = calls_per_core(best)
     return (
         f"largest step sustained: {best.calls} concurrent calls "

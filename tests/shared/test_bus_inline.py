@@ -2,11 +2,7 @@
 order, failures contained, bad bytes counted), against the in-memory twin and real NATS."""
 
 import asyncio
-import contextlib
 import contextvars
-import socket
-import subprocess
-import time
 import uuid
 
 import pytest
@@ -18,7 +14,7 @@ from voiceplatform.bus import Envelope
 from voiceplatform.bus.inline import MAX_BACKLOG, InlineDelivery
 from voiceplatform.bus.nats import NatsBus
 from voiceplatform.wire import AsrFinal, encode
-from voiceplatform_devstack.devinfra import free_port, nats_server_binary
+from voiceplatform_devstack.devinfra import TcpGate
 
 SETTLE_S = 0.05  # after subscribing, before the other connection publishes (as in test_bus.py)
 CURRENT = contextvars.ContextVar("CURRENT", default="")
@@ -232,28 +228,13 @@ async def test_closed_before_its_wait_ran_a_drain_returns_at_once() -> None:
     assert delivery.pending == 0
 
 
-def _nats_on(port: int, workdir) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "-sd", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return process
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("nats-server did not start")
-
-
-async def test_an_inline_subscription_lives_through_a_server_restart(tmp_path) -> None:
+async def test_an_inline_subscription_lives_through_a_reconnect(nats_url: str) -> None:
     """nats-py subscribes its subscriptions again after a reconnect, reusing the objects: the
-    inline queue in place of the pending one is still there."""
-    port = free_port()
-    server = _nats_on(port, tmp_path)
-    url = f"nats://127.0.0.1:{port}"
-    a, b = await NatsBus.connect(url, "a"), await NatsBus.connect(url, "b")
+    inline queue in place of the pending one is still there. The outage is a gate in front of the
+    server that cuts b's connection (the server drops b's interest, as a restart would)."""
+    gate = TcpGate.in_front_of(nats_url, 4222)
+    await gate.open()
+    a, b = await NatsBus.connect(nats_url, "a"), await NatsBus.connect(gate.url_via_gate(nats_url), "b")
     try:
         subject = f"vp.call.{unique()}.asr"
         got: list[str] = []
@@ -265,13 +246,11 @@ async def test_an_inline_subscription_lives_through_a_server_restart(tmp_path) -
         await asyncio.sleep(SETTLE_S)
         await a.publish(subject, final("before"))
         await wait_for(lambda: got == ["before"])
-        server.terminate()
-        await asyncio.to_thread(server.wait, 10)
-        await wait_for(lambda: not a.connected and not b.connected, timeout=10)
-        server = _nats_on(port, tmp_path)
-        await wait_for(lambda: a.connected and b.connected, timeout=15)
-        await asyncio.sleep(0.3)  # b's SUB goes out again on its reconnect
-        for _ in range(50):  # until b's interest is back at the server (a publish before is lost)
+        await gate.close()
+        await wait_for(lambda: not b.connected, timeout=10)
+        await gate.open()
+        await wait_for(lambda: b.connected, timeout=15)
+        for _ in range(50):  # until b's SUB is back at the server (a publish before it is lost)
             await a.publish(subject, final("after"))
             if "after" in got:
                 break
@@ -280,8 +259,7 @@ async def test_an_inline_subscription_lives_through_a_server_restart(tmp_path) -
     finally:
         await a.close()
         await b.close()
-        server.terminate()
-        server.wait(10)
+        await gate.close()
 
 
 async def test_a_handler_that_unsubscribes_its_own_subscription_returns(buses):  # noqa: F811
